@@ -1,0 +1,1 @@
+"""grlab's bridge: the simulator's losses, unchanged, on a Hugging Face causal LM."""

@@ -1,0 +1,113 @@
+"""Input checks shared by every public function in grlab.
+
+One home for "what counts as bad input" so that every entry point answers the same way:
+a ``TypeError`` when the kind of thing is wrong (not a tensor, integer dtype, unknown keyword),
+a ``ValueError`` when the value is wrong (shape, range, NaN, empty mask). Every message names
+the argument and says what was expected.
+
+These checks are Python-side guards and run before any loss math. The value checks that need a
+device→host sync (``isfinite(...).all()``) can be skipped by callers that trace the math with
+``torch.func`` (see ``policy_loss(..., validate=False)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def require_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_float_tensor(name: str, value: object) -> Tensor:
+    tensor = require_tensor(name, value)
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
+    return tensor
+
+
+def require_ndim(name: str, tensor: Tensor, ndims: Iterable[int], what: str) -> None:
+    allowed = tuple(ndims)
+    if tensor.ndim not in allowed:
+        raise ValueError(f"{name} must be {what}, got shape {tuple(tensor.shape)}")
+
+
+def require_finite(name: str, tensor: Tensor, where: Tensor | None = None) -> None:
+    """Raise when ``tensor`` holds NaN or ±inf (only at positions where ``where`` is True)."""
+    bad = ~torch.isfinite(tensor)
+    if where is not None:
+        bad = bad & where
+    if bool(bad.any()):
+        count = int(bad.sum())
+        raise ValueError(f"{name} contains {count} NaN or infinite value(s) at valid positions")
+
+
+def require_same_device(**tensors: Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}")
+
+
+def require_same_dtype(**tensors: Tensor) -> None:
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
+        raise ValueError(f"dtypes must match, got {listing}; cast them to one dtype first")
+
+
+def as_bool_mask(name: str, mask: object, shape: tuple[int, ...]) -> Tensor:
+    """Accept a bool or 0/1 tensor of ``shape`` and return it as bool."""
+    mask = require_tensor(name, mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must be bool or hold only 0 and 1")
+    return mask != 0
+
+
+def require_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def require_nonnegative(name: str, value: object) -> float:
+    value = require_number(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def require_positive(name: str, value: object) -> float:
+    value = require_number(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def require_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
+    """'unknown loss 'grpoo'; did you mean 'grpo'? valid: ...' — shared by every registry."""
+    options = sorted(valid)
+    close = difflib.get_close_matches(str(name), options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} Valid: {', '.join(options)}"

@@ -1,0 +1,164 @@
+"""Group baselines and data shaping: from rewards [G, K] to advantages [G, K].
+
+G groups (prompts) of K responses each. Every kind is a baseline b and a scale s:
+
+    A_i = (r_i − b + shift) / s
+
+* ``none``       b = 0, s = 1                     plain REINFORCE (no group needed)
+* ``mean``       b = r̄, s = 1                     group-relative REINFORCE (paper eq. in §2)
+* ``mean-std``   b = r̄, s = σ + eps               GRPO; σ population (ddof 0) or sample (ddof 1)
+* ``loo``        b_i = (Σ_j r_j − r_i)/(K − 1)     RLOO; equals K/(K−1)·(r_i − r̄)
+* ``logavgexp``  b = τ·log((1/K)·Σ_j e^{r_j/τ})   OPMD's soft baseline (τ·log Z estimate)
+
+``shift`` moves the baseline down by β (AsymRE): ``group_advantages(r, "mean", shift=β)``
+followed by REINFORCE is the same update as the ``asymre`` loss with ``beta=β``.
+
+A group of one response has no group to compare with: every group-relative kind gives it
+advantage 0 (plus ``shift``); ``none`` gives r. Groups whose rewards are all equal give exactly
+0 under every group-relative kind (never NaN: σ = 0 is guarded by ``eps``; ``loo`` with K = 1
+is defined as 0).
+
+``red_drop`` is data shaping (paper §6): it balances a group's negatives against its positives
+by dropping random negatives, then re-centres on the kept samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from simulator._validation import (
+    require_choice,
+    require_finite,
+    require_float_tensor,
+    require_ndim,
+    require_nonnegative,
+    require_number,
+    require_positive,
+)
+
+ADVANTAGE_KINDS: tuple[str, ...] = ("none", "mean", "mean-std", "loo", "logavgexp")
+STD_KINDS: tuple[str, ...] = ("population", "sample")
+
+
+def _check_rewards(rewards: object) -> Tensor:
+    rewards = require_float_tensor("rewards", rewards)
+    require_ndim("rewards", rewards, (2,), "a [G, K] tensor (groups × responses)")
+    if rewards.shape[1] == 0:
+        raise ValueError("rewards must hold at least one response per group, got K = 0")
+    require_finite("rewards", rewards)
+    return rewards
+
+
+def group_advantages(
+    rewards: Tensor,
+    kind: str = "mean",
+    *,
+    std: str = "population",
+    eps: float = 1e-6,
+    tau: float = 1.0,
+    shift: float = 0.0,
+) -> Tensor:
+    """Advantages [G, K] from rewards [G, K] under the baseline ``kind`` (see module docstring).
+
+    Args:
+        rewards: [G, K] float rewards, finite.
+        kind: one of ``ADVANTAGE_KINDS``.
+        std: ``"population"`` (ddof 0, GRPO as usually implemented) or ``"sample"`` (ddof 1,
+            ``torch.std``'s default); only for ``mean-std``.
+        eps: added to σ in ``mean-std`` (≥ 0).
+        tau: temperature τ > 0 of the ``logavgexp`` baseline.
+        shift: β, subtracted from the baseline (AsymRE); may be negative.
+    """
+    rewards = _check_rewards(rewards)
+    require_choice("kind", kind, ADVANTAGE_KINDS)
+    require_choice("std", std, STD_KINDS)
+    eps = require_nonnegative("eps", eps)
+    tau = require_positive("tau", tau)
+    shift = require_number("shift", shift)
+    k = rewards.shape[1]
+
+    if kind == "none":
+        return rewards + shift
+    if k == 1:  # a lone response has nothing to be relative to
+        return torch.zeros_like(rewards) + shift
+
+    mean = rewards.mean(dim=1, keepdim=True)
+    if kind == "mean":
+        return rewards - mean + shift
+    if kind == "mean-std":
+        sigma = rewards.std(dim=1, keepdim=True, correction=0 if std == "population" else 1)
+        centred = rewards - mean + shift
+        # equal rewards: σ = 0 and centred = shift; never divide 0 by 0 when eps = 0
+        return torch.where(sigma > 0, centred / (sigma + eps), centred)
+    if kind == "loo":
+        loo_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+        return rewards - loo_mean + shift
+    # logavgexp: τ·(logsumexp(r/τ) − log K), a soft maximum between r̄ and max r
+    baseline = tau * (torch.logsumexp(rewards / tau, dim=1, keepdim=True) - math.log(k))
+    return rewards - baseline + shift
+
+
+def red_drop(rewards: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """RED-Drop (paper §6): balance negatives against positives, then re-centre.
+
+    In each group, positives are r_i > r̄ and negatives r_i < r̄. When a group has more
+    negatives than positives, negatives are dropped uniformly at random (using ``generator``)
+    until the counts are equal; the mean is then recomputed over the kept samples and the kept
+    samples get A_i = r_i − r̄_kept. Dropped samples get A = 0 and ``keep`` False, so callers can
+    also drop them from the loss's token count.
+
+    Returns:
+        (advantages [G, K], keep [G, K] bool)
+    """
+    rewards = _check_rewards(rewards)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    mean = rewards.mean(dim=1, keepdim=True)
+    positive = rewards > mean
+    negative = rewards < mean
+    n_keep_negative = torch.minimum(positive.sum(1, keepdim=True), negative.sum(1, keepdim=True))
+
+    # A uniformly random order of each group's negatives: rank by i.i.d. uniform scores.
+    scores = torch.rand(rewards.shape, generator=generator, device=generator.device)
+    scores = scores.to(rewards.device).to(rewards.dtype)
+    scores = torch.where(negative, scores, torch.full_like(scores, 2.0))  # non-negatives last
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    keep = ~negative | (rank < n_keep_negative)
+
+    kept = keep.to(rewards.dtype)
+    kept_mean = (rewards * kept).sum(1, keepdim=True) / kept.sum(1, keepdim=True)
+    advantages = torch.where(keep, rewards - kept_mean, torch.zeros_like(rewards))
+    return advantages, keep
+
+
+def shaped_advantages(
+    rewards: Tensor,
+    kind: str,
+    *,
+    generator: torch.Generator | None = None,
+    drop_uniform_groups: bool = False,
+    **kwargs: float | str,
+) -> tuple[Tensor, Tensor]:
+    """Advantages and a keep mask for any kind a loss preset may name.
+
+    ``kind`` is one of ``ADVANTAGE_KINDS`` or ``"red-drop"`` (which needs ``generator``).
+    ``drop_uniform_groups`` (DAPO's dynamic-sampling filter) marks every sample of a group whose
+    rewards are all equal as not kept: such groups carry no signal and would only dilute a
+    token-mean. Callers drop ``~keep`` samples from the loss mask.
+    """
+    if kind == "red-drop":
+        if generator is None:
+            raise ValueError("kind='red-drop' needs a torch.Generator in generator=")
+        if kwargs:
+            raise TypeError(f"kind='red-drop' takes no options, got {sorted(kwargs)}")
+        advantages, keep = red_drop(rewards, generator)
+    else:
+        advantages = group_advantages(rewards, kind, **kwargs)  # type: ignore[arg-type]
+        keep = torch.ones_like(advantages, dtype=torch.bool)
+    if drop_uniform_groups:
+        uniform = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+        keep = keep & ~uniform
+    return advantages, keep
