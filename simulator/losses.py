@@ -573,7 +573,7 @@ def policy_loss(
             ``LOSSES[name].advantages(rewards)`` for the kind this loss expects).
         mask: [B, T] bool or 0/1; False marks padding. Masked values never matter.
         agg: an aggregation mode of ``simulator.aggregation``; ``None`` means the loss's own
-            default (``token-mean`` except ``gspo*`` and ``dr-grpo``). An explicit value always wins.
+            default (``token-mean`` except ``gspo*``, ``dr-grpo``); an explicit value wins.
         norm_len: the constant length of ``seq-mean-token-sum-norm`` (default T).
         validate: check values (NaN/inf, empty mask). Set False inside ``torch.func`` transforms;
             shapes, dtypes and devices are always checked.
