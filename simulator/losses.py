@@ -156,8 +156,9 @@ def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean"
     require_choice("agg", agg, AGGREGATIONS)
 
     def decorate(fn: LossFn) -> LossFn:
+        first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         LOSSES[name] = LossSpec(name=name, fn=fn, advantage=advantage, agg=agg, base=name,
-                                summary=summary or (fn.__doc__ or "").strip().splitlines()[0])
+                                summary=summary or first_line)
         return fn
 
     return decorate
