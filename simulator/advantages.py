@@ -24,8 +24,6 @@ by dropping random negatives, then re-centres on the kept samples.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -96,9 +94,11 @@ def group_advantages(
     if kind == "loo":
         loo_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
         return rewards - loo_mean + shift
-    # logavgexp: τ·(logsumexp(r/τ) − log K), a soft maximum between r̄ and max r
-    baseline = tau * (torch.logsumexp(rewards / tau, dim=1, keepdim=True) - math.log(k))
-    return rewards - baseline + shift
+    # logavgexp: τ·log((1/K)·Σ e^{r/τ}), a soft maximum between r̄ and max r. Shifted by the
+    # max so nothing overflows, and so equal rewards give exactly m + τ·log 1 = m.
+    top = rewards.max(dim=1, keepdim=True).values
+    soft = torch.exp((rewards - top) / tau).mean(dim=1, keepdim=True)
+    return rewards - (top + tau * torch.log(soft)) + shift
 
 
 def red_drop(rewards: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
