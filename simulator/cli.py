@@ -8,6 +8,9 @@ the bridge (issue 5): until then they say what they will do and exit 0.
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import tyro
 from rich.console import Console
 from rich.table import Table
@@ -18,27 +21,33 @@ console = Console()
 
 
 def losses(name: str | None = None) -> None:
-    """List the loss zoo: every registered loss and preset, its advantage kind, aggregation and
-    keyword defaults.
+    """List the loss zoo: every registered loss and preset with its advantage kind, default
+    aggregation and the keyword values a preset binds.
 
     Args:
-        name: show one loss in full (its docstring) instead of the table.
+        name: show one loss in full (all keyword defaults and its formula) instead of the table.
     """
     if name is not None:
         spec = LOSSES[name]
-        console.print(f"[bold]{spec.name}[/bold]  (base: {spec.base})")
-        console.print(f"advantage: {spec.advantage}  agg: {spec.agg}  "
-                      f"drop uniform groups: {spec.drop_uniform_groups}")
-        console.print(f"keywords: {spec.defaults()}")
-        console.print(spec.fn.__doc__ or "")
+        console.print(f"[bold]{spec.name}[/bold] — {spec.summary}")
+        console.print(f"base loss: {spec.base}   advantage: {spec.advantage}   "
+                      f"aggregation: {spec.agg}   drop uniform groups: {spec.drop_uniform_groups}")
+        console.print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()))
+        console.print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
         return
-    table = Table(title="grlab loss zoo (simulator.losses.LOSSES)")
-    for column in ("name", "base", "advantage", "agg", "keywords", "summary"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="grlab loss zoo — simulator.losses.LOSSES", show_lines=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("advantage", no_wrap=True)
+    table.add_column("aggregation", no_wrap=True)
+    table.add_column("what it is", overflow="fold", ratio=1)
     for spec in LOSSES.values():
-        keywords = ", ".join(f"{k}={v}" for k, v in spec.defaults().items())
-        table.add_row(spec.name, spec.base, spec.advantage, spec.agg, keywords, spec.summary)
+        text = spec.summary
+        if spec.hparams:
+            binds = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
+            text += f"\n[dim]= {spec.base}({binds})[/dim]"
+        table.add_row(spec.name, spec.advantage, spec.agg, text)
     console.print(table)
+    console.print("grlab losses --name NAME shows one loss's formula and every keyword.")
 
 
 def compare() -> None:
@@ -70,11 +79,16 @@ def train_llm() -> None:
 
 
 def main() -> None:
-    tyro.extras.subcommand_cli_from_dict(
-        {"compare": compare, "verify": verify, "train-llm": train_llm, "losses": losses},
-        prog="grlab",
-        description="grlab: an exact laboratory for GRPO-family policy-gradient losses.",
-    )
+    try:
+        tyro.extras.subcommand_cli_from_dict(
+            {"compare": compare, "verify": verify, "train-llm": train_llm, "losses": losses},
+            prog="grlab",
+            description="grlab: an exact laboratory for GRPO-family policy-gradient losses.",
+        )
+    except (KeyError, ValueError, TypeError) as error:  # bad input: a message, not a traceback
+        message = error.args[0] if error.args else repr(error)
+        console.print(f"[red]error:[/red] {message}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

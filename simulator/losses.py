@@ -441,8 +441,7 @@ def asymre(
 def topr(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, level: str = "sequence"
 ) -> TokenLoss:
-    """TOPR (Le Roux et al. 2025): ℓ = −α·A·log π with α = 1 for A ≥ 0, sg(clip(π/μ, 0, 1))
-    for A < 0.
+    """TOPR (Le Roux et al. 2025): ℓ = −α·A·log π, α = 1 if A ≥ 0 else sg(clip(π/μ, 0, 1)).
 
     ``level="sequence"`` (the paper's trajectory-level taper): π/μ = e^{Σ_t δ_t}.
     ``level="token"``: the per-token ratio. The sign test uses the advantage the caller passes
