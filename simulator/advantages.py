@@ -76,35 +76,45 @@ def group_advantages(
     eps = require_nonnegative("eps", eps)
     tau = require_positive("tau", tau)
     shift = require_number("shift", shift)
-    k = rewards.shape[1]
 
     if kind == "none":
         return rewards + shift
-    if k == 1:  # a lone response has nothing to be relative to
-        return torch.zeros_like(rewards) + shift
+    baseline, scale = _baseline_and_scale(rewards, kind, std=std, eps=eps, tau=tau)
+    advantages = (rewards - baseline + shift) / scale
+    # A group whose rewards are all equal carries no signal. Decide that by exact equality:
+    # r̄ of (0.1, 0.1, 0.1) is 0.10000000000000002, and dividing that round-off by an equally
+    # tiny σ would turn "no signal" into advantages of ±1.
+    uniform = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(uniform, torch.full_like(advantages, shift), advantages)
 
+
+def _baseline_and_scale(rewards: Tensor, kind: str, *, std: str, eps: float, tau: float
+                        ) -> tuple[Tensor, Tensor | float]:
+    """b [G, 1] or [G, K] and s of A = (r − b + shift)/s for the group-relative kinds."""
+    k = rewards.shape[1]
+    if k == 1:  # a lone response has nothing to be relative to (and is "uniform" anyway)
+        return rewards, 1.0
+    if kind == "loo":
+        return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1), 1.0
+    if kind == "logavgexp":
+        # τ·log((1/K)·Σ e^{r/τ}), a soft maximum between r̄ and max r, shifted by the max so
+        # nothing overflows.
+        top = rewards.max(dim=1, keepdim=True).values
+        soft = torch.exp((rewards - top) / tau).mean(dim=1, keepdim=True)
+        return top + tau * torch.log(soft), 1.0
     mean = rewards.mean(dim=1, keepdim=True)
     if kind == "mean":
-        return rewards - mean + shift
-    if kind == "mean-std":
-        sigma = rewards.std(dim=1, keepdim=True, correction=0 if std == "population" else 1)
-        centred = rewards - mean + shift
-        # equal rewards: σ = 0 and centred = shift; never divide 0 by 0 when eps = 0
-        return torch.where(sigma > 0, centred / (sigma + eps), centred)
-    if kind == "loo":
-        loo_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
-        return rewards - loo_mean + shift
-    # logavgexp: τ·log((1/K)·Σ e^{r/τ}), a soft maximum between r̄ and max r. Shifted by the
-    # max so nothing overflows, and so equal rewards give exactly m + τ·log 1 = m.
-    top = rewards.max(dim=1, keepdim=True).values
-    soft = torch.exp((rewards - top) / tau).mean(dim=1, keepdim=True)
-    return rewards - (top + tau * torch.log(soft)) + shift
+        return mean, 1.0
+    sigma = rewards.std(dim=1, keepdim=True, correction=0 if std == "population" else 1)
+    # σ = 0 only in uniform groups, which the caller overrides; avoid 0/0 there when eps = 0
+    return mean, torch.where(sigma > 0, sigma + eps, torch.ones_like(sigma))
 
 
 def red_drop(rewards: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """RED-Drop (paper §6): balance negatives against positives, then re-centre.
 
-    In each group, positives are r_i > r̄ and negatives r_i < r̄. When a group has more
+    In each group, positives are r_i > r̄ and negatives r_i < r̄ (samples within round-off of
+    r̄ are neither). When a group has more
     negatives than positives, negatives are dropped uniformly at random (using ``generator``)
     until the counts are equal; the mean is then recomputed over the kept samples and the kept
     samples get A_i = r_i − r̄_kept. Dropped samples get A = 0 and ``keep`` False, so callers can
@@ -117,8 +127,12 @@ def red_drop(rewards: Tensor, generator: torch.Generator) -> tuple[Tensor, Tenso
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     mean = rewards.mean(dim=1, keepdim=True)
-    positive = rewards > mean
-    negative = rewards < mean
+    # Which side of r̄ a sample is on must not be decided by round-off: r̄ of (0.1, 0.1, 0.1)
+    # is 0.10000000000000002, which would make all three "negatives". Within a few ulps of the
+    # group's scale a sample counts as at the mean.
+    tol = 8 * torch.finfo(rewards.dtype).eps * rewards.abs().amax(dim=1, keepdim=True)
+    positive = rewards - mean > tol
+    negative = rewards - mean < -tol
     n_keep_negative = torch.minimum(positive.sum(1, keepdim=True), negative.sum(1, keepdim=True))
 
     # A uniformly random order of each group's negatives: rank by i.i.d. uniform scores.
@@ -130,7 +144,9 @@ def red_drop(rewards: Tensor, generator: torch.Generator) -> tuple[Tensor, Tenso
 
     kept = keep.to(rewards.dtype)
     kept_mean = (rewards * kept).sum(1, keepdim=True) / kept.sum(1, keepdim=True)
-    advantages = torch.where(keep, rewards - kept_mean, torch.zeros_like(rewards))
+    # a group with neither positives nor negatives is uniform: exactly 0, not round-off
+    signal = keep & (positive | negative).any(dim=1, keepdim=True)
+    advantages = torch.where(signal, rewards - kept_mean, torch.zeros_like(rewards))
     return advantages, keep
 
 
