@@ -7,7 +7,12 @@ more instances, for a deliberate long check (HYPOTHESIS_PROFILE=thorough pytest)
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# The suite's tensors are tiny: one intra-op thread is faster, and on a 2-core machine shared
+# with another process two threads made a [4, 4] softmax take milliseconds instead of µs.
+torch.set_num_threads(1)
 
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("dev", max_examples=30, **_common)

@@ -8,13 +8,35 @@ the bridge (issue 5): until then they say what they will do and exit 0.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import shutil
 import sys
+from pathlib import Path
+from typing import Literal
 
 import tyro
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from simulator.dynamics import SETTINGS
+from simulator.experiments import (
+    ARMS,
+    DEFAULT_COMPARE_ARMS,
+    EXPERIMENTS,
+    LOG_LINEAR,
+    Experiment,
+    default_comparison,
+    experiment_names,
+)
 from simulator.losses import LOSSES
 
 console = Console()
@@ -50,24 +72,118 @@ def losses(name: str | None = None) -> None:
     console.print("grlab losses --name NAME shows one loss's formula and every keyword.")
 
 
-def compare() -> None:
-    """The main job: the default off-policy comparison of losses on CPU (plot + table)."""
-    console.print(
-        "[bold]grlab compare[/bold] is not built yet (issue 4). It will train REINFORCE, GRPO, "
-        "REC-OneSide-IS/NoIS, OPMD, AsymRE and RED on exact softmax-bandit and tree testbeds in "
-        "four settings (on-policy, sync_interval=20, sync_offset=10, offline), several seeds at "
-        "once, and write results/compare/ with a PNG of reward and KL curves and a table.\n"
-        "Available now: [bold]grlab losses[/bold] lists the loss zoo it will compare."
-    )
+def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
+    """Run an experiment with a progress bar, write its files, print the table and paths."""
+    from simulator.experiments import pivot, run_experiment, write_report
+
+    if fresh and (out / "runs").exists():
+        shutil.rmtree(out / "runs")
+    total = len(exp.arms) * exp.steps
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"{exp.key}: {len(exp.arms)} losses", total=total)
+        done: dict[str, int] = {}
+
+        def on_step(label: str, step: int) -> None:
+            done[label] = step + 1
+            progress.update(task, completed=sum(done.values()),
+                            description=f"{exp.key}: {label}")
+
+        report = run_experiment(exp, out, on_step)
+    paths = write_report(report, out)
+    settings, rows = pivot(report)
+    table = Table(title=f"{exp.key}: {exp.title}", caption="final reward ± 95% CI · collapse "
+                  "rate · steps to 90% of the best reward reached", show_lines=True)
+    table.add_column("loss", no_wrap=True)
+    for setting in settings:
+        table.add_column(setting, overflow="fold")
+    for arm, values in rows:
+        table.add_row(arm, *values)
+    console.print(table)
+    for kind, path in paths.items():
+        console.print(f"{kind:>8}: {path}")
 
 
-def verify() -> None:
-    """Check every theory claim numerically and print a table (claim, error, verdict)."""
-    console.print(
-        "[bold]grlab verify[/bold] is not built yet (issue 3). It will run the theory catalogue "
-        "on fresh random instances and exit non-zero if any claim fails. The loss-level "
-        "identities are already checked by the test suite: pytest theory_tests."
-    )
+def compare(
+    losses: tuple[str, ...] = DEFAULT_COMPARE_ARMS,
+    settings: tuple[str, ...] = tuple(SETTINGS),
+    env: Literal["bandit", "tree"] = "bandit",
+    policy: Literal["tabular", "log-linear"] = "log-linear",
+    seeds: int = 5,
+    steps: int = 150,
+    out: Path = Path("results/compare"),
+    list: bool = False,
+    fresh: bool = False,
+) -> None:
+    """The main job: train several losses under four off-policy settings, exactly, on CPU, and
+    write a plot (curves.png) and a table (table.md, table.csv).
+
+    Args:
+        losses: arm keys or any registered loss name (see --list).
+        settings: off-policy settings (see --list).
+        env: the testbed: a multi-prompt softmax bandit or a token-level tree MDP.
+        policy: tabular logits, or a log-linear policy with shared features.
+        seeds: problem instances per (loss, setting); each draws rewards and a start point.
+        steps: training steps (one optimiser step per batch).
+        out: output folder; finished losses are cached under out/runs and reused.
+        list: print the loss keys, settings and experiments, then exit.
+        fresh: ignore cached runs under out/runs.
+    """
+    if list:
+        console.print("losses (arm keys): " + ", ".join(ARMS) + ", or any name of `grlab losses`")
+        console.print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()))
+        console.print("experiments: " + ", ".join(experiment_names()) + " (grlab experiment KEY)")
+        return
+    problem = dataclasses.replace(LOG_LINEAR, policy=policy, env=env)
+    exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem)
+    _run_and_report(exp, out, fresh)
+
+
+def experiment(key: str, /, out: Path | None = None, fresh: bool = False) -> None:
+    """Run one named experiment of the paper's findings (E1 ...) and write its plot and table.
+
+    Args:
+        key: the experiment's key (grlab compare --list shows them).
+        out: output folder (default results/KEY).
+        fresh: ignore cached runs.
+    """
+    if key not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {key!r}; valid: {', '.join(experiment_names())}")
+    _run_and_report(EXPERIMENTS[key], out or Path("results") / key, fresh)
+
+
+def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,
+           json: str | None = None) -> None:
+    """Check every claim of the theory catalogue on fresh random instances and print a table
+    (claim, source, instances tried, worst error, tolerance, verdict); exit 1 if any claim fails.
+
+    Args:
+        only: run only these claim keys (e.g. --only 4 13b); default: the whole catalogue.
+        instances: instances per claim; default: each claim's own count (the full run then
+            takes well under a minute on 2 cores).
+        seed: seed of the generator that draws every instance; default: fresh from the OS
+            (printed, so a failure can be replayed).
+        json: also write the table to this path as JSON.
+    """
+    from simulator.claims import CATALOGUE
+    from simulator.claims.report import catalogue_json, catalogue_table, run_catalogue
+
+    keys = tuple(only) or CATALOGUE
+    try:
+        with console.status("running the theory catalogue") as status:
+            run = run_catalogue(keys, seed=seed, instances=instances, on_claim=lambda report:
+                                status.update(f"claim {report.key} done ({report.seconds:.1f} s)"))
+    except (KeyError, ValueError) as error:
+        console.print(f"[bold red]error:[/bold red] {error}")
+        raise SystemExit(2) from None
+    console.print(catalogue_table(run))
+    if json is not None:
+        console.print(f"table written to {catalogue_json(run, json)}")
+    if not run.passed:
+        failed = ", ".join(report.key for report in run.reports if not report.passed)
+        console.print(f"[bold red]claims failing: {failed}[/bold red] (replay: --seed {run.seed})")
+        raise SystemExit(1)
 
 
 def train_llm() -> None:
@@ -81,7 +197,8 @@ def train_llm() -> None:
 def main() -> None:
     try:
         tyro.extras.subcommand_cli_from_dict(
-            {"compare": compare, "verify": verify, "train-llm": train_llm, "losses": losses},
+            {"compare": compare, "experiment": experiment, "verify": verify,
+             "train-llm": train_llm, "losses": losses},
             prog="grlab",
             description="grlab: an exact laboratory for GRPO-family policy-gradient losses.",
         )

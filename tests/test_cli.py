@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
 from simulator import cli
 from simulator.losses import LOSSES
 
@@ -47,8 +45,30 @@ def test_an_unknown_loss_is_a_clear_error_not_a_traceback(monkeypatch, capsys):
     assert "did you mean 'grpo'" in out and "Traceback" not in out
 
 
-@pytest.mark.parametrize("sub", ["compare", "train-llm"])
-def test_announced_subcommands_say_what_they_will_do(monkeypatch, capsys, sub):
-    code, out = run(monkeypatch, capsys, sub)
+def test_train_llm_says_what_it_will_do(monkeypatch, capsys):
+    code, out = run(monkeypatch, capsys, "train-llm")
     assert code == 0
     assert "issue" in out
+
+
+def test_compare_list_names_losses_settings_and_experiments(monkeypatch, capsys):
+    code, out = run(monkeypatch, capsys, "compare", "--list")
+    assert code == 0
+    for name in ("rec-oneside-nois-wide", "sync-interval-20", "offline", "E1"):
+        assert name in out
+
+
+def test_compare_writes_a_table_and_a_plot_and_prints_where(monkeypatch, capsys, tmp_path):
+    code, out = run(monkeypatch, capsys, "compare", "--losses", "reinforce", "grpo",
+                    "--settings", "on-policy", "offline", "--seeds", "2", "--steps", "4",
+                    "--out", str(tmp_path))
+    assert code == 0
+    for name in ("table.md", "table.csv", "curves.png"):
+        assert (tmp_path / name).exists() and str(tmp_path / name) in out.replace("\n", "")
+    assert "REINFORCE" in out and "GRPO" in out
+
+
+def test_compare_rejects_an_unknown_setting(monkeypatch, capsys, tmp_path):
+    code, out = run(monkeypatch, capsys, "compare", "--settings", "stale", "--out",
+                    str(tmp_path))
+    assert code == 2 and "unknown setting" in out

@@ -1,0 +1,244 @@
+"""Exact expectations: every fast path against its naive twin, the sampler against the exact
+value within its own reported error, and the public contract of ``simulator.exact``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.bandit import SoftmaxBandit
+from simulator.claims.registry import MC_Z, mc_z_error, single_threaded
+from simulator.exact import (
+    LossSetup,
+    batch_loss,
+    enumerate_groups,
+    expected_gradient,
+    expected_hessian,
+    expected_loss,
+    group_gradients,
+    iterate_expected_update,
+    multisets,
+    ordered_tuples,
+    sample_groups,
+    sampled_gradient,
+)
+from simulator.losses import LOSSES
+from simulator.policies import LogLinearPolicy, policy_behavior, random_logits
+from simulator.tree import TreeMDP
+
+SEEDS = st.integers(0, 2**31 - 1)
+# every loss whose exact expectation is enumerable (red-drop draws at random)
+EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread (see ``claims.registry.single_threaded``)."""
+    with single_threaded():
+        yield
+
+
+def instance(seed: int, tree: bool, prompts: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    if tree:
+        env = TreeMDP.random(prompts, 2, 2, bool(seed % 2), g)
+    else:
+        env = SoftmaxBandit(torch.rand(prompts, 3, generator=g, dtype=torch.float64))
+    theta = random_logits(env, g)
+    mu = policy_behavior(env, theta + 0.5 * random_logits(env, g))
+    return env, theta, mu, g
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 1), (3, 4), (5, 3), (15, 2)])
+def test_multisets_count_and_weights_sum_to_one(n, k):
+    outcomes, _log_coef = multisets(n, k)
+    assert outcomes.shape == (math.comb(n + k - 1, k), k)
+    mu = torch.softmax(torch.randn(2, n, dtype=torch.float64), -1)
+    batch = enumerate_groups(mu, k)
+    totals = torch.zeros(2, dtype=torch.float64).index_add_(0, batch.prompt, batch.weight)
+    torch.testing.assert_close(totals, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert multisets(n, k)[0] is outcomes  # cached
+
+
+def test_multiset_probabilities_match_ordered_tuples():
+    """Naive twin: summing ordered-tuple probabilities over each multiset gives its weight."""
+    mu = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+    ordered = enumerate_groups(mu, 3, ordered=True)
+    merged: dict[tuple[int, ...], float] = {}
+    for group, weight in zip(ordered.responses.tolist(), ordered.weight.tolist(), strict=True):
+        key = tuple(sorted(group))
+        merged[key] = merged.get(key, 0.0) + weight
+    fast = enumerate_groups(mu, 3)
+    for group, weight in zip(fast.responses.tolist(), fast.weight.tolist(), strict=True):
+        assert math.isclose(merged[tuple(group)], weight, rel_tol=1e-12)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=SEEDS, tree=st.booleans(), k=st.integers(1, 3))
+def test_enumeration_agrees_with_ordered_tuples_and_looped_losses_for_every_loss(seed, tree, k):
+    """multisets + vmap (the fast path) vs ordered tuples + a validated Python loop."""
+    env, theta, mu, _ = instance(seed, tree, prompts=1)
+    for name in EXACT_LOSSES:
+        fast = expected_gradient(env, theta, mu, name, k, method="enumerate")
+        slow = expected_gradient(env, theta, mu, name, k, method="ordered")
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@given(seed=SEEDS, tree=st.booleans(), k=st.integers(1, 4),
+       agg=st.sampled_from(["seq-mean-token-sum", "seq-mean-token-mean",
+                            "seq-mean-token-sum-norm", "token-mean"]),
+       name=st.sampled_from(["reinforce", "asymre", "rloo"]))
+def test_closed_form_fast_path_agrees_with_enumeration(seed, tree, k, agg, name):
+    env, theta, mu, _ = instance(seed, tree)
+    if agg == "token-mean" and bool((env.lengths != env.lengths[0]).any()):
+        with pytest.raises(ValueError, match="no closed form"):
+            expected_loss(env, theta, mu, name, k, agg=agg, method="closed-form")
+        return
+    fast = expected_gradient(env, theta, mu, name, k, agg=agg, method="closed-form")
+    slow = expected_gradient(env, theta, mu, name, k, agg=agg, method="enumerate")
+    value_fast = expected_loss(env, theta, mu, name, k, agg=agg, method="closed-form")
+    value_slow = expected_loss(env, theta, mu, name, k, agg=agg, method="enumerate")
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(value_fast, value_slow, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rec-oneside-is", "opmd-kimi", "gspo", "dr-grpo"])
+def test_sampled_estimator_agrees_with_exact_within_its_reported_error(name):
+    env, theta, mu, g = instance(7, tree=True)
+    exact = expected_gradient(env, theta, mu, name, 3, method="enumerate")
+    mean, stderr = sampled_gradient(env, theta, mu, name, 3, 3000, g)
+    assert mc_z_error(mean, stderr, exact) <= MC_Z
+    assert float(stderr.max()) < 0.05 * float(exact.abs().max()) + 1e-3  # the test has power
+
+
+def test_sampled_batch_and_enumerated_batch_go_through_one_loss_function():
+    env, theta, mu, g = instance(3, tree=True)
+    setup = LossSetup("grpo")
+    exact = batch_loss(env, theta, enumerate_groups(mu, 2), mu, setup)
+    sampled = batch_loss(env, theta, sample_groups(mu, 2, 4000, g), mu, setup)
+    assert abs(float(exact - sampled)) < 0.05 + 0.1 * abs(float(exact))
+    torch.testing.assert_close(exact, expected_loss(env, theta, mu, "grpo", 2))
+
+
+def test_red_drop_is_sampled_not_enumerated():
+    env, theta, mu, g = instance(1, tree=False)
+    with pytest.raises(ValueError, match="red-drop"):
+        expected_gradient(env, theta, mu, "red-drop", 3)
+    mean, stderr = sampled_gradient(env, theta, mu, "red-drop", 3, 50, g)
+    assert mean.shape == theta.shape and bool(torch.isfinite(stderr).all())
+
+
+def test_hessian_is_the_jacobian_of_the_exact_gradient():
+    env, theta, mu, _ = instance(5, tree=False, prompts=1)
+    hessian = expected_hessian(env, theta, mu, "grpo", 2)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda z: torch.autograd.grad(expected_loss(env, z, mu, "grpo", 2), z,
+                                      create_graph=True)[0], theta)
+    torch.testing.assert_close(hessian, jacobian, rtol=1e-9, atol=1e-12)
+    flat = hessian.reshape(theta.numel(), theta.numel())
+    torch.testing.assert_close(flat, flat.T, rtol=1e-9, atol=1e-12)
+
+
+def test_iterated_update_is_repeated_gradient_descent():
+    env, theta, mu, _ = instance(2, tree=False)
+    path = iterate_expected_update(env, theta, mu, "grpo", 2, lr=0.5, steps=3)
+    step = theta - 0.5 * expected_gradient(env, theta, mu, "grpo", 2)
+    assert path.shape == (4, *theta.shape)
+    torch.testing.assert_close(path[1], step)
+
+
+def test_log_linear_gradient_is_the_chain_rule_of_the_tabular_one():
+    env, _theta, mu, g = instance(4, tree=True)
+    policy = LogLinearPolicy.random(env, 3, g)
+    w = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad_w,) = torch.autograd.grad(expected_loss(env, policy.logits(w), mu, "grpo", 2), w)
+    grad_logits = expected_gradient(env, policy.logits(w).detach(), mu, "grpo", 2)
+    torch.testing.assert_close(grad_w, torch.einsum("...d,...->d", policy.features, grad_logits))
+
+
+def test_on_policy_behaviour_is_the_detached_current_policy():
+    env, theta, _, _ = instance(6, tree=True)
+    on = expected_gradient(env, theta, "on-policy", "grpo", 2)
+    fixed = expected_gradient(env, theta, policy_behavior(env, theta), "grpo", 2)
+    torch.testing.assert_close(on, fixed)
+
+
+def test_anchor_separates_logp_old_from_the_behaviour():
+    env, theta, mu, g = instance(8, tree=True)
+    anchor = policy_behavior(env, random_logits(env, g))
+    with_anchor = expected_gradient(env, theta, mu, "opmd-kimi", 2, anchor=anchor)
+    without = expected_gradient(env, theta, mu, "opmd-kimi", 2)
+    assert not torch.allclose(with_anchor, without)
+
+
+def test_bad_inputs_raise_clear_errors():
+    env, theta, mu, _g = instance(0, tree=False)
+    with pytest.raises(KeyError, match="did you mean"):
+        expected_gradient(env, theta, mu, "grpoo", 2)
+    with pytest.raises(TypeError, match="keyword"):
+        expected_gradient(env, theta, mu, "grpo", 2, eps_hihg=0.3)
+    with pytest.raises(ValueError, match="K must be"):
+        expected_gradient(env, theta, mu, "grpo", 0)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        expected_gradient(env, theta[:, :2], mu, "grpo", 2)
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_gradient(env, theta, mu * 2, "grpo", 2)
+    with pytest.raises(ValueError, match="method"):
+        expected_gradient(env, theta, mu, "grpo", 2, method="fast")
+    with pytest.raises(ValueError, match="behavior"):
+        expected_gradient(env, theta, "off-policy", "grpo", 2)
+    with pytest.raises(ValueError, match="MAX_GROUPS"):
+        multisets(200, 6)
+    with pytest.raises(ValueError, match="MAX_GROUPS"):
+        ordered_tuples(20, 6)
+    with pytest.raises(TypeError, match="Generator"):
+        sample_groups(mu, 2, 10, 0)
+    zero = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="anchor"):
+        expected_gradient(env, theta, mu, "grpo", 2, anchor=zero)
+
+
+def test_zero_probability_responses_are_left_out_not_nan():
+    env, theta, _, _ = instance(9, tree=False)
+    mu = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    for name in ("grpo", "rec-oneside-is", "opmd-kimi", "cispo"):
+        assert bool(torch.isfinite(expected_gradient(env, theta, mu, name, 3)).all()), name
+
+
+def test_group_gradients_agree_with_jacobian_of_group_losses():
+    """Naive twin of ``group_gradients`` (vmap of grad): jacrev of the vector of group losses."""
+    from simulator.exact import _prepare, _setup, per_group_losses
+
+    env, theta, mu, g = instance(11, tree=True)
+    batch = sample_groups(mu, 3, 10, g)
+    for name in ("grpo", "gspo", "opmd-kimi", "dapo"):
+        setup = _setup(name, {})
+        prepared = _prepare(env, batch, mu, setup, None, None)
+        naive = torch.func.jacrev(lambda z, s=setup, p=prepared: per_group_losses(env, z, p, s))(
+            theta)
+        torch.testing.assert_close(group_gradients(env, theta, batch, mu, name), naive,
+                                   rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_population_surrogate_closed_form_agrees_with_enumeration():
+    """closed_forms.expected_pairwise_surrogate ((K−1)/K·Var_μ a) vs the enumerated groups
+    through losses.pairwise_surrogate."""
+    from simulator.closed_forms import expected_pairwise_surrogate as closed_form
+    from simulator.exact import expected_pairwise_surrogate
+
+    env, theta, mu, g = instance(12, tree=True)
+    anchor = random_logits(env, g)
+    a = env.rewards - 0.7 * (env.sequence_logprobs(theta) - env.sequence_logprobs(anchor))
+    for k in (1, 2, 3):
+        torch.testing.assert_close(expected_pairwise_surrogate(env, theta, anchor, mu, k, 0.7),
+                                   closed_form(mu, a, k).mean(), rtol=1e-10, atol=1e-13)
+
+
+def test_a_callable_behaviour_is_checked_like_a_table():
+    env, theta, _, _ = instance(13, tree=False)
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_gradient(env, theta, lambda z: torch.ones(2, 3, dtype=torch.float64), "grpo", 2)
