@@ -42,3 +42,23 @@ def loss_cases(draw, *, per_token_adv: bool | None = None, max_log_ratio: float 
     lengths = torch.randint(1, t + 1, (b,), generator=g)
     mask = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
     return LossCase(logp, logp_old, adv, mask)
+
+
+# --- strategies for the claim catalogue (simulator.claims): one home for all claim tests ---
+
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+def sizes(key: str) -> st.SearchStrategy[dict[str, int]]:
+    """The size ranges a claim declares in its registry entry, as a hypothesis strategy."""
+    from simulator.claims import CLAIMS
+
+    return st.fixed_dictionaries({name: st.integers(lo, hi)
+                                  for name, (lo, hi) in CLAIMS[key].sizes.items()})
+
+
+def examples(divisor: int) -> int:
+    """A share of the active profile's example count, for the slower claims."""
+    from hypothesis import settings
+
+    return max(2, settings.default.max_examples // divisor)

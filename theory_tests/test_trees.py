@@ -5,23 +5,10 @@ Each test runs one registered claim (``simulator.claims``, shared with ``grlab v
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
-from simulator.claims import CLAIMS, assert_claim
-
-SEEDS = st.integers(0, 2**31 - 1)
-
-
-def sizes(key: str) -> st.SearchStrategy[dict[str, int]]:
-    return st.fixed_dictionaries({name: st.integers(lo, hi)
-                                  for name, (lo, hi) in CLAIMS[key].sizes.items()})
-
-
-def examples(divisor: int) -> int:
-    """A share of the active profile's example count, for the slower claims."""
-    return max(2, settings.default.max_examples // divisor)
-
+from simulator.claims import assert_claim
+from theory_tests.strategies import SEEDS, sizes
 
 
 @given(seed=SEEDS, size=sizes("13"))
