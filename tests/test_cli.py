@@ -2,64 +2,50 @@
 
 from __future__ import annotations
 
-import sys
-
-from simulator import cli
 from simulator.losses import LOSSES
 
 
-def run(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["grlab", *argv])
-    monkeypatch.setenv("COLUMNS", "160")
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    return code, capsys.readouterr().out
-
-
-def test_help_lists_the_subcommands(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "--help")
+def test_help_lists_the_subcommands(grlab):
+    code, out = grlab("--help")
     assert code == 0
     for sub in ("compare", "verify", "train-llm", "losses"):
         assert sub in out
 
 
-def test_losses_lists_every_registered_name(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "losses")
+def test_losses_lists_every_registered_name(grlab):
+    code, out = grlab("losses")
     assert code == 0
     for name in LOSSES:
         assert name in out
 
 
-def test_losses_name_shows_the_formula_and_keywords(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "losses", "--name", "grpo")
+def test_losses_name_shows_the_formula_and_keywords(grlab):
+    code, out = grlab("losses", "--name", "grpo")
     assert code == 0
     assert "eps_high=0.2" in out and "mean-std" in out and "max(−ρ·A" in out
 
 
-def test_an_unknown_loss_is_a_clear_error_not_a_traceback(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "losses", "--name", "grpoo")
+def test_an_unknown_loss_is_a_clear_error_not_a_traceback(grlab):
+    code, out = grlab("losses", "--name", "grpoo")
     assert code == 2
     assert "did you mean 'grpo'" in out and "Traceback" not in out
 
 
-def test_train_llm_says_what_it_will_do(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "train-llm")
+def test_train_llm_says_what_it_will_do(grlab):
+    code, out = grlab("train-llm")
     assert code == 0
     assert "issue" in out
 
 
-def test_compare_list_names_losses_settings_and_experiments(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "compare", "--list")
+def test_compare_list_names_losses_settings_and_experiments(grlab):
+    code, out = grlab("compare", "--list")
     assert code == 0
     for name in ("rec-oneside-nois-wide", "sync-interval-20", "offline", "E1"):
         assert name in out
 
 
-def test_compare_writes_a_table_and_a_plot_and_prints_where(monkeypatch, capsys, tmp_path):
-    code, out = run(monkeypatch, capsys, "compare", "--losses", "reinforce", "grpo",
+def test_compare_writes_a_table_and_a_plot_and_prints_where(grlab, tmp_path):
+    code, out = grlab("compare", "--losses", "reinforce", "grpo",
                     "--settings", "on-policy", "offline", "--seeds", "2", "--steps", "4",
                     "--out", str(tmp_path))
     assert code == 0
@@ -68,7 +54,7 @@ def test_compare_writes_a_table_and_a_plot_and_prints_where(monkeypatch, capsys,
     assert "REINFORCE" in out and "GRPO" in out
 
 
-def test_compare_rejects_an_unknown_setting(monkeypatch, capsys, tmp_path):
-    code, out = run(monkeypatch, capsys, "compare", "--settings", "stale", "--out",
+def test_compare_rejects_an_unknown_setting(grlab, tmp_path):
+    code, out = grlab("compare", "--settings", "stale", "--out",
                     str(tmp_path))
     assert code == 2 and "unknown setting" in out

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from simulator import cli
 from simulator.claims import CATALOGUE, CLAIMS
 from simulator.claims.registry import Check, Claim
 
 
-def run(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["grlab", "verify", *argv])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    return code, capsys.readouterr().out
-
-
-def test_verify_prints_the_table_and_writes_the_same_rows_as_json(monkeypatch, capsys, tmp_path):
+def test_verify_prints_the_table_and_writes_the_same_rows_as_json(grlab, tmp_path):
     path = tmp_path / "verify.json"
-    code, out = run(monkeypatch, capsys, "--only", "2", "9c", "13", "--seed", "3", "--json",
+    code, out = grlab("verify", "--only", "2", "9c", "13", "--seed", "3", "--json",
                     str(path))
     assert code == 0
     assert out.count("holds") == 3 and "3/3 claims hold" in out
@@ -36,28 +23,28 @@ def test_verify_prints_the_table_and_writes_the_same_rows_as_json(monkeypatch, c
     assert all(row["instances"] == CLAIMS[row["key"]].instances for row in payload["claims"])
 
 
-def test_verify_exits_non_zero_when_a_claim_fails(monkeypatch, capsys):
+def test_verify_exits_non_zero_when_a_claim_fails(grlab, monkeypatch):
     def broken(generator, n):
         return Check(1.0, 1e-10, "a deliberately false identity")
 
     monkeypatch.setitem(CLAIMS, "99", Claim("99", "a_false_claim", "test", {"n": (1, 2)},
                                             broken, 2))
-    code, out = run(monkeypatch, capsys, "--only", "99", "--instances", "2")
+    code, out = grlab("verify", "--only", "99", "--instances", "2")
     assert code == 1
     assert "FAILS" in out and "--seed" in out
 
 
-def test_a_crashing_claim_is_reported_as_failed_not_raised(monkeypatch, capsys):
+def test_a_crashing_claim_is_reported_as_failed_not_raised(grlab, monkeypatch):
     def crashes(generator):
         raise RuntimeError("boom")
 
     monkeypatch.setitem(CLAIMS, "98", Claim("98", "a_crashing_claim", "test", {}, crashes, 1))
-    code, out = run(monkeypatch, capsys, "--only", "98")
+    code, out = grlab("verify", "--only", "98")
     assert code == 1 and "boom" in out
 
 
-def test_an_unknown_claim_is_a_clear_error(monkeypatch, capsys):
-    code, out = run(monkeypatch, capsys, "--only", "42")
+def test_an_unknown_claim_is_a_clear_error(grlab):
+    code, out = grlab("verify", "--only", "42")
     assert code == 2 and "unknown claim" in out
 
 
