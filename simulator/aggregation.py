@@ -38,6 +38,8 @@ def aggregate(
 ) -> Tensor:
     """Reduce ``per_token`` [B, T] under a bool ``mask`` [B, T] to a scalar, as ``mode`` says.
 
+    Leading dimensions are batch dimensions: [..., B, T] gives [...], each [B, T] slice reduced
+    on its own (the exact simulator aggregates every group of K responses this way at once).
     ``norm_len`` is the constant length of ``seq-mean-token-sum-norm`` (default: T, the padded
     width); it is rejected for the other modes so that it is never silently ignored.
     """
@@ -48,7 +50,7 @@ def aggregate(
     # torch.where, not multiplication: a masked NaN or inf must not leak (NaN·0 = NaN).
     masked = torch.where(mask, per_token, per_token.new_zeros(()))
     if mode == "token-mean":
-        return masked.sum() / weights.sum().clamp(min=1.0)
+        return masked.sum(dim=(-2, -1)) / weights.sum(dim=(-2, -1)).clamp(min=1.0)
     row_len = weights.sum(dim=-1)
     row_sum = masked.sum(dim=-1)
     if mode == "seq-mean-token-mean":
@@ -58,8 +60,8 @@ def aggregate(
     else:
         length = float(per_token.shape[-1]) if norm_len is None else norm_len
         row_value = row_sum / require_positive("norm_len", length)
-    n_rows = (row_len > 0).to(per_token.dtype).sum().clamp(min=1.0)
-    return row_value.sum() / n_rows
+    n_rows = (row_len > 0).to(per_token.dtype).sum(dim=-1).clamp(min=1.0)
+    return row_value.sum(dim=-1) / n_rows
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

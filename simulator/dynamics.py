@@ -33,7 +33,7 @@ from torch import Tensor
 
 from simulator._validation import require_choice, require_positive
 from simulator.bandit import ResponseSpace, SoftmaxBandit
-from simulator.exact import LossSetup, batch_loss, expected_loss, sample_groups
+from simulator.exact import ExpectedLoss, LossSetup, batch_loss, sample_groups
 from simulator.tree import TreeMDP
 
 __all__ = ["SETTINGS", "Problem", "Schedule", "Trajectory", "simulate"]
@@ -290,6 +290,7 @@ def simulate(
     lr = torch.tensor([g[2] for g in grid], dtype=torch.float64)
     opt = _Optimizer(optimizer, lr)
     generator = torch.Generator().manual_seed(sample_seed)
+    expected = ExpectedLoss(runs.env, setup, group_size)
 
     theta = runs.theta0.clone()
     pi0 = runs.response_probs(theta)
@@ -316,8 +317,7 @@ def simulate(
             leaf = theta.detach().requires_grad_(True)
             logits = runs.logits(leaf)
             if batch is None:
-                value = expected_loss(runs.env, logits, mu_flat, setup.loss, group_size,
-                                      **_options(setup))
+                value = expected(logits, mu_flat)
             else:
                 value = batch_loss(runs.env, logits, batch, mu_flat, setup, generator=generator)
             (grad,) = torch.autograd.grad(value * runs.r, leaf)
@@ -336,15 +336,6 @@ def simulate(
     metrics = {key: torch.stack(values) for key, values in records.items()}
     return Trajectory(setup.loss, [(seeds[s], sch, lr) for s, sch, lr in grid], metrics,
                       diverged_at, theta.detach())
-
-
-def _options(setup: LossSetup) -> dict[str, Any]:
-    options = dict(setup.hparams)
-    for key in ("advantage", "advantage_kwargs", "agg", "norm_len", "anchor"):
-        value = getattr(setup, key)
-        if value is not None:
-            options[key] = value
-    return options
 
 
 def _guarded_step(opt: _Optimizer, theta: Tensor, grad: Tensor, diverged_at: Tensor,

@@ -41,10 +41,11 @@ from torch import Tensor
 
 from simulator.advantages import shaped_advantages
 from simulator.bandit import ResponseSpace, check_probs
-from simulator.losses import LOSSES, pairwise_surrogate, policy_loss
+from simulator.losses import LOSSES, group_losses, pairwise_surrogate, policy_loss
 
 __all__ = [
     "MAX_GROUPS",
+    "ExpectedLoss",
     "GroupBatch",
     "LossSetup",
     "batch_loss",
@@ -173,29 +174,42 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: LossSetup,
-             generator: torch.Generator | None, advantages: Tensor | None) -> _Prepared:
+             generator: torch.Generator | None, advantages: Tensor | None,
+             shaped: tuple[Tensor, Tensor] | None = None) -> _Prepared:
+    """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
+    depend on the behaviour, only on which groups the batch holds)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     old = behavior if setup.anchor is None else setup.anchor
     logp_old = env.token_logprobs_of(old)[rows]
-    mask = env.mask[batch.responses]
-    if not bool(torch.isfinite(logp_old[mask]).all()):
+    if shaped is None:
+        shaped = _shape_advantages(env, rows, setup, generator, advantages, batch.exact)
+    advantages, mask = shaped
+    if not bool(torch.isfinite(logp_old).logical_or(~mask).all()):
         raise ValueError("anchor gives probability 0 to a response in the batch: logp_old = −inf")
-    if advantages is None:
-        kind, kwargs = setup.advantage_kind()
-        if kind == "red-drop" and batch.exact:
-            raise ValueError("red-drop drops samples at random: its exact expectation is not "
-                             "enumerated; use sample_groups with a generator")
-        spec = LOSSES[setup.loss]
-        advantages, keep = shaped_advantages(
-            env.rewards[rows], kind, generator=generator,
-            drop_uniform_groups=spec.drop_uniform_groups, **kwargs)
-        mask = mask & keep.unsqueeze(-1)
     return _Prepared(rows, logp_old, advantages, mask, batch.weight)
+
+
+def _shape_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: LossSetup,
+                      generator: torch.Generator | None, advantages: Tensor | None,
+                      exact: bool) -> tuple[Tensor, Tensor]:
+    """(advantages [G, K], token mask [G, K, H]) of the groups ``rows``, as the preset says."""
+    mask = env.mask[rows[1]]
+    if advantages is not None:
+        return advantages, mask
+    kind, kwargs = setup.advantage_kind()
+    if kind == "red-drop" and exact:
+        raise ValueError("red-drop drops samples at random: its exact expectation is not "
+                         "enumerated; use sample_groups with a generator")
+    advantages, keep = shaped_advantages(
+        env.rewards[rows], kind, generator=generator,
+        drop_uniform_groups=LOSSES[setup.loss].drop_uniform_groups, **kwargs)
+    return advantages, mask & keep.unsqueeze(-1)
 
 
 def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: _Prepared, setup: LossSetup,
                      *, looped: bool = False) -> Tensor:
-    """loss(group g) [G] through ``policy_loss``: vmapped, or (``looped``) a validated loop."""
+    """loss(group g) [G]: all groups in one pass (``losses.group_losses``), or (``looped``, the
+    naive twin) a loop calling the validated ``policy_loss`` once per group."""
     logp = env.token_logprobs(logits)[prepared.rows]
 
     def one(lp: Tensor, lo: Tensor, adv: Tensor, m: Tensor, validate: bool = False) -> Tensor:
@@ -204,7 +218,8 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: _Prepared, se
 
     args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
     if not looped:
-        return torch.func.vmap(one)(*args)
+        return group_losses(setup.loss, *args, agg=setup.agg, norm_len=setup.norm_len,
+                            **setup.hparams)
     return torch.stack([one(*group, validate=bool(group[-1].any())) for group in zip(*args,
                                                                                      strict=True)])
 
@@ -279,22 +294,54 @@ def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: 
 def _loss_fn(env: ResponseSpace, behavior: Behavior, loss: str, k: int, method: str,
              options: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
     """logits ↦ exact E[loss], with everything that does not depend on logits resolved once."""
-    setup = _setup(loss, options)
-    if method not in ("auto", "enumerate", "ordered", "closed-form"):
-        raise ValueError(f"method must be one of ['auto', 'enumerate', 'ordered', "
-                         f"'closed-form'], got {method!r}")
-    factors = _fast_path_factor(env, setup, k) if method in ("auto", "closed-form") else None
-    if method == "closed-form" and factors is None:
-        raise ValueError(f"no closed form for loss {loss!r} with this advantage/aggregation")
+    value = ExpectedLoss(env, _setup(loss, options), k, method)
+    return lambda logits: value(logits, behavior)
 
-    def value(logits: Tensor) -> Tensor:
+
+class ExpectedLoss:
+    """(logits, behaviour) ↦ E_{groups of K ∼ μ}[loss], exact, for many calls on one testbed.
+
+    A training loop calls it once per step with a new behaviour: the enumeration's parts that
+    depend on neither — the multisets, their rewards, advantages and masks — are built on the
+    first call and reused while every multiset has positive probability (a behaviour with
+    exact zeros falls back to ``enumerate_groups``, which leaves impossible groups out).
+    ``method`` as in ``expected_loss``.
+    """
+
+    def __init__(self, env: ResponseSpace, setup: LossSetup, k: int, method: str = "auto"
+                 ) -> None:
+        if method not in ("auto", "enumerate", "ordered", "closed-form"):
+            raise ValueError(f"method must be one of ['auto', 'enumerate', 'ordered', "
+                             f"'closed-form'], got {method!r}")
+        self.env, self.setup, self.k, self.method = env, setup, k, method
+        self.factors = (_fast_path_factor(env, setup, k)
+                        if method in ("auto", "closed-form") else None)
+        if method == "closed-form" and self.factors is None:
+            raise ValueError(f"no closed form for loss {setup.loss!r} with this "
+                             "advantage/aggregation")
+        self._groups: tuple[Tensor, Tensor] | None = None  # (prompt [G], responses [G, K])
+        self._shaped: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, logits: Tensor, behavior: Behavior) -> Tensor:
+        env, setup = self.env, self.setup
         mu = _resolve(env, behavior, logits)
-        if factors is not None:
-            return _closed_form_loss(env, logits, mu, setup, factors)
-        batch = enumerate_groups(mu, k, ordered=method == "ordered")
-        return batch_loss(env, logits, batch, mu, setup, looped=method == "ordered")
-
-    return value
+        if self.factors is not None:
+            return _closed_form_loss(env, logits, mu, setup, self.factors)
+        if self.method == "ordered":
+            batch = enumerate_groups(mu, self.k, ordered=True)
+            return batch_loss(env, logits, batch, mu, setup, looped=True)
+        outcomes, log_coef = multisets(env.num_responses, self.k)
+        weight = torch.exp(log_coef + torch.log(mu.to(torch.float64))[:, outcomes].sum(-1))
+        if not bool((weight > 0).all()):
+            return batch_loss(env, logits, enumerate_groups(mu, self.k), mu, setup)
+        if self._groups is None:
+            prompt = torch.arange(env.num_prompts).repeat_interleave(len(outcomes))
+            self._groups = (prompt, outcomes.repeat(env.num_prompts, 1))
+        batch = GroupBatch(*self._groups, weight.flatten(), exact=True)
+        prepared = _prepare(env, batch, mu, setup, None, None, self._shaped)
+        self._shaped = (prepared.advantages, prepared.mask)
+        losses = per_group_losses(env, logits, prepared, setup)
+        return (prepared.weight * losses).sum() / env.num_prompts
 
 
 def _setup(loss: str, options: Mapping[str, Any]) -> LossSetup:

@@ -590,6 +590,26 @@ def policy_loss(
     return LossOutput(loss, _metrics(out, logp, logp_old, mask))
 
 
+def group_losses(name: str, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
+                 *, agg: str | None = None, norm_len: float | None = None, **hparams: Any
+                 ) -> Tensor:
+    """``policy_loss(name, ...).loss`` of every group at once: [G, K, T] inputs give [G].
+
+    Group g's value is exactly what ``policy_loss`` returns on the [K, T] batch of group g
+    (every loss is computed row by row, and ``aggregate`` reduces each group on its own); it
+    skips the metrics and the value checks, which is what makes the exact simulator's
+    enumeration of thousands of groups per step cheap. ``advantages`` is [G, K] or [G, K, T].
+    """
+    spec = LOSSES[name]
+    require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
+    shape = logp.shape
+    flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
+    logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
+    out = spec(logp, logp_old, advantages, mask, **hparams)
+    return aggregate(out.loss.reshape(shape), mask.reshape(shape),
+                     spec.agg if agg is None else agg, norm_len=norm_len)
+
+
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,
                        weights: Tensor | None = None) -> Tensor:
     """The paper's pairwise surrogate L̂ (§2 step 4; §3 weighted form), averaged over groups.
