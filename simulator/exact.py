@@ -11,8 +11,10 @@ Design decisions
   that both give the same expectation.
 * One function turns a batch into a loss: ``batch_loss`` gathers [G, K, H] token log-probs,
   computes advantages inside each group as the loss's preset says (``LOSSES[loss].advantages``)
-  and calls ``policy_loss(..., validate=False)`` on each group under ``torch.func.vmap``
-  (``looped=True`` is the naive twin: a Python loop with validation on). The expectation is
+  and evaluates every group's loss in one pass with ``losses.group_losses`` (exactly
+  ``policy_loss`` per group; ``looped=True`` is the naive twin: a Python loop over
+  ``policy_loss`` with validation on). ``ExpectedLoss`` keeps the enumeration's parts that do
+  not change between training steps (groups, rewards, advantages, masks). The expectation is
   E = (1/P)·Σ_p Σ_g w_g·loss(group g); each group is its own batch, so batch-level
   normalisers (token-mean, DAPO's filter) act within one prompt's group. A group DAPO drops
   (all rewards equal) contributes 0: the result is E[loss·1{kept}], not DAPO's resampling

@@ -80,7 +80,7 @@ def test_multiset_probabilities_match_ordered_tuples():
 @settings(max_examples=3, deadline=None)
 @given(seed=SEEDS, tree=st.booleans(), k=st.integers(1, 3))
 def test_enumeration_agrees_with_ordered_tuples_and_looped_losses_for_every_loss(seed, tree, k):
-    """multisets + vmap (the fast path) vs ordered tuples + a validated Python loop."""
+    """multisets + ``group_losses`` (the fast path) vs ordered tuples + a validated loop."""
     env, theta, mu, _ = instance(seed, tree, prompts=1)
     for name in EXACT_LOSSES:
         fast = expected_gradient(env, theta, mu, name, k, method="enumerate")
@@ -242,3 +242,45 @@ def test_a_callable_behaviour_is_checked_like_a_table():
     env, theta, _, _ = instance(13, tree=False)
     with pytest.raises(ValueError, match="sum to 1"):
         expected_gradient(env, theta, lambda z: torch.ones(2, 3, dtype=torch.float64), "grpo", 2)
+
+
+def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation():
+    """``losses.group_losses`` on [G, K, T] vs ``policy_loss`` called on each [K, T] group,
+    with ragged masks (one group has an empty row) and token-level advantages."""
+    from simulator.aggregation import AGGREGATIONS
+    from simulator.losses import LOSSES, group_losses, policy_loss
+
+    g = torch.Generator().manual_seed(5)
+    shape = (3, 4, 5)
+    logp = -torch.rand(shape, generator=g, dtype=torch.float64) * 2
+    logp_old = logp + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    adv = torch.randn(shape[:2], generator=g, dtype=torch.float64)
+    mask = torch.rand(shape, generator=g) < 0.7
+    mask[0, 0] = False
+    mask[:, :, 0] = mask[:, :, 0] | (torch.arange(4) > 0)
+    for name in LOSSES:
+        for agg in AGGREGATIONS:
+            together = group_losses(name, logp, logp_old, adv, mask, agg=agg)
+            one_by_one = torch.stack([policy_loss(name, *group, agg=agg).loss
+                                      for group in zip(logp, logp_old, adv, mask, strict=True)])
+            torch.testing.assert_close(together, one_by_one, rtol=1e-12, atol=1e-14,
+                                       msg=f"{name} {agg}")
+
+
+def test_expected_loss_reused_across_behaviours_matches_a_fresh_enumeration():
+    """``ExpectedLoss`` caches the enumeration's static parts: calling one object with new
+    behaviours (including one with exact zeros, which falls back) must equal fresh calls."""
+    from simulator.exact import ExpectedLoss, _setup
+
+    env, theta, _, g = instance(13, tree=True)
+    for name in ("grpo", "rec-oneside-is", "opmd-kimi"):
+        reused = ExpectedLoss(env, _setup(name, {}), 3, "enumerate")
+        for trial in range(3):
+            mu = torch.softmax(torch.randn(env.rewards.shape, generator=g,
+                                           dtype=torch.float64), -1)
+            if trial == 1:
+                mu[:, 0] = 0.0
+                mu = mu / mu.sum(-1, keepdim=True)
+            fresh = expected_loss(env, theta, mu, name, 3, method="enumerate")
+            torch.testing.assert_close(reused(theta, mu), fresh, rtol=1e-12, atol=1e-14,
+                                       msg=f"{name} trial {trial}")
