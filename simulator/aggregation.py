@@ -91,3 +91,17 @@ def spread_over_tokens(per_sequence: Tensor, mask: Tensor) -> Tensor:
     length = mask.to(per_sequence.dtype).sum(dim=-1, keepdim=True).clamp(min=1.0)
     spread = per_sequence.unsqueeze(-1) / length
     return torch.where(mask, spread, spread.new_zeros(()))
+
+
+def normaliser(mask: Tensor, mode: str = "token-mean") -> Tensor:
+    """The count ``aggregate`` divides by under ``mode``: the number of valid tokens for
+    ``token-mean``, the number B' of rows with a valid token for the ``seq-mean-*`` modes
+    (clamped to ≥ 1 as there). Every mode is Σ (row-local terms) / normaliser, so for a split
+    of the rows into micro-batches m, Σ_m aggregate(ℓ_m, M_m)·normaliser(M_m)/normaliser(M)
+    = aggregate(ℓ, M): exact gradient accumulation (pass the same ``norm_len`` to every
+    micro-batch of ``seq-mean-token-sum-norm``).
+    """
+    require_choice("agg", mode, AGGREGATIONS)
+    if mode == "token-mean":
+        return mask.sum().to(torch.float64).clamp(min=1.0)
+    return (mask.sum(dim=-1) > 0).sum().to(torch.float64).clamp(min=1.0)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import tyro
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +33,7 @@ from simulator.experiments import (
     ARMS,
     DEFAULT_COMPARE_ARMS,
     EXPERIMENTS,
+    FIGURES,
     LOG_LINEAR,
     Experiment,
     default_comparison,
@@ -140,17 +142,31 @@ def compare(
     _run_and_report(exp, out, fresh)
 
 
-def experiment(key: str, /, out: Path | None = None, fresh: bool = False) -> None:
-    """Run one named experiment of the paper's findings (E1 ...) and write its plot and table.
+ExperimentKey = Literal[tuple(experiment_names())]  # type: ignore[valid-type]
+
+
+def experiment(key: ExperimentKey, /, out: Path | None = None, fresh: bool = False) -> None:
+    """Run one named experiment of the paper's findings and write its plot and table
+    (E1–E5, E7: learning curves under the four off-policy settings; E1-lr, E1-tabular,
+    E1-tree: E1 across learning rates and testbeds; E6: Pitfall 1 on a three-armed bandit).
 
     Args:
-        key: the experiment's key (grlab compare --list shows them).
+        key: the experiment's key.
         out: output folder (default results/KEY).
         fresh: ignore cached runs.
     """
+    out = out or Path("results") / key
+    if key in FIGURES:
+        title, run = FIGURES[key]
+        with console.status(f"{key}: {title}"):
+            text, paths = run(out)
+        console.print(Markdown(text))
+        for kind, path in paths.items():
+            console.print(f"{kind:>8}: {path}")
+        return
     if key not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {key!r}; valid: {', '.join(experiment_names())}")
-    _run_and_report(EXPERIMENTS[key], out or Path("results") / key, fresh)
+    _run_and_report(EXPERIMENTS[key], out, fresh)
 
 
 def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,

@@ -33,6 +33,7 @@ import torch
 from scipy import stats
 
 from simulator.dynamics import SETTINGS, Problem, Trajectory, simulate
+from simulator.pitfall import run_pitfall
 
 COLLAPSE_DROP = 0.1
 
@@ -271,15 +272,90 @@ def _arms(*keys: str) -> tuple[Arm, ...]:
     return tuple(arm(k) for k in keys)
 
 
-EXPERIMENTS: dict[str, Experiment] = {
-    "E1": Experiment(
+# The tree testbed (E1-tree, E7): 3 tokens (token 0 ends a response), depth 3 → 15 responses
+# of 1–3 tokens, graded rewards, a log-linear policy over the tree's (node, token) pairs, K = 3.
+# 4 prompts: each prompt's enumeration (680 groups × 3 tokens) is 12× a bandit prompt's work.
+TREE = Problem(env="tree", prompts=4, vocab=3, depth=3, eos=True, reward="graded",
+               policy="log-linear", features=16)
+
+EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
+    Experiment(
         "E1", "REINFORCE vs GRPO vs REC-OneSide (IS / NoIS), clip 0.2 and (0.6, 2.0)",
         "§4 / Fig. 2–3: REINFORCE rises then collapses when data are stale; GRPO and REC "
         "rise steadily; IS ≈ NoIS; (0.6, 2.0) learns faster.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-is-wide",
               "rec-oneside-nois-wide"),
         problem=LOG_LINEAR),
-}
+    Experiment(
+        "E2", "REC-TwoSide and REC-Ring against REINFORCE, GRPO and REC-OneSide",
+        "§4: every clipping mask (one-side, two-side, ring) stabilises stale training; "
+        "IS ≈ NoIS for each.",
+        (*_arms("reinforce", "grpo", "rec-oneside-nois"),
+         Arm.of("rec-twoside-is", "REC-TwoSide-IS"), Arm.of("rec-twoside-nois", "REC-TwoSide-NoIS"),
+         Arm.of("rec-ring-is", "REC-Ring-IS"), Arm.of("rec-ring-nois", "REC-Ring-NoIS")),
+        problem=LOG_LINEAR),
+    Experiment(
+        "E3", "widened clipping (0.6, 2.0) vs a larger learning rate with clip 0.2",
+        "§4: (0.6, 2.0) learns faster than (0.2, 0.2), and this is not the same as taking "
+        "larger steps.",
+        (Arm.of("nois-lr1", "REC-OneSide-NoIS lr×1", "rec-oneside-nois"),
+         Arm.of("nois-lr2", "REC-OneSide-NoIS lr×2", "rec-oneside-nois", lr_scale=2.0),
+         Arm.of("nois-lr4", "REC-OneSide-NoIS lr×4", "rec-oneside-nois", lr_scale=4.0),
+         Arm.of("nois-wide-lr1", "REC-OneSide-NoIS (0.6, 2.0) lr×1", "rec-oneside-nois",
+                **WIDE),
+         Arm.of("nois-wide-lr05", "REC-OneSide-NoIS (0.6, 2.0) lr×0.5", "rec-oneside-nois",
+                lr_scale=0.5, **WIDE),
+         Arm.of("reinforce-lr05", "REINFORCE lr×0.5", "reinforce", lr_scale=0.5),
+         Arm.of("reinforce-lr2", "REINFORCE lr×2", "reinforce", lr_scale=2.0)),
+        problem=LOG_LINEAR),
+    Experiment(
+        "E4", "REP: OPMD (Kimi, Trinity) and AsymRE β = 0.1 vs REINFORCE and REC",
+        "§5: OPMD and AsymRE are REINFORCE plus a regulariser; both stabilise stale "
+        "training, AsymRE less robustly.",
+        (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
+         Arm.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
+         Arm.of("opmd-trinity", "OPMD (Trinity)")),
+        problem=LOG_LINEAR),
+    Experiment(
+        "E5", "RED: RED-Drop (sampled groups) and RED-Weight vs REC",
+        "§6: shaping the data (dropping surplus negatives, up-weighting high-advantage "
+        "samples) keeps training stable and can speed it up.",
+        (*_arms("rec-oneside-nois", "red-weight", "reinforce"),
+         Arm.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
+                mode="sampled"),
+         Arm.of("red-drop", "RED-Drop (sampled)", mode="sampled"),
+         Arm.of("red-weight-sampled", "RED-Weight (sampled)", "red-weight", mode="sampled")),
+        problem=LOG_LINEAR, settings=("on-policy", "sync-interval-20")),
+    Experiment(
+        "E1-lr", "E1's finding across learning rates: Adam lr 0.03, 0.1, 0.3",
+        "§4: the collapse of stale REINFORCE and the stability of clipping should not hinge "
+        "on one learning rate.",
+        tuple(dataclasses.replace(arm(key), key=f"{key}-lr{scale:g}",
+                                  label=f"{arm(key).label} lr {0.1 * scale:g}",
+                                  lr_scale=scale)
+              for key in ("reinforce", "grpo", "rec-oneside-nois", "rec-oneside-nois-wide")
+              for scale in (0.3, 1.0, 3.0)),
+        problem=LOG_LINEAR),
+    Experiment(
+        "E1-tabular", "E1 with a tabular policy (no shared parameters between prompts)",
+        "§4: does the collapse need generalisation across prompts?",
+        _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
+        problem=dataclasses.replace(LOG_LINEAR, policy="tabular")),
+    Experiment(
+        "E1-tree", "E1 on the token-level tree (responses of 1–3 tokens, graded rewards)",
+        "§4: the same comparison where ratios are per token and responses differ in length.",
+        _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
+        problem=TREE, group_size=3),
+    Experiment(
+        "E7", "token- vs sequence-level ratios on a tree: GRPO vs GSPO, Kimi sequence vs "
+        "token k2",
+        "§5 / §8: GSPO clips the sequence ratio, GRPO each token's; Kimi's OPMD squares the "
+        "sequence log-ratio, Trinity's k2 each token's — the pairs differ off-policy.",
+        (*_arms("reinforce", "grpo", "rec-oneside-nois", "opmd-kimi"),
+         Arm.of("gspo", "GSPO"), Arm.of("gspo-token", "GSPO-token"),
+         Arm.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token")),
+        problem=TREE, group_size=3),
+)}
 
 DEFAULT_COMPARE_ARMS = ("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois",
                         "rec-oneside-nois-wide", "opmd-kimi", "asymre", "red-weight")
@@ -298,5 +374,13 @@ def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
                       steps=steps)
 
 
+# Experiments that are a figure, not arms × settings: key ↦ (title, runner(out_dir) →
+# (markdown, paths)).
+FIGURES: dict[str, tuple[str, Callable[[Path], tuple[str, dict[str, Path]]]]] = {
+    "E6": ("Pitfall 1: off-policy REINFORCE vs mirror descent on a three-armed bandit",
+           run_pitfall),
+}
+
+
 def experiment_names() -> list[str]:
-    return sorted(EXPERIMENTS)
+    return sorted([*EXPERIMENTS, *FIGURES])

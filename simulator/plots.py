@@ -57,3 +57,40 @@ def plot_curves(report: Report, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Path,
+                 title: str) -> None:
+    """Left: each method's π_t on the probability simplex of three arms; right: E_π r."""
+    from simulator.pitfall import simplex_xy
+
+    fig, (tri, curve) = plt.subplots(1, 2, figsize=(11, 4.6),
+                                     gridspec_kw={"width_ratios": [1.0, 1.25]})
+    corners = torch.eye(3, dtype=torch.float64)
+    cx, cy = simplex_xy(corners)
+    tri.plot([*cx.tolist(), float(cx[0])], [*cy.tolist(), float(cy[0])], color="black", lw=0.8)
+    for i, (x, y) in enumerate(zip(cx.tolist(), cy.tolist(), strict=True)):
+        tri.annotate(f"arm {i + 1} (r = {float(rewards[i]):g})", (x, y), ha="center",
+                     va="top" if y == 0 else "bottom", xytext=(0, -6 if y == 0 else 6),
+                     textcoords="offset points", fontsize=8)
+    colours = plt.get_cmap("tab10")
+    for a, (label, pi) in enumerate(paths.items()):
+        x, y = simplex_xy(pi)
+        tri.plot(x, y, color=colours(a), lw=1.8)
+        tri.plot(float(x[-1]), float(y[-1]), "o", color=colours(a), ms=5)
+        curve.plot(torch.arange(len(pi)), pi @ rewards, color=colours(a), lw=1.8, label=label)
+    x0, y0 = simplex_xy(next(iter(paths.values()))[0])
+    tri.plot(float(x0), float(y0), "k*", ms=10, label="start π_0 = μ")
+    tri.set_aspect("equal")
+    tri.axis("off")
+    tri.set_ylim(-0.12, 1.0)
+    curve.axhline(float(rewards.max()), color="grey", lw=0.8, ls=":")
+    curve.set_xlabel("exact update step")
+    curve.set_ylabel("expected reward E_π r")
+    curve.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
