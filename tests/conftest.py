@@ -12,7 +12,7 @@ from simulator import cli
 @pytest.fixture
 def grlab(monkeypatch, capsys):
     """Run the real ``grlab`` entry point in-process: ``grlab("losses", "--name", "grpo")``
-    returns (exit code, stdout), with a wide terminal so tables are not folded."""
+    returns (exit code, stdout + stderr), with a wide terminal so tables are not folded."""
 
     def run(*argv: str) -> tuple[int, str]:
         monkeypatch.setattr(sys, "argv", ["grlab", *argv])
@@ -22,6 +22,7 @@ def grlab(monkeypatch, capsys):
             cli.main()
         except SystemExit as exit_:
             code = exit_.code or 0
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
 
     return run
