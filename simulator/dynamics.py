@@ -4,7 +4,7 @@ Design decisions
 ----------------
 * A *run* is (seed, schedule, learning rate) for one loss. Runs that share the loss advance
   together: R runs × P prompts become one testbed of R·P prompts, so a single call of
-  ``exact.expected_loss`` (exact mode) or ``exact.batch_loss`` (sampled mode) computes every
+  ``exact.ExpectedLoss`` (exact mode) or ``exact.batch_terms`` (sampled mode) computes every
   run's update — no Python loop over runs. Prompts never interact inside a loss (each group is
   its own batch), so run r's gradient is exactly R·∂(mean loss)/∂θ_r.
 * The schedule says which parameters produced the data trained on at step t (``Schedule``):
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from simulator._validation import require_choice, require_positive
 from simulator.bandit import ResponseSpace, SoftmaxBandit
-from simulator.exact import ExpectedLoss, LossSetup, batch_loss, sample_groups
+from simulator.exact import ExpectedLoss, LossSetup, batch_terms, sample_groups
 from simulator.tree import TreeMDP
 
 __all__ = ["SETTINGS", "Problem", "Schedule", "Trajectory", "simulate"]
@@ -152,7 +152,8 @@ class Trajectory:
     ``runs`` lists (seed, schedule, lr) per run; ``diverged_at`` [R] is the step at which a run
     diverged (−1 if never); ``params`` [R, ...] the final parameters (logits or weights).
     Metric names: reward, optimum, subopt, entropy, kl_behaviour, kl_init, best_share,
-    grad_norm, staleness.
+    grad_norm, staleness, clipfrac (the expected share of tokens whose gradient clipping
+    switched off, averaged over the step's updates; 0 at step 0).
     """
 
     loss: str
@@ -298,14 +299,16 @@ def simulate(
     diverged_at = torch.full((runs.r,), -1, dtype=torch.long)
     records: dict[str, list[Tensor]] = {}
 
-    def record(pi: Tensor, mu: Tensor, grad_norm: Tensor, staleness: Tensor) -> None:
+    def record(pi: Tensor, mu: Tensor, grad_norm: Tensor, staleness: Tensor, clipfrac: Tensor
+               ) -> None:
         row = _metrics(runs, pi, mu, pi0)
-        row.update(grad_norm=grad_norm, staleness=staleness.to(torch.float64))
+        row.update(grad_norm=grad_norm, staleness=staleness.to(torch.float64),
+                   clipfrac=clipfrac)
         for key, value in row.items():
             records.setdefault(key, []).append(value.detach())
 
     zero = torch.zeros(runs.r, dtype=torch.float64)
-    record(pi0, pi0, zero, zero)
+    record(pi0, pi0, zero, zero, zero)
     for step in range(steps):
         behaviour = [sch.behaviour_step(step) for _, sch, _ in grid]
         theta_b = torch.stack([history[b][i] for i, b in enumerate(behaviour)])
@@ -313,20 +316,23 @@ def simulate(
         mu_flat = mu.reshape(runs.env.rewards.shape)
         batch = (sample_groups(mu_flat, group_size, groups_per_prompt, generator)
                  if mode == "sampled" else None)
+        clipfrac = torch.zeros(runs.r, dtype=torch.float64)
         for _ in range(updates_per_batch):
             leaf = theta.detach().requires_grad_(True)
             logits = runs.logits(leaf)
             if batch is None:
-                value = expected(logits, mu_flat)
+                value, clipped = expected.terms(logits, mu_flat)
             else:
-                value = batch_loss(runs.env, logits, batch, mu_flat, setup, generator=generator)
+                value, clipped = batch_terms(runs.env, logits, batch, mu_flat, setup,
+                                             generator=generator)
+            clipfrac += clipped.reshape(runs.r, -1).mean(1) / updates_per_batch
             (grad,) = torch.autograd.grad(value * runs.r, leaf)
             theta = _guarded_step(opt, theta, grad, diverged_at, step + 1)
         grad_norm = grad.flatten(1).norm(dim=1)
         record(runs.response_probs(theta), mu,
                torch.where(torch.isfinite(grad_norm), grad_norm, torch.full_like(grad_norm,
                                                                                math.inf)),
-               torch.tensor([step - b for b in behaviour]))
+               torch.tensor([step - b for b in behaviour]), clipfrac)
         history[step + 1] = theta.detach()
         needed = min(sch.behaviour_step(step + 1) for _, sch, _ in grid)
         for old in [key for key in history if key < needed]:

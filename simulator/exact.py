@@ -43,7 +43,7 @@ from torch import Tensor
 
 from simulator.advantages import shaped_advantages
 from simulator.bandit import ResponseSpace, check_probs
-from simulator.losses import LOSSES, group_losses, pairwise_surrogate, policy_loss
+from simulator.losses import LOSSES, GroupLosses, group_losses, pairwise_surrogate, policy_loss
 
 __all__ = [
     "MAX_GROUPS",
@@ -51,6 +51,7 @@ __all__ = [
     "GroupBatch",
     "LossSetup",
     "batch_loss",
+    "batch_terms",
     "enumerate_groups",
     "expected_gradient",
     "expected_hessian",
@@ -209,21 +210,32 @@ def _shape_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: Lo
 
 
 def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: _Prepared, setup: LossSetup,
-                     *, looped: bool = False) -> Tensor:
-    """loss(group g) [G]: all groups in one pass (``losses.group_losses``), or (``looped``, the
-    naive twin) a loop calling the validated ``policy_loss`` once per group."""
+                     *, looped: bool = False) -> GroupLosses:
+    """(loss [G], clipfrac [G]) of every group: all groups in one pass
+    (``losses.group_losses``), or (``looped``, the naive twin) a loop calling the validated
+    ``policy_loss`` once per group."""
     logp = env.token_logprobs(logits)[prepared.rows]
-
-    def one(lp: Tensor, lo: Tensor, adv: Tensor, m: Tensor, validate: bool = False) -> Tensor:
-        return policy_loss(setup.loss, lp, lo, adv, m, agg=setup.agg, norm_len=setup.norm_len,
-                           validate=validate, **setup.hparams).loss
-
     args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
+    options = {"agg": setup.agg, "norm_len": setup.norm_len, **setup.hparams}
     if not looped:
-        return group_losses(setup.loss, *args, agg=setup.agg, norm_len=setup.norm_len,
-                            **setup.hparams)
-    return torch.stack([one(*group, validate=bool(group[-1].any())) for group in zip(*args,
-                                                                                     strict=True)])
+        return group_losses(setup.loss, *args, **options)
+    outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()), **options)
+            for group in zip(*args, strict=True)]
+    return GroupLosses(torch.stack([out.loss for out in outs]),
+                       torch.stack([out.metrics["clipfrac"] for out in outs]))
+
+
+def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Tensor,
+                setup: LossSetup, *, generator: torch.Generator | None = None,
+                advantages: Tensor | None = None, looped: bool = False,
+                shaped: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """(``batch_loss``, clip fraction per prompt [P]: Σ_g w_g·clipfrac(g) over its groups)."""
+    prepared = _prepare(env, batch, _resolve(env, behavior, logits), setup, generator,
+                        advantages, shaped)
+    groups = per_group_losses(env, logits, prepared, setup, looped=looped)
+    clipfrac = torch.zeros(env.num_prompts, dtype=groups.clipfrac.dtype).index_add_(
+        0, batch.prompt, prepared.weight.to(groups.clipfrac.dtype) * groups.clipfrac)
+    return (prepared.weight * groups.loss).sum() / env.num_prompts, clipfrac
 
 
 def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Tensor,
@@ -231,9 +243,8 @@ def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: 
                advantages: Tensor | None = None, looped: bool = False) -> Tensor:
     """(1/P)·Σ_g w_g·loss(group g): the exact expectation for an enumerated batch, the Monte
     Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind."""
-    prepared = _prepare(env, batch, _resolve(env, behavior, logits), setup, generator, advantages)
-    losses = per_group_losses(env, logits, prepared, setup, looped=looped)
-    return (prepared.weight * losses).sum() / env.num_prompts
+    return batch_terms(env, logits, batch, behavior, setup, generator=generator,
+                       advantages=advantages, looped=looped)[0]
 
 
 def _resolve(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:
@@ -325,25 +336,29 @@ class ExpectedLoss:
         self._shaped: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, logits: Tensor, behavior: Behavior) -> Tensor:
+        return self.terms(logits, behavior)[0]
+
+    def terms(self, logits: Tensor, behavior: Behavior) -> tuple[Tensor, Tensor]:
+        """(E[loss], expected clip fraction per prompt [P]) — see ``batch_terms``."""
         env, setup = self.env, self.setup
         mu = _resolve(env, behavior, logits)
-        if self.factors is not None:
-            return _closed_form_loss(env, logits, mu, setup, self.factors)
+        if self.factors is not None:  # REINFORCE-type: nothing is ever clipped
+            return (_closed_form_loss(env, logits, mu, setup, self.factors),
+                    torch.zeros(env.num_prompts, dtype=torch.float64))
         if self.method == "ordered":
             batch = enumerate_groups(mu, self.k, ordered=True)
-            return batch_loss(env, logits, batch, mu, setup, looped=True)
+            return batch_terms(env, logits, batch, mu, setup, looped=True)
         outcomes, log_coef = multisets(env.num_responses, self.k)
         weight = torch.exp(log_coef + torch.log(mu.to(torch.float64))[:, outcomes].sum(-1))
         if not bool((weight > 0).all()):
-            return batch_loss(env, logits, enumerate_groups(mu, self.k), mu, setup)
+            return batch_terms(env, logits, enumerate_groups(mu, self.k), mu, setup)
         if self._groups is None:
             prompt = torch.arange(env.num_prompts).repeat_interleave(len(outcomes))
             self._groups = (prompt, outcomes.repeat(env.num_prompts, 1))
+            rows = (prompt.unsqueeze(-1), self._groups[1])
+            self._shaped = _shape_advantages(env, rows, setup, None, None, exact=True)
         batch = GroupBatch(*self._groups, weight.flatten(), exact=True)
-        prepared = _prepare(env, batch, mu, setup, None, None, self._shaped)
-        self._shaped = (prepared.advantages, prepared.mask)
-        losses = per_group_losses(env, logits, prepared, setup)
-        return (prepared.weight * losses).sum() / env.num_prompts
+        return batch_terms(env, logits, batch, mu, setup, shaped=self._shaped)
 
 
 def _setup(loss: str, options: Mapping[str, Any]) -> LossSetup:

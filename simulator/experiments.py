@@ -36,6 +36,7 @@ from simulator.dynamics import SETTINGS, Problem, Trajectory, simulate
 from simulator.pitfall import run_pitfall
 
 COLLAPSE_DROP = 0.1
+CACHE_FORMAT = 2  # bump when a change to the simulator changes what a cached run holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Experiment:
 
     def fingerprint(self, arm: Arm) -> str:
         """A hash of everything that determines an arm's trajectory (for resuming)."""
-        payload = json.dumps([repr(self.problem), repr(arm), self.settings, self.seeds,
+        payload = json.dumps([CACHE_FORMAT, repr(self.problem), repr(arm), self.settings,
+                              self.seeds,
                               self.steps, self.lr, self.optimizer, self.group_size,
                               self.groups_per_prompt], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

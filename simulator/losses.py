@@ -590,15 +590,24 @@ def policy_loss(
     return LossOutput(loss, _metrics(out, logp, logp_old, mask))
 
 
+class GroupLosses(NamedTuple):
+    """Per-group values: ``loss`` [G] (with gradient) and ``clipfrac`` [G] (detached: the
+    share of the group's valid tokens whose gradient the loss's clipping switched off)."""
+
+    loss: Tensor
+    clipfrac: Tensor
+
+
 def group_losses(name: str, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
                  *, agg: str | None = None, norm_len: float | None = None, **hparams: Any
-                 ) -> Tensor:
-    """``policy_loss(name, ...).loss`` of every group at once: [G, K, T] inputs give [G].
+                 ) -> GroupLosses:
+    """``policy_loss(name, ...)`` of every group at once: [G, K, T] inputs give [G] values.
 
-    Group g's value is exactly what ``policy_loss`` returns on the [K, T] batch of group g
-    (every loss is computed row by row, and ``aggregate`` reduces each group on its own); it
-    skips the metrics and the value checks, which is what makes the exact simulator's
-    enumeration of thousands of groups per step cheap. ``advantages`` is [G, K] or [G, K, T].
+    Group g's loss is exactly what ``policy_loss`` returns on the [K, T] batch of group g
+    (every loss is computed row by row, and ``aggregate`` reduces each group on its own), and
+    its clip fraction is that call's ``clipfrac`` metric; the other metrics and the value
+    checks are skipped, which is what makes the exact simulator's enumeration of thousands of
+    groups per step cheap. ``advantages`` is [G, K] or [G, K, T].
     """
     spec = LOSSES[name]
     require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
@@ -606,8 +615,11 @@ def group_losses(name: str, logp: Tensor, logp_old: Tensor, advantages: Tensor, 
     flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
     logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
     out = spec(logp, logp_old, advantages, mask, **hparams)
-    return aggregate(out.loss.reshape(shape), mask.reshape(shape),
-                     spec.agg if agg is None else agg, norm_len=norm_len)
+    mask = mask.reshape(shape)
+    loss = aggregate(out.loss.reshape(shape), mask, spec.agg if agg is None else agg,
+                     norm_len=norm_len)
+    clipped = out.clipped.detach().reshape(shape).to(logp.dtype)
+    return GroupLosses(loss, aggregate(clipped, mask, "token-mean"))
 
 
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,

@@ -177,3 +177,19 @@ def test_a_report_is_written_and_an_interrupted_run_resumes_from_its_cache(tmp_p
         torch.testing.assert_close(traj.metrics["reward"],
                                    report.trajectories[label].metrics["reward"])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_clip_fraction_is_zero_on_policy_and_positive_when_stale_or_reused():
+    """With one update per fresh batch ρ = 1 and nothing is clipped; stale data (offline) or
+    several updates per batch move ρ out of [1 − ε, 1 + ε] and the metric must see it;
+    REINFORCE never clips."""
+    common = {"seeds": [0], "steps": 12, "optimizer": "adam", "lrs": [0.3]}
+    fresh = simulate(SMALL, "rec-oneside-nois", **common)
+    assert float(fresh.metrics["clipfrac"].abs().max()) == 0.0
+    stale = simulate(SMALL, "rec-oneside-nois", schedules=[Schedule(offline=True)], **common)
+    reused = simulate(SMALL, "rec-oneside-nois", updates_per_batch=4, **common)
+    for traj in (stale, reused):
+        assert float(traj.metrics["clipfrac"].max()) > 0.05
+        assert float(traj.metrics["clipfrac"].max()) <= 1.0
+    never = simulate(SMALL, "reinforce", schedules=[Schedule(offline=True)], **common)
+    assert float(never.metrics["clipfrac"].abs().max()) == 0.0

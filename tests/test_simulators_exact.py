@@ -218,8 +218,8 @@ def test_group_gradients_agree_with_jacobian_of_group_losses():
     for name in ("grpo", "gspo", "opmd-kimi", "dapo"):
         setup = _setup(name, {})
         prepared = _prepare(env, batch, mu, setup, None, None)
-        naive = torch.func.jacrev(lambda z, s=setup, p=prepared: per_group_losses(env, z, p, s))(
-            theta)
+        naive = torch.func.jacrev(
+            lambda z, s=setup, p=prepared: per_group_losses(env, z, p, s).loss)(theta)
         torch.testing.assert_close(group_gradients(env, theta, batch, mu, name), naive,
                                    rtol=1e-9, atol=1e-12, msg=name)
 
@@ -245,8 +245,8 @@ def test_a_callable_behaviour_is_checked_like_a_table():
 
 
 def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation():
-    """``losses.group_losses`` on [G, K, T] vs ``policy_loss`` called on each [K, T] group,
-    with ragged masks (one group has an empty row) and token-level advantages."""
+    """``losses.group_losses`` on [G, K, T] vs ``policy_loss`` called on each [K, T] group
+    (loss and clip fraction), with ragged masks (one group has an empty row) and token-level advantages."""
     from simulator.aggregation import AGGREGATIONS
     from simulator.losses import LOSSES, group_losses, policy_loss
 
@@ -261,10 +261,13 @@ def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregatio
     for name in LOSSES:
         for agg in AGGREGATIONS:
             together = group_losses(name, logp, logp_old, adv, mask, agg=agg)
-            one_by_one = torch.stack([policy_loss(name, *group, agg=agg).loss
-                                      for group in zip(logp, logp_old, adv, mask, strict=True)])
-            torch.testing.assert_close(together, one_by_one, rtol=1e-12, atol=1e-14,
-                                       msg=f"{name} {agg}")
+            outs = [policy_loss(name, *group, agg=agg)
+                    for group in zip(logp, logp_old, adv, mask, strict=True)]
+            torch.testing.assert_close(together.loss, torch.stack([o.loss for o in outs]),
+                                       rtol=1e-12, atol=1e-14, msg=f"{name} {agg}")
+            torch.testing.assert_close(together.clipfrac,
+                                       torch.stack([o.metrics["clipfrac"] for o in outs]),
+                                       rtol=1e-12, atol=1e-14, msg=f"{name} {agg} clipfrac")
 
 
 def test_expected_loss_reused_across_behaviours_matches_a_fresh_enumeration():
