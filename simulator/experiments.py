@@ -316,6 +316,7 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         "training, AsymRE less robustly.",
         (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
          Arm.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
+         Arm.of("opmd-kimi-tau01", "OPMD (Kimi) τ=0.1", "opmd-kimi", tau=0.1),
          Arm.of("opmd-trinity", "OPMD (Trinity)")),
         problem=LOG_LINEAR),
     Experiment(

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     from simulator.experiments import Report
 
 ROWS = (("reward", "expected reward"), ("kl_init", "KL(π_θ ‖ π_0)"))
+MAX_BANDS = 8  # with more curves than this the 95% bands hide the means: lines only
 
 
 def plot_curves(report: Report, path: Path) -> None:
     """Rows: reward and KL to the initial policy; columns: settings; one line per arm (mean
-    over seeds, shaded 95% Student-t interval). Saved atomically as a PNG."""
+    over seeds, shaded 95% Student-t interval when there are at most ``MAX_BANDS`` arms).
+    Saved atomically as a PNG."""
     exp = report.experiment
     n_cols = len(exp.settings)
     fig, axes = plt.subplots(len(ROWS), n_cols, figsize=(3.6 * n_cols + 2.4, 5.6),
@@ -40,8 +42,9 @@ def plot_curves(report: Report, path: Path) -> None:
                 style = "--" if "(0.6, 2.0)" in label else "-"
                 ax.plot(steps, mean, style, color=colours(a % 10), lw=1.6,
                         label=label if (i, j) == (0, 0) else None)
-                ax.fill_between(steps, mean - band, mean + band, color=colours(a % 10),
-                                alpha=0.10, lw=0)
+                if len(report.trajectories) <= MAX_BANDS:
+                    ax.fill_between(steps, mean - band, mean + band, color=colours(a % 10),
+                                    alpha=0.10, lw=0)
     for j, setting in enumerate(exp.settings):
         axes[0][j].set_title(setting)
         axes[-1][j].set_xlabel("training step")
@@ -51,7 +54,9 @@ def plot_curves(report: Report, path: Path) -> None:
     for j in range(n_cols):
         axes[0][j].axhline(float(optimum.mean()), color="grey", lw=0.8, ls=":")
     fig.legend(loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{exp.key}: {exp.title}", fontsize=10)
+    bands = ("shaded: 95% interval over seeds" if len(report.trajectories) <= MAX_BANDS
+             else "bands omitted (too many curves); see table.md for intervals")
+    fig.suptitle(f"{exp.key}: {exp.title}\nmean over {exp.seeds} seeds; {bands}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 2.4 / (3.6 * n_cols + 2.4), 0.95))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
