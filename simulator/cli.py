@@ -35,6 +35,7 @@ from simulator.experiments import (
     EXPERIMENTS,
     FIGURES,
     LOG_LINEAR,
+    TREE,
     Experiment,
     default_comparison,
     experiment_names,
@@ -114,6 +115,8 @@ def compare(
     policy: Literal["tabular", "log-linear"] = "log-linear",
     seeds: int = 5,
     steps: int = 150,
+    lr: float = 0.1,
+    group_size: int | None = None,
     out: Path = Path("results/compare"),
     list: bool = False,
     fresh: bool = False,
@@ -124,10 +127,13 @@ def compare(
     Args:
         losses: arm keys or any registered loss name (see --list).
         settings: off-policy settings (see --list).
-        env: the testbed: a multi-prompt softmax bandit or a token-level tree MDP.
+        env: the testbed: a multi-prompt softmax bandit (8 prompts × 6 answers, one correct)
+            or a token-level tree MDP (4 prompts, 15 responses of 1–3 tokens, graded rewards).
         policy: tabular logits, or a log-linear policy with shared features.
         seeds: problem instances per (loss, setting); each draws rewards and a start point.
         steps: training steps (one optimiser step per batch).
+        lr: Adam's learning rate.
+        group_size: responses per prompt K (default 4 on a bandit, 3 on a tree).
         out: output folder; finished losses are cached under out/runs and reused.
         list: print the loss keys, settings and experiments, then exit.
         fresh: ignore cached runs under out/runs.
@@ -137,8 +143,9 @@ def compare(
         console.print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()))
         console.print("experiments: " + ", ".join(experiment_names()) + " (grlab experiment KEY)")
         return
-    problem = dataclasses.replace(LOG_LINEAR, policy=policy, env=env)
-    exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem)
+    problem = dataclasses.replace(LOG_LINEAR if env == "bandit" else TREE, policy=policy)
+    exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem,
+                             group_size=group_size, lr=lr)
     _run_and_report(exp, out, fresh)
 
 

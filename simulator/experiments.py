@@ -366,15 +366,18 @@ DEFAULT_COMPARE_ARMS = ("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois
 
 def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
                        settings: Sequence[str] = tuple(SETTINGS), seeds: int = 5,
-                       steps: int = 150, problem: Problem = LOG_LINEAR) -> Experiment:
-    """``grlab compare``'s default: E1's arms plus OPMD, AsymRE and RED-Weight."""
+                       steps: int = 150, problem: Problem = LOG_LINEAR,
+                       group_size: int | None = None, lr: float = 0.1) -> Experiment:
+    """``grlab compare``'s default: E1's arms plus OPMD, AsymRE and RED-Weight. The group size
+    defaults to 4 on a bandit and 3 on a tree (enumeration cost grows as N^K/K!)."""
     for name in settings:
         if name not in SETTINGS:
             raise ValueError(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
     return Experiment("compare", "the default off-policy comparison",
                       "§4–§6: which losses stay stable when rollouts are stale.",
                       _arms(*arms), problem=problem, settings=tuple(settings), seeds=seeds,
-                      steps=steps)
+                      steps=steps, lr=lr,
+                      group_size=group_size or (3 if problem.env == "tree" else 4))
 
 
 # Experiments that are a figure, not arms × settings: key ↦ (title, runner(out_dir) →
