@@ -300,17 +300,16 @@ def rec(
     else:
         keep = _ring_mask(ratio, adv, (eps_low, eps_high, eps_low_prime, eps_high_prime))
 
+    weighted = -adv  # the weight w multiplies −A; w = 1 costs nothing
     if weight == "is":
-        w = ratio
+        weighted = weighted * ratio
     elif weight == "advantage":
-        w = torch.exp(adv.detach() / temp)
-    else:
-        w = torch.ones_like(ratio)
-
-    pg = torch.where(keep, -w * adv * logp, torch.zeros_like(logp))
+        weighted = weighted * torch.exp(adv.detach() / temp)
+    pg = torch.where(keep, weighted * logp, logp.new_zeros(()))
+    if regularizer == "none":
+        return TokenLoss(pg, ~keep, {})
     penalty = _regularizer(regularizer, logp, logp_old)
-    extras = {"regularizer": penalty.detach()} if regularizer != "none" else {}
-    return TokenLoss(pg + reg_coef * penalty, ~keep, extras)
+    return TokenLoss(pg + reg_coef * penalty, ~keep, {"regularizer": penalty.detach()})
 
 
 @register_loss("ppo", advantage="mean-std")
