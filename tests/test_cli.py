@@ -63,6 +63,6 @@ def test_compare_rejects_an_unknown_setting(grlab, tmp_path):
 def test_compare_on_the_tree_uses_the_tree_testbed_and_its_group_size(grlab, tmp_path):
     code, out = grlab("compare", "--env", "tree", "--losses", "grpo", "--settings", "offline",
                     "--seeds", "2", "--steps", "2", "--out", str(tmp_path))
-    assert code == 0
+    assert code == 0 and "GRPO" in out
     table = (tmp_path / "table.md").read_text()
     assert "env='tree'" in table and "group size 3" in table

@@ -246,7 +246,7 @@ def test_a_callable_behaviour_is_checked_like_a_table():
 
 def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation():
     """``losses.group_losses`` on [G, K, T] vs ``policy_loss`` called on each [K, T] group
-    (loss and clip fraction), with ragged masks (one group has an empty row) and token-level advantages."""
+    (loss and clip fraction), with ragged masks (one group has an empty row)."""
     from simulator.aggregation import AGGREGATIONS
     from simulator.losses import LOSSES, group_losses, policy_loss
 
