@@ -1,9 +1,9 @@
 """The ``grlab`` command.
 
 Subcommands are plain functions whose keyword arguments (with their docstrings) become flags,
-through tyro. ``losses`` works today; ``compare``, ``verify`` and ``train-llm`` are announced
-here and filled in by the simulator's dynamics (issue 4), the theory catalogue (issue 3) and
-the bridge (issue 5): until then they say what they will do and exit 0.
+through tyro: ``compare`` and ``experiment`` (the off-policy lab), ``verify`` (the theory
+catalogue), ``losses`` (the zoo) and ``train-llm`` (the bridge, ``llm_bridge.cli``; it imports
+transformers only when it runs, so ``grlab --help`` works on a base install).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from llm_bridge.cli import train_llm
 from simulator.dynamics import SETTINGS
 from simulator.experiments import (
     ARMS,
@@ -209,14 +210,6 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
         raise SystemExit(1)
 
 
-def train_llm() -> None:
-    """Train a Hugging Face causal LM with any loss of the zoo (the llm_bridge)."""
-    console.print(
-        "[bold]grlab train-llm[/bold] is not built yet (issue 5). It will train a transformer "
-        "with any registered loss under the same sync_interval / sync_offset knobs."
-    )
-
-
 def main() -> None:
     try:
         tyro.extras.subcommand_cli_from_dict(
@@ -225,7 +218,8 @@ def main() -> None:
             prog="grlab",
             description="grlab: an exact laboratory for GRPO-family policy-gradient losses.",
         )
-    except (KeyError, ValueError, TypeError) as error:  # bad input: a message, not a traceback
+    # bad input, a missing [llm] extra or model file: a message, not a traceback
+    except (KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as error:
         message = error.args[0] if error.args else repr(error)
         console.print(f"[red]error:[/red] {message}", highlight=False)
         sys.exit(2)

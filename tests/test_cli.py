@@ -31,12 +31,6 @@ def test_an_unknown_loss_is_a_clear_error_not_a_traceback(grlab):
     assert "did you mean 'grpo'" in out and "Traceback" not in out
 
 
-def test_train_llm_says_what_it_will_do(grlab):
-    code, out = grlab("train-llm")
-    assert code == 0
-    assert "issue" in out
-
-
 def test_compare_list_names_losses_settings_and_experiments(grlab):
     code, out = grlab("compare", "--list")
     assert code == 0

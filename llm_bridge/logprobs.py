@@ -1,0 +1,180 @@
+"""Selected-token log-probs (and entropy) of a Hugging Face causal LM, chunked.
+
+Design decisions
+----------------
+* The loss needs one number per token, log π(y_t | y_<t), but the naive route materialises the
+  fp32 logits [B, T, V] (V = 49,152 for SmolLM2), keeps them and their log-softmax for
+  backward, and dominates memory. Here the decoder runs once to hidden states [B, T, H]; the
+  output head is applied to ``chunk_size`` tokens at a time (flattened over batch and
+  sequence) in fp32, and each chunk's (log-prob, entropy) is computed under
+  ``torch.utils.checkpoint``: backward recomputes the chunk's logits instead of storing them,
+  so at most one chunk of logits is alive, forward or backward.
+* Temperature T: the log-probs are those of softmax(logits / T), the distribution the rollout
+  samples from (``llm_bridge.rollout``). With the same T in training and rollout the ratio
+  π_θ/π_old is exactly 1 on-policy (up to fp round-off); see docs/llm_bridge.md.
+* ``allowed_tokens``: the policy restricted to a subset of the vocabulary (softmax over those
+  ids only), used by the ``tree`` task whose actions are a few tokens. A target outside the
+  subset has probability 0: its log-prob is −inf (mask it; the losses ignore masked values).
+* Positions follow the attention mask (left padding): position_ids = cumsum(mask) − 1, the
+  same rule the rollout uses, so a left-padded row gets the numbers it gets alone.
+* ``naive_selected_logprobs`` is the twin: the model's own full logits, log_softmax, gather.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from simulator._validation import require_positive, require_tensor
+
+__all__ = [
+    "default_chunk_size",
+    "logprobs_and_entropy",
+    "naive_selected_logprobs",
+    "position_ids",
+    "selected_logprobs",
+]
+
+CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk when chunk_size is None: 64 MiB
+
+
+def default_chunk_size(vocab: int) -> int:
+    """Tokens per chunk so that one chunk's fp32 logits take about ``CHUNK_BYTES``."""
+    return max(16, CHUNK_BYTES // (4 * vocab))
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted over valid tokens only: cumsum(mask) − 1, clamped at 0 (left pads)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _check_inputs(model: Any, input_ids: Tensor, attention_mask: Tensor | None
+                  ) -> tuple[Tensor, Tensor]:
+    input_ids = require_tensor("input_ids", input_ids)
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be a [B, T] long tensor with T >= 2, got "
+                         f"{tuple(input_ids.shape)} {input_ids.dtype}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    elif tuple(require_tensor("attention_mask", attention_mask).shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    config = getattr(model, "config", None)
+    for unsupported in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, unsupported, None) not in (None, 1.0):
+            raise ValueError(f"models with config.{unsupported} are not supported by the chunked "
+                             "head (the head is assumed to be a plain linear layer)")
+    return input_ids, attention_mask.long()
+
+
+def _chunk(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
+           temperature: float, allowed: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(log p(target), entropy) [n] of softmax(head(hidden)/T) for one chunk, in fp32."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+        if allowed is not None:
+            logits = logits[:, allowed]
+        logits = logits / temperature
+        log_z = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - log_z
+        logp = torch.where(targets >= 0, picked, torch.full_like(picked, -torch.inf))
+        with torch.no_grad():
+            probs = torch.softmax(logits, dim=-1)
+            entropy = log_z - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def _targets(input_ids: Tensor, first: int, vocab: int, allowed: Tensor | None) -> Tensor:
+    """Target ids [B, T − first] (indices into ``allowed`` when given, −1 if not allowed)."""
+    targets = input_ids[:, first:]
+    if allowed is None:
+        return targets
+    lookup = torch.full((vocab,), -1, dtype=torch.long, device=input_ids.device)
+    lookup[allowed] = torch.arange(len(allowed), device=input_ids.device)
+    return lookup[targets]
+
+
+def logprobs_and_entropy(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
+    first_target: int = 1,
+    allowed_tokens: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(log π(input_ids[:, t] | input_ids[:, :t]), entropy of π(· | input_ids[:, :t])) for
+    t = ``first_target`` … T − 1: two [B, T − first_target] float32 tensors.
+
+    π = softmax(logits / ``temperature``) (restricted to ``allowed_tokens`` when given). The
+    log-probs carry gradient to the model's parameters; the entropy is detached (a metric).
+    ``chunk_size``: tokens (flattened over batch and sequence) whose logits exist at once;
+    None picks ``default_chunk_size(V)``. Values at padded positions are meaningless: mask them.
+    """
+    input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask)
+    temperature = require_positive("temperature", temperature)
+    if not isinstance(first_target, int) or not 1 <= first_target < input_ids.shape[1]:
+        raise ValueError(f"first_target must be an int in [1, T), got {first_target!r}")
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    chunk = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+    outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids(attention_mask), use_cache=False)
+    hidden = outputs.last_hidden_state[:, first_target - 1: -1]  # predicts tokens first..T-1
+    b, t, h = hidden.shape
+    flat_hidden = hidden.reshape(b * t, h)
+    flat_targets = _targets(input_ids, first_target, vocab, allowed_tokens).reshape(b * t)
+    pieces = []
+    for start in range(0, b * t, chunk):
+        args = (flat_hidden[start: start + chunk], flat_targets[start: start + chunk],
+                head.weight, head.bias, temperature, allowed_tokens)
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk(*args))
+    logp = torch.cat([p[0] for p in pieces]).reshape(b, t)
+    entropy = torch.cat([p[1] for p in pieces]).reshape(b, t)
+    return logp, entropy
+
+
+def selected_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                      chunk_size: int | None = None, temperature: float = 1.0,
+                      first_target: int = 1, allowed_tokens: Tensor | None = None) -> Tensor:
+    """[B, T − 1]: log π(input_ids[:, t+1] | input_ids[:, :t+1]), chunked (the full fp32
+    logits never exist). Arguments as in ``logprobs_and_entropy``."""
+    return logprobs_and_entropy(model, input_ids, attention_mask, chunk_size=chunk_size,
+                                temperature=temperature, first_target=first_target,
+                                allowed_tokens=allowed_tokens)[0]
+
+
+def naive_selected_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
+                            *, temperature: float = 1.0, first_target: int = 1,
+                            allowed_tokens: Tensor | None = None) -> Tensor:
+    """The twin of ``selected_logprobs``: the model's full logits [B, T, V], upcast to fp32,
+    log_softmax, gather. Memory O(B·T·V)."""
+    input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids(attention_mask), use_cache=False).logits
+    logits = logits[:, first_target - 1: -1].float()
+    if allowed_tokens is not None:
+        logits = logits[..., allowed_tokens]
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    targets = _targets(input_ids, first_target, vocab, allowed_tokens)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(targets >= 0, picked, torch.full_like(picked, -torch.inf))
+
+
+def forward_accepts(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``name`` (transformers renamed
+    ``past_key_values`` to ``cache`` in 5.x)."""
+    return name in inspect.signature(model.forward).parameters
