@@ -74,7 +74,7 @@ def test_allowed_tokens_give_the_restricted_softmax_and_minus_inf_outside(tokeni
     logits = model(input_ids=ids, attention_mask=mask,
                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, 4:-1][..., allowed]
     want = torch.log_softmax(logits, -1).gather(
-        -1, torch.searchsorted(allowed, ids[:, 5:]).unsqueeze(-1)).squeeze(-1)
+        -1, torch.searchsorted(allowed, ids[:, 5:].contiguous()).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     outside = selected_logprobs(model, ids, mask, allowed_tokens=allowed[:1])
     assert bool(torch.isneginf(outside[ids[:, 1:] != allowed[0]]).all())

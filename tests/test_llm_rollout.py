@@ -29,6 +29,7 @@ def _rollout(setup, seed=0, **kwargs):
                     generator=torch.Generator().manual_seed(seed), **options)
 
 
+@torch.no_grad()
 def _training_logprobs(setup, rollout, temperature):
     return selected_logprobs(setup[1], rollout.input_ids, rollout.attention_mask,
                              temperature=temperature, first_target=rollout.prompt_width)
