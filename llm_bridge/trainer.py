@@ -455,17 +455,9 @@ class _ProgressBar:
     """A rich progress bar with the latest reward and KL."""
 
     def __init__(self, cfg: TrainConfig, start: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from simulator.progress import progress_bar
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn())
+        self.bar = progress_bar()
         self.bar.start()
         self.task = self.bar.add_task(f"{cfg.loss}", total=cfg.steps, completed=start)
         self.loss = cfg.loss

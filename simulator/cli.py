@@ -18,14 +18,6 @@ from typing import Literal
 import tyro
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from llm_bridge.cli import train_llm
@@ -42,6 +34,7 @@ from simulator.experiments import (
     experiment_names,
 )
 from simulator.losses import LOSSES
+from simulator.progress import progress_bar
 
 console = Console()
 
@@ -83,9 +76,7 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     if fresh and (out / "runs").exists():
         shutil.rmtree(out / "runs")
     total = len(exp.arms) * exp.steps
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console, transient=True) as progress:
         task = progress.add_task(f"{exp.key}: {len(exp.arms)} losses", total=total)
         done: dict[str, int] = {}
 
