@@ -147,7 +147,8 @@ ExperimentKey = Literal[tuple(experiment_names())]  # type: ignore[valid-type]
 def experiment(key: ExperimentKey, /, out: Path | None = None, fresh: bool = False) -> None:
     """Run one named experiment of the paper's findings and write its plot and table
     (E1–E5, E7: learning curves under the four off-policy settings; E1-lr, E1-tabular,
-    E1-tree: E1 across learning rates and testbeds; E6: Pitfall 1 on a three-armed bandit).
+    E1-tabular-graded, E1-tree: E1 across learning rates and testbeds; E6: Pitfall 1 on a
+    three-armed bandit).
 
     Args:
         key: the experiment's key.

@@ -345,6 +345,12 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular")),
     Experiment(
+        "E1-tabular-graded", "E1 with a tabular policy and graded rewards U[0, 1)",
+        "§3 Pitfall 1 at scale: off-policy REINFORCE drifts to argmax μ·(r − E_μ r), not to "
+        "argmax r, once rewards are graded.",
+        _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
+        problem=dataclasses.replace(LOG_LINEAR, policy="tabular", reward="graded")),
+    Experiment(
         "E1-tree", "E1 on the token-level tree (responses of 1–3 tokens, graded rewards)",
         "§4: the same comparison where ratios are per token and responses differ in length.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
