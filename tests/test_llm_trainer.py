@@ -194,9 +194,10 @@ def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_inte
         assert (row["behaviour_step"], row["staleness"]) == (b, t - b)
         r = batch.rollout
         for s, snapshot in ((b, snapshots[b]), (t, snapshots[t])):
-            logp = naive_selected_logprobs(snapshot, r.input_ids, r.attention_mask,
-                                           temperature=1.2, first_target=r.prompt_width,
-                                           allowed_tokens=task.allowed_tokens(tok))
+            with torch.no_grad():
+                logp = naive_selected_logprobs(snapshot, r.input_ids, r.attention_mask,
+                                               temperature=1.2, first_target=r.prompt_width,
+                                               allowed_tokens=task.allowed_tokens(tok))
             gap = float((logp - r.logp_behaviour)[r.response_mask].abs().max())
             assert (gap < 1e-5) == (s == b or torch.equal(
                 torch.cat([p.flatten() for p in snapshots[b].parameters()]),
