@@ -1,0 +1,162 @@
+"""The bridge at realistic size: tokens/s and peak memory of one training step.
+
+Issue 5's GPU check, prepared as one script so that a session that is lent a GPU runs it once:
+
+    python benchmarks/llm_gpu.py                 # CUDA: a random-init 0.5B Qwen2-style model
+    python benchmarks/llm_gpu.py --tiny          # CPU smoke check of the same code (seconds)
+
+Two measurements, each as tokens per second and peak memory above the level before the call
+(``llm_bridge.memory.peak_bytes``: ``torch.cuda.max_memory_allocated`` on CUDA):
+1. selected-token log-probs, forward + backward: the naive full-vocabulary route vs the
+   chunked one (bf16 autocast on CUDA, as in the trainer);
+2. a whole optimiser step of the trainer (``accumulate_gradients`` over micro-batches, gradient
+   clipping, AdamW) on a synthetic batch of ``--prompts`` × ``--group-size`` responses of mixed
+   lengths, under two aggregation modes (token-mean and seq-mean-token-sum-norm).
+The model is built from a config (random weights, nothing downloaded) and kept in float32
+(AdamW's master weights); the card's name is printed with the numbers. Writes
+benchmarks/results/llm_gpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
+from llm_bridge.memory import peak_bytes
+from llm_bridge.rollout import Rollout
+from llm_bridge.trainer import Batch, TrainConfig, accumulate_gradients
+
+# Qwen2.5-0.5B's shape (494 M parameters with tied embeddings); --tiny shrinks every size.
+QWEN2_05B = {"vocab_size": 151_936, "hidden_size": 896, "intermediate_size": 4_864,
+             "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+             "tie_word_embeddings": True}
+TINY = {"vocab_size": 4_096, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "tie_word_embeddings": True}
+
+
+def build_model(tiny: bool, device: str) -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)  # the weights only; every draw below uses its own generator
+    config = Qwen2Config(**(TINY if tiny else QWEN2_05B), max_position_embeddings=4096)
+    return Qwen2ForCausalLM(config).to(device)
+
+
+def synthetic_batch(vocab: int, prompts: int, k: int, prompt_len: int, response_len: int,
+                    generator: torch.Generator) -> Batch:
+    """prompts × k responses; response lengths uniform in [response_len/4, response_len]."""
+    rows = prompts * k
+    ids = torch.randint(0, vocab, (rows, prompt_len + response_len), generator=generator)
+    lengths = torch.randint(response_len // 4, response_len + 1, (rows,), generator=generator)
+    response_mask = torch.arange(response_len) < lengths[:, None]
+    attention = torch.cat([torch.ones(rows, prompt_len, dtype=torch.bool), response_mask], 1)
+    logp_old = -torch.rand(rows, response_len, generator=generator) * 3 * response_mask
+    rewards = (torch.rand(prompts, k, generator=generator) < 0.5).double()
+    rollout = Rollout(ids, attention.long(), response_mask, logp_old, prompt_len)
+    return Batch(rollout, rewards, behaviour_step=0)
+
+
+def timed(fn, device: str, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak MiB) of ``fn`` after one warm-up call."""
+    fn()
+    peak = peak_bytes(fn, device) / 2**20
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times), peak
+
+
+def logprob_routes(model, args, device: str) -> dict[str, float]:
+    vocab = model.get_output_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (args.batch, args.length), generator=g).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    routes = {"naive": lambda: naive_selected_logprobs(model, ids),
+              "chunked": lambda: selected_logprobs(model, ids, chunk_size=args.chunk)}
+    out: dict[str, float] = {}
+    for name, route in routes.items():
+        def step(route=route) -> None:
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                logp = route()
+            logp.float().sum().backward()
+
+        seconds, peak = timed(step, device, args.repeats)
+        out[f"logprobs_{name}_tokens_per_s"] = args.batch * args.length / seconds
+        out[f"logprobs_{name}_peak_mib"] = peak
+    out["logprobs_memory_ratio_naive_over_chunked"] = (out["logprobs_naive_peak_mib"]
+                                                       / out["logprobs_chunked_peak_mib"])
+    return out
+
+
+def train_steps(model, args, device: str) -> dict[str, float]:
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = synthetic_batch(vocab, args.prompts, args.group_size, args.prompt_len,
+                            args.response_len, torch.Generator().manual_seed(2))
+    tokens = int(batch.rollout.attention_mask.sum())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    out: dict[str, float] = {}
+    for agg in ("token-mean", "seq-mean-token-sum-norm"):
+        cfg = TrainConfig(loss="grpo", agg=agg, group_size=args.group_size,
+                          prompts_per_step=args.prompts, micro_batch=args.micro_batch,
+                          max_new_tokens=args.response_len, chunk_size=args.chunk,
+                          ref_kl=False, device=device)
+
+        def step(cfg=cfg) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            accumulate_gradients(model, batch, cfg, advantage_generator=None, device=device)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+        seconds, peak = timed(step, device, args.repeats)
+        out[f"train_step_{agg}_tokens_per_s"] = tokens / seconds
+        out[f"train_step_{agg}_peak_mib"] = peak
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="small config (a CPU smoke check)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="log-prob benchmark: sequences")
+    parser.add_argument("--length", type=int, default=1024, help="log-prob benchmark: tokens")
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--response-len", type=int, default=768)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.tiny:
+        args.batch, args.length, args.chunk = 2, 64, 16
+        args.prompts, args.group_size, args.prompt_len, args.response_len = 2, 4, 8, 24
+        args.micro_batch, args.repeats = 3, 1
+    model = build_model(args.tiny, args.device)
+    card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    result: dict[str, object] = {
+        "card": card, "torch": torch.__version__, "tiny": args.tiny,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, **vars(args)}
+    result.update(logprob_routes(model, args, args.device))
+    result.update(train_steps(model, args, args.device))
+    print(json.dumps(result, indent=2))
+    out = Path(__file__).parent / "results" / "llm_gpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
