@@ -183,12 +183,16 @@ def _prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Los
     depend on the behaviour, only on which groups the batch holds)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     old = behavior if setup.anchor is None else setup.anchor
-    logp_old = env.token_logprobs_of(old)[rows]
+    table = env.token_logprobs_of(old)  # [P, N, H]
+    logp_old = table[rows]
     if shaped is None:
         shaped = _shape_advantages(env, rows, setup, generator, advantages, batch.exact)
     advantages, mask = shaped
-    if not bool(torch.isfinite(logp_old).logical_or(~mask).all()):
-        raise ValueError("anchor gives probability 0 to a response in the batch: logp_old = −inf")
+    # checked on the small table first: only a response of probability 0 can give −inf
+    if (not bool(torch.isfinite(table).logical_or(~env.mask).all())
+            and not bool(torch.isfinite(logp_old).logical_or(~mask).all())):
+        raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 to a "
+                         "response in the batch")
     return _Prepared(rows, logp_old, advantages, mask, batch.weight)
 
 
@@ -334,6 +338,7 @@ class ExpectedLoss:
                              "advantage/aggregation")
         self._groups: tuple[Tensor, Tensor] | None = None  # (prompt [G], responses [G, K])
         self._shaped: tuple[Tensor, Tensor] | None = None
+        self._counts: Tensor | None = None
 
     def __call__(self, logits: Tensor, behavior: Behavior) -> Tensor:
         return self.terms(logits, behavior)[0]
@@ -349,7 +354,13 @@ class ExpectedLoss:
             batch = enumerate_groups(mu, self.k, ordered=True)
             return batch_terms(env, logits, batch, mu, setup, looped=True)
         outcomes, log_coef = multisets(env.num_responses, self.k)
-        weight = torch.exp(log_coef + torch.log(mu.to(torch.float64))[:, outcomes].sum(-1))
+        if self._counts is None:  # c[m, j]: how often response j occurs in multiset m
+            self._counts = torch.zeros(len(outcomes), env.num_responses, dtype=torch.float64
+                                       ).scatter_add_(1, outcomes, torch.ones(outcomes.shape,
+                                                                              dtype=torch.float64))
+        # log P(group) = log K!/Π c_j! + Σ_j c_j·log μ_j: one [P, N] × [N, M] product; a μ
+        # with zeros gives −inf or NaN here and takes the fallback below
+        weight = torch.exp(log_coef + torch.log(mu.to(torch.float64)) @ self._counts.T)
         if not bool((weight > 0).all()):
             return batch_terms(env, logits, enumerate_groups(mu, self.k), mu, setup)
         if self._groups is None:
