@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from simulator.bandit import SoftmaxBandit
 from simulator.claims.registry import MC_Z, mc_z_error, single_threaded
 from simulator.exact import (
+    GroupBatch,
     LossSetup,
     batch_loss,
     enumerate_groups,
@@ -287,3 +288,18 @@ def test_expected_loss_reused_across_behaviours_matches_a_fresh_enumeration():
             fresh = expected_loss(env, theta, mu, name, 3, method="enumerate")
             torch.testing.assert_close(reused(theta, mu), fresh, rtol=1e-12, atol=1e-14,
                                        msg=f"{name} trial {trial}")
+
+
+def test_a_batch_holding_a_response_of_behaviour_probability_zero_is_an_error_not_nan():
+    """logp_old would be −inf: the check must fire (on the gathered batch, after the cheap
+    check on the [P, N, H] table found a zero), and a batch without that response is fine."""
+    env, theta, _, _ = instance(9, tree=False)
+    mu = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    setup = LossSetup("grpo")
+    bad = GroupBatch(torch.tensor([0]), torch.tensor([[0, 2]]), torch.ones(1, dtype=torch.float64),
+                     exact=False)
+    with pytest.raises(ValueError, match="probability 0"):
+        batch_loss(env, theta, bad, mu, setup)
+    good = GroupBatch(torch.tensor([0, 1]), torch.tensor([[0, 1], [0, 2]]),
+                      torch.ones(2, dtype=torch.float64), exact=False)
+    assert bool(torch.isfinite(batch_loss(env, theta, good, mu, setup)))
