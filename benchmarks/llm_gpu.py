@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
-from llm_bridge.memory import peak_bytes
+from llm_bridge.memory import time_and_peak
 from llm_bridge.rollout import Rollout
 from llm_bridge.trainer import Batch, TrainConfig, accumulate_gradients
 
@@ -63,22 +61,6 @@ def synthetic_batch(vocab: int, prompts: int, k: int, prompt_len: int, response_
     return Batch(rollout, rewards, behaviour_step=0)
 
 
-def timed(fn, device: str, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak MiB) of ``fn`` after one warm-up call."""
-    fn()
-    peak = peak_bytes(fn, device) / 2**20
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times), peak
-
-
 def logprob_routes(model, args, device: str) -> dict[str, float]:
     vocab = model.get_output_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(1)
@@ -94,7 +76,7 @@ def logprob_routes(model, args, device: str) -> dict[str, float]:
                 logp = route()
             logp.float().sum().backward()
 
-        seconds, peak = timed(step, device, args.repeats)
+        seconds, peak = time_and_peak(step, device, args.repeats)
         out[f"logprobs_{name}_tokens_per_s"] = args.batch * args.length / seconds
         out[f"logprobs_{name}_peak_mib"] = peak
     out["logprobs_memory_ratio_naive_over_chunked"] = (out["logprobs_naive_peak_mib"]
@@ -121,7 +103,7 @@ def train_steps(model, args, device: str) -> dict[str, float]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-        seconds, peak = timed(step, device, args.repeats)
+        seconds, peak = time_and_peak(step, device, args.repeats)
         out[f"train_step_{agg}_tokens_per_s"] = tokens / seconds
         out[f"train_step_{agg}_peak_mib"] = peak
     return out

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
-from llm_bridge.memory import peak_bytes
+from llm_bridge.memory import time_and_peak
 from llm_bridge.models import char_tokenizer, load_model, tiny_model
 
 
@@ -77,19 +75,9 @@ def main() -> None:
         for name, fn in routes.items():
             result[f"{name}_max_abs_error_vs_float64"] = float((fn(model, ids) - exact).abs().max())
     for name, fn in routes.items():
-        _step(model, fn, ids)  # warm-up
-        result[f"{name}_peak_mib"] = peak_bytes(lambda fn=fn: _step(model, fn, ids),
-                                                args.device) / 2**20
-        times = []
-        for _ in range(args.repeats):
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
-            _step(model, fn, ids)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - tic)
-        result[f"{name}_seconds"] = statistics.median(times)
+        seconds, peak = time_and_peak(lambda fn=fn: _step(model, fn, ids), args.device,
+                                      args.repeats)
+        result[f"{name}_peak_mib"], result[f"{name}_seconds"] = peak, seconds
     peaks, seconds = (result["naive_peak_mib"], result["chunked_peak_mib"]), (
         result["naive_seconds"], result["chunked_seconds"])
     result["memory_ratio_naive_over_chunked"] = peaks[0] / peaks[1]

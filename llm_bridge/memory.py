@@ -11,11 +11,13 @@ tensors created during the call held at once. Neither counts memory held before 
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["peak_bytes"]
+__all__ = ["peak_bytes", "time_and_peak"]
 
 _CPU = torch._C._autograd.DeviceType.CPU
 
@@ -38,3 +40,22 @@ def peak_bytes(fn: Callable[[], object], device: str | torch.device = "cpu") -> 
               if e.name() == "[memory]" and e.device_type() == _CPU]
     events.sort(key=lambda e: e.start_ns())
     return int(max(itertools.accumulate(e.nbytes() for e in events), default=0))
+
+
+def time_and_peak(fn: Callable[[], object], device: str | torch.device = "cpu",
+                  repeats: int = 3) -> tuple[float, float]:
+    """(median wall-clock seconds over ``repeats`` calls, peak MiB) of ``fn`` after one warm-up
+    call; CUDA work is synchronised around each timed call."""
+    device = torch.device(device)
+    fn()
+    peak = peak_bytes(fn, device) / 2**20
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tic = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times), peak
