@@ -15,11 +15,10 @@ is also what lets torch use every core.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from _results import report
 
 from simulator.dynamics import SETTINGS, simulate
 from simulator.experiments import LOG_LINEAR
@@ -34,10 +33,7 @@ def main() -> None:
                         default=sorted({1, torch.get_num_threads()}))
     args = parser.parse_args()
     results = [_measure(args.seeds, args.steps, args.loss, threads) for threads in args.threads]
-    print(json.dumps(results, indent=2))
-    out = Path(__file__).parent / "results" / "batched_runs.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    report("batched_runs", results)
 
 
 def _measure(seeds: int, steps: int, loss: str, threads: int) -> dict[str, object]:

@@ -20,10 +20,9 @@ benchmarks/results/llm_gpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+from _results import report
 
 from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
 from llm_bridge.memory import time_and_peak
@@ -134,10 +133,7 @@ def main() -> None:
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, **vars(args)}
     result.update(logprob_routes(model, args, args.device))
     result.update(train_steps(model, args, args.device))
-    print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "llm_gpu.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("llm_gpu", result)
 
 
 if __name__ == "__main__":

