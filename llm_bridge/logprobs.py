@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from simulator._validation import require_positive, require_tensor
+from simulator.validation import require_positive, require_tensor
 
 __all__ = [
     "default_chunk_size",

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from llm_bridge.logprobs import forward_accepts, position_ids
-from simulator._validation import require_nonnegative
+from simulator.validation import require_nonnegative
 
 __all__ = ["Rollout", "generate", "sampling_logprobs"]
 

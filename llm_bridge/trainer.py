@@ -46,8 +46,8 @@ from llm_bridge.logprobs import logprobs_and_entropy
 from llm_bridge.rollout import Rollout, generate
 from simulator import kl
 from simulator.aggregation import AGGREGATIONS, normaliser
-from simulator.dynamics import Schedule
 from simulator.losses import LOSSES, policy_loss
+from simulator.schedule import Schedule
 
 __all__ = ["Batch", "TrainConfig", "TrainResult", "accumulate_gradients", "evaluate",
            "make_batch", "supervised_warmup", "train"]

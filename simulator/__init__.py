@@ -1,3 +1,1 @@
 """grlab's simulator: the loss zoo and the exact testbeds it is checked on."""
-
-__version__ = "0.1.0"

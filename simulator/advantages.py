@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator._validation import (
+from simulator.validation import (
     require_choice,
     require_finite,
     require_float_tensor,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator._validation import require_choice, require_positive
+from simulator.validation import require_choice, require_positive
 
 AGGREGATIONS: tuple[str, ...] = (
     "token-mean",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator._validation import require_finite, require_float_tensor, require_ndim
+from simulator.validation import require_finite, require_float_tensor, require_ndim
 
 __all__ = ["ResponseSpace", "SoftmaxBandit", "check_probs"]
 

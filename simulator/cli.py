@@ -1,9 +1,8 @@
-"""The ``grlab`` command.
+"""The lab's subcommands of ``grlab``: ``compare``, ``experiment``, ``verify``, ``losses``.
 
-Subcommands are plain functions whose keyword arguments (with their docstrings) become flags,
-through tyro: ``compare`` and ``experiment`` (the off-policy lab), ``verify`` (the theory
-catalogue), ``losses`` (the zoo) and ``train-llm`` (the bridge, ``llm_bridge.cli``; it imports
-transformers only when it runs, so ``grlab --help`` works on a base install).
+Each is a plain function whose keyword arguments (with their docstrings) become flags through
+tyro. The command itself (``grlab.cli``) dispatches to these and to the bridge's
+``train-llm``; this module never imports the bridge (the core does not depend on it).
 """
 
 from __future__ import annotations
@@ -11,16 +10,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import shutil
-import sys
 from pathlib import Path
 from typing import Literal
 
-import tyro
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from llm_bridge.cli import train_llm
 from simulator.dynamics import SETTINGS
 from simulator.experiments import (
     ARMS,
@@ -200,22 +196,3 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
         failed = ", ".join(report.key for report in run.reports if not report.passed)
         console.print(f"[bold red]claims failing: {failed}[/bold red] (replay: --seed {run.seed})")
         raise SystemExit(1)
-
-
-def main() -> None:
-    try:
-        tyro.extras.subcommand_cli_from_dict(
-            {"compare": compare, "experiment": experiment, "verify": verify,
-             "train-llm": train_llm, "losses": losses},
-            prog="grlab",
-            description="grlab: an exact laboratory for GRPO-family policy-gradient losses.",
-        )
-    # bad input, a missing [llm] extra or model file: a message, not a traceback
-    except (KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as error:
-        message = error.args[0] if error.args else repr(error)
-        console.print(f"[red]error:[/red] {message}", highlight=False)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

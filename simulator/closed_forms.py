@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from simulator._validation import require_float_tensor, require_positive
+from simulator.validation import require_float_tensor, require_positive
 
 __all__ = [
     "asymre_effective_baseline",

@@ -31,63 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from simulator._validation import require_choice, require_positive
 from simulator.bandit import ResponseSpace, SoftmaxBandit
 from simulator.exact import ExpectedLoss, LossSetup, batch_terms, sample_groups
+from simulator.schedule import SETTINGS, Schedule
 from simulator.tree import TreeMDP
+from simulator.validation import require_choice, require_int, require_positive
 
 __all__ = ["SETTINGS", "Problem", "Schedule", "Trajectory", "simulate"]
-
-
-def _require_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Which policy produced the data used at training step t (t = 0, 1, …).
-
-    behaviour_step(t) = 0 when ``offline``, else ⌊max(t − d, 0)/m⌋·m with m = ``sync_interval``
-    and d = ``sync_offset``: the rollout model holds the trainer's weights of the last sync
-    (every m steps) and runs d steps ahead. On-policy is m = 1, d = 0. The paper's settings:
-    m = 20 (staleness cycles 0..19), d = 10 (data 10 updates old), offline.
-    """
-
-    sync_interval: int = 1
-    sync_offset: int = 0
-    offline: bool = False
-
-    def __post_init__(self) -> None:
-        _require_int("sync_interval", self.sync_interval, 1)
-        _require_int("sync_offset", self.sync_offset, 0)
-
-    def behaviour_step(self, step: int) -> int:
-        if self.offline:
-            return 0
-        return (max(step - self.sync_offset, 0) // self.sync_interval) * self.sync_interval
-
-    @property
-    def label(self) -> str:
-        if self.offline:
-            return "offline"
-        parts = []
-        if self.sync_interval != 1:
-            parts.append(f"sync_interval={self.sync_interval}")
-        if self.sync_offset:
-            parts.append(f"sync_offset={self.sync_offset}")
-        return ", ".join(parts) or "on-policy"
-
-
-SETTINGS: dict[str, Schedule] = {
-    "on-policy": Schedule(),
-    "sync-interval-20": Schedule(sync_interval=20),
-    "sync-offset-10": Schedule(sync_offset=10),
-    "offline": Schedule(offline=True),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +66,12 @@ class Problem:
         require_choice("env", self.env, ("bandit", "tree"))
         require_choice("reward", self.reward, ("binary", "graded"))
         require_choice("policy", self.policy, ("tabular", "log-linear"))
-        _require_int("prompts", self.prompts, 1)
-        _require_int("features", self.features, 1)
-        _require_int("correct", self.correct, 1)
+        require_int("prompts", self.prompts, 1)
+        require_int("features", self.features, 1)
+        require_int("correct", self.correct, 1)
         require_positive("init_scale", self.init_scale)
         if self.env == "bandit":
-            _require_int("responses", self.responses, 2)
+            require_int("responses", self.responses, 2)
         if self.correct >= self.num_responses:
             raise ValueError(f"correct must be < the number of responses "
                              f"{self.num_responses}, got {self.correct}")
@@ -277,10 +227,10 @@ def simulate(
         then learning rate.
     """
     require_choice("mode", mode, ("expected", "sampled"))
-    _require_int("steps", steps, 1)
-    _require_int("group_size", group_size, 1)
-    _require_int("groups_per_prompt", groups_per_prompt, 1)
-    _require_int("updates_per_batch", updates_per_batch, 1)
+    require_int("steps", steps, 1)
+    require_int("group_size", group_size, 1)
+    require_int("groups_per_prompt", groups_per_prompt, 1)
+    require_int("updates_per_batch", updates_per_batch, 1)
     if not seeds or not schedules or not lrs:
         raise ValueError("seeds, schedules and lrs must each hold at least one value")
     for lr in lrs:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from simulator._validation import require_choice
+from simulator.validation import require_choice
 
 
 def k1(logp: Tensor, logp_ref: Tensor) -> Tensor:

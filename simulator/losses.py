@@ -33,7 +33,16 @@ import torch
 from torch import Tensor
 
 from simulator import kl
-from simulator._validation import (
+from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
+from simulator.aggregation import (
+    AGGREGATIONS,
+    aggregate,
+    masked_mean,
+    sequence_mean,
+    sequence_sum,
+    spread_over_tokens,
+)
+from simulator.validation import (
     as_bool_mask,
     require_choice,
     require_finite,
@@ -46,15 +55,6 @@ from simulator._validation import (
     require_same_dtype,
     require_tensor,
     unknown_name_message,
-)
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.aggregation import (
-    AGGREGATIONS,
-    aggregate,
-    masked_mean,
-    sequence_mean,
-    sequence_sum,
-    spread_over_tokens,
 )
 
 __all__ = [

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from simulator._validation import require_float_tensor, require_positive
 from simulator.bandit import ResponseSpace, check_probs
+from simulator.validation import require_float_tensor, require_positive
 
 __all__ = [
     "LogLinearPolicy",

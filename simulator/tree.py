@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator._validation import require_finite, require_float_tensor, require_ndim
 from simulator.bandit import ResponseSpace
+from simulator.validation import require_finite, require_float_tensor, require_ndim
 
 __all__ = ["EOS", "TreeMDP"]
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from simulator import cli
+from grlab import cli
 
 
 @pytest.fixture

@@ -15,13 +15,19 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported inside the tensor checks, not here: the scalar checks (and the modules that
+# only need them, such as simulator.schedule) load without torch, which keeps `grlab --help` fast.
 
 
 def require_tensor(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
+    import torch
+
+    if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
 
@@ -41,6 +47,8 @@ def require_ndim(name: str, tensor: Tensor, ndims: Iterable[int], what: str) -> 
 
 def require_finite(name: str, tensor: Tensor, where: Tensor | None = None) -> None:
     """Raise when ``tensor`` holds NaN or ±inf (only at positions where ``where`` is True)."""
+    import torch
+
     bad = ~torch.isfinite(tensor)
     if where is not None:
         bad = bad & where
@@ -65,6 +73,8 @@ def require_same_dtype(**tensors: Tensor) -> None:
 
 def as_bool_mask(name: str, mask: object, shape: tuple[int, ...]) -> Tensor:
     """Accept a bool or 0/1 tensor of ``shape`` and return it as bool."""
+    import torch
+
     mask = require_tensor(name, mask)
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
@@ -73,6 +83,15 @@ def as_bool_mask(name: str, mask: object, shape: tuple[int, ...]) -> Tensor:
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{name} must be bool or hold only 0 and 1")
     return mask != 0
+
+
+def require_int(name: str, value: object, low: int) -> int:
+    """An int (not a bool) that is at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
 
 
 def require_number(name: str, value: object) -> float:

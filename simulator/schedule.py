@@ -1,0 +1,57 @@
+"""Off-policyness as a schedule: which parameters produced the data trained on at step t.
+
+The one home of the paper's off-policy knobs (``sync_interval``, ``sync_offset``, ``offline``),
+shared by the exact lab (``simulator.dynamics``) and the LLM trainer (``llm_bridge.trainer``).
+Pure Python: importing it loads no torch, so command-line defaults can name the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from simulator.validation import require_int
+
+__all__ = ["SETTINGS", "Schedule"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Which policy produced the data used at training step t (t = 0, 1, …).
+
+    behaviour_step(t) = 0 when ``offline``, else ⌊max(t − d, 0)/m⌋·m with m = ``sync_interval``
+    and d = ``sync_offset``: the rollout model holds the trainer's weights of the last sync
+    (every m steps) and runs d steps ahead. On-policy is m = 1, d = 0. The paper's settings:
+    m = 20 (staleness cycles 0..19), d = 10 (data 10 updates old), offline.
+    """
+
+    sync_interval: int = 1
+    sync_offset: int = 0
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        require_int("sync_interval", self.sync_interval, 1)
+        require_int("sync_offset", self.sync_offset, 0)
+
+    def behaviour_step(self, step: int) -> int:
+        if self.offline:
+            return 0
+        return (max(step - self.sync_offset, 0) // self.sync_interval) * self.sync_interval
+
+    @property
+    def label(self) -> str:
+        if self.offline:
+            return "offline"
+        parts = []
+        if self.sync_interval != 1:
+            parts.append(f"sync_interval={self.sync_interval}")
+        if self.sync_offset:
+            parts.append(f"sync_offset={self.sync_offset}")
+        return ", ".join(parts) or "on-policy"
+
+
+SETTINGS: dict[str, Schedule] = {
+    "on-policy": Schedule(),
+    "sync-interval-20": Schedule(sync_interval=20),
+    "sync-offset-10": Schedule(sync_offset=10),
+    "offline": Schedule(offline=True),
+}
