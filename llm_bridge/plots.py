@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from simulator.files import atomic_savefig
+
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
@@ -35,8 +37,6 @@ def plot_training(history: list[dict[str, float]], path: Path, title: str = "") 
     bottom.legend(fontsize=8, frameon=False)
     fig.suptitle(f"grlab train-llm: {title}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path

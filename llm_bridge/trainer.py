@@ -46,6 +46,7 @@ from llm_bridge.logprobs import logprobs_and_entropy
 from llm_bridge.rollout import Rollout, generate
 from simulator import kl
 from simulator.aggregation import AGGREGATIONS, normaliser
+from simulator.files import atomic_torch_save
 from simulator.losses import LOSSES, policy_loss
 from simulator.schedule import Schedule
 
@@ -278,9 +279,7 @@ def _param_fingerprint(model: Any) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+    atomic_torch_save(state, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, init_fingerprint: float) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 from scipy import stats
 
 from simulator.dynamics import SETTINGS, Problem, Trajectory, simulate
+from simulator.files import atomic_torch_save, atomic_write, atomic_write_text
 from simulator.pitfall import run_pitfall
 
 COLLAPSE_DROP = 0.1
@@ -121,7 +121,7 @@ def run_experiment(exp: Experiment, out_dir: Path | None = None,
         )
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(dataclasses.asdict(trajectory), cache)
+            atomic_torch_save(dataclasses.asdict(trajectory), cache)
         trajectories[arm.label] = trajectory
     best = torch.stack([t.metrics["reward"].reshape(-1, exp.seeds, len(exp.settings))
                         .amax(dim=(0, 2)) for t in trajectories.values()]).amax(0)  # [S]
@@ -176,14 +176,12 @@ def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
              "plot": out_dir / "curves.png"}
-    _atomic_write_text(paths["markdown"], markdown_table(report))
+    atomic_write_text(paths["markdown"], markdown_table(report))
     fields = [f.name for f in dataclasses.fields(Row)]
-    tmp = paths["csv"].with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_write(paths["csv"], "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(dataclasses.asdict(row) for row in report.rows)
-    os.replace(tmp, paths["csv"])
     plot_curves(report, paths["plot"])
     return paths
 
@@ -222,18 +220,6 @@ def markdown_table(report: Report) -> str:
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor
 from simulator.bandit import SoftmaxBandit
 from simulator.closed_forms import mirror_descent_iterates
 from simulator.exact import iterate_expected_update
+from simulator.files import atomic_write_text
 
 MU = (0.3, 0.6, 0.1)
 REWARDS = (0.0, 0.8, 1.0)
@@ -86,9 +86,7 @@ def run_pitfall(out_dir: Path, config: PitfallConfig = PitfallConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out_dir / "table.md", "plot": out_dir / "pitfall.png"}
     text = "\n".join(lines) + "\n"
-    tmp = files["markdown"].with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, files["markdown"])
+    atomic_write_text(files["markdown"], text)
     plot_pitfall(paths, rewards, files["plot"], title=f"E6: Pitfall 1 (K = {config.k})")
     return text, files
 

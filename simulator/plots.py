@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 
+from simulator.files import atomic_savefig
+
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import torch
@@ -58,10 +60,8 @@ def plot_curves(report: Report, path: Path) -> None:
              else "bands omitted (too many curves); see table.md for intervals")
     fig.suptitle(f"{exp.key}: {exp.title}\nmean over {exp.seeds} seeds; {bands}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 2.4 / (3.6 * n_cols + 2.4), 0.95))
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Path,
@@ -95,7 +95,5 @@ def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Pa
     curve.legend(fontsize=8, frameon=False, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

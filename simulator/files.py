@@ -1,0 +1,128 @@
+"""Every file grlab writes or reads back: atomic writes, checked loads, checked output folders.
+
+Design decisions
+----------------
+* One atomic-write primitive, ``atomic_write``: the content goes to a temporary file in the
+  destination's folder (same file system), is flushed and fsync'ed, and then ``os.replace``d
+  over the destination. A crash, a kill or a full disk at any moment leaves either the old file
+  or the new one, never a half-written one. Tables, plots, caches and checkpoints all go
+  through it (``atomic_write_text``, ``atomic_torch_save``, ``atomic_savefig`` are two-line
+  wrappers).
+* A file that cannot be read back (truncated, corrupt, not a torch file, or holding objects
+  that ``weights_only`` loading refuses) raises ``CorruptFileError`` — a ``ValueError`` whose one
+  line names the file. Callers decide what that means: a cache entry is recomputed, a
+  checkpoint is reported (and the previous good one is kept).
+* ``output_dir`` checks an output folder before any slow work: a path that is a file, or a
+  folder that cannot be created or written, is a ``ValueError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "CorruptFileError",
+    "atomic_savefig",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_text",
+    "load_torch",
+    "output_dir",
+]
+
+
+class CorruptFileError(ValueError):
+    """A file grlab wrote earlier cannot be read back (truncated, corrupt or foreign)."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` for writing; on success it replaces ``path``.
+
+    If the body raises (or the process dies), ``path`` is left as it was and the temporary file
+    is removed (or, after a hard kill, left as ``.NAME.*.tmp``, never under ``path``'s name).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> Path:
+    import torch
+
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` through ``atomic_write`` (the format follows ``path``'s suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format=fmt, **savefig_kwargs)
+    return Path(path)
+
+
+def load_torch(path: str | os.PathLike[str], *, what: str = "file",
+               map_location: str | None = "cpu",
+               check: Callable[[Any], None] | None = None) -> Any:
+    """``torch.load(path, weights_only=True)``, or ``CorruptFileError`` naming ``what`` and the
+    path when the file cannot be read back. ``check(obj)`` may raise ``KeyError``/``TypeError``/
+    ``ValueError`` for a file that loads but lacks what the caller needs; that is reported the
+    same way. A missing file is ``FileNotFoundError``."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+        if check is not None:
+            check(obj)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
+            KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CorruptFileError(f"the {what} at {path} cannot be read back ({reason[:160]})"
+                               ) from None
+    return obj
+
+
+def output_dir(path: str | os.PathLike[str], *, what: str = "out") -> Path:
+    """Create the output folder ``path`` (and its parents) and check that it can be written.
+
+    Raises ``ValueError`` naming ``what`` when ``path`` is an existing file, cannot be created,
+    or is not writable — before the caller starts any slow work.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} must be a folder, but {path} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write to {path} ({error.strerror or error})") from None
+    return path
