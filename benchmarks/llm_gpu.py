@@ -14,15 +14,17 @@ Two measurements, each as tokens per second and peak memory above the level befo
    lengths, under two aggregation modes (token-mean and seq-mean-token-sum-norm).
 The model is built from a config (random weights, nothing downloaded) and kept in float32
 (AdamW's master weights); the card's name is printed with the numbers. Writes
-benchmarks/results/llm_gpu.json.
+OUT/llm_gpu.json (``--out``, default benchmarks/results) with the machine it ran on.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from pathlib import Path
 
 import torch
-from _results import report
+import tyro
+from _results import RESULTS, report
 
 from llm_bridge.logprobs import naive_selected_logprobs, selected_logprobs
 from llm_bridge.memory import time_and_peak
@@ -108,33 +110,55 @@ def train_steps(model, args, device: str) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="small config (a CPU smoke check)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=8, help="log-prob benchmark: sequences")
-    parser.add_argument("--length", type=int, default=1024, help="log-prob benchmark: tokens")
-    parser.add_argument("--chunk", type=int, default=256)
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--prompt-len", type=int, default=256)
-    parser.add_argument("--response-len", type=int, default=768)
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+@dataclasses.dataclass
+class Args:
+    tiny: bool = False
+    """small config and sizes: a CPU smoke check of the same code (seconds)."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """where to run."""
+    batch: int = 8
+    """log-prob benchmark: sequences."""
+    length: int = 1024
+    """log-prob benchmark: tokens per sequence."""
+    chunk: int = 256
+    """tokens per chunk of the chunked head."""
+    prompts: int = 8
+    """train step: prompts per step."""
+    group_size: int = 8
+    """train step: responses per prompt K."""
+    prompt_len: int = 256
+    """train step: prompt tokens."""
+    response_len: int = 768
+    """train step: most response tokens (lengths uniform in [1/4, 1] of it)."""
+    micro_batch: int = 8
+    """train step: rows per micro-batch."""
+    repeats: int = 3
+    """timed repeats (median)."""
+    out: Path = RESULTS
+    """output folder for llm_gpu.json."""
+
+
+TINY_SIZES = {"batch": 2, "length": 64, "chunk": 16, "prompts": 2, "group_size": 4,
+              "prompt_len": 8, "response_len": 24, "micro_batch": 3, "repeats": 1}
+
+
+def main(args: Args) -> None:
     if args.tiny:
-        args.batch, args.length, args.chunk = 2, 64, 16
-        args.prompts, args.group_size, args.prompt_len, args.response_len = 2, 4, 8, 24
-        args.micro_batch, args.repeats = 3, 1
+        args = dataclasses.replace(args, **TINY_SIZES)
     model = build_model(args.tiny, args.device)
-    card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     result: dict[str, object] = {
-        "card": card, "torch": torch.__version__, "tiny": args.tiny,
-        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, **vars(args)}
+        "card": card, "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "args": dataclasses.asdict(args)}
     result.update(logprob_routes(model, args, args.device))
     result.update(train_steps(model, args, args.device))
-    report("llm_gpu", result)
+    headline = (f"{card}: log-probs chunked {result['logprobs_chunked_tokens_per_s']:.3g} vs "
+                f"naive {result['logprobs_naive_tokens_per_s']:.3g} tokens/s, peak 1/"
+                f"{result['logprobs_memory_ratio_naive_over_chunked']:.3g} of naive; train step "
+                f"(token-mean) {result['train_step_token-mean_tokens_per_s']:.3g} tokens/s, "
+                f"peak {result['train_step_token-mean_peak_mib']:.4g} MiB")
+    report("llm_gpu", result, headline, args.out, device=args.device)
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.splitlines()[0]))
