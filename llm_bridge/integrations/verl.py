@@ -1,0 +1,317 @@
+"""grlab's losses and advantage kinds in verl (0.9.x): importing this module registers them.
+
+After ``import llm_bridge.integrations.verl``, every name of ``simulator.losses.LOSSES`` is a verl
+policy loss ``grlab/<name>`` (``actor_rollout_ref.actor.policy_loss.loss_mode=grlab/rec-ring-is``)
+and every grlab advantage kind and loss preset is a verl advantage estimator ``grlab/<kind>`` /
+``grlab/<loss>`` (``algorithm.adv_estimator=grlab/red-drop``). docs/engines.md shows a run.
+
+Design decisions
+----------------
+* Registration happens here, on import, never at ``import simulator``. verl imports this module
+  in every process through its own hook: ``VERL_USE_EXTERNAL_MODULES=llm_bridge.integrations.verl``
+  (read by ``verl/__init__.py``); setting ``policy_loss._target_`` to ``GrlabPolicyLossConfig``
+  also imports it wherever the actor config is built.
+* The loss is grlab's ``policy_loss``, called exactly as verl calls its own losses. verl's
+  ``loss_agg_mode`` is honoured, with verl's global-batch normalisation
+  (``config.global_batch_info``, set by ``verl.workers.utils.losses.ppo_loss``): each rank's
+  loss is Σ(its rows' terms) / (global count / dp_size), so the gradient that DDP/FSDP averages
+  over dp ranks is the global batch's. Mapping (``aggregation_options``):
+  token-mean → ``denominator = batch_num_tokens / dp_size``; token-sum → ``1 / dp_size``;
+  seq-mean-* → ``global_batch_size / dp_size`` (rows="all"), or, without global batch info,
+  the rows with a valid token (rows="valid", verl's ``agg_loss``); seq-mean-token-sum-norm →
+  ``norm_len = loss_scale_factor``, or the padded response length when that is None (verl's
+  default; set ``actor.loss_scale_factor`` to a constant for Dr.GRPO's).
+* Keywords. A grlab loss gets its preset's values (``LOSSES[name].defaults()``), then verl's
+  clip fields that the user *changed from verl's defaults* (read from verl's ``ActorConfig``):
+  ``clip_ratio_low`` (or ``clip_ratio``) → ``eps_low``, ``clip_ratio_high`` (or ``clip_ratio``)
+  → ``eps_high``, ``clip_ratio_c`` → ``dual_clip``; then ``policy_loss.grlab_kwargs``, which
+  wins. A verl field left at its default means "not set", so ``grlab/dapo`` keeps ε_high = 0.28
+  and ``grlab/grpo`` has no dual clip (verl's ``vanilla`` always dual-clips at c = 3:
+  ``grlab/ppo-dual-clip`` is that loss). A changed field the loss has no keyword for is a
+  ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key.
+* Metrics: verl's names ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``
+  from grlab's metrics of the same definitions, and every grlab metric as ``actor/grlab/<name>``.
+  verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
+* ``rollout_is_weights`` (verl's rollout correction) is refused with a ``ValueError``:
+  ``policy_loss`` returns the aggregated loss, so the adapter cannot weight its per-token terms.
+* Advantage estimators use verl's signature ``fn(token_level_rewards, response_mask, index,
+  config, ...) -> (advantages, returns)``. Responses are grouped by ``index`` (verl's uid);
+  groups of different sizes are computed size by size, which is exact since every grlab kind is
+  per group. Options come from ``algorithm.grlab_advantage_kwargs`` (e.g. ``{tau: 0.5}``;
+  ``seed`` for RED-Drop's draws). RED-Drop's dropped samples and DAPO's uniform groups get
+  A = 0 but stay in the token count: verl's estimator API cannot change the loss mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from llm_bridge.integrations import import_engine
+from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
+from simulator.losses import LOSSES, policy_loss
+
+core_algos = import_engine("verl.trainer.ppo.core_algos", "verl")
+verl_config = import_engine("verl.workers.config", "verl")
+
+__all__ = [
+    "ADVANTAGE_KINDS_VERL",
+    "PREFIX",
+    "GrlabPolicyLossConfig",
+    "aggregation_options",
+    "grlab_advantages",
+    "loss_keywords",
+    "register_all",
+]
+
+PREFIX = "grlab/"
+ADVANTAGE_KINDS_VERL: tuple[str, ...] = (*ADVANTAGE_KINDS, "red-drop")
+# verl's ActorConfig field -> (grlab keyword, how verl resolves the field's effective value)
+_CLIP_FIELDS: tuple[tuple[str, str, str | None], ...] = (
+    ("eps_low", "clip_ratio_low", "clip_ratio"),
+    ("eps_high", "clip_ratio_high", "clip_ratio"),
+    ("dual_clip", "clip_ratio_c", None),
+)
+VERL_METRIC_NAMES: Mapping[str, str] = {
+    "pg_clipfrac": "actor/pg_clipfrac",
+    "ppo_kl": "actor/ppo_kl",
+    "pg_clipfrac_lower": "actor/pg_clipfrac_lower",
+}
+# verl's own defaults, read from its ActorConfig: a clip field left at its default is "not set"
+_VERL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(verl_config.ActorConfig)
+                  if f.default is not dataclasses.MISSING}
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class GrlabPolicyLossConfig(verl_config.PolicyLossConfig):
+    """verl's ``PolicyLossConfig`` plus ``grlab_kwargs``: keywords of the grlab loss.
+
+    Select it with ``actor_rollout_ref.actor.policy_loss._target_=`` this class's dotted path
+    (verl's own config class rejects unknown keys), then
+    ``+actor_rollout_ref.actor.policy_loss.grlab_kwargs={eps_high: 0.28}``.
+    """
+
+    grlab_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """``config.key`` for verl's dataclass configs, DictConfigs and plain dicts alike."""
+    if isinstance(config, Mapping) or hasattr(config, "get"):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def _effective(source: Any, field: str, fallback: str | None) -> Any:
+    """verl's own resolution: ``clip_ratio_low if clip_ratio_low is not None else clip_ratio``."""
+    value = _get(source, field)
+    return _get(source, fallback) if value is None and fallback is not None else value
+
+
+def loss_keywords(name: str, config: Any) -> dict[str, Any]:
+    """The keywords ``grlab/<name>`` runs with under the verl actor config ``config``.
+
+    Preset values, then the verl clip fields changed from verl's defaults, then
+    ``config.policy_loss.grlab_kwargs`` (see the module docstring). Unknown keywords raise
+    ``TypeError`` (from ``LossSpec.resolve``); a changed clip field the loss cannot take raises
+    ``ValueError``.
+    """
+    spec = LOSSES[name]
+    takes = spec.defaults()
+    keywords: dict[str, Any] = {}
+    for keyword, field, fallback in _CLIP_FIELDS:
+        value = _effective(config, field, fallback)
+        if value is None or value == _effective(_VERL_DEFAULTS, field, fallback):
+            continue
+        if keyword not in takes:
+            raise ValueError(
+                f"actor.{field}={value} has no counterpart in loss grlab/{name} (its keywords: "
+                f"{sorted(takes) or 'none'}); leave it at verl's default "
+                f"{_effective(_VERL_DEFAULTS, field, fallback)}")
+        keywords[keyword] = float(value)
+    extra = _get(_get(config, "policy_loss", {}) or {}, "grlab_kwargs", None) or {}
+    keywords.update(dict(extra))
+    spec.resolve(keywords)  # a typo in grlab_kwargs is a TypeError naming the valid keywords
+    return keywords
+
+
+def aggregation_options(loss_agg_mode: str, mask: Tensor, global_batch_info: Mapping[str, Any]
+                        ) -> dict[str, Any]:
+    """``policy_loss``'s ``agg``/``norm_len``/``rows``/``denominator`` for verl's ``agg_loss``.
+
+    ``global_batch_info``: ``dp_size``, ``batch_num_tokens`` (valid tokens of the global
+    mini-batch), ``global_batch_size`` (its rows), ``loss_scale_factor`` (all optional, as in
+    verl). The result makes grlab's value equal verl's ``agg_loss(..., **global_batch_info)``.
+    """
+    dp_size = int(global_batch_info.get("dp_size") or 1)
+    tokens = global_batch_info.get("batch_num_tokens")
+    rows = global_batch_info.get("global_batch_size")
+    options: dict[str, Any] = {"agg": loss_agg_mode, "norm_len": None, "rows": "all",
+                               "denominator": None}
+    if loss_agg_mode == "token-mean":
+        count, what = tokens, "batch_num_tokens"
+    elif loss_agg_mode == "token-sum":
+        count, what = 1.0, None
+    else:
+        count, what = rows, "global_batch_size"
+        options["rows"] = "valid" if rows is None else "all"
+    if count is None and dp_size > 1:
+        raise ValueError(f"loss_agg_mode={loss_agg_mode!r} with dp_size={dp_size} needs "
+                         f"config.global_batch_info[{what!r}] (verl's engines set it)")
+    if count is not None and (dp_size > 1 or loss_agg_mode != "token-sum"):
+        options["denominator"] = float(count) / dp_size
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        scale = global_batch_info.get("loss_scale_factor")
+        options["norm_len"] = float(mask.shape[-1] if scale is None else scale)
+    return options
+
+
+def verl_metrics(metrics: Mapping[str, Tensor]) -> dict[str, float]:
+    """grlab's metrics under verl's names; the others as ``actor/grlab/<name>``."""
+    out = {verl: float(metrics[ours]) for ours, verl in VERL_METRIC_NAMES.items()
+           if ours in metrics}
+    out.update({f"actor/grlab/{key}": float(value) for key, value in metrics.items()
+                if key not in VERL_METRIC_NAMES})
+    return out
+
+
+def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]]]:
+    def grlab_policy_loss(
+        old_log_prob: Tensor, log_prob: Tensor, advantages: Tensor, response_mask: Tensor,
+        loss_agg_mode: str = "token-mean", config: Any = None,
+        rollout_is_weights: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        if config is None:
+            raise ValueError(f"grlab/{name}: config must be verl's actor config, got None")
+        if rollout_is_weights is not None:
+            raise ValueError(
+                f"rollout_is_weights: grlab/{name} does not apply verl's rollout-correction "
+                "weights (grlab's policy_loss has no per-token weight); set "
+                "algorithm.rollout_correction.rollout_is=null")
+        keywords = loss_keywords(name, config)
+        _log_once(name, keywords)
+        if not bool(response_mask.any()):  # only empty responses: verl's agg_loss gives 0
+            return (log_prob * 0).sum(), {}
+        dtype = torch.promote_types(torch.promote_types(log_prob.dtype, old_log_prob.dtype),
+                                    advantages.dtype)
+        options = aggregation_options(loss_agg_mode, response_mask,
+                                      _get(config, "global_batch_info", None) or {})
+        out = policy_loss(name, log_prob.to(dtype), old_log_prob.to(dtype),
+                          advantages.to(dtype), response_mask, **options, **keywords)
+        return out.loss, verl_metrics(out.metrics)
+
+    grlab_policy_loss.__name__ = f"grlab_{name.replace('-', '_')}"
+    grlab_policy_loss.__doc__ = f"grlab's {name!r} loss in verl's policy-loss signature."
+    return grlab_policy_loss
+
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_once(name: str, keywords: Mapping[str, Any]) -> None:
+    """Say once per run which keywords each grlab loss runs with (the rule has defaults)."""
+    key = (name, repr(sorted(keywords.items())))
+    if key not in _logged:
+        _logged.add(key)
+        _log.info("grlab/%s runs with %s", name, LOSSES[name].resolve(keywords))
+
+
+# --------------------------------------------------------------------------------------------
+# Advantage estimators
+# --------------------------------------------------------------------------------------------
+
+_generators: dict[int, torch.Generator] = {}
+
+
+def _generator(seed: int) -> torch.Generator:
+    """One generator per seed for the whole run, so successive batches draw fresh numbers."""
+    if seed not in _generators:
+        _generators[seed] = torch.Generator().manual_seed(seed)
+    return _generators[seed]
+
+
+def grlab_advantages(scores: Tensor, index: Any, kind: str, *, drop_uniform_groups: bool = False,
+                     generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """Per-response advantages [B] from scores [B], grouped by ``index`` (verl's uid per row).
+
+    Rows with equal ``index`` form a group; groups of equal size are stacked into [G, K] and
+    passed to ``simulator.advantages.shaped_advantages`` (``kind``, ``options``), one size at a
+    time. Computed in float64, returned in ``scores``' dtype.
+    """
+    index = np.asarray(index)
+    if index.shape != (scores.shape[0],):
+        raise ValueError(f"index must hold one group id per response ({scores.shape[0]}), "
+                         f"got shape {index.shape}")
+    _, group_of = np.unique(index, return_inverse=True)
+    groups = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
+    values = scores.detach().to(torch.float64)
+    out = torch.zeros_like(values)
+    for size in sorted({len(g) for g in groups}):
+        rows = torch.as_tensor(np.stack([g for g in groups if len(g) == size]), device=out.device)
+        adv, _ = shaped_advantages(values[rows], kind, generator=generator,
+                                   drop_uniform_groups=drop_uniform_groups, **options)
+        out[rows] = adv
+    return out.to(scores.dtype)
+
+
+def _make_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """The verl estimator ``grlab/<name>``: a grlab kind, or the advantage of a loss preset."""
+
+    def grlab_estimator(token_level_rewards: Tensor, response_mask: Tensor, index: Any = None,
+                        config: Any = None, **_verl_extras: Any) -> tuple[Tensor, Tensor]:
+        if index is None:
+            raise ValueError(f"grlab/{name} groups responses by prompt: it needs verl's index "
+                             "(the uid of each response's prompt)")
+        options = dict(_get(config, "grlab_advantage_kwargs", None) or {})
+        seed = int(options.pop("seed", 0))
+        if name in LOSSES:
+            spec = LOSSES[name]
+            kind, drop = spec.advantage, spec.drop_uniform_groups
+            options = {**spec.advantage_kwargs, **options}
+        else:
+            kind, drop = name, False
+        generator = _generator(seed) if kind == "red-drop" else None
+        adv = grlab_advantages(token_level_rewards.sum(dim=-1), index, kind,
+                               drop_uniform_groups=drop, generator=generator, **options)
+        per_token = adv.unsqueeze(-1) * response_mask
+        return per_token, per_token
+
+    grlab_estimator.__name__ = f"grlab_advantage_{name.replace('-', '_')}"
+    return grlab_estimator
+
+
+def _register_estimator(name: str, fn: Callable[..., Any]) -> None:
+    registry = core_algos.ADV_ESTIMATOR_REGISTRY
+    existing = registry.get(name)
+    if existing is not None and not getattr(existing, "_grlab", False):
+        raise ValueError(f"verl already has an advantage estimator {name!r} that is not grlab's")
+    registry.pop(name, None)  # re-registering our own (a reload) replaces it
+    fn._grlab = True  # type: ignore[attr-defined]
+    core_algos.register_adv_est(name)(fn)
+
+
+def register_all() -> list[str]:
+    """Register every grlab loss and advantage kind in verl's registries; returns the names.
+
+    Called on import; call it again after registering new grlab losses.
+    """
+    # a name that is both a loss and a kind ("red-drop") must mean the same advantage in both
+    clash = sorted(n for n in set(LOSSES) & set(ADVANTAGE_KINDS_VERL) if LOSSES[n].advantage != n)
+    if clash:
+        raise ValueError(f"grlab names used both as a loss and another advantage kind: {clash}")
+    names = []
+    for name in LOSSES:
+        core_algos.register_policy_loss(PREFIX + name)(_make_policy_loss(name))
+        names.append(PREFIX + name)
+    for name in dict.fromkeys((*LOSSES, *ADVANTAGE_KINDS_VERL)):
+        _register_estimator(PREFIX + name, _make_estimator(name))
+    return names
+
+
+register_all()
