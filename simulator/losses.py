@@ -6,14 +6,20 @@ Design decisions
   on [B, T] tensors: no ``.item()``, no Python branch on tensor values, no in-place edits, so
   ``torch.func`` can trace it. ``policy_loss`` wraps it: checks, per-token loss, aggregation
   (``simulator.aggregation``), then metrics.
-* The registry ``LOSSES`` maps a name to a ``LossSpec``: the function, bound keyword values, the
-  advantage kind that travels with it (``grpo`` divides by the group std, ``rec-*`` does not),
-  and its default aggregation. Presets are data: a ``LossSpec`` with other bound values, never
-  a copied body.
+* The registry ``LOSSES`` (``simulator.loss_registry``) maps a name to a ``LossSpec``: the
+  function, bound keyword values, the advantage kind that travels with it (``grpo`` divides by
+  the group std, ``rec-*`` does not), its default aggregation, and the peer or paper the name
+  follows. Presets are data: a ``LossSpec`` with other bound values, never a copied body.
+* Names follow their peers. Where grlab uses a name of the seed paper's code (Trinity-RFT
+  0.6.0), verl 0.9.1 or TRL 1.16, it gives that peer's numbers, or docs/conventions.md says why
+  not and which keyword restores the peer (tests/test_parity_*.py pin every convention).
 * Masked positions are replaced by 0 before any math, so whatever a padded position holds
-  (garbage, NaN, inf) cannot reach the loss or its gradient.
-* bf16/fp16 inputs are upcast to float32 for the math (ratios e^{Δ} lose all precision in bf16);
-  the gradient still flows back to the low-precision ``logp``.
+  (garbage, NaN, inf) cannot reach the loss or its gradient. ``logp_old`` and the advantages
+  are constants: they are detached, whatever the caller passes.
+* One numerical rule (``simulator.numerics``): the math runs in float64 for every input dtype;
+  exponentials, products and sums that could overflow saturate instead; the value and metrics
+  come back in float32 (float64 for float64 inputs) and the gradient in the input's dtype,
+  saturated. Finite for every finite input; equal to the plain math wherever that is finite.
 
 Symbols: π = π_θ (``logp``, with gradient), π_old = behaviour/rollout policy (``logp_old``),
 ρ = π/π_old per token, δ = log ρ, A = advantage (``advantages``: [B] per sequence or [B, T]),
@@ -24,24 +30,29 @@ Off-Policy Algorithm" (arXiv 2509.24203), §2–§6; friends as cited per loss.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from simulator import kl
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
+from simulator import numerics
 from simulator.aggregation import (
-    AGGREGATIONS,
     aggregate,
+    check_options,
     masked_mean,
     sequence_mean,
     sequence_sum,
     spread_over_tokens,
 )
+from simulator.loss_registry import (
+    LOSSES,
+    LossOutput,
+    LossSpec,
+    TokenLoss,
+    register_loss,
+    register_preset,
+)
+from simulator.numerics import finite, mul
 from simulator.validation import (
     as_bool_mask,
     require_choice,
@@ -54,141 +65,42 @@ from simulator.validation import (
     require_same_device,
     require_same_dtype,
     require_tensor,
-    unknown_name_message,
 )
 
 __all__ = [
     "LOSSES",
+    "GroupLosses",
     "LossOutput",
     "LossSpec",
     "TokenLoss",
+    "group_losses",
     "pairwise_surrogate",
     "policy_loss",
     "register_loss",
     "register_preset",
 ]
 
-
-class TokenLoss(NamedTuple):
-    """What a per-token loss function returns.
-
-    loss:    [B, T] per-token loss (the value at masked positions is ignored).
-    clipped: [B, T] bool, True where a clipping mask removed the token's policy-gradient term.
-    extras:  loss-specific per-token quantities [B, T]; reported as masked means.
-    """
-
-    loss: Tensor
-    clipped: Tensor
-    extras: dict[str, Tensor]
-
-
-class LossOutput(NamedTuple):
-    """``policy_loss``'s result: a scalar loss and a dict of detached scalar metrics."""
-
-    loss: Tensor
-    metrics: dict[str, Tensor]
-
-
-LossFn = Callable[..., TokenLoss]
-
-
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-    """A registered loss: a per-token function plus the data that make it a named algorithm."""
-
-    name: str
-    fn: LossFn
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    advantage: str = "mean"
-    advantage_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    agg: str = "token-mean"
-    drop_uniform_groups: bool = False
-    base: str = ""
-    summary: str = ""
-
-    def defaults(self) -> dict[str, Any]:
-        """Every keyword this loss takes, with the value it gets when the caller says nothing."""
-        params = inspect.signature(self.fn).parameters.values()
-        found = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        return {**found, **self.hparams}
-
-    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """Bound values overridden by the caller's; an unknown keyword is a ``TypeError``."""
-        defaults = self.defaults()
-        unknown = sorted(set(overrides) - set(defaults))
-        if unknown:
-            message = unknown_name_message(f"keyword for loss {self.name!r}:", unknown[0], defaults)
-            raise TypeError(message)
-        return {**defaults, **overrides}
-
-    def __call__(self, logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor,
-                 **hparams: Any) -> TokenLoss:
-        return self.fn(logp, logp_old, adv, mask, **self.resolve(hparams))
-
-    def advantages(self, rewards: Tensor, generator: torch.Generator | None = None
-                   ) -> tuple[Tensor, Tensor]:
-        """(advantages [G, K], keep [G, K]) from rewards [G, K], as this loss's preset says."""
-        return shaped_advantages(
-            rewards, self.advantage, generator=generator,
-            drop_uniform_groups=self.drop_uniform_groups, **self.advantage_kwargs,
-        )
-
-
-class LossRegistry(dict):
-    """name -> LossSpec. Rejects duplicate names; an unknown name lists the valid ones."""
-
-    def __missing__(self, key: str) -> LossSpec:
-        raise KeyError(unknown_name_message("loss", key, self))
-
-    def __setitem__(self, key: str, value: LossSpec) -> None:
-        if key in self:
-            raise ValueError(f"a loss named {key!r} is already registered")
-        super().__setitem__(key, value)
-
-
-LOSSES: LossRegistry = LossRegistry()
-
-
-def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean",
-                  summary: str = "") -> Callable[[LossFn], LossFn]:
-    """Decorator: register a per-token loss function under ``name``."""
-    require_choice("advantage", advantage, (*ADVANTAGE_KINDS, "red-drop"))
-    require_choice("agg", agg, AGGREGATIONS)
-
-    def decorate(fn: LossFn) -> LossFn:
-        first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
-        LOSSES[name] = LossSpec(name=name, fn=fn, advantage=advantage, agg=agg, base=name,
-                                summary=summary or first_line)
-        return fn
-
-    return decorate
-
-
-def register_preset(name: str, base: str, *, summary: str, advantage: str | None = None,
-                    agg: str | None = None, drop_uniform_groups: bool = False,
-                    advantage_kwargs: Mapping[str, Any] | None = None,
-                    **hparams: Any) -> LossSpec:
-    """Bind a registered loss to keyword values (and an advantage kind) under a new name."""
-    parent = LOSSES[base]
-    parent.resolve(hparams)  # unknown keywords fail here, at import, not at first use
-    spec = dataclasses.replace(
-        parent, name=name, hparams={**parent.hparams, **hparams}, summary=summary,
-        advantage=advantage or parent.advantage, agg=agg or parent.agg,
-        drop_uniform_groups=drop_uniform_groups,
-        advantage_kwargs=dict(advantage_kwargs or parent.advantage_kwargs),
-    )
-    LOSSES[name] = spec
-    return spec
-
+TRINITY = "Trinity-RFT 0.6.0"
+VERL = "verl 0.9.1"
+TRL = "TRL 1.16"
+PEER_LOG_RATIO_CLAMP = 20.0  # verl's and Trinity-RFT's clamp of δ before e^δ (keyword only)
 
 # --------------------------------------------------------------------------------------------
 # Small shared pieces of loss math
 # --------------------------------------------------------------------------------------------
 
 
-def _ratio(logp: Tensor, logp_old: Tensor) -> Tensor:
-    """ρ = π/π_old = e^{log π − log π_old}, with gradient through log π."""
-    return torch.exp(logp - logp_old)
+def _log_ratio(logp: Tensor, logp_old: Tensor) -> Tensor:
+    """δ = log π − log π_old (saturated: two huge float64 log-probs cannot make it inf)."""
+    return finite(logp - logp_old)
+
+
+def _ratio(logp: Tensor, logp_old: Tensor, clamp: float | None = None) -> Tensor:
+    """ρ = e^δ with gradient through log π; ``clamp`` bounds δ to ±clamp first (peers' rule)."""
+    delta = _log_ratio(logp, logp_old)
+    if clamp is not None:
+        delta = delta.clamp(-clamp, clamp)
+    return numerics.exp(delta)
 
 
 def _no_clip(mask: Tensor) -> Tensor:
@@ -201,7 +113,10 @@ def _check_eps(**eps: float) -> None:
 
 
 def _one_side_mask(ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> Tensor:
-    """(A ≥ 0 ∧ ρ ≤ 1+ε_high) ∨ (A ≤ 0 ∧ ρ ≥ 1−ε_low): where PPO-clip keeps the gradient."""
+    """(A ≥ 0 ∧ ρ ≤ 1+ε_high) ∨ (A ≤ 0 ∧ ρ ≥ 1−ε_low): where PPO-clip keeps the gradient.
+
+    A token with A = 0 is always kept (it has no gradient to remove), as in verl's
+    ``pg_clipfrac`` (−A·clip(ρ) > −A·ρ is never true at A = 0) and TRL's clip metrics."""
     return ((adv >= 0) & (ratio <= 1 + eps_high)) | ((adv <= 0) & (ratio >= 1 - eps_low))
 
 
@@ -226,29 +141,34 @@ def _ring_mask(ratio: Tensor, adv: Tensor, eps: tuple[float, float, float, float
 
 def _ppo_clip(ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
     """max(−ρ·A, −clip(ρ, 1−ε_low, 1+ε_high)·A) and where its gradient was clipped away."""
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
+    unclipped = mul(-adv, ratio)
+    clipped = mul(-adv, ratio.clamp(1 - eps_low, 1 + eps_high))
     removed = ~_one_side_mask(ratio.detach(), adv, eps_low, eps_high)
     return torch.maximum(unclipped, clipped), removed
 
 
-REC_CLIPS = ("none", "one-side", "two-side", "ring")
-REC_WEIGHTS = ("none", "is", "advantage")
+def _sequence_log_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, how: str) -> Tensor:
+    """Σ_t δ_t ("sum") or the mean over the row's valid tokens ("mean"): [B]."""
+    delta = _log_ratio(logp, logp_old)
+    return sequence_sum(delta, mask) if how == "sum" else sequence_mean(delta, mask)
+
+
+REC_CLIPS = ("none", "one-side", "two-side", "ring", "gspo-one-side")
+REC_WEIGHTS = ("none", "is", "gspo-is", "advantage")
 REC_REGULARIZERS = ("none", "k2", "forward-kl")
 
 
 def _regularizer(kind: str, logp: Tensor, logp_old: Tensor) -> Tensor:
-    """Per-token penalties of REC/REP on behaviour samples.
+    """Per-token penalties of REC/REP as the seed defines them (Trinity-RFT 0.6.0,
+    ``rec_policy_loss.py``; the coefficient multiplies these):
 
-    k2:         ½·(log π − log π_old)²  (Trinity's token-level OPMD term)
-    forward-kl: log π_old − log π       (k1 estimate of KL(π_old‖π) on samples from π_old;
-                                          its gradient −∇log π is AsymRE's extra term)
+    k2:         (log π − log π_old)²  (Kimi's ½ absorbed into the coefficient, as the seed does)
+    forward-kl: −log π                (its gradient −∇log π is AsymRE's extra term; on samples
+                                        from π_old it is KL(π_old‖π) up to a constant)
     """
     if kind == "k2":
-        return kl.k2(logp, logp_old)
-    if kind == "forward-kl":
-        return kl.k1(logp_old, logp)
-    return torch.zeros_like(logp)
+        return finite(_log_ratio(logp, logp_old) ** 2)
+    return -logp
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,30 +176,47 @@ def _regularizer(kind: str, logp: Tensor, logp_old: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-@register_loss("reinforce")
+@register_loss("reinforce", follows=f"{TRINITY} rec (clip none, weight none); paper §2")
 def reinforce(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor) -> TokenLoss:
     """REINFORCE: ℓ = −A·log π.
 
     With group-mean advantages this is the paper's group-relative REINFORCE (§2, step 5):
     one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behaviour policy.
     """
-    return TokenLoss(-adv * logp, _no_clip(mask), {})
+    return TokenLoss(mul(-adv, logp), _no_clip(mask), {})
 
 
-@register_loss("rec")
+def _rec_keep(clip: str, ratio: Tensor, seq_ratio: Tensor, adv: Tensor,
+              eps: tuple[float, float, float, float]) -> Tensor:
+    """REC's mask M for ``clip`` (ratio and seq_ratio detached)."""
+    if clip == "none":
+        return torch.ones_like(adv, dtype=torch.bool)
+    if clip == "one-side":
+        return _one_side_mask(ratio, adv, eps[0], eps[1])
+    if clip == "gspo-one-side":
+        return _one_side_mask(seq_ratio.expand_as(adv), adv, eps[0], eps[1])
+    if clip == "two-side":
+        return _two_side_mask(ratio, eps[0], eps[1])
+    return _ring_mask(ratio, adv, eps)
+
+
+@register_loss("rec", follows=f"{TRINITY} rec_policy_loss.py (RECPolicyLossFn)")
 def rec(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     clip: str = "one-side", weight: str = "none", regularizer: str = "none",
     reg_coef: float = 0.1, eps_low: float = 0.2, eps_high: float = 0.2,
     eps_low_prime: float = 0.6, eps_high_prime: float = 2.0, temp: float = 1.0,
 ) -> TokenLoss:
-    """REINFORCE with clipping: ℓ = −M·w·A·log π + reg_coef·R (paper §4–§6).
+    """REINFORCE with clipping: ℓ = −M·w·A·log π + reg_coef·R (paper §4–§6; the seed's REC).
 
     M (``clip``, on sg(ρ)): none → 1; one-side → (A ≥ 0 ∧ ρ ≤ 1+ε_high) ∨ (A ≤ 0 ∧ ρ ≥ 1−ε_low);
     two-side → 1−ε_low ≤ ρ ≤ 1+ε_high; ring → two-side ∨ (A ≥ 0 ∧ ρ ≤ 1−ε'_low) ∨
-    (A ≤ 0 ∧ ρ ≥ 1+ε'_high) with ε' = (``eps_low_prime``, ``eps_high_prime``).
-    w (``weight``): none → 1 ("NoIS"); is → sg(ρ) ("IS"); advantage → e^{A/T}, T = ``temp``
-    (RED-Weight). R (``regularizer``): none; k2 → ½δ²; forward-kl → −δ (see ``_regularizer``).
+    (A ≤ 0 ∧ ρ ≥ 1+ε'_high) with ε' = (``eps_low_prime``, ``eps_high_prime``); gspo-one-side →
+    one-side on the sequence ratio s = exp(mean_t δ) (the seed's experimental variant; use it
+    with ``agg="seq-mean-token-mean"``, which the seed forces).
+    w (``weight``): none → 1 ("NoIS"); is → sg(ρ) ("IS"); gspo-is → sg(s); advantage → e^{A/T},
+    T = ``temp`` (RED-Weight). R (``regularizer``): none; k2 → δ²; forward-kl → −log π
+    (see ``_regularizer``: the seed's definitions, Kimi's ½ absorbed into ``reg_coef``).
     With ``clip="one-side", weight="is"`` the gradient is exactly PPO-clip's.
     """
     require_choice("clip", clip, REC_CLIPS)
@@ -291,49 +228,53 @@ def rec(
     require_positive("temp", temp)
 
     ratio = _ratio(logp, logp_old).detach()
-    if clip == "none":
-        keep = torch.ones_like(mask)
-    elif clip == "one-side":
-        keep = _one_side_mask(ratio, adv, eps_low, eps_high)
-    elif clip == "two-side":
-        keep = _two_side_mask(ratio, eps_low, eps_high)
-    else:
-        keep = _ring_mask(ratio, adv, (eps_low, eps_high, eps_low_prime, eps_high_prime))
-
+    seq_ratio = (numerics.exp(_sequence_log_ratio(logp, logp_old, mask, "mean")).detach()
+                 .unsqueeze(-1) if "gspo" in clip + weight else ratio)
+    keep = _rec_keep(clip, ratio, seq_ratio, adv, (eps_low, eps_high, eps_low_prime,
+                                                   eps_high_prime))
     weighted = -adv  # the weight w multiplies −A; w = 1 costs nothing
     if weight == "is":
-        weighted = weighted * ratio
+        weighted = mul(weighted, ratio)
+    elif weight == "gspo-is":
+        weighted = mul(weighted, seq_ratio)
     elif weight == "advantage":
-        weighted = weighted * torch.exp(adv.detach() / temp)
-    pg = torch.where(keep, weighted * logp, logp.new_zeros(()))
+        weighted = mul(weighted, numerics.exp(adv / temp))
+    pg = torch.where(keep, mul(weighted, logp), logp.new_zeros(()))
     if regularizer == "none":
         return TokenLoss(pg, ~keep, {})
     penalty = _regularizer(regularizer, logp, logp_old)
-    return TokenLoss(pg + reg_coef * penalty, ~keep, {"regularizer": penalty.detach()})
+    return TokenLoss(finite(pg + mul(reg_coef, penalty)), ~keep,
+                     {"regularizer": penalty.detach()})
 
 
-@register_loss("ppo", advantage="mean-std")
+@register_loss("ppo", advantage="mean-std", follows="Schulman et al. 2017 (PPO-clip); "
+               f"{TRL} loss_type grpo/bnpo per token")
 def ppo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: float | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> TokenLoss:
     """PPO-clip: ℓ = max(−ρ·A, −clip(ρ, 1−ε_low, 1+ε_high)·A) (Schulman et al. 2017).
 
     Dual clip (Ye et al. 2020), for A < 0 only: ℓ = min(ℓ, −c·A) with c = ``dual_clip`` > 1, so a
     negative sample's loss is capped at c·|A| when ρ > c. Its gradient is −M·ρ·A·∇log π with M
-    the one-side mask (and ρ ≤ c for A < 0 under dual clip).
+    the one-side mask (and ρ ≤ c for A < 0 under dual clip). ``log_ratio_clamp``: clamp δ to
+    ±this before e^δ, as verl and Trinity-RFT do with 20 (off by default: grlab's numerical
+    rule keeps the gradient exact instead; see ``simulator.numerics``).
     """
     _check_eps(eps_low=eps_low, eps_high=eps_high)
-    ratio = _ratio(logp, logp_old)
+    if log_ratio_clamp is not None:
+        require_positive("log_ratio_clamp", log_ratio_clamp)
+    ratio = _ratio(logp, logp_old, log_ratio_clamp)
     loss, removed = _ppo_clip(ratio, adv, eps_low, eps_high)
-    if dual_clip is not None:
-        if require_number("dual_clip", dual_clip) <= 1:
-            raise ValueError(f"dual_clip must be None or > 1, got {dual_clip}")
-        cap = -dual_clip * adv
-        dual = (adv < 0) & (loss > cap)
-        loss = torch.where(dual, cap, loss)
-        removed = removed | dual.detach()
-    return TokenLoss(loss, removed, {})
+    if dual_clip is None:
+        return TokenLoss(loss, removed, {})
+    if require_number("dual_clip", dual_clip) <= 1:
+        raise ValueError(f"dual_clip must be None or > 1, got {dual_clip}")
+    cap = mul(-dual_clip, adv)
+    dual = (adv < 0) & (loss > cap)
+    loss = torch.where(dual, cap, loss)
+    return TokenLoss(loss, removed | dual.detach(), {"dual_clipped": dual.detach()})
 
 
 def _gspo_surrogate(seq_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float
@@ -342,7 +283,8 @@ def _gspo_surrogate(seq_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: fl
     return TokenLoss(loss, removed, {"seq_ratio": seq_ratio.detach().expand_as(adv)})
 
 
-@register_loss("gspo", advantage="mean-std", agg="seq-mean-token-mean")
+@register_loss("gspo", advantage="mean-std", agg="seq-mean-token-mean",
+               follows=f"Zheng et al. 2025; {TRL} importance_sampling_level='sequence'")
 def gspo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 3e-4, eps_high: float = 4e-4,
@@ -353,11 +295,12 @@ def gspo(
     the row; with ``seq-mean-token-mean`` (the default) that is GSPO's per-sequence objective.
     """
     _check_eps(eps_low=eps_low, eps_high=eps_high)
-    seq_ratio = torch.exp(sequence_mean(logp - logp_old, mask)).unsqueeze(-1)
+    seq_ratio = numerics.exp(_sequence_log_ratio(logp, logp_old, mask, "mean")).unsqueeze(-1)
     return _gspo_surrogate(seq_ratio, adv, eps_low, eps_high)
 
 
-@register_loss("gspo-token", advantage="mean-std", agg="seq-mean-token-mean")
+@register_loss("gspo-token", advantage="mean-std", agg="seq-mean-token-mean",
+               follows=f"{TRINITY} gspo_policy_loss.py; {VERL} gspo")
 def gspo_token(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 3e-4, eps_high: float = 4e-4,
@@ -368,30 +311,40 @@ def gspo_token(
     and gradient, under every aggregation.
     """
     _check_eps(eps_low=eps_low, eps_high=eps_high)
-    seq_ratio = torch.exp(sequence_mean(logp - logp_old, mask)).detach().unsqueeze(-1)
-    token_ratio = seq_ratio * torch.exp(logp - logp.detach())
+    seq_ratio = numerics.exp(_sequence_log_ratio(logp, logp_old, mask, "mean")).detach()
+    token_ratio = mul(seq_ratio.unsqueeze(-1), torch.exp(logp - logp.detach()))
     return _gspo_surrogate(token_ratio, adv, eps_low, eps_high)
 
 
-@register_loss("cispo", advantage="mean-std")
+@register_loss("cispo", advantage="mean-std", follows=f"{TRINITY} cispo_policy_loss.py")
 def cispo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
-    eps_low: float = 1.0, eps_high: float = 0.28,
+    eps_low: float = 1.0, eps_high: float = 0.28, mask_clip: bool = False,
+    mask_eps_low: float = 1.0, mask_eps_high: float = 0.28,
 ) -> TokenLoss:
     """CISPO (MiniMax-M1, 2025): ℓ = −sg(clip(ρ, 1−ε_low, 1+ε_high))·A·log π.
 
-    The IS weight is clipped, the token never loses its gradient (so ``clipfrac`` is 0 and
+    The IS weight is clipped, the token keeps its gradient (so ``clipfrac`` is 0 and
     ``is_clipfrac`` reports the share of truncated weights). ε_low = 1 means no lower bound
     (clip(ρ, 0, 1+ε_high)), as MiniMax-M1 and Trinity-RFT use; ε_high = 0.28 as Trinity-RFT.
+    ``mask_clip`` (Trinity's ``enable_mask_clip``): also drop tokens with A > 0 ∧ ρ >
+    1+``mask_eps_high`` or A < 0 ∧ ρ < 1−``mask_eps_low``. TRL's ``loss_type="cispo"`` caps ρ
+    at ``epsilon_high`` itself: ``eps_high = epsilon_high − 1`` here.
     """
-    _check_eps(eps_low=eps_low, eps_high=eps_high)
+    _check_eps(eps_low=eps_low, eps_high=eps_high, mask_eps_low=mask_eps_low,
+               mask_eps_high=mask_eps_high)
     ratio = _ratio(logp, logp_old).detach()
     weight = ratio.clamp(1 - eps_low, 1 + eps_high)
     truncated = (ratio > 1 + eps_high) | (ratio < 1 - eps_low)
-    return TokenLoss(-weight * adv * logp, _no_clip(mask), {"is_clipfrac": truncated})
+    loss = mul(mul(-weight, adv), logp)
+    if not mask_clip:
+        return TokenLoss(loss, _no_clip(mask), {"is_clipfrac": truncated})
+    dropped = ((adv > 0) & (ratio > 1 + mask_eps_high)) | ((adv < 0) & (ratio < 1 - mask_eps_low))
+    return TokenLoss(torch.where(dropped, logp.new_zeros(()), loss), dropped,
+                     {"is_clipfrac": truncated})
 
 
-@register_loss("opmd-kimi")
+@register_loss("opmd-kimi", follows="Kimi k1.5 (sequence δ); paper §5")
 def opmd_kimi(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     tau: float = 1.0, level: str = "sequence",
@@ -401,63 +354,72 @@ def opmd_kimi(
     The gradient of ½(r − r̄ − τδ)² is τ times this one's. ``level="sequence"`` (Kimi): δ_i =
     Σ_t δ_it, and the penalty (τ/2)·δ_i² is spread evenly over the row's valid tokens, so
     ``seq-mean-token-sum`` gives exactly Σ_i [−A_i·log π(y_i) + (τ/2)·δ_i²]/B.
-    ``level="token"`` (Trinity's k2): (τ/2)·δ_it² per token. The two differ once a response
-    has more than one token.
+    ``level="token"``: (τ/2)·δ_it² per token — the seed's "Kimi's OPMD" config is
+    ``rec(clip="none", regularizer="k2", reg_coef=c)``, which is this with τ = 2c. The two
+    levels differ once a response has more than one token.
     """
     require_positive("tau", tau)
     require_choice("level", level, ("sequence", "token"))
-    log_ratio = logp - logp_old
     if level == "sequence":
-        penalty = spread_over_tokens(0.5 * tau * sequence_sum(log_ratio, mask) ** 2, mask)
+        seq = _sequence_log_ratio(logp, logp_old, mask, "sum")
+        penalty = spread_over_tokens(mul(0.5 * tau, finite(seq**2)), mask)
     else:
-        penalty = tau * kl.k2(logp, logp_old)
-    return TokenLoss(-adv * logp + penalty, _no_clip(mask), {"penalty": penalty.detach()})
+        penalty = mul(0.5 * tau, finite(_log_ratio(logp, logp_old) ** 2))  # kl.k2, saturated
+    return TokenLoss(finite(mul(-adv, logp) + penalty), _no_clip(mask),
+                     {"penalty": penalty.detach()})
 
 
-@register_loss("opmd-trinity")
+@register_loss("opmd-trinity", follows=f"{TRINITY} opmd_policy_loss.py (OPMDPolicyLossFn)")
 def opmd_trinity(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, tau: float = 1.0
 ) -> TokenLoss:
     """Trinity-RFT's ``opmd`` loss: ℓ = −A·log π/(1 + τ) (mean or τ·logavgexp baseline)."""
     require_positive("tau", tau)
-    return TokenLoss(-adv * logp / (1.0 + tau), _no_clip(mask), {})
+    return TokenLoss(mul(-adv, logp) / (1.0 + tau), _no_clip(mask), {})
 
 
-@register_loss("asymre")
+@register_loss("asymre", follows=f"Arnal et al. 2025; {TRINITY} rec forward-kl (seed config)")
 def asymre(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, beta: float = 0.1
 ) -> TokenLoss:
     """AsymRE (Arnal et al. 2025): ℓ = −(A + β)·log π = REINFORCE − β·log π (paper §5).
 
     The baseline is shifted down by β; −β·log π is β·KL(μ‖π) up to a constant on samples
-    from μ. Same update as ``group_advantages(r, "mean", shift=β)`` + ``reinforce``.
+    from μ. Same value and gradient as the seed's "Meta's AsymRE" config
+    ``rec(clip="none", regularizer="forward-kl", reg_coef=β)``, and the same update as
+    ``group_advantages(r, "mean", shift=β)`` + ``reinforce``.
     """
     require_number("beta", beta)
-    return TokenLoss(-(adv + beta) * logp, _no_clip(mask), {})
+    return TokenLoss(mul(-finite(adv + beta), logp), _no_clip(mask), {})
 
 
-@register_loss("topr")
+@register_loss("topr", advantage="none", follows="Le Roux et al. 2025 (trajectory taper); "
+               f"{TRINITY} topr_policy_loss.py with level='token'")
 def topr(
-    logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, level: str = "sequence"
+    logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, level: str = "sequence",
+    threshold: float = 0.0,
 ) -> TokenLoss:
-    """TOPR (Le Roux et al. 2025): ℓ = −α·A·log π, α = 1 if A ≥ 0 else sg(clip(π/μ, 0, 1)).
+    """TOPR (Le Roux et al. 2025): ℓ = −α·A·log π, α = sg(clip(π/μ, 0, 1)) if A ≤ ``threshold``
+    else 1.
 
     ``level="sequence"`` (the paper's trajectory-level taper): π/μ = e^{Σ_t δ_t}.
-    ``level="token"``: the per-token ratio. The sign test uses the advantage the caller passes
-    (raw rewards with ``advantage="none"``, as in the paper, or centred ones).
+    ``level="token"``: the per-token ratio (Trinity-RFT's ``topr``). The default advantage is the
+    raw reward (``advantage="none"``), as in the paper and Trinity's TOPR algorithm.
     """
     require_choice("level", level, ("sequence", "token"))
-    log_ratio = logp - logp_old
+    require_number("threshold", threshold)
+    log_ratio = _log_ratio(logp, logp_old)
     if level == "sequence":
         log_ratio = sequence_sum(log_ratio, mask).unsqueeze(-1).expand_as(logp)
     log_ratio = log_ratio.detach()
     taper = torch.exp(log_ratio.clamp(max=0.0))  # clip(e^{δ}, 0, 1) without overflow
-    alpha = torch.where(adv >= 0, torch.ones_like(taper), taper)
-    tapered = (adv < 0) & (log_ratio < 0)
-    return TokenLoss(-alpha * adv * logp, _no_clip(mask), {"taperfrac": tapered})
+    alpha = torch.where(adv <= threshold, taper, torch.ones_like(taper))
+    tapered = (adv <= threshold) & (log_ratio < 0)
+    return TokenLoss(mul(mul(-alpha, adv), logp), _no_clip(mask),
+                     {"taperfrac": tapered, "avg_alpha": alpha})
 
 
-@register_loss("sppo")
+@register_loss("sppo", follows="Wu et al. 2024 (SPPO); not Trinity-RFT's sppo (sppo-trinity)")
 def sppo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, eta: float = 1.0
 ) -> TokenLoss:
@@ -468,35 +430,70 @@ def sppo(
     averaged over the row first. Its gradient at δ = 0 is −2η·A_i·∇log π(y_i): REINFORCE again.
     """
     require_positive("eta", eta)
-    delta = sequence_sum(logp - logp_old, mask)
-    target = eta * sequence_mean(adv, mask)
-    return TokenLoss(spread_over_tokens((delta - target) ** 2, mask), _no_clip(mask), {})
+    delta = _sequence_log_ratio(logp, logp_old, mask, "sum")
+    target = mul(eta, sequence_mean(adv, mask))
+    return TokenLoss(spread_over_tokens(finite(finite(delta - target) ** 2), mask),
+                     _no_clip(mask), {})
+
+
+@register_loss("sppo-trinity", follows=f"{TRINITY} sppo_loss_fn.py (sPPOPolicyLossFn)")
+def sppo_trinity(
+    logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, eps: float = 0.3
+) -> TokenLoss:
+    """Trinity-RFT's ``sppo`` (sPPO, arXiv 2108.05828): ℓ = −M·A·δ, M = 1/(1+ε) ≤ sg(ρ) ≤ 1+ε.
+
+    A different algorithm from grlab's ``sppo`` (Wu et al.'s SPPO), registered under its own
+    name; its gradient is −M·A·∇log π.
+    """
+    require_positive("eps", eps)
+    ratio = _ratio(logp, logp_old).detach()
+    keep = (ratio >= 1 / (1 + eps)) & (ratio <= 1 + eps)
+    loss = torch.where(keep, mul(-adv, _log_ratio(logp, logp_old)), logp.new_zeros(()))
+    return TokenLoss(loss, ~keep, {})
 
 
 # --------------------------------------------------------------------------------------------
-# Presets: names for what papers call algorithms (a loss + bound keywords + advantage kind)
+# Presets: names for what papers and peers call algorithms (a loss + bound keywords + advantage)
 # --------------------------------------------------------------------------------------------
 
-register_preset("grpo", "ppo", advantage="mean-std", eps_low=0.2, eps_high=0.2, dual_clip=None,
-                summary="GRPO: PPO-clip 0.2 with std-normalised group advantages (token-mean)")
+register_preset("grpo", "ppo", advantage="mean-std", agg="seq-mean-token-mean",
+                eps_low=0.2, eps_high=0.2, dual_clip=None,
+                follows=f"DeepSeekMath (Shao et al. 2024); {TRL} loss_type='grpo'",
+                summary="GRPO: PPO-clip 0.2, std-normalised group advantages, mean over each "
+                        "response's tokens, then over responses")
+register_preset("bnpo", "ppo", advantage="mean-std", agg="token-mean",
+                follows=f"{TRL} loss_type='bnpo'; the seed's GRPO config aggregates this way",
+                summary="GRPO with the batch's token-mean (every valid token weighs the same)")
 register_preset("ppo-dual-clip", "ppo", advantage="mean-std", dual_clip=3.0,
+                follows=f"{VERL} vanilla / {TRINITY} ppo (they also clamp δ to ±20: "
+                        "log_ratio_clamp=20)",
                 summary="PPO-clip 0.2 with dual clip c = 3 for negative advantages")
 for _clip, _tag in (("one-side", "oneside"), ("two-side", "twoside"), ("ring", "ring")):
     for _weight, _w in (("none", "nois"), ("is", "is")):
         register_preset(
             f"rec-{_tag}-{_w}", "rec", clip=_clip, weight=_weight, advantage="mean",
+            follows=f"{TRINITY} examples/rec_gsm8k (REC-{_tag}-{_w.upper()})",
             summary=f"REC: clip={_clip}, weight={_weight}, mean baseline, ε = 0.2/0.2",
         )
 register_preset("red-weight", "rec", clip="none", weight="advantage", temp=1.0,
-                advantage="mean", summary="RED-Weight: ℓ = −A·e^{A/T}·log π, T = 1")
-register_preset("red-drop", "rec", clip="one-side", weight="none", advantage="red-drop",
-                summary="RED-Drop: drop surplus negatives per group, then REC-OneSide-NoIS")
+                advantage="mean", follows=f"{TRINITY} examples/rec_gsm8k (RED-Weight)",
+                summary="RED-Weight: ℓ = −A·e^{A/T}·log π, T = 1")
+register_preset("red-drop", "rec", clip="none", weight="none", advantage="red-drop",
+                follows=f"{TRINITY} examples/rec_gsm8k (RED-Drop: drop='balance')",
+                summary="RED-Drop: drop surplus negatives per group, then unclipped REINFORCE")
 register_preset("dapo", "ppo", advantage="mean-std", eps_low=0.2, eps_high=0.28,
                 agg="token-mean", drop_uniform_groups=True,
+                follows=f"Yu et al. 2025 (DAPO); {TRL} loss_type='dapo'",
                 summary="DAPO: clip-higher ε_high = 0.28, token-mean, uniform groups dropped")
 register_preset("dr-grpo", "ppo", advantage="mean", agg="seq-mean-token-sum-norm",
-                summary="Dr.GRPO: PPO-clip, no std division, constant length normaliser")
+                follows=f"Liu et al. 2025 (Dr.GRPO); {TRL} loss_type='dr_grpo'",
+                summary="Dr.GRPO: PPO-clip, no std division, constant length normaliser "
+                        "(norm_len = the maximum completion length)")
+register_preset("luspo", "gspo", agg="seq-mean-token-sum",
+                follows=f"{TRL} loss_type='luspo' (importance_sampling_level='sequence')",
+                summary="LUSPO: GSPO's sequence ratio, each response's loss scaled by its length")
 register_preset("rloo", "reinforce", advantage="loo",
+                follows="Ahmadian et al. 2024 (RLOO)",
                 summary="RLOO: REINFORCE with the leave-one-out mean baseline")
 
 
@@ -507,7 +504,8 @@ register_preset("rloo", "reinforce", advantage="loo",
 
 def _prepare_inputs(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
                     validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Check shapes, dtypes and devices; broadcast A to [B, T]; zero the masked positions."""
+    """Check shapes, dtypes and devices; broadcast A to [B, T]; zero the masked positions;
+    detach the constants; float64 for the math (``simulator.numerics``)."""
     logp = require_float_tensor("logp", logp)
     logp_old = require_float_tensor("logp_old", logp_old)
     advantages = require_float_tensor("advantages", advantages)
@@ -530,24 +528,30 @@ def _prepare_inputs(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Te
         require_finite("logp", logp, mask)
         require_finite("logp_old", logp_old, mask)
         require_finite("advantages", advantages, mask)
-    if logp.dtype in (torch.bfloat16, torch.float16):
-        logp, logp_old, advantages = (t.float() for t in (logp, logp_old, advantages))
     zero = logp.new_zeros(())
-    return (torch.where(mask, logp, zero), torch.where(mask, logp_old, zero),
-            torch.where(mask, advantages, zero), mask)
+    logp = numerics.upcast(torch.where(mask, logp, zero))
+    logp_old = torch.where(mask, logp_old.detach(), zero).to(torch.float64)
+    advantages = torch.where(mask, advantages.detach(), zero).to(torch.float64)
+    return logp, logp_old, advantages, mask
 
 
-def _metrics(out: TokenLoss, logp: Tensor, logp_old: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def _metrics(out: TokenLoss, logp: Tensor, logp_old: Tensor, mask: Tensor,
+             dtype: torch.dtype) -> dict[str, Tensor]:
+    """grlab's metrics and verl's (docs/conventions.md), as detached scalars of ``dtype``."""
     with torch.no_grad():
-        log_ratio = logp.detach() - logp_old
-        metrics = {
-            "clipfrac": masked_mean(out.clipped.to(logp.dtype), mask),
-            "approx_kl": masked_mean(-log_ratio, mask),
-            "ratio_mean": masked_mean(torch.exp(log_ratio), mask),
+        log_ratio = _log_ratio(logp.detach(), logp_old)
+        dual = out.extras.get("dual_clipped", torch.zeros_like(out.clipped))
+        values = {
+            "clipfrac": out.clipped,
+            "pg_clipfrac": out.clipped & ~dual,
+            "pg_clipfrac_lower": dual,
+            "approx_kl": -log_ratio,
+            "ppo_kl": -log_ratio.clamp(-PEER_LOG_RATIO_CLAMP, PEER_LOG_RATIO_CLAMP),
+            "ratio_mean": numerics.exp(log_ratio),
         }
-        for key, value in out.extras.items():
-            metrics[key] = masked_mean(value.detach().to(logp.dtype), mask)
-    return metrics
+        values.update((k, v) for k, v in out.extras.items() if k != "dual_clipped")
+        return {key: numerics.downcast(masked_mean(value.to(torch.float64), mask), dtype)
+                for key, value in values.items()}
 
 
 def policy_loss(
@@ -559,6 +563,8 @@ def policy_loss(
     *,
     agg: str | None = None,
     norm_len: float | None = None,
+    rows: str = "all",
+    denominator: float | Tensor | None = None,
     validate: bool = True,
     **hparams: Any,
 ) -> LossOutput:
@@ -567,26 +573,38 @@ def policy_loss(
     Args:
         name: a key of ``LOSSES`` (a base loss or a preset); unknown names raise ``KeyError``.
         logp: [B, T] log π_θ of the sampled tokens, with gradient.
-        logp_old: [B, T] log-probs under the behaviour (rollout) policy; treated as constants.
+        logp_old: [B, T] log-probs under the behaviour (rollout) policy; constants (detached).
         advantages: [B] (one per sequence) or [B, T]; already computed (see
-            ``LOSSES[name].advantages(rewards)`` for the kind this loss expects).
+            ``LOSSES[name].advantages(rewards)`` for the kind this loss expects); constants.
         mask: [B, T] bool or 0/1; False marks padding. Masked values never matter.
         agg: an aggregation mode of ``simulator.aggregation``; ``None`` means the loss's own
-            default (``token-mean`` except ``gspo*``, ``dr-grpo``); an explicit value wins.
-        norm_len: the constant length of ``seq-mean-token-sum-norm`` (default T).
+            default; an explicit value wins.
+        norm_len: the constant length of ``seq-mean-token-sum-norm`` (required there: the
+            maximum completion length, as Dr.GRPO and TRL; never the padded width).
+        rows: "all" (divide per-sequence modes by B, as TRL and Trinity-RFT) or "valid" (by
+            the rows with a valid token, verl's single-process ``agg_loss``).
+        denominator: divide by this count instead of the batch's own (the global number of
+            valid tokens or rows when this batch is a micro-batch or one process's share).
         validate: check values (NaN/inf, empty mask). Set False inside ``torch.func`` transforms;
             shapes, dtypes and devices are always checked.
         **hparams: the loss's keywords (see ``LOSSES[name].defaults()``); a typo is a TypeError.
 
     Returns:
-        ``LossOutput(loss, metrics)``: metrics ``clipfrac``, ``approx_kl`` (mean of
-        log π_old − log π), ``ratio_mean``, plus loss-specific ones, all detached scalars.
+        ``LossOutput(loss, metrics)``: the loss in float32 (float64 for float64 inputs); metrics
+        ``clipfrac`` (share of valid tokens whose policy-gradient term a clip removed, dual clip
+        included), ``pg_clipfrac`` and ``pg_clipfrac_lower`` (verl's: the PPO clip and the dual
+        clip apart), ``approx_kl`` (mean of log π_old − log π), ``ppo_kl`` (verl's: the same with
+        δ clamped to ±20), ``ratio_mean``, plus loss-specific ones, all detached scalars.
     """
     spec = LOSSES[name]
+    mode = spec.agg if agg is None else agg
+    check_options(mode, norm_len, rows)  # before any work: a missing norm_len fails here
+    dtype = numerics.output_dtype(require_float_tensor("logp", logp).dtype)
     logp, logp_old, advantages, mask = _prepare_inputs(logp, logp_old, advantages, mask, validate)
     out = spec(logp, logp_old, advantages, mask, **hparams)
-    loss = aggregate(out.loss, mask, spec.agg if agg is None else agg, norm_len=norm_len)
-    return LossOutput(loss, _metrics(out, logp, logp_old, mask))
+    loss = aggregate(finite(out.loss), mask, mode, norm_len=norm_len, rows=rows,
+                     denominator=denominator)
+    return LossOutput(numerics.downcast(loss, dtype), _metrics(out, logp, logp_old, mask, dtype))
 
 
 class GroupLosses(NamedTuple):
@@ -598,26 +616,27 @@ class GroupLosses(NamedTuple):
 
 
 def group_losses(name: str, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
-                 *, agg: str | None = None, norm_len: float | None = None, **hparams: Any
-                 ) -> GroupLosses:
+                 *, agg: str | None = None, norm_len: float | None = None, rows: str = "all",
+                 **hparams: Any) -> GroupLosses:
     """``policy_loss(name, ...)`` of every group at once: [G, K, T] inputs give [G] values.
 
     Group g's loss is exactly what ``policy_loss`` returns on the [K, T] batch of group g
     (every loss is computed row by row, and ``aggregate`` reduces each group on its own), and
     its clip fraction is that call's ``clipfrac`` metric; the other metrics and the value
     checks are skipped, which is what makes the exact simulator's enumeration of thousands of
-    groups per step cheap. ``advantages`` is [G, K] or [G, K, T].
+    groups per step cheap. ``advantages`` is [G, K] or [G, K, T]. Values are float64.
     """
     spec = LOSSES[name]
     require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
+    mode = spec.agg if agg is None else agg
+    check_options(mode, norm_len, rows)
     shape = logp.shape
     flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
     logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
     out = spec(logp, logp_old, advantages, mask, **hparams)
     mask = mask.reshape(shape)
-    loss = aggregate(out.loss.reshape(shape), mask, spec.agg if agg is None else agg,
-                     norm_len=norm_len)
-    clipped = out.clipped.detach().reshape(shape).to(logp.dtype)
+    loss = aggregate(finite(out.loss).reshape(shape), mask, mode, norm_len=norm_len, rows=rows)
+    clipped = out.clipped.detach().reshape(shape).to(torch.float64)
     return GroupLosses(loss, aggregate(clipped, mask, "token-mean"))
 
 

@@ -159,9 +159,10 @@ SEEDS = range(16)
 
 
 def _draws(r):
+    """16 draws; keep marks the kept samples (mask_dropped=True shows which were dropped)."""
     out = []
     for seed in SEEDS:
-        adv, keep = red_drop(r, torch.Generator().manual_seed(seed))
+        adv, keep = red_drop(r, torch.Generator().manual_seed(seed), mask_dropped=True)
         out.append((tuple(flat(adv)), tuple(flat(keep))))
     return out
 
@@ -199,20 +200,36 @@ def test_red_drop_one_positive_three_negatives_enumerated():
     assert len(seen) > 1
 
 
-def test_red_drop_sample_at_the_mean_is_neither_and_kept():
-    """(3, 1, 0, 0): r̄ = 1; positive {3}, negatives {0, 0}, r = 1 is neither and is kept.
-    One negative is dropped: kept {3, 1, 0}, r̄_kept = 4/3 → A = (5/3, −1/3, −4/3, 0) or
-    (5/3, −1/3, 0, −4/3)."""
-    outcomes = {
-        (True, True, True, False): [5 / 3, -1 / 3, -4 / 3, 0.0],
-        (True, True, False, True): [5 / 3, -1 / 3, 0.0, -4 / 3],
-    }
-    seen = set()
+def test_red_drop_sample_at_the_mean_counts_as_positive():
+    """(3, 1, 0, 0): r̄ = 1. The seed counts r ≥ r̄ as positive (Trinity-RFT 0.6.0,
+    rec_advantage.py: is_pos = rewards >= mean): positives {3, 1}, negatives {0, 0} → balanced,
+    nothing dropped: A = r − 1 = (2, 0, −1, −1)."""
     for adv, keep in _draws(rewards([[3.0, 1.0, 0.0, 0.0]])):
-        assert keep in outcomes
-        assert list(adv) == approx(outcomes[keep])
+        assert list(adv) == approx([2.0, 0.0, -1.0, -1.0])
+        assert keep == (True, True, True, True)
+
+
+def test_red_drop_tie_at_the_mean_changes_how_many_are_dropped():
+    """(1, 0.25, 0, 0, 0): r̄ = 0.25; positives {1, 0.25} (2), negatives 3 → drop one negative.
+    Kept {1, 0.25, 0, 0}: r̄_kept = 1.25/4 → A = 1 − 0.3125, 0.25 − 0.3125, −0.3125 (two kept
+    negatives), 0 for the dropped one."""
+    seen = set()
+    for adv, keep in _draws(rewards([[1.0, 0.25, 0.0, 0.0, 0.0]])):
+        assert keep[:2] == (True, True) and sum(keep[2:]) == 2
+        expected = [0.6875, -0.0625] + [-0.3125 if k else 0.0 for k in keep[2:]]
+        assert list(adv) == approx(expected)
         seen.add(keep)
-    assert seen == set(outcomes)
+    assert len(seen) > 1
+
+
+def test_red_drop_keeps_dropped_tokens_in_the_count_by_default():
+    """The seed's RED-Drop sets a dropped sample's advantage to 0 but leaves its action mask:
+    keep is all True unless mask_dropped=True."""
+    r = rewards([[1.0, 0.0, 0.0, 0.0]])
+    adv, keep = red_drop(r, torch.Generator().manual_seed(0))
+    assert keep.all() and int((adv == 0).sum()) == 2
+    _, keep = red_drop(r, torch.Generator().manual_seed(0), mask_dropped=True)
+    assert int(keep.sum()) == 2
 
 
 def test_red_drop_groups_are_independent():
@@ -257,13 +274,14 @@ LOO = [-2 / 3, 2 / 3, 2 / 3, -2 / 3]  # 4/3·(r − r̄)
         ("reinforce", MEAN), ("rec", MEAN), ("rec-oneside-nois", MEAN), ("rec-oneside-is", MEAN),
         ("rec-twoside-nois", MEAN), ("rec-twoside-is", MEAN), ("rec-ring-nois", MEAN),
         ("rec-ring-is", MEAN), ("red-weight", MEAN), ("dr-grpo", MEAN), ("opmd-kimi", MEAN),
-        ("opmd-trinity", MEAN), ("asymre", MEAN), ("topr", MEAN), ("sppo", MEAN),
-        ("rloo", LOO),
+        ("opmd-trinity", MEAN), ("asymre", MEAN), ("sppo", MEAN), ("sppo-trinity", MEAN),
+        ("bnpo", MEAN_STD), ("luspo", MEAN_STD), ("dapo", MEAN_STD), ("rloo", LOO),
+        ("topr", REWARDS[0]),  # the raw reward, as the TOPR paper and Trinity's TOPR use
     ],
 )
 def test_preset_advantage_kind(name, expected):
     """(0, 1, 1, 0): mean → ±0.5; mean-std (population, eps 1e-6) → ±0.5/(0.5 + 1e-6);
-    loo → b = (2 − r_i)/3 = (2/3, 1/3, 1/3, 2/3) → (−2/3, 2/3, 2/3, −2/3)."""
+    loo → b = (2 − r_i)/3 = (2/3, 1/3, 1/3, 2/3) → (−2/3, 2/3, 2/3, −2/3); none → r."""
     adv, keep = LOSSES[name].advantages(rewards(REWARDS))
     assert flat(adv) == approx(expected)
     assert keep.all()

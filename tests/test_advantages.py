@@ -15,7 +15,9 @@ EXACT = {"rtol": 1e-12, "atol": 1e-12}
 
 
 def looped_advantages(rewards, kind, *, std="population", eps=1e-6, tau=1.0, shift=0.0):
-    """The naive twin: one group and one response at a time, in plain Python floats."""
+    """The naive twin: one group and one response at a time, in plain Python floats
+    (mean-batch-std: σ over every reward of the batch; a uniform group gets r − r̄ + shift)."""
+    flat = [x for group in rewards.tolist() for x in group]
     out = []
     for group in rewards.tolist():
         k = len(group)
@@ -28,10 +30,14 @@ def looped_advantages(rewards, kind, *, std="population", eps=1e-6, tau=1.0, shi
                 row.append(shift)
             elif kind == "mean":
                 row.append(r - mean + shift)
-            elif kind == "mean-std":
+            elif kind in ("mean-std", "mean-batch-std"):
                 ddof = 0 if std == "population" else 1
-                sigma = math.sqrt(sum((x - mean) ** 2 for x in group) / (k - ddof))
-                row.append((r - mean + shift) / (sigma + eps) if sigma > 0 else r - mean + shift)
+                pool = group if kind == "mean-std" else flat
+                pool_mean = sum(pool) / len(pool)
+                sigma = math.sqrt(sum((x - pool_mean) ** 2 for x in pool) / (len(pool) - ddof))
+                uniform = all(x == group[0] for x in group)
+                row.append((r - mean + shift) / (sigma + eps) if sigma > 0 and not uniform
+                           else r - mean + shift)
             elif kind == "loo":
                 row.append(r - (sum(group) - group[i]) / (k - 1) + shift)
             else:
@@ -107,43 +113,45 @@ def test_logavgexp_tends_to_the_mean_for_large_tau_and_to_the_max_for_small_tau(
 
 
 def looped_red_drop(rewards, scores):
-    """Naive twin: per group, order the negatives by the same random scores, keep the first
-    #positives of them, re-centre on the kept samples."""
+    """Naive twin of the seed's RED-Drop: per group, positives r ≥ r̄, negatives r < r̄ (at the
+    mean within round-off counts as positive); order the negatives by the same random scores,
+    keep the first #positives of them, re-centre on the kept samples."""
     adv = torch.zeros_like(rewards)
     keep = torch.ones_like(rewards, dtype=torch.bool)
     for g, group in enumerate(rewards.tolist()):
         mean = sum(group) / len(group)
         tol = 8 * 2.0**-52 * max(abs(r) for r in group)  # "at the mean" within round-off
-        pos = [i for i, r in enumerate(group) if r - mean > tol]
         neg = sorted((i for i, r in enumerate(group) if r - mean < -tol),
                      key=lambda i: scores[g, i])
-        for i in neg[len(pos):]:
+        for i in neg[len(group) - len(neg):]:
             keep[g, i] = False
         kept = [i for i in range(len(group)) if keep[g, i]]
         kept_mean = sum(group[i] for i in kept) / len(kept)
         for i in kept:
-            adv[g, i] = group[i] - kept_mean
+            adv[g, i] = group[i] - kept_mean if neg else 0.0
     return adv, keep
 
 
 @given(rewards=rewards_st, seed=st.integers(0, 2**32 - 1))
 def test_red_drop_equals_the_looped_twin_on_the_same_draw(rewards, seed):
-    adv, keep = red_drop(rewards, torch.Generator().manual_seed(seed))
+    adv, keep = red_drop(rewards, torch.Generator().manual_seed(seed), mask_dropped=True)
     scores = torch.rand(rewards.shape, generator=torch.Generator().manual_seed(seed))
     adv_ref, keep_ref = looped_red_drop(rewards, scores.double())
     assert torch.equal(keep, keep_ref)
     torch.testing.assert_close(adv, adv_ref, **EXACT)
+    default_adv, default_keep = red_drop(rewards, torch.Generator().manual_seed(seed))
+    assert torch.equal(default_adv, adv) and default_keep.all()
 
 
 @given(rewards=rewards_st, seed=st.integers(0, 2**32 - 1))
 def test_red_drop_balances_negatives_keeps_positives_and_recentres(rewards, seed):
-    adv, keep = red_drop(rewards, torch.Generator().manual_seed(seed))
+    adv, keep = red_drop(rewards, torch.Generator().manual_seed(seed), mask_dropped=True)
     mean = rewards.mean(1, keepdim=True)
     tol = 8 * 2.0**-52 * rewards.abs().amax(1, keepdim=True)
-    positive, negative = rewards - mean > tol, rewards - mean < -tol
-    assert keep[positive].all() and keep[~negative].all()
+    negative = rewards - mean < -tol
+    assert keep[~negative].all()
     kept_negative = (keep & negative).sum(1)
-    assert torch.equal(kept_negative, torch.minimum(positive.sum(1), negative.sum(1)))
+    assert torch.equal(kept_negative, torch.minimum((~negative).sum(1), negative.sum(1)))
     assert (adv[~keep] == 0).all()
     torch.testing.assert_close((adv * keep).sum(1), torch.zeros(rewards.shape[0],
                                                                 dtype=torch.float64),
@@ -152,11 +160,11 @@ def test_red_drop_balances_negatives_keeps_positives_and_recentres(rewards, seed
 
 def test_red_drop_is_reproducible_from_the_generator_and_varies_across_seeds():
     rewards = torch.tensor([[1.0] + [0.0] * 7] * 4, dtype=torch.float64)
-    a = red_drop(rewards, torch.Generator().manual_seed(1))
-    b = red_drop(rewards, torch.Generator().manual_seed(1))
+    a = red_drop(rewards, torch.Generator().manual_seed(1), mask_dropped=True)
+    b = red_drop(rewards, torch.Generator().manual_seed(1), mask_dropped=True)
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
-    kept = {tuple(red_drop(rewards, torch.Generator().manual_seed(s))[1][0].tolist())
-            for s in range(20)}
+    kept = {tuple(red_drop(rewards, torch.Generator().manual_seed(s), mask_dropped=True)[1][0]
+                  .tolist()) for s in range(20)}
     assert len(kept) > 1
     # one positive, seven negatives: the positive and one negative survive, A = ±0.5
     adv, keep = a

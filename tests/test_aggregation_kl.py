@@ -4,53 +4,79 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from simulator.aggregation import AGGREGATIONS, aggregate, spread_over_tokens
+from simulator.aggregation import AGGREGATIONS, aggregate, normaliser, spread_over_tokens
 from simulator.kl import KL_ESTIMATORS, k3, k3_clamped, kl_penalty
-from theory_tests.strategies import loss_cases
+from theory_tests.strategies import LossCase, loss_cases
 
 
-def looped_aggregate(per_token, mask, mode, norm_len=None):
-    """Naive twin of ``aggregate``: explicit loops over rows and tokens."""
-    rows, tokens = [], 0
+def looped_aggregate(per_token, mask, mode, norm_len=None, rows="all"):
+    """Naive twin of ``aggregate``: explicit loops over rows and tokens (B counts every row
+    unless rows="valid")."""
+    terms, tokens, valid_rows = [], 0, 0
     for values, valid in zip(per_token.tolist(), mask.tolist(), strict=True):
         kept = [v for v, m in zip(values, valid, strict=True) if m]
         tokens += len(kept)
+        valid_rows += bool(kept)
         if not kept:
-            continue
-        if mode == "seq-mean-token-mean":
-            rows.append(sum(kept) / len(kept))
-        elif mode == "seq-mean-token-sum":
-            rows.append(sum(kept))
+            terms.append(0.0)
+        elif mode == "seq-mean-token-mean":
+            terms.append(sum(kept) / len(kept))
         elif mode == "seq-mean-token-sum-norm":
-            rows.append(sum(kept) / (norm_len or per_token.shape[1]))
+            terms.append(sum(kept) / norm_len)
         else:
-            rows.append(sum(kept))
+            terms.append(sum(kept))
     if mode == "token-mean":
-        return sum(rows) / tokens if tokens else 0.0
-    return sum(rows) / len(rows) if rows else 0.0
+        return sum(terms) / max(tokens, 1)
+    if mode == "token-sum":
+        return sum(terms)
+    return sum(terms) / max(len(terms) if rows == "all" else valid_rows, 1)
 
 
-@given(case=loss_cases(), mode=st.sampled_from(AGGREGATIONS), empty_row=st.booleans())
-def test_aggregate_equals_the_looped_twin_and_ignores_empty_rows(case, mode, empty_row):
+@given(case=loss_cases(), mode=st.sampled_from(AGGREGATIONS), empty_row=st.booleans(),
+       rows=st.sampled_from(["all", "valid"]))
+@example(case=LossCase(torch.tensor([[-1.0, -2.0]], dtype=torch.float64),
+                       torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                       torch.tensor([[True, False]])),
+         mode="seq-mean-token-mean", empty_row=True, rows="all")
+def test_aggregate_equals_the_looped_twin(case, mode, empty_row, rows):
+    """Every mode and row count against the loops; a NaN-filled empty row changes the value
+    only through B (rows="all"), never through its NaNs."""
     values, mask = case.logp, case.mask.clone()
     if empty_row:
         values = torch.cat([values, torch.full_like(values[:1], float("nan"))])
         mask = torch.cat([mask, torch.zeros_like(mask[:1])])
-    got = aggregate(values, mask, mode)
-    assert float(got) == pytest.approx(looped_aggregate(values, mask, mode), rel=1e-12)
-    assert float(got) == pytest.approx(float(aggregate(case.logp, case.mask, mode)), rel=1e-12)
+    norm_len = 3.0 if mode == "seq-mean-token-sum-norm" else None
+    got = aggregate(values, mask, mode, norm_len=norm_len, rows=rows)
+    expected = looped_aggregate(values, mask, mode, norm_len, rows)
+    assert float(got) == pytest.approx(expected, rel=1e-12, abs=1e-300)
 
 
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_an_all_masked_batch_aggregates_to_zero_not_nan(mode):
     values = torch.full((2, 3), float("nan"), dtype=torch.float64, requires_grad=True)
-    out = aggregate(values, torch.zeros(2, 3, dtype=torch.bool), mode)
+    norm_len = 3.0 if mode == "seq-mean-token-sum-norm" else None
+    out = aggregate(values, torch.zeros(2, 3, dtype=torch.bool), mode, norm_len=norm_len)
     assert float(out.detach()) == 0.0
     out.backward()
     assert torch.equal(values.grad, torch.zeros_like(values))
+
+
+@given(case=loss_cases(), mode=st.sampled_from(AGGREGATIONS), split=st.integers(1, 5),
+       rows=st.sampled_from(["all", "valid"]))
+def test_parts_divided_by_the_whole_batchs_count_sum_to_the_batch(case, mode, split, rows):
+    """Σ_m aggregate(ℓ_m, M_m, denominator=normaliser(M)) = aggregate(ℓ, M): the identity
+    micro-batching and data parallelism stand on, for every split of the rows."""
+    values, mask = case.logp, case.mask
+    norm_len = 2.0 if mode == "seq-mean-token-sum-norm" else None
+    whole = aggregate(values, mask, mode, norm_len=norm_len, rows=rows)
+    count = normaliser(mask, mode, rows=rows)
+    cut = min(split, values.shape[0])
+    parts = sum(aggregate(v, m, mode, norm_len=norm_len, rows=rows, denominator=count)
+                for v, m in ((values[:cut], mask[:cut]), (values[cut:], mask[cut:])))
+    assert float(parts) == pytest.approx(float(whole), rel=1e-12, abs=1e-300)
 
 
 def test_norm_len_sets_the_dr_grpo_constant():
@@ -58,6 +84,8 @@ def test_norm_len_sets_the_dr_grpo_constant():
     mask = torch.tensor([[True, True, False], [True, False, False]])
     assert float(aggregate(values, mask, "seq-mean-token-sum-norm", norm_len=10)) == (
         pytest.approx((3.0 / 10 + 3.0 / 10) / 2))
+    with pytest.raises(ValueError, match="pass norm_len="):
+        aggregate(values, mask, "seq-mean-token-sum-norm")
 
 
 def test_spread_over_tokens_sums_back_to_the_sequence_value():

@@ -119,7 +119,7 @@ def agg_inputs():
     """per_token (B = 3, T = 3) with mask:
         row 0: 1, 2, [nan]      L_0 = 2, row sum 3
         row 1: 4, 5, 6          L_1 = 3, row sum 15
-        row 2: [7, 8, inf]      L_2 = 0 (no valid token): B' = 2
+        row 2: [7, 8, inf]      L_2 = 0 (no valid token): B = 3, B' = 2
     The masked values (nan, inf) must not leak into the value or the gradient."""
     per_token = torch.tensor([[1.0, 2.0, math.nan], [4.0, 5.0, 6.0], [7.0, 8.0, math.inf]],
                              dtype=torch.float64).requires_grad_()
@@ -128,39 +128,47 @@ def agg_inputs():
 
 
 @pytest.mark.parametrize(
-    ("mode", "norm_len", "expected", "grad"),
+    ("mode", "norm_len", "rows", "expected", "grad"),
     [
         # Σ M·ℓ / Σ M = (3 + 15)/5; every valid token weighs 1/5.
-        ("token-mean", None, 18 / 5, [[0.2, 0.2, 0], [0.2, 0.2, 0.2], [0, 0, 0]]),
-        # (3/2 + 15/3)/2 = 6.5/2 = 3.25; weights 1/(L_i·B'): 1/4 and 1/6.
-        ("seq-mean-token-mean", None, 3.25,
+        ("token-mean", None, "all", 18 / 5, [[0.2, 0.2, 0], [0.2, 0.2, 0.2], [0, 0, 0]]),
+        # Σ M·ℓ = 18; every valid token weighs 1 (verl's token-sum).
+        ("token-sum", None, "all", 18.0, [[1, 1, 0], [1, 1, 1], [0, 0, 0]]),
+        # (3/2 + 15/3 + 0)/3 = 6.5/3; weights 1/(L_i·B): 1/6 and 1/9.
+        ("seq-mean-token-mean", None, "all", 6.5 / 3,
+         [[1 / 6, 1 / 6, 0], [1 / 9, 1 / 9, 1 / 9], [0, 0, 0]]),
+        # B' = 2 (verl's single-process count): 6.5/2 = 3.25; weights 1/4 and 1/6.
+        ("seq-mean-token-mean", None, "valid", 3.25,
          [[0.25, 0.25, 0], [1 / 6, 1 / 6, 1 / 6], [0, 0, 0]]),
-        # (3 + 15)/2 = 9; weights 1/B' = 1/2.
-        ("seq-mean-token-sum", None, 9.0, [[0.5, 0.5, 0], [0.5, 0.5, 0.5], [0, 0, 0]]),
-        # (3/3 + 15/3)/2 = 3 with norm_len = T = 3; weights 1/(3·2) = 1/6.
-        ("seq-mean-token-sum-norm", None, 3.0,
-         [[1 / 6, 1 / 6, 0], [1 / 6, 1 / 6, 1 / 6], [0, 0, 0]]),
-        # norm_len = 2: (3/2 + 15/2)/2 = 4.5; weights 1/(2·2) = 1/4.
-        ("seq-mean-token-sum-norm", 2.0, 4.5,
+        # (3 + 15)/3 = 6; weights 1/B = 1/3.
+        ("seq-mean-token-sum", None, "all", 6.0,
+         [[1 / 3, 1 / 3, 0], [1 / 3, 1 / 3, 1 / 3], [0, 0, 0]]),
+        # norm_len = 3: (3/3 + 15/3)/3 = 2; weights 1/(3·3) = 1/9.
+        ("seq-mean-token-sum-norm", 3.0, "all", 2.0,
+         [[1 / 9, 1 / 9, 0], [1 / 9, 1 / 9, 1 / 9], [0, 0, 0]]),
+        # norm_len = 2, B' = 2: (3/2 + 15/2)/2 = 4.5; weights 1/(2·2) = 1/4.
+        ("seq-mean-token-sum-norm", 2.0, "valid", 4.5,
          [[0.25, 0.25, 0], [0.25, 0.25, 0.25], [0, 0, 0]]),
     ],
 )
-def test_aggregation_modes(mode, norm_len, expected, grad):
-    """Values and d/dℓ of each mode on ``agg_inputs`` (row 2 has no valid token, not counted)."""
+def test_aggregation_modes(mode, norm_len, rows, expected, grad):
+    """Values and d/dℓ of each mode on ``agg_inputs`` (row 2 has no valid token: counted in
+    B = 3, not in B′ = 2)."""
     per_token, mask = agg_inputs()
-    value = aggregate(per_token, mask, mode, norm_len=norm_len)
+    value = aggregate(per_token, mask, mode, norm_len=norm_len, rows=rows)
     (g,) = torch.autograd.grad(value, per_token)
     assert value.item() == approx(expected)
     assert flat(g) == approx(flat(torch.tensor(grad, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                  "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("mode", ["token-mean", "token-sum", "seq-mean-token-mean",
+                                  "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_aggregation_of_empty_mask_is_exactly_zero(mode):
     """No valid token at all: the result is exactly 0 (never NaN), whatever the padding holds."""
     per_token = torch.tensor([[math.nan, 1.0]], dtype=torch.float64)
     mask = torch.zeros(1, 2, dtype=torch.bool)
-    assert aggregate(per_token, mask, mode).item() == 0.0
+    norm_len = 2.0 if mode == "seq-mean-token-sum-norm" else None
+    assert aggregate(per_token, mask, mode, norm_len=norm_len).item() == 0.0
 
 
 def test_norm_len_rejected_outside_sum_norm():

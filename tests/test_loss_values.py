@@ -232,36 +232,41 @@ def test_rec_advantage_weight_temperature():
 
 
 def test_rec_k2_regularizer():
-    """ℓ = −M·A·log π + c·½δ², one-side NoIS, c = 0.1; the penalty is not masked by the clip.
+    """ℓ = −M·A·log π + c·δ² (the seed's k2: Kimi's ½ absorbed into c), one-side NoIS, c = 0.1;
+    the penalty is not masked by the clip (Trinity-RFT 0.6.0, rec_policy_loss.py).
 
     S = (log 4)² + (log 1.5)² + (log 1.1)² + (log 0.5)² + (log 0.25)² per row, two rows:
-    penalty total = 0.1·½·2S = 0.1·S, so loss = log(1.2)/10 + 0.1·S/10.
-    grad = one-side NoIS grad + 0.1·δ_t/10 (d ½δ²/d log π = δ).
-    regularizer metric = mean of ½δ² = S/10.
+    penalty total = 0.1·2S = 0.2·S, so loss = log(1.2)/10 + 0.2·S/10.
+    grad = one-side NoIS grad + 0.1·2δ_t/10 (d δ²/d log π = 2δ).
+    regularizer metric = mean of δ² = 2S/10.
     """
     value, grad, metrics = run("rec", main_batch(), regularizer="k2", reg_coef=0.1)
     deltas = [log(r) for r in RHO]
     s = sum(d * d for d in deltas)
-    assert value == approx(log(1.2) / 10 + 0.1 * s / 10)
+    assert value == approx(log(1.2) / 10 + 0.2 * s / 10)
     pg = [[0, 0, -0.1, -0.1, -0.1], [0.1, 0.1, 0.1, 0, 0]]
-    assert_tensor(grad, [[g + 0.01 * d for g, d in zip(row, deltas, strict=True)] for row in pg])
-    assert metrics["regularizer"] == approx(s / 10)
+    assert_tensor(grad, [[g + 0.02 * d for g, d in zip(row, deltas, strict=True)] for row in pg])
+    assert metrics["regularizer"] == approx(2 * s / 10)
 
 
 def test_rec_forward_kl_regularizer():
-    """R = log π_old − log π = −δ, c = 0.5: penalty total = 0.5·(−2·log 0.825).
+    """R = −log π (the seed's forward-kl), c = 0.5: penalty total = −0.5·(log 0.0264 +
+    log 0.001584) (the rows' Σ log π).
 
-    loss = log(1.2)/10 − log(0.825)/10; grad = one-side NoIS grad − 0.5/10 on every token.
+    loss = log(1.2)/10 − 0.5·(log 0.0264 + log 0.001584)/10; grad = one-side NoIS grad − 0.5/10
+    on every token.
     """
     value, grad, _ = run("rec", main_batch(), regularizer="forward-kl", reg_coef=0.5)
-    assert value == approx(log(1.2) / 10 - log(0.825) / 10)
+    assert value == approx(log(1.2) / 10 - 0.5 * (log(0.0264) + log(0.001584)) / 10)
     assert_tensor(grad, [[-0.05, -0.05, -0.15, -0.15, -0.15], [0.05, 0.05, 0.05, -0.05, -0.05]])
 
 
-def test_red_drop_preset_loss_is_oneside_nois():
-    """``red-drop`` is REC-OneSide-NoIS (its difference is the advantage kind): log(1.2)/10."""
-    value, _, _ = run("red-drop", main_batch())
-    assert value == approx(log(1.2) / 10)
+def test_red_drop_preset_loss_is_unclipped_reinforce():
+    """``red-drop`` is the seed's RED-Drop config: unclipped REINFORCE after the drop (its
+    difference is the advantage kind): −(log 0.0264 − log 0.001584)/10."""
+    value, grad, _ = run("red-drop", main_batch())
+    assert value == approx(-(log(0.0264) - log(0.001584)) / 10)
+    assert_tensor(grad, [[-0.1] * 5, [0.1] * 5])
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,36 +348,55 @@ def ragged_batch():
 
 
 def test_dr_grpo_on_ragged_batch():
-    """Dr.GRPO: PPO-clip 0.2 with seq-mean-token-sum-norm, norm_len = T = 3, B' = 2 rows.
+    """Dr.GRPO: PPO-clip 0.2 with seq-mean-token-sum-norm, norm_len = 3 (the maximum completion
+    length, stated by the caller), B = 3 rows (the fully masked row counts, as in TRL).
 
     Row 0: ℓ = −min(1.5, 1.2) = −1.2, −min(0.5, 0.8) = −0.5 → −1.7. Row 1: max(1.5, 1.2) = 1.5.
-    loss = (−1.7/3 + 1.5/3)/2 = −1/30.
-    grad: row 0 token 0 clipped → 0; token 1: −ρA/(3·2) = −0.5/6; row 1 token 0: 1.5/6 = 0.25.
+    loss = (−1.7/3 + 1.5/3)/3 = −1/45.
+    grad: row 0 token 0 clipped → 0; token 1: −ρA/(3·3) = −0.5/9; row 1 token 0: 1.5/9.
     """
-    value, grad, _ = run("dr-grpo", ragged_batch())
-    assert value == approx(-1 / 30)
-    assert_tensor(grad, [[0, -0.5 / 6, 0], [0.25, 0, 0], [0, 0, 0]])
+    value, grad, _ = run("dr-grpo", ragged_batch(), norm_len=3.0)
+    assert value == approx(-1 / 45)
+    assert_tensor(grad, [[0, -0.5 / 9, 0], [1.5 / 9, 0, 0], [0, 0, 0]])
+
+
+def test_dr_grpo_without_a_stated_length_is_a_clear_error():
+    """The constant must come from the caller: dividing by the padded width would make the
+    loss depend on how much padding the batch carries."""
+    with pytest.raises(ValueError, match="pass norm_len="):
+        run("dr-grpo", ragged_batch())
 
 
 @pytest.mark.parametrize(
-    ("agg", "norm_len", "expected"),
+    ("agg", "norm_len", "rows", "expected"),
     [
-        ("token-mean", None, (-1.7 + 1.5) / 3),
-        ("seq-mean-token-mean", None, (-1.7 / 2 + 1.5) / 2),
-        ("seq-mean-token-sum", None, (-1.7 + 1.5) / 2),
-        ("seq-mean-token-sum-norm", None, (-1.7 + 1.5) / 3 / 2),
-        ("seq-mean-token-sum-norm", 2.0, (-1.7 + 1.5) / 2 / 2),
+        ("token-mean", None, "all", (-1.7 + 1.5) / 3),
+        ("token-sum", None, "all", -1.7 + 1.5),
+        ("seq-mean-token-mean", None, "all", (-1.7 / 2 + 1.5) / 3),
+        ("seq-mean-token-mean", None, "valid", (-1.7 / 2 + 1.5) / 2),
+        ("seq-mean-token-sum", None, "all", (-1.7 + 1.5) / 3),
+        ("seq-mean-token-sum", None, "valid", (-1.7 + 1.5) / 2),
+        ("seq-mean-token-sum-norm", 3.0, "all", (-1.7 + 1.5) / 3 / 3),
+        ("seq-mean-token-sum-norm", 2.0, "all", (-1.7 + 1.5) / 2 / 3),
+        ("seq-mean-token-sum-norm", 2.0, "valid", (-1.7 + 1.5) / 2 / 2),
     ],
 )
-def test_grpo_ragged_batch_under_each_aggregation(agg, norm_len, expected):
-    """Per-token PPO losses −1.2, −0.5 | 1.5 (row 2 has no valid token, B' = 2).
+def test_grpo_ragged_batch_under_each_aggregation(agg, norm_len, rows, expected):
+    """Per-token PPO losses −1.2, −0.5 | 1.5 | (row 2 has no valid token): B = 3, B′ = 2.
 
-    token-mean −0.2/3; seq-mean-token-mean (−0.85 + 1.5)/2 = 0.325; seq-mean-token-sum
-    −0.2/2 = −0.1; sum-norm with T = 3: −0.2/6; with norm_len 2: −0.2/4 = −0.05.
+    token-mean −0.2/3; token-sum −0.2; seq-mean-token-mean (−0.85 + 1.5)/B; seq-mean-token-sum
+    −0.2/B; sum-norm −0.2/norm_len/B.
     """
-    value, grad, _ = run("grpo", ragged_batch(), agg=agg, norm_len=norm_len)
+    value, grad, _ = run("grpo", ragged_batch(), agg=agg, norm_len=norm_len, rows=rows)
     assert value == approx(expected)
     assert torch.isfinite(grad).all()
+
+
+def test_bnpo_is_the_token_mean_and_grpo_the_sequence_mean():
+    """On the ragged batch: bnpo = token-mean = −0.2/3; grpo = seq-mean-token-mean =
+    (−1.7/2 + 1.5)/3 (GRPO paper / TRL loss_type='grpo'; bnpo is TRL's loss_type='bnpo')."""
+    assert run("bnpo", ragged_batch())[0] == approx(-0.2 / 3)
+    assert run("grpo", ragged_batch())[0] == approx((-1.7 / 2 + 1.5) / 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +439,18 @@ def test_gspo_token_mean_override(name):
     value, grad, _ = run(name, gspo_batch(), agg="token-mean")
     assert value == approx(0.79984)
     assert_tensor(grad, [[0, 0, 0], [0.4, 0.4, 0.4]])
+
+
+def test_luspo_scales_each_response_by_its_length():
+    """LUSPO (TRL loss_type='luspo'): GSPO's per-token values, seq-mean-token-sum.
+
+    Row 0: 2 tokens × −1.0004 = −2.0008; row 1: 3 × 2 = 6; loss = (−2.0008 + 6)/2 = 1.9996.
+    Row 1 gradient: Σ_t ℓ_1t = 3·s_1, ds_1/d log π_t = s_1/3 = 2/3 → 3·(2/3) = 2, /B = 2 → 1.
+    """
+    value, grad, metrics = run("luspo", gspo_batch())
+    assert value == approx(1.9996)
+    assert_tensor(grad, [[0, 0, 0], [1, 1, 1]])
+    assert metrics["clipfrac"] == approx(0.4)
 
 
 def test_gspo_wider_eps():
@@ -566,6 +602,18 @@ def test_sppo_averages_a_per_token_advantage():
     assert value == approx(((LN2 - 2) ** 2 + 1) / 4)
 
 
+def test_sppo_trinity_masks_outside_its_band():
+    """Trinity-RFT's sPPO, ε = 0.3: M = 1/1.3 ≤ ρ ≤ 1.3, ℓ = −M·A·δ. Of ρ = 4, 1.5, 1.1, 0.5,
+    0.25 only 1.1 is inside, in both rows. A = (+1, −3): loss = (−log 1.1 + 3·log 1.1)/10;
+    grad −M·A/10: row 0 token 2 −0.1, row 1 token 2 +0.3; clipfrac 8/10."""
+    logp, logp_old, _, mask = main_batch()
+    adv = torch.tensor([1.0, -3.0], dtype=torch.float64)
+    value, grad, metrics = run("sppo-trinity", (logp, logp_old, adv, mask))
+    assert value == approx(2 * log(1.1) / 10)
+    assert_tensor(grad, [[0, 0, -0.1, 0, 0], [0, 0, 0.3, 0, 0]])
+    assert metrics["clipfrac"] == approx(0.8) and metrics["pg_clipfrac"] == approx(0.8)
+
+
 @pytest.mark.parametrize(
     ("agg", "value_of", "grad_scale"),
     [
@@ -658,9 +706,12 @@ def test_rloo_advantages_and_loss():
 
 PRESET_BINDINGS = {
     "grpo": ("ppo", {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": None}, "mean-std",
+             "seq-mean-token-mean"),
+    "bnpo": ("ppo", {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": None}, "mean-std",
              "token-mean"),
-    "ppo-dual-clip": ("ppo", {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": 3.0}, "mean-std",
-                      "token-mean"),
+    "luspo": ("gspo", {"eps_low": 3e-4, "eps_high": 4e-4}, "mean-std", "seq-mean-token-sum"),
+    "ppo-dual-clip": ("ppo", {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": 3.0,
+                              "log_ratio_clamp": None}, "mean-std", "token-mean"),
     "dapo": ("ppo", {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": None}, "mean-std",
              "token-mean"),
     "dr-grpo": ("ppo", {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": None}, "mean",
@@ -668,7 +719,7 @@ PRESET_BINDINGS = {
     "rloo": ("reinforce", {}, "loo", "token-mean"),
     "red-weight": ("rec", {"clip": "none", "weight": "advantage", "temp": 1.0}, "mean",
                    "token-mean"),
-    "red-drop": ("rec", {"clip": "one-side", "weight": "none"}, "red-drop", "token-mean"),
+    "red-drop": ("rec", {"clip": "none", "weight": "none"}, "red-drop", "token-mean"),
     **{
         f"rec-{tag}-{w}": ("rec", {"clip": clip, "weight": weight, "eps_low": 0.2,
                                    "eps_high": 0.2}, "mean", "token-mean")
@@ -699,7 +750,7 @@ def test_every_registered_loss_has_a_hand_checked_value():
         "reinforce", "rec", "ppo", "gspo", "gspo-token", "cispo", "opmd-kimi", "opmd-trinity",
         "asymre", "topr", "sppo", "grpo", "ppo-dual-clip", "rec-oneside-nois", "rec-oneside-is",
         "rec-twoside-nois", "rec-twoside-is", "rec-ring-nois", "rec-ring-is", "red-weight",
-        "red-drop", "dapo", "dr-grpo", "rloo",
+        "red-drop", "dapo", "dr-grpo", "rloo", "bnpo", "luspo", "sppo-trinity",
     }
     assert set(LOSSES) == covered
 

@@ -15,14 +15,21 @@ from hypothesis import strategies as st
 
 from simulator.advantages import group_advantages
 from simulator.aggregation import AGGREGATIONS, aggregate
-from simulator.losses import pairwise_surrogate, policy_loss
+from simulator.losses import LOSSES, pairwise_surrogate, policy_loss
 from theory_tests.strategies import LossCase, loss_cases
 
 EXACT = {"rtol": 1e-10, "atol": 1e-12}
 
 
+def length(agg, case):
+    """The constant length of seq-mean-token-sum-norm (the padded width T stands in for the
+    maximum completion length here); nothing for the other modes."""
+    return {"norm_len": float(case.mask.shape[1])} if agg == "seq-mean-token-sum-norm" else {}
+
+
 def loss_and_grad(name: str, case: LossCase, *, adv=None, **kwargs):
     logp = case.leaf()
+    kwargs = {**length(kwargs.get("agg", LOSSES[name].agg), case), **kwargs}
     out = policy_loss(name, logp, case.logp_old, case.adv if adv is None else adv, case.mask,
                       **kwargs)
     (grad,) = torch.autograd.grad(out.loss, logp)
@@ -40,7 +47,7 @@ def test_rec_one_side_is_has_exactly_the_gradient_of_ppo_clip(case):
     _, g_rec = loss_and_grad("rec-oneside-is", case)
     _, g_ppo = loss_and_grad("ppo", case, dual_clip=None)
     torch.testing.assert_close(g_rec, g_ppo, **EXACT)
-    _, g_grpo = loss_and_grad("grpo", case)
+    _, g_grpo = loss_and_grad("grpo", case, agg="token-mean")  # grpo's own is the seq-mean
     torch.testing.assert_close(g_grpo, g_ppo, **EXACT)
 
 
@@ -97,7 +104,7 @@ def test_asymre_is_reinforce_minus_beta_times_log_pi(case, beta, agg):
     loss_a, g_a = loss_and_grad("asymre", case, beta=beta, agg=agg)
     loss_r, g_r = loss_and_grad("reinforce", case, agg=agg)
     logp = case.leaf()
-    penalty = aggregate(logp, case.mask, agg)
+    penalty = aggregate(logp, case.mask, agg, **length(agg, case))
     (g_pen,) = torch.autograd.grad(penalty, logp)
     torch.testing.assert_close(loss_a, loss_r - beta * penalty.detach(), **EXACT)
     torch.testing.assert_close(g_a, g_r - beta * g_pen, **EXACT)
