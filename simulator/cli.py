@@ -3,36 +3,52 @@
 Each is a plain function whose keyword arguments (with their docstrings) become flags through
 tyro. The command itself (``grlab.cli``) dispatches to these and to the bridge's
 ``train-llm``; this module never imports the bridge (the core does not depend on it).
+
+Design decisions
+----------------
+* Light at import: this module loads neither torch, scipy nor matplotlib, so ``grlab --help``
+  answers at once. The defaults ``--help`` shows come from torch-free homes (setting names
+  from ``simulator.schedule``, experiment keys and the default arms from ``simulator.names``);
+  each command imports the lab when it runs.
+* Every argument is checked before any training (``default_comparison``, ``simulator.names.
+  lookup``, ``simulator.files.output_dir``): a user error is one line on stderr and exit 2
+  (printed by ``grlab.cli``).
+* What is kept in ``--out``: the cache ``OUT/runs`` is the result (one file per loss and
+  configuration, never deleted; ``--fresh`` recomputes this run's entries and replaces them).
+  ``table.md``, ``table.csv`` and ``curves.png`` are derived from it deterministically and
+  rewritten on every run; when they replace a previous run's files of different content, a
+  note says so (that run's losses are still cached, and rerunning its command regenerates
+  them in seconds). The bridge's ``train-llm``, whose checkpoint cannot be regenerated
+  cheaply, instead refuses an occupied ``--out`` without ``--resume`` or ``--overwrite``.
+* Ctrl-C prints one line (what was kept, how to resume) and exits 130.
+* Progress and notes go to stderr (a live bar on a terminal, plain lines in a log or a pipe:
+  ``simulator.progress.PartProgress``); tables and file paths go to stdout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+import tyro
 from rich.console import Console
-from rich.markdown import Markdown
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
-from simulator.dynamics import SETTINGS
-from simulator.experiments import (
-    ARMS,
-    DEFAULT_COMPARE_ARMS,
-    EXPERIMENTS,
-    FIGURES,
-    LOG_LINEAR,
-    TREE,
-    Experiment,
-    default_comparison,
-    experiment_names,
-)
-from simulator.losses import LOSSES
-from simulator.progress import progress_bar
+from simulator.names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
+from simulator.schedule import SETTINGS
+
+if TYPE_CHECKING:
+    from simulator.claims.registry import ClaimReport
+    from simulator.experiments import Experiment
 
 console = Console()
+errors = Console(stderr=True)
+
+OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
+            "table.md, table.csv and curves.png are regenerated from them on every run, "
+            "replacing a previous run's (with a note when they differ)")
 
 
 def losses(name: str | None = None) -> None:
@@ -42,12 +58,18 @@ def losses(name: str | None = None) -> None:
     Args:
         name: show one loss in full (all keyword defaults and its formula) instead of the table.
     """
+    from rich.table import Table
+
+    from simulator.losses import LOSSES
+
     if name is not None:
         spec = LOSSES[name]
-        console.print(f"[bold]{spec.name}[/bold] — {spec.summary}")
+        console.print(f"[bold]{escape(spec.name)}[/bold] — {escape(spec.summary)}")
         console.print(f"base loss: {spec.base}   advantage: {spec.advantage}   "
-                      f"aggregation: {spec.agg}   drop uniform groups: {spec.drop_uniform_groups}")
-        console.print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()))
+                      f"aggregation: {spec.agg}   drop uniform groups: {spec.drop_uniform_groups}",
+                      markup=False)
+        console.print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
+                      markup=False)
         console.print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
         return
     table = Table(title="grlab loss zoo — simulator.losses.LOSSES", show_lines=False)
@@ -56,44 +78,75 @@ def losses(name: str | None = None) -> None:
     table.add_column("aggregation", no_wrap=True)
     table.add_column("what it is", overflow="fold", ratio=1)
     for spec in LOSSES.values():
-        text = spec.summary
+        text = escape(spec.summary)
         if spec.hparams:
             binds = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
-            text += f"\n[dim]= {spec.base}({binds})[/dim]"
+            text += f"\n[dim]= {escape(f'{spec.base}({binds})')}[/dim]"
         table.add_row(spec.name, spec.advantage, spec.agg, text)
     console.print(table)
     console.print("grlab losses --name NAME shows one loss's formula and every keyword.")
 
 
+def _note(message: str) -> None:
+    errors.print(Text(f"note: {message}"), soft_wrap=True)
+
+
+def _interrupted(out: Path | None) -> SystemExit:
+    """One line instead of a traceback; the caller raises the returned ``SystemExit(130)``."""
+    kept = ("" if out is None else f"; finished losses are kept in {out / 'runs'}: rerun the "
+            "same command to resume")
+    errors.print(Text(f"interrupted{kept}"), soft_wrap=True)
+    return SystemExit(130)
+
+
 def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
-    """Run an experiment with a progress bar, write its files, print the table and paths."""
+    """Run an experiment with progress, write its files, print the table and the paths."""
+    from rich.table import Table
+
     from simulator.experiments import pivot, run_experiment, write_report
+    from simulator.files import output_dir
+    from simulator.progress import PartProgress
 
-    if fresh and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
-    total = len(exp.arms) * exp.steps
-    with progress_bar(console, transient=True) as progress:
-        task = progress.add_task(f"{exp.key}: {len(exp.arms)} losses", total=total)
-        done: dict[str, int] = {}
+    out = output_dir(out, what="--out")
+    previous = _read_text(out / "table.md")
+    labels = [arm.label for arm in exp.arms]
+    try:
+        with PartProgress(errors, exp.key, labels, exp.steps) as progress:
+            def on_arm(label: str, source: str) -> None:
+                progress.done(label, "loaded from the cache" if source == "cache"
+                              else f"{exp.steps} steps done")
 
-        def on_step(label: str, step: int) -> None:
-            done[label] = step + 1
-            progress.update(task, completed=sum(done.values()),
-                            description=f"{exp.key}: {label}")
-
-        report = run_experiment(exp, out, on_step)
-    paths = write_report(report, out)
+            report = run_experiment(exp, out, progress.step, fresh=fresh, on_arm=on_arm,
+                                    on_notice=_note)
+        paths = write_report(report, out)
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
     settings, rows = pivot(report)
-    table = Table(title=f"{exp.key}: {exp.title}", caption="final reward ± 95% CI · collapse "
-                  "rate · steps to 90% of the best reward reached", show_lines=True)
+    table = Table(title=f"{exp.key}: {escape(exp.title)}", caption="final reward ± 95% CI · "
+                  "collapse rate · steps to 90% of the best reward reached", show_lines=True)
     table.add_column("loss", no_wrap=True)
     for setting in settings:
         table.add_column(setting, overflow="fold")
     for arm, values in rows:
-        table.add_row(arm, *values)
+        table.add_row(escape(arm), *values)
     console.print(table)
+    if exp.seeds < 2:
+        from simulator.experiments import NO_INTERVAL
+
+        _note(NO_INTERVAL)
     for kind, path in paths.items():
-        console.print(f"{kind:>8}: {path}")
+        console.print(f"{kind:>8}: {path}", markup=False)
+    if previous is not None and previous != _read_text(paths["markdown"]):
+        _note(f"the table and plot in {out} replaced those of a previous run with another "
+              f"configuration (its losses stay cached in {out / 'runs'}; rerunning its "
+              "command regenerates them)")
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def compare(
@@ -105,7 +158,8 @@ def compare(
     steps: int = 150,
     lr: float = 0.1,
     group_size: int | None = None,
-    out: Path = Path("results/compare"),
+    out: Annotated[Path, tyro.conf.arg(help=f"output folder; {OUT_HELP}.")] = Path(
+        "results/compare"),
     list: bool = False,
     fresh: bool = False,
 ) -> None:
@@ -115,32 +169,42 @@ def compare(
     Args:
         losses: arm keys or any registered loss name (see --list).
         settings: off-policy settings (see --list).
-        env: the testbed: a multi-prompt softmax bandit (8 prompts × 6 answers, one correct)
-            or a token-level tree MDP (4 prompts, 15 responses of 1–3 tokens, graded rewards).
+        env: bandit (8 prompts × 6 answers, one correct) or tree (15 responses of 1–3 tokens).
         policy: tabular logits, or a log-linear policy with shared features.
-        seeds: problem instances per (loss, setting); each draws rewards and a start point.
-        steps: training steps (one optimiser step per batch).
-        lr: Adam's learning rate.
-        group_size: responses per prompt K (default 4 on a bandit, 3 on a tree).
-        out: output folder; finished losses are cached under out/runs and reused.
+        seeds: problem instances (rewards, start) per loss and setting; 2+ give a 95% interval.
+        steps: training steps, at least 1 (one optimiser step per batch).
+        lr: Adam's learning rate (> 0).
+        group_size: responses per prompt K ≥ 2 (default: 4 on a bandit, 3 on a tree).
         list: print the loss keys, settings and experiments, then exit.
-        fresh: ignore cached runs under out/runs.
+        fresh: recompute every loss of this run and replace its cache entry.
     """
     if list:
-        console.print("losses (arm keys): " + ", ".join(ARMS) + ", or any name of `grlab losses`")
-        console.print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()))
-        console.print("experiments: " + ", ".join(experiment_names()) + " (grlab experiment KEY)")
+        from simulator.experiments import ARMS
+
+        console.print("losses (arm keys): " + ", ".join(ARMS) + ", or any name of `grlab losses`",
+                      markup=False)
+        console.print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()),
+                      markup=False)
+        console.print("experiments: " + ", ".join(EXPERIMENT_KEYS) + " (grlab experiment KEY)",
+                      markup=False)
         return
+    import dataclasses
+
+    from simulator.experiments import LOG_LINEAR, TREE, default_comparison
+
     problem = dataclasses.replace(LOG_LINEAR if env == "bandit" else TREE, policy=policy)
     exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem,
                              group_size=group_size, lr=lr)
     _run_and_report(exp, out, fresh)
 
 
-ExperimentKey = Literal[tuple(experiment_names())]  # type: ignore[valid-type]
-
-
-def experiment(key: ExperimentKey, /, out: Path | None = None, fresh: bool = False) -> None:
+def experiment(
+    key: Annotated[str, tyro.conf.arg(metavar="{" + ",".join(EXPERIMENT_KEYS) + "}")],
+    /,
+    out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
+                                                   f"{OUT_HELP}.")] = None,
+    fresh: bool = False,
+) -> None:
     """Run one named experiment of the paper's findings and write its plot and table
     (E1–E5, E7: learning curves under the four off-policy settings; E1-lr, E1-tabular,
     E1-tabular-graded, E1-tree: E1 across learning rates and testbeds; E6: Pitfall 1 on a
@@ -148,25 +212,31 @@ def experiment(key: ExperimentKey, /, out: Path | None = None, fresh: bool = Fal
 
     Args:
         key: the experiment's key.
-        out: output folder (default results/KEY).
-        fresh: ignore cached runs.
+        fresh: recompute every loss of the experiment and replace its cache entry.
     """
-    out = out or Path("results") / key
-    if key in FIGURES:
-        title, run = FIGURES[key]
-        with console.status(f"{key}: {title}"):
-            text, paths = run(out)
-        console.print(Markdown(text))
-        for kind, path in paths.items():
-            console.print(f"{kind:>8}: {path}")
+    key = lookup("experiment", key, EXPERIMENT_KEYS)
+    from simulator.experiments import EXPERIMENTS, FIGURES
+    from simulator.files import output_dir
+
+    out = output_dir(out or Path("results") / key, what="--out")
+    if key not in FIGURES:
+        _run_and_report(EXPERIMENTS[key], out, fresh)
         return
-    if key not in EXPERIMENTS:
-        raise KeyError(f"unknown experiment {key!r}; valid: {', '.join(experiment_names())}")
-    _run_and_report(EXPERIMENTS[key], out, fresh)
+    from rich.markdown import Markdown
+
+    title, run = FIGURES[key]
+    try:
+        with errors.status(f"{key}: {title}"):
+            text, paths = run(out)
+    except KeyboardInterrupt:
+        raise _interrupted(None) from None
+    console.print(Markdown(text))
+    for kind, path in paths.items():
+        console.print(f"{kind:>8}: {path}", markup=False)
 
 
 def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,
-           json: str | None = None) -> None:
+           json: Path | None = None) -> None:
     """Check every claim of the theory catalogue on fresh random instances and print a table of
     claim, source, instances tried, worst error, tolerance and verdict; exit 1 if one fails.
 
@@ -176,23 +246,34 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
             takes well under a minute on 2 cores).
         seed: seed of the generator that draws every instance; default: fresh from the OS
             (printed, so a failure can be replayed).
-        json: also write the table to this path as JSON.
+        json: also write the table to this path as JSON (checked before any claim runs).
     """
     from simulator.claims import CATALOGUE
-    from simulator.claims.report import catalogue_json, catalogue_table, run_catalogue
+    from simulator.claims.report import (
+        catalogue_json,
+        catalogue_table,
+        check_request,
+        json_target,
+        run_catalogue,
+    )
+    from simulator.progress import PartProgress
 
     keys = tuple(only) or CATALOGUE
+    check_request(keys, seed=seed, instances=instances)
+    target = None if json is None else json_target(json)
     try:
-        with console.status("running the theory catalogue") as status:
-            run = run_catalogue(keys, seed=seed, instances=instances, on_claim=lambda report:
-                                status.update(f"claim {report.key} done ({report.seconds:.1f} s)"))
-    except (KeyError, ValueError) as error:
-        console.print(f"[bold red]error:[/bold red] {error}")
-        raise SystemExit(2) from None
+        with PartProgress(errors, "verify", keys, 1) as progress:
+            def on_claim(report: ClaimReport) -> None:
+                progress.done(report.key, "holds" if report.passed else "FAILS")
+
+            run = run_catalogue(keys, seed=seed, instances=instances, on_claim=on_claim)
+    except KeyboardInterrupt:
+        raise _interrupted(None) from None
     console.print(catalogue_table(run))
-    if json is not None:
-        console.print(f"table written to {catalogue_json(run, json)}")
+    if target is not None:
+        console.print(f"table written to {catalogue_json(run, target)}", markup=False)
     if not run.passed:
         failed = ", ".join(report.key for report in run.reports if not report.passed)
-        console.print(f"[bold red]claims failing: {failed}[/bold red] (replay: --seed {run.seed})")
+        console.print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
+                           style="bold red"))
         raise SystemExit(1)

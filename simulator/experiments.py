@@ -6,6 +6,13 @@ every setting with ``dynamics.simulate`` (all seeds × settings of an arm in one
 keeps each arm's trajectory on disk so an interrupted run resumes where it stopped, and returns
 a ``Report`` whose table and plot ``write_report`` writes atomically.
 
+The cache (``OUT/runs/LABEL-HASH.pt``, the hash covering everything that determines the
+trajectory) is the lab's raw result; tables and plots are derived from it deterministically.
+An entry holds tensors and plain Python values only, so it is read with
+``torch.load(weights_only=True)`` (``simulator.files.load_torch``) and checked against the arm
+it should hold (format, loss, runs, shapes); an entry that fails is reported in one line and
+recomputed — that entry only, never the whole folder.
+
 Summary statistics, per (arm, setting), over seeds:
 * final reward: mean ± the 95% Student-t half-width over seeds;
 * collapse rate: the share of runs that diverged or ended more than ``COLLAPSE_DROP`` below
@@ -24,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +39,24 @@ from typing import Any
 import torch
 from scipy import stats
 
-from simulator.dynamics import SETTINGS, Problem, Trajectory, simulate
-from simulator.files import atomic_torch_save, atomic_write, atomic_write_text
+from simulator.dynamics import SETTINGS, Problem, Schedule, Trajectory, simulate
+from simulator.files import (
+    CorruptFileError,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    load_torch,
+    output_dir,
+)
+from simulator.names import lookup
 from simulator.pitfall import run_pitfall
+from simulator.validation import require_int, require_positive
 
 COLLAPSE_DROP = 0.1
-CACHE_FORMAT = 2  # bump when a change to the simulator changes what a cached run holds
+NO_INTERVAL = "± n/a: one seed, and a 95% interval over seeds needs at least two."
+# Bump when a change to the simulator changes what a cached run holds. 3: tensors and plain
+# values only (format 2 pickled Schedule objects and needed weights_only=False).
+CACHE_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,34 +120,110 @@ class Report:
 
 
 def run_experiment(exp: Experiment, out_dir: Path | None = None,
-                   on_step: Callable[[str, int], None] | None = None) -> Report:
-    """Train every arm of ``exp``; trajectories cached under ``out_dir/runs`` (resumable)."""
+                   on_step: Callable[[str, int], None] | None = None, *, fresh: bool = False,
+                   on_arm: Callable[[str, str], None] | None = None,
+                   on_notice: Callable[[str], None] | None = None) -> Report:
+    """Train every arm of ``exp``; trajectories cached under ``out_dir/runs`` (resumable).
+
+    ``on_step(label, step)`` follows the training (called once, with the last step, for an arm
+    loaded from the cache); ``on_arm(label, source)`` says where each arm came from ("cache" or
+    "run"). A cache entry that cannot be read back (truncated, corrupt, or not what this arm
+    should hold) is recomputed, and only that entry; ``on_notice`` gets the one-line report
+    (a ``RuntimeWarning`` without it). ``fresh`` recomputes every arm and replaces its entry.
+    """
+    cache_dir = None if out_dir is None else output_dir(Path(out_dir) / "runs", what="cache")
     trajectories = {}
     for arm in exp.arms:
-        cache = None if out_dir is None else Path(out_dir) / "runs" / (
+        cache = None if cache_dir is None else cache_dir / (
             f"{_slug(arm.label)}-{exp.fingerprint(arm)}.pt")
-        if cache is not None and cache.exists():
-            trajectories[arm.label] = Trajectory(**torch.load(cache, weights_only=False))
+        trajectory, source = None, "cache"
+        if cache is not None and cache.exists() and not fresh:
+            trajectory = _load_cached(exp, arm, cache, on_notice)
+        if trajectory is not None:
             if on_step is not None:
                 on_step(arm.label, exp.steps - 1)
-            continue
-        trajectory = simulate(
-            exp.problem, arm.loss, seeds=list(range(exp.seeds)),
-            schedules=[SETTINGS[s] for s in exp.settings], lrs=[exp.lr * arm.lr_scale],
-            steps=exp.steps, group_size=exp.group_size, mode=arm.mode,
-            groups_per_prompt=exp.groups_per_prompt, optimizer=exp.optimizer,
-            on_step=None if on_step is None else (lambda step, a=arm: on_step(a.label, step)),
-            **dict(arm.hparams),
-        )
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(dataclasses.asdict(trajectory), cache)
+        else:
+            trajectory, source = _simulate_arm(exp, arm, on_step), "run"
+            if cache is not None:
+                atomic_torch_save(_cache_payload(trajectory), cache)
+        if on_arm is not None:
+            on_arm(arm.label, source)
         trajectories[arm.label] = trajectory
     best = torch.stack([t.metrics["reward"].reshape(-1, exp.seeds, len(exp.settings))
                         .amax(dim=(0, 2)) for t in trajectories.values()]).amax(0)  # [S]
     rows = [row for arm in exp.arms
             for row in summarise(exp, arm.label, trajectories[arm.label], best)]
     return Report(exp, trajectories, rows)
+
+
+def _simulate_arm(exp: Experiment, arm: Arm, on_step: Callable[[str, int], None] | None
+                  ) -> Trajectory:
+    """Every seed × setting of one arm as one batched ``simulate`` call."""
+    return simulate(
+        exp.problem, arm.loss, seeds=list(range(exp.seeds)),
+        schedules=[SETTINGS[s] for s in exp.settings], lrs=[exp.lr * arm.lr_scale],
+        steps=exp.steps, group_size=exp.group_size, mode=arm.mode,
+        groups_per_prompt=exp.groups_per_prompt, optimizer=exp.optimizer,
+        on_step=None if on_step is None else (lambda step: on_step(arm.label, step)),
+        **dict(arm.hparams),
+    )
+
+
+# A cache entry holds tensors and plain Python values only, so it loads with
+# torch.load(weights_only=True): no pickled classes, no code run at load time.
+def _cache_payload(trajectory: Trajectory) -> dict[str, Any]:
+    runs = [[seed, sch.sync_interval, sch.sync_offset, sch.offline, lr]
+            for seed, sch, lr in trajectory.runs]
+    return {"format": CACHE_FORMAT, "loss": trajectory.loss, "runs": runs,
+            "metrics": dict(trajectory.metrics), "diverged_at": trajectory.diverged_at,
+            "params": trajectory.params}
+
+
+def _expected_runs(exp: Experiment, arm: Arm) -> list[tuple[int, Schedule, float]]:
+    """(seed, schedule, lr) of every run, in ``simulate``'s order (seed-major)."""
+    return [(seed, SETTINGS[name], exp.lr * arm.lr_scale)
+            for seed in range(exp.seeds) for name in exp.settings]
+
+
+def _check_cache(payload: Any, exp: Experiment, arm: Arm) -> None:
+    """Raise ``ValueError`` unless ``payload`` is this arm's trajectory: format, loss, runs,
+    and every tensor of the shape the experiment implies ([steps + 1, R] metrics)."""
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        raise ValueError(f"not a cache entry of format {CACHE_FORMAT}")
+    runs = _expected_runs(exp, arm)
+    plain = [[seed, sch.sync_interval, sch.sync_offset, sch.offline, lr]
+             for seed, sch, lr in runs]
+    if payload.get("loss") != arm.loss or payload.get("runs") != plain:
+        raise ValueError("it holds another configuration")
+    metrics, n = payload.get("metrics"), len(runs)
+    if not isinstance(metrics, dict) or not {"reward", "optimum", "kl_init"} <= set(metrics):
+        raise ValueError("metrics are missing")
+    for name, value in metrics.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (exp.steps + 1, n):
+            raise ValueError(f"metric {name!r} is not a [{exp.steps + 1}, {n}] tensor")
+    diverged, params = payload.get("diverged_at"), payload.get("params")
+    if not isinstance(diverged, torch.Tensor) or tuple(diverged.shape) != (n,) or (
+            diverged.dtype != torch.long):
+        raise ValueError("diverged_at is not an integer [runs] tensor")
+    if not isinstance(params, torch.Tensor) or params.ndim < 1 or params.shape[0] != n:
+        raise ValueError("params is not a [runs, ...] tensor")
+
+
+def _load_cached(exp: Experiment, arm: Arm, cache: Path,
+                 on_notice: Callable[[str], None] | None) -> Trajectory | None:
+    """The cached trajectory, or None (after a one-line notice) when the entry is unreadable."""
+    try:
+        payload = load_torch(cache, what="cached run",
+                             check=lambda obj: _check_cache(obj, exp, arm))
+    except CorruptFileError as error:
+        message = f"{error}; recomputing {arm.label}"
+        if on_notice is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        else:
+            on_notice(message)
+        return None
+    return Trajectory(payload["loss"], _expected_runs(exp, arm), payload["metrics"],
+                      payload["diverged_at"], payload["params"])
 
 
 def summarise(exp: Experiment, label: str, trajectory: Trajectory, best: torch.Tensor
@@ -152,11 +248,16 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory, best: torch.T
 
 
 def _half_width(values: torch.Tensor) -> float:
+    """The 95% Student-t half-width t₀.₉₇₅(n − 1)·s/√n; NaN (undefined) for n < 2."""
     n = values.numel()
     if n < 2:
         return float("nan")
     sd = float(values.std(correction=1))
     return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def _interval(half_width: float) -> str:
+    return f"{half_width:.2f}" if math.isfinite(half_width) else "n/a"
 
 
 def _steps_to_90(curve: torch.Tensor, start: torch.Tensor, best: torch.Tensor) -> str:
@@ -172,8 +273,7 @@ def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
     """Write table.md, table.csv and curves.png under ``out_dir`` (each atomically)."""
     from simulator.plots import plot_curves  # matplotlib only when a report is written
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
              "plot": out_dir / "curves.png"}
     atomic_write_text(paths["markdown"], markdown_table(report))
@@ -181,19 +281,28 @@ def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
     with atomic_write(paths["csv"], "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(dataclasses.asdict(row) for row in report.rows)
+        writer.writerows(_csv_row(row) for row in report.rows)
     plot_curves(report, paths["plot"])
     return paths
 
 
+def _csv_row(row: Row) -> dict[str, Any]:
+    """A row as CSV fields; an undefined interval (one seed) is an empty field, not "nan"."""
+    fields = dataclasses.asdict(row)
+    if not math.isfinite(row.ci95):
+        fields["ci95"] = ""
+    return fields
+
+
 def pivot(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """(settings, [(arm, cells)]): one row per arm, one cell per setting, each cell
-    "final ± CI · collapse% · steps-to-90%" — how a reader compares losses across settings."""
+    "final ± CI · collapse% · steps-to-90%" — how a reader compares losses across settings.
+    With one seed there is no interval: the cell says "± n/a" (``NO_INTERVAL`` says why)."""
     settings = list(report.experiment.settings)
     cells: dict[str, dict[str, str]] = {}
     for row in report.rows:
         cells.setdefault(row.arm, {})[row.setting] = (
-            f"{row.final_reward:.2f} ± {row.ci95:.2f} · {row.collapse_rate:.0%} · "
+            f"{row.final_reward:.2f} ± {_interval(row.ci95)} · {row.collapse_rate:.0%} · "
             f"{row.steps_to_90}" + (f" · {row.diverged} diverged" if row.diverged else ""))
     return settings, [(arm, [by[s] for s in settings]) for arm, by in cells.items()]
 
@@ -210,7 +319,7 @@ def markdown_table(report: Report) -> str:
         "Each cell: final expected reward (mean ± 95% CI over seeds) · collapse rate (diverged, "
         f"or final reward more than {COLLAPSE_DROP} below the run's peak) · median steps to "
         "close 90% of the gap between the start and the best reward any loss reached on that "
-        "instance.", "",
+        "instance." + ("" if exp.seeds > 1 else f" {NO_INTERVAL}"), "",
         "| loss | " + " | ".join(settings) + " |",
         "| --- |" + " --- |" * len(settings),
     ]
@@ -247,12 +356,13 @@ ARMS: dict[str, Arm] = {arm.key: arm for arm in (
 
 
 def arm(key: str) -> Arm:
-    """A named arm, or any registered loss with its defaults (``grlab losses`` lists them)."""
-    if key in ARMS:
-        return ARMS[key]
+    """A named arm, or any registered loss with its defaults (``grlab losses`` lists them).
+    An unknown key is a ``KeyError`` listing both kinds of name, with a "did you mean"."""
     from simulator.losses import LOSSES
 
-    LOSSES[key]  # unknown names raise KeyError listing the registered ones
+    if key in ARMS:
+        return ARMS[key]
+    lookup("loss or arm key", key, {*ARMS, *LOSSES})
     return Arm.of(key, key)
 
 
@@ -361,15 +471,46 @@ def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
                        steps: int = 150, problem: Problem = LOG_LINEAR,
                        group_size: int | None = None, lr: float = 0.1) -> Experiment:
     """``grlab compare``'s default: E1's arms plus OPMD, AsymRE and RED-Weight. The group size
-    defaults to 4 on a bandit and 3 on a tree (enumeration cost grows as N^K/K!)."""
+    defaults to 4 on a bandit and 3 on a tree (enumeration cost grows as N^K/K!).
+
+    Every argument is checked here, before any training: unknown names (with the valid ones),
+    repeated names, counts below 1, and a group size below 2 for a group-relative advantage."""
+    require_int("seeds", seeds, 1)
+    require_int("steps", steps, 1)
+    require_positive("lr", lr)
+    for kind, names in (("losses", arms), ("settings", settings)):
+        if not names:
+            raise ValueError(f"{kind} must name at least one value")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{kind} names {', '.join(map(repr, repeated))} more than once")
     for name in settings:
-        if name not in SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
+        lookup("setting", name, SETTINGS)
+    chosen = _arms(*arms)
+    k = (3 if problem.env == "tree" else 4) if group_size is None else group_size
+    _check_group_size(k, chosen)
     return Experiment("compare", "the default off-policy comparison",
                       "§4–§6: which losses stay stable when rollouts are stale.",
-                      _arms(*arms), problem=problem, settings=tuple(settings), seeds=seeds,
-                      steps=steps, lr=lr,
-                      group_size=group_size or (3 if problem.env == "tree" else 4))
+                      chosen, problem=problem, settings=tuple(settings), seeds=seeds,
+                      steps=steps, lr=lr, group_size=k)
+
+
+def _check_group_size(k: int, arms: Sequence[Arm]) -> None:
+    """K ≥ 1, every arm's keywords valid, and K ≥ 2 for an arm whose advantage is relative to
+    its group (A_i = r_i − mean of the group, or with the std / leave-one-out): a group of one
+    has A = 0, so such a loss would learn nothing and every curve would be flat."""
+    from simulator.exact import LossSetup
+    from simulator.losses import LOSSES
+
+    for each in arms:
+        LossSetup(each.loss, dict(each.hparams))  # an unknown keyword fails now, not mid-run
+        kind = LOSSES[each.loss].advantage
+        if isinstance(k, int) and k < 2 and kind != "none":
+            raise ValueError(
+                f"group_size must be >= 2 for {each.label}, got {k}: its advantage ({kind!r}) "
+                "is relative to the group of K responses, so with K = 1 every advantage is 0 "
+                "and nothing is learned")
+    require_int("group_size", k, 1)
 
 
 # Experiments that are a figure, not arms × settings: key ↦ (title, runner(out_dir) →
