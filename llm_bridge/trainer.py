@@ -1,4 +1,5 @@
-"""The bridge's trainer: any loss of the zoo on a Hugging Face causal LM, off-policy.
+"""The bridge's trainer: any loss of the zoo on a Hugging Face causal LM, off-policy, on one
+process or several (``torchrun`` / ``accelerate launch``).
 
 One step (CleanRL/nanochat style, top to bottom in ``train``):
 prompts → K samples each from the rollout copy → exact rewards → group advantages
@@ -9,23 +10,30 @@ Design decisions
 ----------------
 * The losses and advantages are ``simulator.losses`` / ``simulator.advantages``, unchanged:
   the trainer only supplies [B, T] log-probs, behaviour log-probs, advantages and a mask.
-* Off-policyness is the simulator's ``Schedule`` (``sync_interval``, ``sync_offset``,
-  ``offline``): the data trained on at step t were sampled by θ_{b(t)},
-  b = ``Schedule.behaviour_step``. Batches are generated when their behaviour policy is
-  current — at step s the rollout copy is synced to θ_s and samples every future step u with
-  b(u) = s — and wait in a queue of *pending stale rollouts* until step u (this is how an
-  asynchronous rollout engine behaves; ``offline`` samples every step's data from θ_0 at
-  step 0). The queue is part of a checkpoint.
+* Off-policyness is the simulator's ``Schedule``: the data trained on at step t were sampled
+  by θ_{b(t)}, b = ``Schedule.behaviour_step``. At step s the rollout copy is synced to θ_s and
+  samples every future step u with b(u) = s — however long the run, so ``--resume --steps``
+  can extend a finished run (at most ``sync_interval + sync_offset − 1`` batches past the end
+  are sampled for nothing) — and they wait in a queue of *pending stale rollouts* (part of a
+  checkpoint) until step u, as with an asynchronous rollout engine. ``offline``: the rollout
+  copy is θ_0 for ever and each batch is drawn when due (the draws of drawing all at step 0).
 * Exact micro-batching: every aggregation mode is Σ(row-local terms)/N with N a count of the
   whole batch (``simulator.aggregation.normaliser``), and every per-token loss of the zoo is
   row-local once the advantages are fixed (they are computed on the full batch first). So each
-  micro-batch's ``policy_loss`` is scaled by N_micro/N_full and the accumulated gradient is the
-  full-batch gradient, whatever the micro-batches' token counts (tested for every mode).
+  micro-batch's ``policy_loss`` divides by the full batch's N (``denominator=``) and the
+  accumulated gradient is the full-batch gradient, whatever the micro-batches' token counts
+  (tested for every mode).
+* Several processes (``llm_bridge.distributed``): each samples whole groups; advantages and N
+  come from the global batch, and each loss is multiplied by the number of processes W to undo
+  DDP's averaging, so W processes give exactly the one-process gradient of the same batch
+  (tested for every mode). Process 0 writes files and shows progress; evaluation is split.
 * log π_θ uses the rollout's temperature (ratio exactly 1 on-policy, see ``rollout``);
   dropout stays off (the model is kept in eval mode) for the same reason.
 * bf16 autocast on CUDA (log-probs are still computed in fp32 from the hidden states);
   float32 on CPU. Every random draw has its own ``torch.Generator`` whose state is
   checkpointed, so ``resume`` continues to exactly the parameters of an uninterrupted run.
+* Ctrl-C stops at the end of the current step, writes a checkpoint there and raises
+  ``TrainingInterrupted``; a second Ctrl-C aborts the step (the last checkpoint stands).
 """
 
 from __future__ import annotations
@@ -42,19 +50,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from llm_bridge import runs
+from llm_bridge.distributed import (
+    SINGLE,
+    Generators,
+    LogProbs,
+    Processes,
+    StopOnInterrupt,
+    TrainingInterrupted,
+    current,
+)
 from llm_bridge.logprobs import logprobs_and_entropy
-from llm_bridge.rollout import Rollout, generate
+from llm_bridge.rollout import Batch, Rollout, generate
+from llm_bridge.runs import Progress, Resumed
 from simulator import kl
 from simulator.aggregation import AGGREGATIONS, normaliser
-from simulator.files import atomic_torch_save
+from simulator.files import atomic_write_text
 from simulator.losses import LOSSES, policy_loss
 from simulator.schedule import Schedule
+from simulator.validation import require_choice, require_int, require_positive
 
-__all__ = ["Batch", "TrainConfig", "TrainResult", "accumulate_gradients", "evaluate",
-           "make_batch", "supervised_warmup", "train"]
+__all__ = ["Batch", "TrainConfig", "TrainResult", "TrainingInterrupted", "accumulate_gradients",
+           "evaluate", "make_batch", "supervised_warmup", "train"]
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 TOKEN_METRICS = ("clipfrac", "approx_kl", "ratio_mean", "entropy", "kl_ref")
 
 
@@ -86,27 +104,27 @@ class TrainConfig:
     device: str = "cpu"
     out: Path | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = False
     plot: bool = True
 
     def __post_init__(self) -> None:
         LOSSES[self.loss]  # unknown loss: KeyError listing the valid names
-        if self.agg is not None and self.agg not in AGGREGATIONS:
-            raise ValueError(f"agg must be None or one of {list(AGGREGATIONS)}, got {self.agg!r}")
+        if self.agg is not None:
+            require_choice("agg", self.agg, AGGREGATIONS)
         Schedule(self.sync_interval, self.sync_offset, self.offline)  # checks the knobs
         for name in ("group_size", "prompts_per_step", "micro_batch", "max_new_tokens", "steps",
                      "eval_every", "eval_prompts", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            require_int(name, getattr(self, name), 1)
         for name in ("temperature", "lr", "max_grad_norm"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not 0.0 < self.top_p <= 1.0:
+            require_positive(name, getattr(self, name))
+        if not 0.0 < require_positive("top_p", self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.resume and self.out is None:
-            raise ValueError("resume needs out= (the folder holding checkpoint.pt)")
+        if (self.resume or self.overwrite) and self.out is None:
+            raise ValueError("resume and overwrite need out= (the run folder)")
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in out= and overwrite replaces it: "
+                             "pass one of them")
 
     @property
     def schedule(self) -> Schedule:
@@ -117,27 +135,10 @@ class TrainConfig:
         return self.agg or LOSSES[self.loss].agg
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues."""
-        skip = {"resume", "progress", "plot", "out", "device", "eval_every", "checkpoint_every"}
+        """The fields a resumed run must share with the run it continues (``steps`` may grow)."""
+        skip = {"resume", "overwrite", "progress", "plot", "out", "device", "eval_every",
+                "checkpoint_every", "steps"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-
-@dataclasses.dataclass
-class Batch:
-    """One step's data: G·K rollouts (group-major rows), rewards [G, K], their behaviour step."""
-
-    rollout: Rollout
-    rewards: Tensor
-    behaviour_step: int
-
-    def state(self) -> dict[str, Any]:
-        return {"rollout": self.rollout.state(), "rewards": self.rewards,
-                "behaviour_step": self.behaviour_step}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Batch:
-        return cls(Rollout.from_state(state["rollout"]), state["rewards"],
-                   state["behaviour_step"])
 
 
 @dataclasses.dataclass
@@ -153,9 +154,11 @@ def _valid_ids(rollout: Rollout, row: int) -> list[int]:
 
 def make_batch(rollout_model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, *,
                data_generator: torch.Generator, sample_generator: torch.Generator,
-               behaviour_step: int = 0) -> Batch:
-    """Sample ``prompts_per_step`` problems, K responses each, and score them."""
+               behaviour_step: int = 0, processes: Processes = SINGLE) -> Batch:
+    """Sample ``prompts_per_step`` problems, K responses each, and score them. With several
+    processes every one draws the same problems and samples its share of the groups."""
     problems = task.train_problems(cfg.prompts_per_step, data_generator)
+    problems = problems[processes.share(len(problems))]
     k = cfg.group_size
     prompts = [task.prompt_ids(p, tokenizer) for p in problems for _ in range(k)]
     rollout = generate(rollout_model, prompts, max_new_tokens=cfg.max_new_tokens,
@@ -171,63 +174,90 @@ def _micro_batches(n_rows: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
+def _this_process_rows(batch: Batch, cfg: TrainConfig, processes: Processes,
+                       advantage_generator: torch.Generator | None, device: torch.device | str
+                       ) -> tuple[Rollout, Tensor, Tensor, Tensor]:
+    """(rollout, advantages [B_r], mask [B_r, R]) of this process's rows, and the global
+    batch's mask [B, R] (its count is N). Advantages need whole groups, and batch-level kinds
+    the whole batch: they are computed on every process's rewards."""
+    rewards = processes.gather_rows(batch.rewards)
+    advantages, keep = LOSSES[cfg.loss].advantages(rewards, generator=advantage_generator)
+    groups = processes.share(rewards.shape[0])
+    if tuple(rewards[groups].shape) != tuple(batch.rewards.shape):
+        raise ValueError("batch must hold this process's share of the groups "
+                         "(Batch.groups(processes.share(G)))")
+    rollout = batch.rollout.to(device)
+    adv = advantages[groups].reshape(-1).to(device=device, dtype=torch.float32)
+    mask = rollout.response_mask & keep[groups].reshape(-1, 1).to(device)
+    return rollout, adv, mask, processes.gather_rows(mask)
+
+
 def accumulate_gradients(model: Any, batch: Batch, cfg: TrainConfig, *,
                          advantage_generator: torch.Generator | None = None,
                          allowed_tokens: Tensor | None = None, ref_model: Any = None,
-                         device: torch.device | str = "cpu") -> dict[str, float]:
+                         device: torch.device | str = "cpu", processes: Processes = SINGLE
+                         ) -> dict[str, float]:
     """Add ∇θ of the full batch's ``policy_loss`` into ``.grad``, one micro-batch at a time.
 
-    Returns the full-batch metrics: loss, the token-weighted ``policy_loss`` metrics, entropy
-    and (with ``ref_model``) kl_ref = masked mean of k3(log π_θ, log π_ref) on the batch.
+    ``model``: the causal LM, or ``processes.wrap(model)`` (DDP) with several processes, each
+    holding its share of the step's groups in ``batch``. Returns the full-batch metrics: loss,
+    the token-weighted ``policy_loss`` metrics, entropy and (with ``ref_model``) kl_ref =
+    masked mean of k3(log π_θ, log π_ref) on the batch.
     """
-    spec, mode = LOSSES[cfg.loss], cfg.aggregation
-    advantages, keep = spec.advantages(batch.rewards, generator=advantage_generator)
-    rollout = batch.rollout.to(device)
-    adv = advantages.reshape(-1).to(device=device, dtype=torch.float32)
-    mask = rollout.response_mask & keep.reshape(-1, 1).to(device)
+    mode = cfg.aggregation
+    policy = model if isinstance(model, torch.nn.parallel.DistributedDataParallel | LogProbs) \
+        else LogProbs(model)
+    rollout, adv, mask, everyone = _this_process_rows(batch, cfg, processes,
+                                                      advantage_generator, device)
     norm_len = float(cfg.max_new_tokens) if mode == "seq-mean-token-sum-norm" else None
-    total, total_tokens = normaliser(mask, mode), mask.sum().clamp(min=1)
+    total, total_tokens = normaliser(everyone, mode), everyone.sum().clamp(min=1)
+    forward = {"chunk_size": cfg.chunk_size, "temperature": cfg.temperature,
+               "first_target": rollout.prompt_width, "allowed_tokens": allowed_tokens}
     sums = dict.fromkeys(("loss", *TOKEN_METRICS), 0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rollout.input_ids.is_cuda)
-    for rows in _micro_batches(mask.shape[0], cfg.micro_batch):
-        micro_mask = mask[rows]
-        if not bool(micro_mask.any()):
+    parts = _micro_batches(mask.shape[0], cfg.micro_batch)
+    for i, rows in enumerate(parts):
+        micro_mask, last = mask[rows], i == len(parts) - 1
+        empty = not bool(micro_mask.any())
+        if empty and not (last and processes.distributed and bool(everyone.any())):
             continue  # nothing valid: contributes 0 to every aggregation
         part = rollout.rows(rows)
-        with autocast:
-            logp, entropy = logprobs_and_entropy(
-                model, part.input_ids, part.attention_mask, chunk_size=cfg.chunk_size,
-                temperature=cfg.temperature, first_target=part.prompt_width,
-                allowed_tokens=allowed_tokens)
-        out = policy_loss(cfg.loss, logp, part.logp_behaviour, adv[rows], micro_mask, agg=mode,
-                          norm_len=norm_len)
-        share = float(normaliser(micro_mask, mode) / total)
-        (out.loss * share).backward()
+        with processes.sync_gradients(policy, sync=last):
+            with autocast:
+                logp, entropy = policy(part.input_ids, part.attention_mask, **forward)
+            if empty:  # nothing valid here, but this process must join the gradient all-reduce
+                torch.where(micro_mask, logp, logp.new_zeros(())).sum().mul(0.0).backward()
+                continue
+            # divided by the global batch's count: the parts' losses sum to the batch's loss
+            out = policy_loss(cfg.loss, logp, part.logp_behaviour, adv[rows], micro_mask,
+                              agg=mode, norm_len=norm_len, denominator=total)
+            # DDP averages the W processes' gradients; × W makes it their sum (exact for W = 1)
+            (out.loss * processes.world_size).backward()
         tokens = float(micro_mask.sum() / total_tokens)
-        sums["loss"] += float(out.loss.detach()) * share
+        sums["loss"] += float(out.loss.detach())
         for name in ("clipfrac", "approx_kl", "ratio_mean"):
             sums[name] += float(out.metrics[name]) * tokens
         sums["entropy"] += float(entropy[micro_mask].mean()) * tokens
         if ref_model is not None:
             with torch.no_grad(), autocast:
-                ref = logprobs_and_entropy(
-                    ref_model, part.input_ids, part.attention_mask, chunk_size=cfg.chunk_size,
-                    temperature=cfg.temperature, first_target=part.prompt_width,
-                    allowed_tokens=allowed_tokens)[0]
+                ref = logprobs_and_entropy(ref_model, part.input_ids, part.attention_mask,
+                                           **forward)[0]
             sums["kl_ref"] += float(kl.k3(logp.detach(), ref)[micro_mask].mean()) * tokens
     if ref_model is None:
         del sums["kl_ref"]
-    return sums
+    return dict(zip(sums, processes.sum(list(sums.values())), strict=True))
 
 
 @torch.no_grad()
-def evaluate(model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, device: Any = "cpu"
-             ) -> float:
-    """Mean reward of greedy responses to the task's held-out problems (first ``eval_prompts``)."""
+def evaluate(model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, device: Any = "cpu",
+             processes: Processes = SINGLE) -> float:
+    """Mean reward of greedy responses to the task's held-out problems (first ``eval_prompts``);
+    with several processes each answers its share and the rewards are summed."""
     problems = task.eval_problems()[: cfg.eval_prompts]
+    mine = problems[processes.share(len(problems))]
     rewards = []
-    for start in range(0, len(problems), 64):
-        chunk = problems[start: start + 64]
+    for start in range(0, len(mine), 64):
+        chunk = mine[start: start + 64]
         rollout = generate(model, [task.prompt_ids(p, tokenizer) for p in chunk],
                            max_new_tokens=cfg.max_new_tokens,
                            eos_token_id=tokenizer.eos_token_id,
@@ -235,7 +265,10 @@ def evaluate(model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, device: An
                            allowed_tokens=task.allowed_tokens(tokenizer)).to("cpu")
         rewards += [task.reward(p, _valid_ids(rollout, i), tokenizer)
                     for i, p in enumerate(chunk)]
-    return sum(rewards) / len(rewards)
+    if not processes.distributed:
+        return sum(rewards) / len(rewards)
+    total, count = processes.sum([sum(rewards), len(rewards)])
+    return total / count
 
 
 def supervised_warmup(model: Any, tokenizer: Any, task: Any, *, steps: int, lr: float = 3e-3,
@@ -269,7 +302,7 @@ def supervised_warmup(model: Any, tokenizer: Any, task: Any, *, steps: int, lr: 
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# The loop
 # --------------------------------------------------------------------------------------------
 
 
@@ -278,164 +311,184 @@ def _param_fingerprint(model: Any) -> float:
         return float(sum(p.double().sum() + p.double().abs().sum() for p in model.parameters()))
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_torch_save(state, path)  # a crash mid-write leaves the previous checkpoint intact
-
-
-def _load_checkpoint(path: Path, cfg: TrainConfig, init_fingerprint: float) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"] != _jsonable(cfg.fingerprint()):
-        changed = sorted(k for k in state["config"]
-                         if state["config"][k] != _jsonable(cfg.fingerprint()).get(k))
-        raise ValueError(f"resume: the checkpoint at {path} was written with other settings "
-                         f"({', '.join(changed)}); resume with the same ones")
-    if not math.isclose(state["init_fingerprint"], init_fingerprint, rel_tol=1e-12):
-        raise ValueError("resume: the model loaded now is not the run's initial model")
-    return state
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-
-
-class _Generators:
-    """One generator per kind of draw: prompts, sampling (on the model's device), advantages."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.data = torch.Generator().manual_seed(seed)
-        self.sample = torch.Generator(device=device).manual_seed(seed + 1)
-        self.advantage = torch.Generator().manual_seed(seed + 2)
-
-    def state(self) -> dict[str, Tensor]:
-        return {"data": self.data.get_state(), "sample": self.sample.get_state(),
-                "advantage": self.advantage.get_state()}
-
-    def load(self, state: dict[str, Tensor]) -> None:
-        self.data.set_state(state["data"])
-        self.sample.set_state(state["sample"])
-        self.advantage.set_state(state["advantage"])
+def _sampled_at(schedule: Schedule, step: int) -> list[int]:
+    """The steps u ≥ ``step`` whose data θ_step samples, b(u) = step (not offline: finite)."""
+    found, u = [], step
+    while schedule.behaviour_step(u) <= step:
+        if schedule.behaviour_step(u) == step:
+            found.append(u)
+        u += 1
+    return found
 
 
 class _Run:
     """The state of one run: the policy, its rollout and reference copies, the optimiser, the
     generators, the pending stale rollouts and the metric history (all of it checkpointed)."""
 
-    def __init__(self, cfg: TrainConfig, model: Any, tokenizer: Any, task: Any) -> None:
-        self.cfg, self.tokenizer, self.task = cfg, tokenizer, task
+    def __init__(self, cfg: TrainConfig, model: Any, tokenizer: Any, task: Any,
+                 processes: Processes, resumed: Resumed | None) -> None:
+        if cfg.prompts_per_step < processes.world_size:
+            raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be at least the "
+                             f"number of processes ({processes.world_size}): each samples whole "
+                             "groups")
+        self.cfg, self.tokenizer, self.task, self.processes = cfg, tokenizer, task, processes
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device).eval()  # eval: no dropout, π_θ at θ_old = sampler
         self.init_fingerprint = _param_fingerprint(model)
+        # copies of θ_0, made before any resume: the rollout copy stays θ_0 until its first sync
+        # (offline: for ever), the reference copy for ever
         self.rollout_model = copy.deepcopy(model).requires_grad_(False)
         self.ref_model = copy.deepcopy(model).requires_grad_(False) if cfg.ref_kl else None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
-        self.generators = _Generators(cfg.seed, self.device)
+        self.generators = Generators(cfg.seed, self.device, processes)
         allowed = task.allowed_tokens(tokenizer)
         self.allowed = None if allowed is None else allowed.to(self.device)
         self.pending: dict[int, Batch] = {}
         self.history: list[dict[str, float]] = []
-        self.start = 0
-        self.files: dict[str, Path] = {}
-        if cfg.out is not None:
-            out = Path(cfg.out)
-            out.mkdir(parents=True, exist_ok=True)
-            self.files = {"metrics": out / METRICS, "checkpoint": out / CHECKPOINT}
+        self.start = self.done = 0
+        self.saved_step: int | None = None
+        self.rotate = True  # the next checkpoint keeps the current one as checkpoint.prev.pt
+        self.folder = None if cfg.out is None else Path(cfg.out)
+        self.files = self.open_folder()
         if cfg.resume:
-            self.restore()
+            self.restore(resumed or runs.find_checkpoint(self.folder, warn=True))
+        self.policy = processes.wrap(self.model)  # what is differentiated (DDP: all-reduced)
         if "metrics" in self.files:  # the file holds exactly the history up to the restart
-            self.files["metrics"].write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            atomic_write_text(self.files["metrics"],
+                              "".join(json.dumps(r) + "\n" for r in self.history))
 
-    def restore(self) -> None:
-        state = _load_checkpoint(self.files["checkpoint"], self.cfg, self.init_fingerprint)
+    def open_folder(self) -> dict[str, Path]:
+        """Check ``out`` (process 0: only it writes files); clear an old run on overwrite."""
+        if self.folder is None or not self.processes.is_main:
+            return {}
+        runs.check_out(self.folder, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        if self.cfg.overwrite:
+            runs.clear_run(self.folder)
+        return {"metrics": self.folder / runs.METRICS, "checkpoint": self.folder / runs.CHECKPOINT}
+
+    def restore(self, resumed: Resumed) -> None:
+        state = resumed.state
+        runs.check_resumable(state, self.cfg.fingerprint(), world_size=self.processes.world_size,
+                             steps=self.cfg.steps, path=resumed.path)
+        if not math.isclose(state["init_fingerprint"], self.init_fingerprint, rel_tol=1e-12):
+            raise ValueError("resume: the model loaded now is not the run's initial model")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generators.load(state["generators"])
-        torch.set_rng_state(state["torch_rng"])
-        self.pending = {int(u): Batch.from_state(b) for u, b in state["pending"].items()}
+        mine = state["ranks"][self.processes.rank]
+        self.generators.load(mine["generators"])
+        torch.set_rng_state(mine["torch_rng"])
+        self.pending = {int(u): Batch.from_state(b) for u, b in mine["pending"].items()}
         self.history, self.start = state["history"], state["step"]
+        self.done = self.saved_step = state["step"]
+        self.rotate = resumed.notice is None  # never rotate an unreadable file over a good one
 
     def checkpoint(self, next_step: int) -> None:
-        if "checkpoint" not in self.files:
+        if self.folder is None:
             return
-        _save_checkpoint(self.files["checkpoint"], {
-            "step": next_step, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "generators": self.generators.state(),
-            "torch_rng": torch.get_rng_state(), "history": self.history,
-            "pending": {u: b.state() for u, b in self.pending.items()},
-            "config": _jsonable(self.cfg.fingerprint()), "init_fingerprint": self.init_fingerprint,
-        })
+        mine = {"generators": self.generators.state(), "torch_rng": torch.get_rng_state(),
+                "pending": {u: b.state() for u, b in self.pending.items()}}
+        ranks = self.processes.all_objects(mine)  # every process's draws and queue
+        if self.processes.is_main:
+            runs.save_checkpoint(self.folder, {
+                "step": next_step, "steps": self.cfg.steps, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "ranks": ranks, "config": runs.jsonable(self.cfg.fingerprint()),
+                "world_size": self.processes.world_size,
+                "init_fingerprint": self.init_fingerprint,
+            }, keep_current=self.rotate)
+        self.rotate, self.saved_step = True, next_step
+
+    def sample(self, behaviour_step: int) -> Batch:
+        return make_batch(self.rollout_model, self.tokenizer, self.task, self.cfg,
+                          data_generator=self.generators.data,
+                          sample_generator=self.generators.sample,
+                          behaviour_step=behaviour_step, processes=self.processes)
 
     def batch_for(self, step: int) -> Batch:
         """The data of step t, sampled by θ_{b(t)}: at step s, sync the rollout copy and sample
         every future step u with b(u) = s; they wait in ``pending`` until their step."""
         schedule = self.cfg.schedule
-        due = [u for u in range(step, self.cfg.steps)
-               if u not in self.pending and schedule.behaviour_step(u) == step]
+        if schedule.offline:  # the rollout copy is θ_0 for ever
+            return self.sample(behaviour_step=0)
+        due = [u for u in _sampled_at(schedule, step) if u not in self.pending]
         if due:
             self.rollout_model.load_state_dict(self.model.state_dict())
             for u in due:
-                self.pending[u] = make_batch(
-                    self.rollout_model, self.tokenizer, self.task, self.cfg,
-                    data_generator=self.generators.data,
-                    sample_generator=self.generators.sample, behaviour_step=step)
+                self.pending[u] = self.sample(behaviour_step=step)
         return self.pending.pop(step)
+
+    def data_metrics(self, batch: Batch) -> dict[str, float]:
+        """Mean reward and response length of the step's (global) batch."""
+        rewards = self.processes.gather_rows(batch.rewards)
+        lengths = self.processes.gather_rows(batch.rollout.response_mask.sum(-1))
+        return {"reward": float(rewards.mean()), "response_len": float(lengths.double().mean())}
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One optimiser step on ``batch``: accumulated gradients, clipping, AdamW."""
         self.optimizer.zero_grad(set_to_none=True)
         metrics = accumulate_gradients(
-            self.model, batch, self.cfg, advantage_generator=self.generators.advantage,
-            allowed_tokens=self.allowed, ref_model=self.ref_model, device=self.device)
+            self.policy, batch, self.cfg, advantage_generator=self.generators.advantage,
+            allowed_tokens=self.allowed, ref_model=self.ref_model, device=self.device,
+            processes=self.processes)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.cfg.max_grad_norm)
         self.optimizer.step()
         return {"grad_norm": float(grad_norm), **metrics}
 
     def evaluate(self) -> float:
-        return evaluate(self.model, self.tokenizer, self.task, self.cfg, self.device)
+        return evaluate(self.model, self.tokenizer, self.task, self.cfg, self.device,
+                        self.processes)
 
 
 def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
+          processes: Processes | None = None, resumed: Resumed | None = None,
           stop_after: int | None = None,
           on_step: Callable[[dict[str, float], Batch | None], None] | None = None
           ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps (or ``stop_after`` steps of this call,
     which simulates an interruption). Writes metrics.jsonl, checkpoint.pt and curves.png
-    under ``cfg.out`` when it is set. ``on_step(row, batch)`` sees every metric row (and the
-    batch it was trained on). Returns the model, the metric history and the files."""
-    run = _Run(cfg, model, tokenizer, task)
+    under ``cfg.out`` when it is set (process 0). ``processes``: default, the process group
+    already started (``llm_bridge.distributed.current``); ``resumed``: a checkpoint already
+    read (``find_checkpoint``). ``on_step(row, batch)`` sees every metric row (and the batch
+    it was trained on). Returns the model, the metric history and the files. Ctrl-C raises
+    ``TrainingInterrupted`` (see the module docstring)."""
+    processes = current() if processes is None else processes
+    run = _Run(cfg, model, tokenizer, task, processes, resumed)
     end = cfg.steps if stop_after is None else min(cfg.steps, run.start + stop_after)
-    if run.start == 0 and not run.history:
-        _record(run, {"step": 0, "eval_reward": run.evaluate()}, None, on_step)
-    progress = _ProgressBar(cfg, run.start) if cfg.progress else None
-    for step in range(run.start, end):
-        tic = time.perf_counter()
-        batch = run.batch_for(step)
-        row = {"step": step + 1, "behaviour_step": batch.behaviour_step,
-               "staleness": step - batch.behaviour_step, "reward": float(batch.rewards.mean()),
-               "response_len": float(batch.rollout.response_mask.sum(-1).double().mean()),
-               **run.update(batch)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["eval_reward"] = run.evaluate()
-        row["seconds"] = time.perf_counter() - tic
-        _record(run, row, batch, on_step)
-        if progress is not None:
-            progress.update(row)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            run.checkpoint(step + 1)
-    if progress is not None:
+    progress = Progress(cfg.loss, cfg.steps, run.start, enabled=cfg.progress and processes.is_main)
+    try:
+        with StopOnInterrupt() as interrupt:
+            if run.start == 0 and not run.history:
+                _record(run, {"step": 0, "eval_reward": run.evaluate()}, None, on_step)
+            for step in range(run.start, end):
+                if processes.any(interrupt.requested):  # every process stops at this step
+                    if run.saved_step != step:
+                        run.checkpoint(step)
+                    raise TrainingInterrupted(step, run.saved_step)
+                tic = time.perf_counter()
+                batch = run.batch_for(step)
+                row = {"step": step + 1, "behaviour_step": batch.behaviour_step,
+                       "staleness": step - batch.behaviour_step, **run.data_metrics(batch),
+                       **run.update(batch)}
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                    row["eval_reward"] = run.evaluate()
+                row["seconds"] = time.perf_counter() - tic
+                _record(run, row, batch, on_step)
+                run.done = step + 1
+                progress.update(row)
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                    run.checkpoint(step + 1)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C cut a step short: the last checkpoint stands
+        raise TrainingInterrupted(run.done, run.saved_step) from None
+    finally:
         progress.close()
-    if cfg.out is not None and cfg.plot and end == cfg.steps:
+    if "metrics" in run.files and cfg.plot and end == cfg.steps:
         from llm_bridge.plots import plot_training
 
-        run.files["plot"] = plot_training(run.history, Path(cfg.out) / "curves.png",
+        run.files["plot"] = plot_training(run.history, run.folder / runs.PLOT,
                                           title=f"{cfg.loss} on {task.name}")
     return TrainResult(model, run.history, run.files)
 
@@ -448,24 +501,3 @@ def _record(run: _Run, row: dict[str, float], batch: Batch | None,
             handle.write(json.dumps(row) + "\n")
     if on_step is not None:
         on_step(row, batch)
-
-
-class _ProgressBar:
-    """A rich progress bar with the latest reward and KL."""
-
-    def __init__(self, cfg: TrainConfig, start: int) -> None:
-        from simulator.progress import progress_bar
-
-        self.bar = progress_bar()
-        self.bar.start()
-        self.task = self.bar.add_task(f"{cfg.loss}", total=cfg.steps, completed=start)
-        self.loss = cfg.loss
-
-    def update(self, row: dict[str, float]) -> None:
-        text = f"{self.loss} reward {row['reward']:.2f} kl {row['approx_kl']:+.3f}"
-        if "eval_reward" in row:
-            text += f" eval {row['eval_reward']:.2f}"
-        self.bar.update(self.task, completed=row["step"], description=text)
-
-    def close(self) -> None:
-        self.bar.stop()

@@ -231,7 +231,7 @@ def test_resume_continues_to_the_same_parameters(tok, tmp_path):
     cfg, model, task = _resume_setup(tok, tmp_path / "split")
     train(cfg, model, tok, task, stop_after=4)
     state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 4 and sorted(state["pending"]) == [4, 5, 6]
+    assert state["step"] == 4 and sorted(state["ranks"][0]["pending"]) == [4, 5, 6]
     cfg, model, task = _resume_setup(tok, tmp_path / "split", resume=True)
     resumed = train(cfg, model, tok, task)
 
