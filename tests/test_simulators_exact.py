@@ -22,6 +22,7 @@ from simulator.exact import (
     expected_loss,
     group_gradients,
     iterate_expected_update,
+    multiset_chunks,
     multisets,
     ordered_tuples,
     sample_groups,
@@ -91,7 +92,7 @@ def test_enumeration_agrees_with_ordered_tuples_and_looped_losses_for_every_loss
 
 @given(seed=SEEDS, tree=st.booleans(), k=st.integers(1, 4),
        agg=st.sampled_from(["seq-mean-token-sum", "seq-mean-token-mean",
-                            "seq-mean-token-sum-norm", "token-mean"]),
+                            "seq-mean-token-sum-norm", "token-mean", "token-sum"]),
        name=st.sampled_from(["reinforce", "asymre", "rloo"]))
 def test_closed_form_fast_path_agrees_with_enumeration(seed, tree, k, agg, name):
     env, theta, mu, _ = instance(seed, tree)
@@ -144,6 +145,36 @@ def test_hessian_is_the_jacobian_of_the_exact_gradient():
     torch.testing.assert_close(flat, flat.T, rtol=1e-9, atol=1e-12)
 
 
+def test_hessian_can_be_taken_twice_on_a_fresh_cache():
+    """What the engine caches (multisets) is built outside the transforms: a second call
+    used to find tensors of the first call's finished transform (a functorch assertion)."""
+    from simulator.enumeration import _multisets
+
+    env, theta, mu, _ = instance(5, tree=False, prompts=1)
+    _multisets.cache_clear()
+    first = expected_hessian(env, theta, mu, "grpo", 4, method="enumerate")
+    second = expected_hessian(env, theta, mu, "grpo", 4, method="enumerate")
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_streamed_multisets_equal_the_materialised_ones(monkeypatch):
+    """Above MAX_MATERIALISED the multisets are streamed from itertools in slices: the same
+    outcomes in the same order, with the same coefficients, as the cached tensor."""
+    import simulator.enumeration as enumeration
+
+    outcomes, log_coef = multisets(5, 4)
+    monkeypatch.setattr(enumeration, "MAX_MATERIALISED", 10)
+    chunks = list(multiset_chunks(5, 4, 7))
+    assert [len(c[0]) for c in chunks] == [7] * 10  # C(8, 4) = 70 outcomes
+    torch.testing.assert_close(torch.cat([c[0] for c in chunks]), outcomes, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([c[1] for c in chunks]), log_coef, rtol=0, atol=1e-14)
+    counts = torch.zeros(len(outcomes), 5).scatter_add_(1, outcomes, torch.ones(outcomes.shape))
+    by_hand = [math.log(math.factorial(4) / math.prod(math.factorial(int(c)) for c in row))
+               for row in counts]
+    torch.testing.assert_close(log_coef, torch.tensor(by_hand, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+
+
 def test_iterated_update_is_repeated_gradient_descent():
     env, theta, mu, _ = instance(2, tree=False)
     path = iterate_expected_update(env, theta, mu, "grpo", 2, lr=0.5, steps=3)
@@ -194,7 +225,7 @@ def test_bad_inputs_raise_clear_errors():
         expected_gradient(env, theta, "off-policy", "grpo", 2)
     with pytest.raises(ValueError, match="MAX_GROUPS"):
         multisets(200, 6)
-    with pytest.raises(ValueError, match="MAX_GROUPS"):
+    with pytest.raises(ValueError, match="MAX_MATERIALISED"):
         ordered_tuples(20, 6)
     with pytest.raises(TypeError, match="Generator"):
         sample_groups(mu, 2, 10, 0)
@@ -261,8 +292,9 @@ def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregatio
     mask[:, :, 0] = mask[:, :, 0] | (torch.arange(4) > 0)
     for name in LOSSES:
         for agg in AGGREGATIONS:
-            together = group_losses(name, logp, logp_old, adv, mask, agg=agg)
-            outs = [policy_loss(name, *group, agg=agg)
+            norm_len = 5.0 if agg == "seq-mean-token-sum-norm" else None
+            together = group_losses(name, logp, logp_old, adv, mask, agg=agg, norm_len=norm_len)
+            outs = [policy_loss(name, *group, agg=agg, norm_len=norm_len)
                     for group in zip(logp, logp_old, adv, mask, strict=True)]
             torch.testing.assert_close(together.loss, torch.stack([o.loss for o in outs]),
                                        rtol=1e-12, atol=1e-14, msg=f"{name} {agg}")

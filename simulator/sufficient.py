@@ -1,0 +1,313 @@
+"""Exact expectations over groups by sufficient statistics instead of enumeration.
+
+A group-relative loss sees a group of K i.i.d. responses y_1..y_K ∼ μ only through
+
+* the advantage of each member: a function of its own reward and the *multiset* of the
+  group's rewards, i.e. of the counts c_v of each distinct reward value v;
+* the aggregation's normaliser N (every mode is Σ_i row_terms_i / N, see
+  ``simulator.aggregation``): for ``token-mean`` the group's total valid length, otherwise a
+  constant of K.
+
+By exchangeability of the members,
+
+    E[Σ_i t(y_i, A_i) / N] = K · Σ_y μ(y) · Σ_{c, S} P(c, S) · t(y, A(r(y), c)) / N(L(y) + S)
+
+where (c, S) are the K − 1 *other* members' counts of each reward value and total length.
+Their law is a multinomial over the classes (v, ℓ) (reward value, length): with
+q_v(z) = Σ_{y: r(y)=v} μ(y)·z^{L(y)−L_min},
+
+    P(c, S) = (K − 1)!/Π_v c_v! · [z^{S − (K−1)·L_min}] Π_v q_v(z)^{c_v},
+
+computed exactly (no sampling, no FFT): powers q_v^n by repeated short convolutions, then one
+truncated polynomial product per count vector c. With V distinct reward values the count
+vectors are the C(K − 1 + V − 1, V − 1) compositions of K − 1 into V parts — 64 for binary
+rewards and K = 64 — so the work is N·C rows instead of C(N + K − 1, K)·K.
+
+Design decisions
+----------------
+* No loss or advantage formula is re-derived. A member's advantage comes from the loss's own
+  ``shaped_advantages`` on a representative reward vector (own reward, then the rest's
+  values by count), which handles every group-local kind — mean, mean-std (population or
+  sample, eps), loo, logavgexp, shift — and DAPO's filter. A row term is the loss's own
+  ``group_losses`` on a group of one row times ``normaliser`` of that row (N of a single row),
+  so t = row_terms exactly; the group's N is ``normaliser`` of a representative [K, H] mask
+  with the right row lengths. Any future loss or mode obeying "Σ_i row_terms_i / N" is handled.
+* Assumptions, checked rather than trusted: the advantage kind is group-local and symmetric
+  (``require_group_local`` probes it; a batch statistic is refused), and the keep mask is all
+  or nothing per group (DAPO's filter; a partial filter such as RED-Drop would make N depend
+  on which rows survive, and is refused).
+* The clip fraction of a group is its token-mean of clipped tokens, the same Σ/N structure
+  with N the group's valid-token count: it is computed alongside, with the token-mean
+  normaliser, whatever the loss's own aggregation.
+* Rows with μ(y) = 0 or with a count vector of probability 0 are left out (never multiplied by
+  0: their logp_old is −inf). The behaviour is never differentiated.
+* Rows are evaluated in pieces of bounded size (``simulator.enumeration.accumulate``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from simulator.advantages import shaped_advantages
+from simulator.aggregation import normaliser
+from simulator.enumeration import CHUNK_ELEMENTS, accumulate
+from simulator.losses import LOSSES, group_losses
+
+if TYPE_CHECKING:
+    from simulator.bandit import ResponseSpace
+    from simulator.exact import LossSetup
+
+__all__ = ["MAX_STATES", "SufficientStats", "compositions", "require_group_local",
+           "reward_classes", "sufficient_cost"]
+
+MAX_STATES = 2**24  # P·N·C candidate rows above which the engine refuses (memory)
+
+
+class RewardClasses(NamedTuple):
+    """Distinct reward values per prompt: ``index`` [P, N] (class of each response),
+    ``values`` [P, V] (sorted; prompts with fewer than V values repeat their largest)."""
+
+    index: Tensor
+    values: Tensor
+
+
+def reward_classes(rewards: Tensor) -> RewardClasses:
+    """Group each prompt's responses by exact reward value (V = the most values of a prompt)."""
+    ordered, order = rewards.sort(dim=1)
+    new = torch.ones_like(ordered, dtype=torch.long)
+    new[:, 1:] = (ordered[:, 1:] != ordered[:, :-1]).long()
+    new[:, 0] = 0
+    rank = new.cumsum(dim=1)  # class of the sorted entries
+    index = torch.empty_like(rank).scatter_(1, order, rank)
+    v = int(rank.max()) + 1
+    values = ordered.new_zeros(rewards.shape[0], v)
+    values.scatter_(1, rank, ordered)
+    count = rank[:, -1:] + 1  # classes per prompt; pad the unused slots with the largest value
+    slots = torch.arange(v).expand_as(values)
+    values = torch.where(slots < count, values, ordered[:, -1:].expand_as(values))
+    return RewardClasses(index, values)
+
+
+@functools.lru_cache(maxsize=32)
+def _compositions(total: int, parts: int) -> Tensor:
+    count = math.comb(total + parts - 1, parts - 1)
+    bars = torch.tensor(list(itertools.combinations(range(total + parts - 1), parts - 1)),
+                        dtype=torch.long).reshape(count, parts - 1)
+    edges = torch.cat([torch.full((len(bars), 1), -1), bars,
+                       torch.full((len(bars), 1), total + parts - 1)], dim=1)
+    return edges.diff(dim=1) - 1
+
+
+def compositions(total: int, parts: int) -> Tensor:
+    """Every c ∈ ℕ^parts with Σ c = total, [C, parts], C = C(total + parts − 1, parts − 1)
+    (stars and bars). Cached; do not modify the result."""
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"total must be an int >= 0, got {total!r}")
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be an int >= 1, got {parts!r}")
+    return _compositions(total, parts)
+
+
+def sufficient_cost(env: ResponseSpace, k: int) -> tuple[int, int]:
+    """(candidate rows P·N·C, a work estimate) of the engine on ``env`` with groups of K."""
+    v = int(reward_classes(env.rewards).values.shape[1])
+    states = math.comb(k - 1 + v - 1, v - 1)
+    lengths = env.lengths
+    depth = (k - 1) * int(lengths.max() - lengths.min()) + 1
+    rows = env.num_prompts * env.num_responses * states
+    return rows, rows * env.horizon + env.num_prompts * v * states * depth**2
+
+
+_PROBE = torch.tensor([[0.0, 1.0, 1.0, 0.3, 2.0], [5.0, 7.0, 7.5, 9.0, 11.0]],
+                      dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _probe(shaper: Callable[..., tuple[Tensor, Tensor]], kind: str, options: tuple,
+           drop: bool) -> bool:
+    """Whether ``shaper`` (``shaped_advantages``) is symmetric and local on the probe groups;
+    cached per function, kind and options (the answer depends on nothing else)."""
+
+    def shape(rewards: Tensor) -> Tensor:
+        adv, keep = shaper(rewards, kind, drop_uniform_groups=drop, **dict(options))
+        return torch.cat([adv, keep.to(adv.dtype)], dim=1)
+
+    together = shape(_PROBE)
+    alone = torch.cat([shape(_PROBE[:1]), shape(_PROBE[1:])])
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    permuted = shape(_PROBE[:, perm])[:, torch.cat([perm.argsort(), 5 + perm.argsort()])]
+    return (torch.allclose(together, alone, rtol=1e-12, atol=1e-12)
+            and torch.allclose(together, permuted, rtol=1e-12, atol=1e-12))
+
+
+def require_group_local(kind: str, kwargs: dict, drop_uniform_groups: bool) -> None:
+    """Refuse an advantage kind whose value depends on other groups or on the group's order.
+
+    Probe: two groups advantaged together must equal each advantaged alone, and permuting a
+    group must permute its advantages. A batch statistic (a std over every prompt's groups)
+    fails the first; exact expectations over one prompt's groups do not exist for it.
+    """
+    if kind == "red-drop":
+        raise ValueError("advantage 'red-drop' drops samples at random: its exact expectation "
+                         "is not computed; use sample_groups with a generator")
+    try:
+        local = _probe(shaped_advantages, kind, tuple(sorted(kwargs.items())),
+                       drop_uniform_groups)
+    except TypeError:  # an unhashable option: probe without the cache
+        local = _probe.__wrapped__(shaped_advantages, kind, tuple(sorted(kwargs.items())),
+                                   drop_uniform_groups)
+    if not local:
+        raise ValueError(f"advantage {kind!r} is not a symmetric function of one group's "
+                         "rewards (it couples prompts or depends on order): exact "
+                         "expectations over a prompt's groups do not apply; use sample_groups")
+
+
+def _group_masks(k: int, lmin: int, spread: int, horizon: int) -> Tensor:
+    """Representative token masks [J, D, K, H]: row 0 of length L_min + j (the member), rows
+    1..K−1 of lengths in [L_min, L_min + spread] summing to (K − 1)·L_min + s."""
+    depth = (k - 1) * spread + 1
+    own = lmin + torch.arange(spread + 1).view(-1, 1, 1).expand(-1, depth, 1)
+    extra = torch.arange(depth).view(1, -1, 1) - spread * torch.arange(k - 1).view(1, 1, -1)
+    rest = lmin + extra.clamp(0, spread).expand(spread + 1, -1, -1)
+    lengths = torch.cat([own, rest], dim=-1)
+    return torch.arange(horizon) < lengths.unsqueeze(-1)
+
+
+def _poly_mul(a: Tensor, b: Tensor) -> Tensor:
+    """Truncated product of polynomials in the last dim: out_s = Σ_{t ≤ s} a_t·b_{s−t}."""
+    out = a[..., :1] * b
+    for t in range(1, a.shape[-1]):
+        out[..., t:] += a[..., t:t + 1] * b[..., :-t]
+    return out
+
+
+class _Rows(NamedTuple):
+    prompt: Tensor  # [R]
+    response: Tensor  # [R]
+    advantage: Tensor  # [R]
+    keep: Tensor  # [R] bool
+    weight: Tensor  # [R]: K·μ(y)·E_rest[1/N] (loss normaliser)
+    clip_weight: Tensor  # [R]: K·μ(y)·E_rest[1/N_tokens]
+
+
+class SufficientStats:
+    """The engine for one testbed, loss and K: (logits, μ) ↦ (E[loss], E[clip fraction] [P]).
+
+    Everything that depends on neither the logits nor μ (reward classes, count vectors,
+    advantages, normalisers) is built once; each call computes P(c, S) for its μ.
+    """
+
+    def __init__(self, env: ResponseSpace, setup: LossSetup, k: int) -> None:
+        kind, kwargs = setup.advantage_kind()
+        drop = LOSSES[setup.loss].drop_uniform_groups
+        require_group_local(kind, kwargs, drop)
+        rows, _ = sufficient_cost(env, k)
+        if rows > MAX_STATES:
+            raise ValueError(f"the statistics engine would hold {rows} candidate rows "
+                             f"(> MAX_STATES = {MAX_STATES}): too many distinct rewards for "
+                             "this K; use method='enumerate' or sample_groups")
+        self.env, self.setup, self.k = env, setup, k
+        self.classes = reward_classes(env.rewards)
+        v = self.classes.values.shape[1]
+        self.comps = compositions(k - 1, v)  # [C, V]
+        self.log_coef = math.lgamma(k) - torch.lgamma(self.comps.to(torch.float64) + 1).sum(1)
+        self.advantage, self.keep = self._advantages(kind, kwargs, drop)
+        lengths = env.lengths
+        self.lmin, self.spread = int(lengths.min()), int(lengths.max() - lengths.min())
+        masks = _group_masks(k, self.lmin, self.spread, env.horizon)
+        self.inv_norm = 1.0 / normaliser(masks, setup.aggregation())  # [J, D]
+        self.inv_tokens = 1.0 / normaliser(masks, "token-mean")
+
+    def _advantages(self, kind: str, kwargs: dict, drop: bool) -> tuple[Tensor, Tensor]:
+        """A and keep [P, V, C] of a member of class v whose K − 1 others have counts c."""
+        values, (c, v), k = self.classes.values, self.comps.shape, self.k
+        rest = torch.repeat_interleave(torch.arange(v).repeat(c), self.comps.flatten())
+        rest = values[:, rest.reshape(c, k - 1)]  # [P, C, K−1]
+        p = values.shape[0]
+        block = max(1, 2**20 // (p * v * k))
+        parts = []
+        for start in range(0, c, block):
+            own = values.view(p, v, 1, 1).expand(p, v, min(block, c - start), 1)
+            others = rest[:, start:start + block].unsqueeze(1).expand(p, v, -1, k - 1)
+            rewards = torch.cat([own, others], dim=-1).reshape(-1, k)
+            adv, keep = shaped_advantages(rewards, kind, drop_uniform_groups=drop, **kwargs)
+            if bool((keep.any(1) & ~keep.all(1)).any()):
+                raise ValueError("the advantage shaping keeps part of a group: the statistics "
+                                 "engine needs all-or-nothing filters; use method='enumerate'")
+            parts.append((adv[:, 0].reshape(p, v, -1), keep[:, 0].reshape(p, v, -1)))
+        return torch.cat([a for a, _ in parts], -1), torch.cat([b for _, b in parts], -1)
+
+    def rest_law(self, mu: Tensor) -> Tensor:
+        """P(c, S) [P, C, D] of the K − 1 others: count vector c, length S − (K−1)·L_min."""
+        env, (p, v), k = self.env, self.classes.values.shape, self.k
+        depth = (k - 1) * self.spread + 1
+        q = mu.new_zeros(p, v, self.spread + 1)
+        q.index_put_((torch.arange(p).unsqueeze(1).expand_as(self.classes.index),
+                      self.classes.index, (env.lengths - self.lmin).expand_as(self.classes.index)),
+                     mu, accumulate=True)
+        power = mu.new_zeros(p, v, depth)
+        power[..., 0] = 1.0
+        powers = [power]
+        for _ in range(k - 1):  # q_v^n = q_v^{n−1}·q_v, a convolution with spread + 1 taps
+            power = _poly_mul(q, power) if self.spread else q * power
+            powers.append(power)
+        stacked = torch.stack(powers, dim=2)  # [P, V, K, D]
+        law = None
+        for j in range(v):
+            factor = stacked[:, j, self.comps[:, j]]  # [P, C, D]
+            law = factor if law is None else (_poly_mul(law, factor) if self.spread
+                                              else law * factor)
+        return law * self.log_coef.exp().view(1, -1, 1)
+
+    def rows(self, mu: Tensor) -> _Rows:
+        """The (prompt, response, count vector) rows of positive probability, with weights."""
+        env, k = self.env, self.k
+        law = self.rest_law(mu)
+        weight = torch.einsum("pcs,js->pjc", law, self.inv_norm)  # E_S[1/N | c] per length
+        tokens = torch.einsum("pcs,js->pjc", law, self.inv_tokens)
+        own_len = env.lengths - self.lmin
+        live = (mu > 0).unsqueeze(-1) & (law.sum(-1) > 0).unsqueeze(1)  # [P, N, C]
+        prompt, response, state = live.nonzero(as_tuple=True)
+        cls = self.classes.index[prompt, response]
+        scale = k * mu[prompt, response]
+        return _Rows(prompt, response, self.advantage[prompt, cls, state],
+                     self.keep[prompt, cls, state],
+                     scale * weight[prompt, own_len[response], state],
+                     scale * tokens[prompt, own_len[response], state])
+
+    def terms(self, logits: Tensor, mu: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
+        """(E[loss] averaged over prompts, E[clip fraction] [P]); ``logp_old`` [P, N, H]."""
+        rows = self.rows(mu)
+        old = logp_old[rows.prompt, rows.response]
+        mask = self.env.mask[rows.response] & rows.keep.unsqueeze(-1)
+        if not bool(torch.isfinite(old).logical_or(~mask).all()):
+            raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 "
+                             "to a response the behaviour samples")
+        size = max(1, CHUNK_ELEMENTS // self.env.horizon)
+        spans = [(s, min(s + size, len(rows.prompt))) for s in range(0, len(rows.prompt), size)]
+        pieces = (functools.partial(self._piece, rows=rows, old=old, mask=mask, span=span)
+                  for span in spans or [(0, 0)])
+        return accumulate(logits, pieces, single=len(spans) <= 1)
+
+    def _piece(self, logits: Tensor, *, rows: _Rows, old: Tensor, mask: Tensor,
+               span: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Σ_rows weight·t(row) / P and Σ_rows clip_weight·clipped tokens(row) per prompt."""
+        env, setup, part = self.env, self.setup, slice(*span)
+        logp = env.token_logprobs(logits)[rows.prompt[part], rows.response[part]]
+        one_row = mask[part].unsqueeze(1)  # each row is a group of one
+        out = group_losses(setup.loss, logp.unsqueeze(1), old[part].unsqueeze(1),
+                           rows.advantage[part].unsqueeze(1), one_row, agg=setup.agg,
+                           norm_len=setup.length(env), **setup.hparams)
+        row_terms = out.loss * normaliser(one_row, setup.aggregation())
+        clipped = out.clipfrac * normaliser(one_row, "token-mean")
+        value = (rows.weight[part] * row_terms).sum() / env.num_prompts
+        clip = torch.zeros(env.num_prompts, dtype=torch.float64).index_add_(
+            0, rows.prompt[part], rows.clip_weight[part] * clipped.to(torch.float64))
+        return value, clip
