@@ -324,8 +324,9 @@ def cispo(
 ) -> TokenLoss:
     """CISPO (MiniMax-M1, 2025): ℓ = −sg(clip(ρ, 1−ε_low, 1+ε_high))·A·log π.
 
-    The IS weight is clipped, the token keeps its gradient (so ``clipfrac`` is 0 and
-    ``is_clipfrac`` reports the share of truncated weights). ε_low = 1 means no lower bound
+    The IS weight is clipped, the token keeps its gradient (so ``clipfrac`` is 0, and
+    ``is_clipfrac`` — also reported as ``pg_clipfrac``, verl's name for it — is the share of
+    truncated weights). ε_low = 1 means no lower bound
     (clip(ρ, 0, 1+ε_high)), as MiniMax-M1 and Trinity-RFT use; ε_high = 0.28 as Trinity-RFT.
     ``mask_clip`` (Trinity's ``enable_mask_clip``): also drop tokens with A > 0 ∧ ρ >
     1+``mask_eps_high`` or A < 0 ∧ ρ < 1−``mask_eps_low``. TRL's ``loss_type="cispo"`` caps ρ
@@ -337,11 +338,13 @@ def cispo(
     weight = ratio.clamp(1 - eps_low, 1 + eps_high)
     truncated = (ratio > 1 + eps_high) | (ratio < 1 - eps_low)
     loss = mul(mul(-weight, adv), logp)
+    # verl's cispo reports the truncated share as pg_clipfrac; grlab's clipfrac stays "tokens
+    # whose gradient was removed" (none, unless mask_clip drops some)
+    extras = {"is_clipfrac": truncated, "pg_clipfrac": truncated}
     if not mask_clip:
-        return TokenLoss(loss, _no_clip(mask), {"is_clipfrac": truncated})
+        return TokenLoss(loss, _no_clip(mask), extras)
     dropped = ((adv > 0) & (ratio > 1 + mask_eps_high)) | ((adv < 0) & (ratio < 1 - mask_eps_low))
-    return TokenLoss(torch.where(dropped, logp.new_zeros(()), loss), dropped,
-                     {"is_clipfrac": truncated})
+    return TokenLoss(torch.where(dropped, logp.new_zeros(()), loss), dropped, extras)
 
 
 @register_loss("opmd-kimi", follows="Kimi k1.5 (sequence δ); paper §5")
