@@ -192,11 +192,10 @@ def test_verl_gspo_equals_grlab_gspo_with_verls_epsilons(ours, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_verl_cispo_equals_grlab_cispo_but_reports_truncation_as_its_clipfrac(mode):
+def test_verl_cispo_equals_grlab_cispo_with_verls_clip_fraction(mode):
     """verl's ``cispo`` is grlab's (−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·log π) in value and
-    gradient. They differ in one metric: verl's ``pg_clipfrac`` is the share of truncated IS
-    weights, which grlab reports as ``is_clipfrac`` (its ``pg_clipfrac`` is 0: CISPO never
-    removes a token's gradient)."""
+    gradient, and grlab reports verl's ``pg_clipfrac`` (the share of truncated IS weights);
+    grlab's own ``clipfrac`` (tokens whose gradient was removed) is 0: CISPO removes none."""
     logp, old, adv, mask = batch()
     fields = {"clip_ratio_low": 1.0, "clip_ratio_high": 0.28}
     mine, my_metrics = core_algos.get_policy_loss_fn("grlab/cispo")(
@@ -206,9 +205,9 @@ def test_verl_cispo_equals_grlab_cispo_but_reports_truncation_as_its_clipfrac(mo
     rtol = RTOL.get(mode, DEFAULT_RTOL)
     torch.testing.assert_close(mine, theirs, rtol=rtol, atol=1e-12)
     torch.testing.assert_close(grad_of(mine, logp), grad_of(theirs, logp), rtol=rtol, atol=1e-12)
-    assert my_metrics["actor/grlab/is_clipfrac"] == pytest.approx(
+    assert my_metrics["actor/pg_clipfrac"] == pytest.approx(
         their_metrics["actor/pg_clipfrac"], rel=1e-6)  # verl's: mean of a float32 indicator
-    assert my_metrics["actor/pg_clipfrac"] == 0.0 < their_metrics["actor/pg_clipfrac"]
+    assert my_metrics["actor/grlab/clipfrac"] == 0.0 < their_metrics["actor/pg_clipfrac"]
 
 
 def test_verls_own_call_site_runs_a_grlab_loss_with_the_global_batch_info():
@@ -371,6 +370,8 @@ def test_logavgexp_and_shift_follow_their_formulas_group_by_group():
 
 
 def test_red_drop_balances_negatives_and_recentres_on_the_kept_samples():
+    """Per group: as many negatives kept as there are non-negatives, the kept samples
+    re-centred on their own mean, the dropped ones at A = 0."""
     token_rewards, mask, index, scores = scores_and_index()
     adv, _ = estimate("grlab/red-drop", token_rewards, mask, index,
                       grlab_advantage_kwargs={"seed": 3})
@@ -378,10 +379,9 @@ def test_red_drop_balances_negatives_and_recentres_on_the_kept_samples():
     for group in "abc":
         rows = np.flatnonzero(index == group)
         r, a = scores[rows], per_response[rows]
-        positives, negatives = int((r > r.mean()).sum()), int((r < r.mean()).sum())
-        kept = a != 0
-        kept_negatives = int(((r < r.mean()) & kept).sum())
-        assert kept_negatives == min(positives, negatives)
+        negative = r < r.mean()  # the seed's rule: every other sample counts as positive
+        kept = (a != 0) | ~negative
+        assert int((negative & kept).sum()) == min(int((~negative).sum()), int(negative.sum()))
         if kept.any():
             torch.testing.assert_close(a[kept], r[kept] - r[kept].mean(), rtol=1e-6, atol=1e-6)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["import_engine"]
+import torch
+
+__all__ = ["common_dtype", "import_engine"]
 
 
 def import_engine(module: str, extra: str) -> ModuleType:
@@ -24,3 +26,12 @@ def import_engine(module: str, extra: str) -> ModuleType:
             f"llm_bridge.integrations.{extra} needs {module.split('.')[0]}, which could not be "
             f"imported ({error}): pip install 'grlab[{extra}]'"
         ) from None
+
+
+def common_dtype(*tensors: object) -> torch.dtype:
+    """The dtype all of ``tensors`` promote to: engines may hand over bf16 log-probs with fp32
+    advantages, and grlab's ``policy_loss`` wants one dtype (it upcasts to float64 itself)."""
+    dtype = tensors[0].dtype  # type: ignore[attr-defined]
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)  # type: ignore[attr-defined]
+    return dtype

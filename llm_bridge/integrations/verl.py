@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llm_bridge.integrations import import_engine
+from llm_bridge.integrations import common_dtype, import_engine
 from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
 from simulator.losses import LOSSES, policy_loss
 
@@ -198,8 +198,7 @@ def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]
         _log_once(name, keywords)
         if not bool(response_mask.any()):  # only empty responses: verl's agg_loss gives 0
             return (log_prob * 0).sum(), {}
-        dtype = torch.promote_types(torch.promote_types(log_prob.dtype, old_log_prob.dtype),
-                                    advantages.dtype)
+        dtype = common_dtype(log_prob, old_log_prob, advantages)
         options = aggregation_options(loss_agg_mode, response_mask,
                                       _get(config, "global_batch_info", None) or {})
         out = policy_loss(name, log_prob.to(dtype), old_log_prob.to(dtype),
@@ -227,6 +226,7 @@ def _log_once(name: str, keywords: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 _generators: dict[int, torch.Generator] = {}
+_BATCH_KINDS = ("mean-batch-std",)  # kinds whose scale is a statistic of the whole batch
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -242,7 +242,8 @@ def grlab_advantages(scores: Tensor, index: Any, kind: str, *, drop_uniform_grou
 
     Rows with equal ``index`` form a group; groups of equal size are stacked into [G, K] and
     passed to ``simulator.advantages.shaped_advantages`` (``kind``, ``options``), one size at a
-    time. Computed in float64, returned in ``scores``' dtype.
+    time (exact: the kinds are per group; a batch-level kind needs one size). Computed in
+    float64, returned in ``scores``' dtype.
     """
     index = np.asarray(index)
     if index.shape != (scores.shape[0],):
@@ -252,7 +253,11 @@ def grlab_advantages(scores: Tensor, index: Any, kind: str, *, drop_uniform_grou
     groups = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
     values = scores.detach().to(torch.float64)
     out = torch.zeros_like(values)
-    for size in sorted({len(g) for g in groups}):
+    sizes = sorted({len(g) for g in groups})
+    if len(sizes) > 1 and kind in _BATCH_KINDS:
+        raise ValueError(f"kind {kind!r} normalises over the whole batch: it needs groups of one "
+                         f"size, got sizes {sizes}")
+    for size in sizes:
         rows = torch.as_tensor(np.stack([g for g in groups if len(g) == size]), device=out.device)
         adv, _ = shaped_advantages(values[rows], kind, generator=generator,
                                    drop_uniform_groups=drop_uniform_groups, **options)

@@ -1,0 +1,305 @@
+"""grlab's losses in TRL's ``GRPOTrainer`` (1.16): ``GrlabGRPOConfig`` and ``GrlabGRPOTrainer``.
+
+``GrlabGRPOTrainer`` is TRL's trainer — its generation, reward functions, gradient accumulation,
+logging and checkpoints — with two things replaced: the advantages (grlab's advantage kind of
+the loss preset, from the rewards) and the loss (``simulator.losses.policy_loss``). A script:
+docs/engines.md.
+
+Design decisions
+----------------
+* Three small overrides, each calling TRL first: ``_calculate_rewards`` keeps the rewards of
+  every process; ``_generate_and_score_completions`` replaces TRL's advantages with grlab's
+  (``LossSpec`` kind and options, or ``grlab_advantage``) and adds a per-sample keep mask
+  (RED-Drop's dropped samples, DAPO's uniform groups), which the loss removes from its mask;
+  ``_compute_loss`` is grlab's loss. TRL computes advantages inline in a 600-line method, so
+  recomputing them after it is the smallest override that does not copy TRL's code.
+* Normalisation across gradient accumulation and processes (``trl_denominator``). DDP averages
+  gradients over P processes, and each optimiser step sums ``current_gradient_accumulation_steps``
+  (GA) micro-batches, so every micro-batch divides its row terms by (global count of the
+  window) / P. token-mean: the window's valid tokens = ``num_items_in_batch``·GA/
+  ``steps_per_generation`` (TRL's own ``dapo`` normaliser, recounted after the keep mask);
+  exact when ``steps_per_generation`` = GA (TRL's default), TRL's proportional estimate
+  otherwise. seq-mean-*: B·GA rows per process (TRL's ``grpo``/``dr_grpo``; every micro-batch
+  has B rows, so this is exact). token-sum: 1/P. ``seq-mean-token-sum-norm`` uses
+  ``max_completion_length`` as its constant length (TRL's ``dr_grpo``).
+* TRL's ``loss_type="bnpo"`` is a token mean *per micro-batch* divided by GA; grlab's
+  ``token-mean`` is the window's token mean (``dapo``). They agree on one micro-batch, and
+  differ when micro-batches of a window hold different token counts.
+* Keywords follow the rule of ``llm_bridge.integrations.verl``: the preset's values, then TRL's
+  ``epsilon`` → ``eps_low`` and ``epsilon_high`` (or ``epsilon``) → ``eps_high`` when changed
+  from TRL's defaults, then ``grlab_loss_kwargs``, which wins. TRL fields that only TRL's own
+  loss or advantage would read (``loss_type``, ``scale_rewards``, ``importance_sampling_level``,
+  ``delta``, entropy masks and bonuses, ``off_policy_mask_threshold``, vLLM's IS correction,
+  ``normalize_then_sum``) are refused with a ``ValueError`` when changed, never ignored. The KL
+  term (``beta``) is kept: TRL's k3 against the reference model, times ρ when
+  ``use_bias_correction_kl`` (TRL's default), aggregated like the loss.
+* Metrics: every grlab metric under its grlab name (``clipfrac``, ``approx_kl``, ``pg_clipfrac``,
+  ...), averaged over processes, in TRL's log next to TRL's ``entropy``, ``kl`` and rewards.
+* RED-Drop's draws come from a ``torch.Generator`` seeded with ``args.seed`` when the trainer is
+  built; every process makes the same draws (they all see the gathered rewards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from llm_bridge.integrations import common_dtype, import_engine
+from simulator import kl, numerics
+from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
+from simulator.aggregation import AGGREGATIONS, aggregate
+from simulator.losses import LOSSES, policy_loss
+from simulator.validation import require_choice
+
+trl = import_engine("trl", "trl")
+
+__all__ = ["GrlabGRPOConfig", "GrlabGRPOTrainer", "trl_denominator"]
+
+_TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)
+                 if f.default is not dataclasses.MISSING}
+# TRL fields whose only reader is TRL's own loss or advantage code: changed ones are refused
+_REPLACED = {
+    "loss_type": "the loss is grlab_loss (and grlab_agg)",
+    "scale_rewards": "the advantage is grlab_advantage (e.g. 'mean-std', grlab_advantage_kwargs)",
+    "importance_sampling_level": "sequence ratios are grlab losses ('gspo', 'gspo-token')",
+    "delta": "grlab's ppo has dual_clip (grlab_loss_kwargs)",
+    "multi_objective_aggregation": "rewards are summed with reward_weights, then grlab's kind",
+    "top_entropy_quantile": "not supported by GrlabGRPOTrainer",
+    "entropy_coef": "not supported by GrlabGRPOTrainer",
+    "use_adaptive_entropy": "not supported by GrlabGRPOTrainer",
+    "off_policy_mask_threshold": "not supported by GrlabGRPOTrainer",
+}
+# the model inputs TRL's _compute_loss forwards to _get_per_token_logps_and_entropies
+_MODEL_INPUTS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
+                 "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
+                 "mm_token_type_ids", "image_position_ids")
+
+
+def _as_dict(name: str, value: dict | str | None) -> dict[str, Any]:
+    """A dict field that may come from the command line as JSON text."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict (or its JSON text), got {type(value).__name__}")
+    return dict(value)
+
+
+@dataclasses.dataclass
+class GrlabGRPOConfig(trl.GRPOConfig):
+    """TRL's ``GRPOConfig`` with a grlab loss. Every other field keeps TRL's meaning."""
+
+    grlab_loss: str = dataclasses.field(
+        default="grpo", metadata={"help": "A grlab loss name (`grlab losses` lists them)."})
+    grlab_loss_kwargs: dict | str | None = dataclasses.field(
+        default=None, metadata={"help": "Keywords of the loss, e.g. {'eps_high': 0.28}."})
+    grlab_advantage: str | None = dataclasses.field(
+        default=None, metadata={"help": "An advantage kind; None: the loss preset's."})
+    grlab_advantage_kwargs: dict | str | None = dataclasses.field(
+        default=None, metadata={"help": "Options of the advantage kind, e.g. {'tau': 0.5}."})
+    grlab_agg: str | None = dataclasses.field(
+        default=None, metadata={"help": "An aggregation mode; None: the loss preset's."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.grlab_loss_kwargs = _as_dict("grlab_loss_kwargs", self.grlab_loss_kwargs)
+        self.grlab_advantage_kwargs = _as_dict("grlab_advantage_kwargs",
+                                               self.grlab_advantage_kwargs)
+        spec = LOSSES[self.grlab_loss]  # an unknown name is a KeyError listing the valid ones
+        if self.grlab_advantage is not None:
+            require_choice("grlab_advantage", self.grlab_advantage, (*ADVANTAGE_KINDS, "red-drop"))
+        if self.grlab_agg is not None:
+            require_choice("grlab_agg", self.grlab_agg, AGGREGATIONS)
+        for field, use_instead in _REPLACED.items():
+            if getattr(self, field) != _TRL_DEFAULTS[field]:
+                raise ValueError(f"{field}={getattr(self, field)!r} is read only by TRL's own loss "
+                                 f"or advantage, which GrlabGRPOTrainer replaces: {use_instead}")
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            raise ValueError("vllm_importance_sampling_correction=True weights TRL's per-token "
+                             "loss, which GrlabGRPOTrainer replaces; set it to False")
+        spec.resolve(self.grlab_keywords())  # a typo in grlab_loss_kwargs fails here
+
+    def grlab_keywords(self) -> dict[str, Any]:
+        """The loss keywords: TRL's ε where changed from TRL's defaults, then grlab_loss_kwargs."""
+        takes = LOSSES[self.grlab_loss].defaults()
+        keywords: dict[str, Any] = {}
+        pairs = (("eps_low", "epsilon", self.epsilon, _TRL_DEFAULTS["epsilon"]),
+                 ("eps_high", "epsilon_high", _or(self.epsilon_high, self.epsilon),
+                  _or(_TRL_DEFAULTS["epsilon_high"], _TRL_DEFAULTS["epsilon"])))
+        for keyword, field, value, default in pairs:
+            if value == default:
+                continue
+            if keyword not in takes:
+                raise ValueError(f"{field}={value} has no counterpart in grlab loss "
+                                 f"{self.grlab_loss!r} (its keywords: {sorted(takes) or 'none'})")
+            keywords[keyword] = float(value)
+        return {**keywords, **self.grlab_loss_kwargs}
+
+    def grlab_advantage_options(self) -> tuple[str, dict[str, Any], bool]:
+        """(kind, options, drop_uniform_groups): the preset's unless ``grlab_advantage`` is set
+        (then the preset's options, which belong to its own kind, are not carried over)."""
+        spec = LOSSES[self.grlab_loss]
+        if self.grlab_advantage is None:
+            return spec.advantage, {**spec.advantage_kwargs, **self.grlab_advantage_kwargs}, \
+                spec.drop_uniform_groups
+        return self.grlab_advantage, dict(self.grlab_advantage_kwargs), spec.drop_uniform_groups
+
+
+def _or(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def trl_denominator(agg: str, *, rows: int, num_items: float, grad_accum: int,
+                    steps_per_generation: int, num_processes: int, train: bool) -> float:
+    """What one micro-batch of one process divides its summed row terms by (module docstring).
+
+    ``rows``: this micro-batch's rows; ``num_items``: valid tokens of the whole generation
+    batch over all processes (TRL's ``num_items_in_batch``). In eval there is no accumulation.
+    """
+    window = grad_accum / steps_per_generation if train else 1.0
+    if agg == "token-mean":
+        return max(float(num_items), 1.0) / num_processes * window
+    if agg == "token-sum":
+        return 1.0 / num_processes
+    return float(rows) * (grad_accum if train else 1)
+
+
+class GrlabGRPOTrainer(trl.GRPOTrainer):
+    """TRL's GRPOTrainer whose advantages and loss are grlab's (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if not isinstance(config, GrlabGRPOConfig):
+            raise TypeError("GrlabGRPOTrainer needs args=GrlabGRPOConfig(...), got "
+                            f"{type(config).__name__}")
+        super().__init__(*args, **kwargs)
+        if self.aux_loss_enabled:
+            raise ValueError("GrlabGRPOTrainer does not add a MoE router aux loss; set "
+                             "router_aux_loss_coef=0.0")
+        self._grlab_keywords = config.grlab_keywords()
+        self._grlab_generator = torch.Generator().manual_seed(config.seed)
+        self._grlab_rewards: Tensor | None = None
+
+    # -- advantages ---------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._grlab_rewards = rewards  # [all processes' samples, reward functions]
+        return rewards
+
+    def grlab_advantages(self, rewards_per_func: Tensor, num_generations: int
+                         ) -> tuple[Tensor, Tensor]:
+        """Advantages and keep mask [N] of every process's samples from TRL's rewards [N, F].
+
+        Rewards are Σ_f w_f·r_f (TRL's ``reward_weights``), grouped by prompt in groups of
+        ``num_generations`` (TRL's order), then grlab's advantage kind, in float64.
+        """
+        weights = self.reward_weights.to(rewards_per_func.device)
+        if bool(torch.isnan(rewards_per_func).all(dim=1).any()):
+            raise ValueError("every reward function returned None for some completion: grlab's "
+                             "group advantages need a reward for every completion")
+        rewards = (rewards_per_func * weights).nansum(dim=1).to(torch.float64)
+        kind, options, drop = self.args.grlab_advantage_options()
+        generator = self._grlab_generator if kind == "red-drop" else None
+        adv, keep = shaped_advantages(rewards.view(-1, num_generations), kind,
+                                      generator=generator, drop_uniform_groups=drop, **options)
+        return adv.flatten(), keep.flatten()
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        adv, keep = self.grlab_advantages(self._grlab_rewards, num_generations)
+        local = len(output["advantages"])
+        start = self.accelerator.process_index * local
+        output["advantages"] = adv[start:start + local].to(output["advantages"].dtype)
+        output["grlab_keep"] = keep[start:start + local]
+        mask = self._grlab_mask(output)
+        output["grlab_num_items"] = self.accelerator.gather(mask.sum()).sum()
+        logged = self._logs["advantages"]  # show grlab's advantages in TRL's completions table
+        for _ in range(min(len(adv), len(logged))):
+            logged.pop()
+        logged.extend(adv.tolist())
+        return output
+
+    # -- loss ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _grlab_mask(inputs: Mapping[str, Tensor]) -> Tensor:
+        """The loss mask [B, T]: completion tokens (TRL's tool mask applied), kept samples only."""
+        mask = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            mask = mask & inputs["tool_mask"].bool()
+        if "grlab_keep" in inputs:
+            mask = mask & inputs["grlab_keep"].bool()[:, None]
+        return mask
+
+    def _grlab_aggregation(self, inputs: Mapping[str, Any], mask: Tensor, train: bool
+                           ) -> dict[str, Any]:
+        agg = self.args.grlab_agg or LOSSES[self.args.grlab_loss].agg
+        num_items = inputs.get("grlab_num_items", inputs.get("num_items_in_batch"))
+        denominator = trl_denominator(
+            agg, rows=mask.shape[0], num_items=float(num_items),
+            grad_accum=self.current_gradient_accumulation_steps,
+            steps_per_generation=self.args.steps_per_generation,
+            num_processes=self.accelerator.num_processes, train=train)
+        norm_len = self.max_completion_length if agg == "seq-mean-token-sum-norm" else None
+        return {"agg": agg, "norm_len": norm_len, "denominator": denominator}
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            completion_ids.size(1), compute_entropy=True,
+            **{key: inputs.get(key) for key in _MODEL_INPUTS})
+        mask = self._grlab_mask(inputs)
+        if not bool(mask.any()):  # every sample of this micro-batch was dropped: no gradient
+            return (logps * 0).sum()
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old  # TRL's rule: on-policy, ratio 1
+        dtype = common_dtype(logps, old, inputs["advantages"])
+        options = self._grlab_aggregation(inputs, mask, train=mode == "train")
+        out = policy_loss(self.args.grlab_loss, logps.to(dtype), old.to(dtype),
+                          inputs["advantages"].to(dtype), mask, **options, **self._grlab_keywords)
+        loss = out.loss
+        if self.beta != 0.0:  # TRL's KL term, aggregated like the loss (aggregation is linear)
+            per_token_kl = self._kl_term(logps, old, inputs["ref_per_token_logps"])
+            loss = loss + self.beta * aggregate(per_token_kl, mask, options["agg"],
+                                                norm_len=options["norm_len"],
+                                                denominator=options["denominator"]).to(loss.dtype)
+            self._metrics[mode]["kl"].append(self._global_mean(per_token_kl, mask))
+        self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
+        self._log_grlab_metrics(mode, out.metrics)
+        return loss
+
+    def _kl_term(self, logps: Tensor, old: Tensor, ref: Tensor) -> Tensor:
+        """TRL's per-token KL: k3(π_θ, π_ref), times ρ = π_θ/π_old (with gradient) when
+        ``use_bias_correction_kl`` (TRL's default: the unbiased reverse-KL gradient), in float64."""
+        logps = logps.to(torch.float64)
+        per_token = kl.k3(logps, ref.detach().to(torch.float64))
+        if self.args.use_bias_correction_kl:
+            per_token = per_token * numerics.exp(logps - old.detach().to(torch.float64))
+        return per_token
+
+    def _global_mean(self, values: Tensor, mask: Tensor) -> float:
+        """Token mean over every process (TRL's ``global_masked_mean``)."""
+        masked = torch.where(mask, values.detach(), values.new_zeros(()))
+        totals = torch.stack([masked.sum(), mask.sum().to(masked.dtype)])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        return float(totals[0] / totals[1].clamp(min=1.0))
+
+    def _log_grlab_metrics(self, mode: str, metrics: Mapping[str, Tensor]) -> None:
+        """grlab's metrics under grlab's names, each the mean over processes."""
+        names = list(metrics)
+        values = torch.stack([metrics[name].detach().float() for name in names])
+        gathered = self.accelerator.gather(values[None]).view(-1, len(names)).nanmean(dim=0)
+        for name, value in zip(names, gathered.tolist(), strict=True):
+            self._metrics[mode][name].append(value)
