@@ -85,7 +85,7 @@ def test_a_negative_advantage_keeps_its_exact_huge_gradient_where_peers_clamp_it
     (grad,) = torch.autograd.grad(policy_loss("ppo", logp, old, adv, mask).loss, logp)
     assert float(grad) == pytest.approx(math.exp(30.0), rel=1e-12)
     clamped = policy_loss("ppo", logp, old, adv, mask, log_ratio_clamp=20.0)
-    assert float(clamped.loss) == pytest.approx(math.exp(20.0), rel=1e-12)
+    assert float(clamped.loss.detach()) == pytest.approx(math.exp(20.0), rel=1e-12)
     (grad,) = torch.autograd.grad(clamped.loss, logp)
     assert float(grad) == 0.0
 
@@ -118,10 +118,10 @@ def test_red_weight_at_a_large_advantage_is_the_plain_math_in_float64():
     adv = torch.tensor([89.0], dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.bool)
     out = policy_loss("red-weight", logp, logp.detach(), adv, mask)
-    assert float(out.loss) == pytest.approx(89.0 * math.exp(89.0) * 0.5, rel=1e-12)
+    assert float(out.loss.detach()) == pytest.approx(89.0 * math.exp(89.0) * 0.5, rel=1e-12)
     low = policy_loss("red-weight", logp.detach().float().requires_grad_(True),
                       logp.detach().float(), adv.float(), mask)
-    assert float(low.loss) == torch.finfo(torch.float32).max
+    assert float(low.loss.detach()) == torch.finfo(torch.float32).max
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -145,5 +145,5 @@ def test_low_precision_inputs_get_the_float64_math_of_their_own_values(dtype):
         (grad,) = torch.autograd.grad(out.loss, leaf)
         assert out.loss.dtype == torch.float32
         # the value is rounded once to float32; the gradient once to the input's dtype
-        assert float(out.loss) == pytest.approx(float(ref.loss), rel=2.0**-23, abs=1e-30), name
+        assert float(out.loss.detach()) == pytest.approx(float(ref.loss.detach()), rel=2.0**-23, abs=1e-30), name
         torch.testing.assert_close(grad.double(), ref_grad, rtol=unit, atol=1e-30)

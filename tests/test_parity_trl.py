@@ -91,7 +91,7 @@ def test_grlab_gives_trls_loss_value_gradient_and_clip_fraction(loss_type, level
     value, metrics = trl_loss(ref_leaf, old, adv, mask, loss_type, eps_high=eps_high,
                               level=level)
     (ref_grad,) = torch.autograd.grad(value, ref_leaf)
-    assert float(out.loss) == pytest.approx(float(value), rel=1e-12, abs=1e-15)
+    assert float(out.loss.detach()) == pytest.approx(float(value.detach()), rel=1e-12, abs=1e-15)
     torch.testing.assert_close(grad, ref_grad, **EXACT)
     if loss_type != "cispo":  # TRL's clip_ratio/region_mean is grlab's pg_clipfrac
         assert float(out.metrics["pg_clipfrac"]) == pytest.approx(float(metrics["region"]),
@@ -105,8 +105,8 @@ def test_trls_grpo_and_bnpo_differ_on_a_ragged_batch_as_grlabs_do():
     grpo, _ = trl_loss(logp, old, adv, mask, "grpo")
     bnpo, _ = trl_loss(logp, old, adv, mask, "bnpo")
     assert abs(float(grpo) - float(bnpo)) > 1e-3
-    assert float(policy_loss("grpo", logp, old, adv, mask).loss) == pytest.approx(float(grpo))
-    assert float(policy_loss("bnpo", logp, old, adv, mask).loss) == pytest.approx(float(bnpo))
+    assert float(policy_loss("grpo", logp, old, adv, mask).loss.detach()) == pytest.approx(float(grpo))
+    assert float(policy_loss("bnpo", logp, old, adv, mask).loss.detach()) == pytest.approx(float(bnpo))
 
 
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])

@@ -117,10 +117,10 @@ def _rtol(mode):
 
 
 def _assert_same(mode, out, grad, value, metrics, ref_grad):
-    assert float(out.loss) == pytest.approx(float(value), rel=_rtol(mode), abs=1e-15)
+    assert float(out.loss.detach()) == pytest.approx(float(value.detach()), rel=_rtol(mode), abs=1e-15)
     torch.testing.assert_close(grad, ref_grad, rtol=_rtol(mode), atol=1e-15)
     for key, expected in metrics.items():
-        assert float(out.metrics[key]) == pytest.approx(float(expected), rel=1e-12), key
+        assert float(out.metrics[key]) == pytest.approx(float(expected.detach()), rel=1e-12), key
 
 
 @pytest.mark.parametrize("mode", VERL_MODES)
@@ -147,7 +147,7 @@ def test_verls_global_batch_normalisation_is_grlabs_denominator(mode):
     value, _, ref_grad = _reference(verl_vanilla, *batch, mode, **agg)
     out, grad = _run("ppo-dual-clip", *batch, agg=mode, log_ratio_clamp=20.0,
                      denominator=None if mode == "token-sum" else count, **_length(mode))
-    assert float(out.loss) * dp == pytest.approx(float(value), rel=_rtol(mode))
+    assert float(out.loss.detach()) * dp == pytest.approx(float(value.detach()), rel=_rtol(mode))
     torch.testing.assert_close(grad * dp, ref_grad, rtol=_rtol(mode), atol=1e-15)
 
 
@@ -245,10 +245,10 @@ def test_the_references_are_verls_own_functions(mode):
         value, metrics = core.get_policy_loss_fn(key)(old, leaf, a, m, mode, config)
         (grad,) = torch.autograd.grad(value, leaf)
         ref_value, ref_metrics, ref_grad = _reference(reference, logp, old, adv, mask, mode)
-        assert float(value) == pytest.approx(float(ref_value), rel=1e-12), key
+        assert float(value.detach()) == pytest.approx(float(ref_value), rel=1e-12), key
         torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
         for name, expected in ref_metrics.items():
-            assert metrics[f"actor/{name}"] == pytest.approx(float(expected), rel=1e-9)
+            assert metrics[f"actor/{name}"] == pytest.approx(float(expected.detach()), rel=1e-9)
     for agg in ({}, {"dp_size": 2, "batch_num_tokens": 100.0, "global_batch_size": 16.0}):
         loss_mat = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1),
                                dtype=torch.float64)
