@@ -15,32 +15,26 @@ Design decisions
     with N = 1,024 responses and K = 64 are 65,536 rows, where enumeration would be 10^99
     groups. Every zoo loss, advantage kind and aggregation through their own code.
   - ``"enumerate"`` (the naive twin): every multiset of K responses with its multinomial
-    weight (``simulator.enumeration``), in pieces of bounded memory when the groups are many
+    weight (``simulator.groups``), in pieces of bounded memory when the groups are many
     (``accumulate``), refusing only above ``MAX_GROUPS`` (hours). ``"ordered"``: N^K ordered
     tuples through a validated Python loop, the twin's twin.
   ``"auto"`` (default): the closed form where it applies, else whichever of the other two
   does less work (``sufficient_cost`` vs C(N + K − 1, K)·K rows). Tests check every engine
   against enumeration to 1e-12 for every registered loss.
-* One function turns an enumerated or sampled batch into a loss: ``batch_terms`` gathers
-  [G, K, H] token log-probs, computes advantages inside each group as the loss's preset says,
-  and evaluates every group's loss in one pass with ``losses.group_losses``. The expectation is
-  E = (1/P)·Σ_p Σ_g w_g·loss(group g); each group is its own batch, so batch-level normalisers
-  (token-mean, DAPO's filter) act within one prompt's group. A group DAPO drops (all rewards
-  equal) contributes 0: the result is E[loss·1{kept}], not DAPO's resampling E[loss | kept].
+* Batches of groups, enumerated or sampled, become a loss through one function,
+  ``groups.batch_terms`` (re-exported here with the rest of that module's public names).
 * Refused, with a ValueError naming the reason: RED-Drop (random drops: use sampling) and any
   advantage kind that couples prompts or depends on order (a batch statistic), detected by a
   probe (``sufficient.require_group_local``) rather than a list of names.
 * The behaviour is never differentiated: gradients are E_{groups∼μ}[∇_logits loss], the
   quantity an optimiser follows. ``logp_old`` is the behaviour's per-token log-prob unless an
   ``anchor`` distribution is given (theory sometimes separates the two).
-* Every public function validates what it is given and names the public argument: K an int
-  ≥ 1 (not a bool, not 2.5), logits finite floats of the testbed's shape (computed in
-  float64), behaviour / anchor float64 tables of distributions, method one of ``METHODS``.
+* Every public function validates what it is given and names the public argument (K, logits,
+  behavior, anchor, method, ...) with the checks of ``simulator.groups``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -49,23 +43,33 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.aggregation import AGGREGATIONS, normaliser, row_terms
+from simulator.aggregation import normaliser, row_terms
 from simulator.bandit import ResponseSpace
-from simulator.enumeration import (
+from simulator.groups import (
     CHUNK_ELEMENTS,
     MAX_GROUPS,
     MAX_MATERIALISED,
+    Behavior,
     GroupBatch,
+    LossSetup,
     accumulate,
+    batch_advantages,
+    batch_loss,
+    batch_terms,
+    check_batch,
+    check_logits,
     enumerate_groups,
+    loss_setup,
     multiset_chunks,
     multisets,
+    old_table,
     ordered_tuples,
-    require_table,
+    per_group_losses,
+    prepare,
+    resolve_behavior,
     sample_groups,
 )
-from simulator.losses import LOSSES, GroupLosses, group_losses, pairwise_surrogate, policy_loss
+from simulator.losses import LOSSES, pairwise_surrogate, policy_loss
 from simulator.sufficient import MAX_STATES, SufficientStats, require_group_local, sufficient_cost
 from simulator.validation import (
     require_choice,
@@ -102,176 +106,17 @@ __all__ = [
 
 METHODS: tuple[str, ...] = ("auto", "closed-form", "sufficient", "enumerate", "ordered")
 
-Behavior = Tensor | str | Callable[[Tensor], Tensor]
+
+class _ClosedForm(NamedTuple):
+    """c_K, β + shift, and the per-token weights w [N, H] of g(y)·K/N = Σ_t w_t·log π_t(y)."""
+
+    c_k: float
+    beta: float
+    weights: Tensor
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSetup:
-    """Which loss and how it is fed: name, keywords, advantage override, aggregation, anchor."""
-
-    loss: str
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    advantage: str | None = None
-    advantage_kwargs: Mapping[str, Any] | None = None
-    agg: str | None = None
-    norm_len: float | None = None
-    anchor: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        LOSSES[self.loss].resolve(self.hparams)  # unknown loss or keyword fails here
-        if self.advantage is not None:
-            require_choice("advantage", self.advantage, (*ADVANTAGE_KINDS, "red-drop"))
-        if self.agg is not None:
-            require_choice("agg", self.agg, AGGREGATIONS)
-
-    def aggregation(self) -> str:
-        """The aggregation mode in force: the caller's ``agg``, else the loss's own."""
-        return self.agg or LOSSES[self.loss].agg
-
-    def length(self, env: ResponseSpace) -> float | None:
-        """``norm_len`` of ``seq-mean-token-sum-norm``: the caller's, else the testbed's longest
-        response H (the analogue of an LLM run's maximum completion length); None otherwise."""
-        if self.aggregation() != "seq-mean-token-sum-norm":
-            return self.norm_len
-        return float(env.horizon) if self.norm_len is None else self.norm_len
-
-    def advantage_kind(self) -> tuple[str, dict[str, Any]]:
-        spec = LOSSES[self.loss]
-        kind = self.advantage or spec.advantage
-        base = dict(spec.advantage_kwargs) if self.advantage is None else {}
-        return kind, {**base, **(self.advantage_kwargs or {})}
-
-
-def _check_logits(env: ResponseSpace, logits: object) -> Tensor:
-    """Logits of the testbed's shape, finite, as float64 (differentiably)."""
-    logits = env.check_logits(logits)
-    require_finite("logits", logits)
-    return logits.to(torch.float64)
-
-
-def _old_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup) -> Tensor:
-    """Per-token log-probs [P, N, H] of the behaviour, or of ``anchor`` when one is given."""
-    if setup.anchor is None:
-        return env.token_logprobs_of(behavior)
-    shape = (env.num_prompts, env.num_responses)
-    return env.token_logprobs_of(require_table("anchor", setup.anchor, shape))
-
-
-class _Prepared(NamedTuple):
-    """Everything about a batch that does not depend on the logits being differentiated."""
-
-    rows: tuple[Tensor, Tensor]  # (prompt [G, 1], responses [G, K]) indexing [P, N]
-    logp_old: Tensor  # [G, K, H]
-    advantages: Tensor  # [G, K]
-    mask: Tensor  # [G, K, H]
-    weight: Tensor  # [G]
-
-
-def _prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: LossSetup,
-             generator: torch.Generator | None, advantages: Tensor | None,
-             shaped: tuple[Tensor, Tensor] | None = None) -> _Prepared:
-    """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
-    depend on the behaviour, only on which groups the batch holds)."""
-    rows = (batch.prompt.unsqueeze(-1), batch.responses)
-    table = _old_table(env, behavior, setup)  # [P, N, H]
-    logp_old = table[rows]
-    if shaped is None:
-        shaped = _shape_advantages(env, rows, setup, generator, advantages, batch.exact)
-    advantages, mask = shaped
-    # checked on the small table first: only a response of probability 0 can give −inf
-    if (not bool(torch.isfinite(table).logical_or(~env.mask).all())
-            and not bool(torch.isfinite(logp_old).logical_or(~mask).all())):
-        raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 to a "
-                         "response in the batch")
-    return _Prepared(rows, logp_old, advantages, mask, batch.weight)
-
-
-def _shape_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: LossSetup,
-                      generator: torch.Generator | None, advantages: Tensor | None,
-                      exact: bool) -> tuple[Tensor, Tensor]:
-    """(advantages [G, K], token mask [G, K, H]) of the groups ``rows``, as the preset says."""
-    mask = env.mask[rows[1]]
-    if advantages is not None:
-        return advantages, mask
-    kind, kwargs = setup.advantage_kind()
-    if kind == "red-drop" and exact:
-        raise ValueError("red-drop drops samples at random: its exact expectation is not "
-                         "enumerated; use sample_groups with a generator")
-    advantages, keep = shaped_advantages(
-        env.rewards[rows], kind, generator=generator,
-        drop_uniform_groups=LOSSES[setup.loss].drop_uniform_groups, **kwargs)
-    return advantages, mask & keep.unsqueeze(-1)
-
-
-def _check_batch(env: ResponseSpace, batch: object) -> GroupBatch:
-    if not isinstance(batch, GroupBatch):
-        raise TypeError(f"batch must be a GroupBatch, got {type(batch).__name__}")
-    responses, prompt = batch.responses, batch.prompt
-    if (responses.ndim != 2 or prompt.shape != responses.shape[:1]
-            or batch.weight.shape != prompt.shape):
-        raise ValueError("batch must hold prompt [G], responses [G, K] and weight [G], got "
-                         f"{tuple(prompt.shape)}, {tuple(responses.shape)}, "
-                         f"{tuple(batch.weight.shape)}")
-    if len(prompt) and (int(responses.min()) < 0 or int(responses.max()) >= env.num_responses
-                        or int(prompt.min()) < 0 or int(prompt.max()) >= env.num_prompts):
-        raise ValueError("batch indexes a prompt or response outside the testbed")
-    return batch
-
-
-def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: _Prepared, setup: LossSetup,
-                     *, looped: bool = False) -> GroupLosses:
-    """(loss [G], clipfrac [G]) of every group: all groups in one pass
-    (``losses.group_losses``), or (``looped``, the naive twin) a loop calling the validated
-    ``policy_loss`` once per group."""
-    logp = env.token_logprobs(logits)[prepared.rows]
-    args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
-    options = {"agg": setup.agg, "norm_len": setup.length(env), **setup.hparams}
-    if not looped:
-        return group_losses(setup.loss, *args, **options)
-    outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()), **options)
-            for group in zip(*args, strict=True)]
-    return GroupLosses(torch.stack([out.loss for out in outs]),
-                       torch.stack([out.metrics["clipfrac"] for out in outs]))
-
-
-def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
-                setup: LossSetup, *, generator: torch.Generator | None = None,
-                advantages: Tensor | None = None, looped: bool = False,
-                shaped: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """(``batch_loss``, clip fraction per prompt [P]: Σ_g w_g·clipfrac(g) over its groups)."""
-    logits = _check_logits(env, logits)
-    prepared = _prepare(env, _check_batch(env, batch), _resolve(env, behavior, logits), setup,
-                        generator, advantages, shaped)
-    groups = per_group_losses(env, logits, prepared, setup, looped=looped)
-    clipfrac = torch.zeros(env.num_prompts, dtype=groups.clipfrac.dtype).index_add_(
-        0, batch.prompt, prepared.weight.to(groups.clipfrac.dtype) * groups.clipfrac)
-    return (prepared.weight * groups.loss).sum() / env.num_prompts, clipfrac
-
-
-def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
-               setup: LossSetup, *, generator: torch.Generator | None = None,
-               advantages: Tensor | None = None, looped: bool = False) -> Tensor:
-    """(1/P)·Σ_g w_g·loss(group g): the exact expectation for an enumerated batch, the Monte
-    Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind."""
-    return batch_terms(env, logits, batch, behavior, setup, generator=generator,
-                       advantages=advantages, looped=looped)[0]
-
-
-def _resolve(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:
-    """Behaviour probabilities [P, N]: a table, ``"on-policy"`` (π_θ, detached) or a callable."""
-    if isinstance(behavior, str):
-        if behavior != "on-policy":
-            raise ValueError(f"behavior must be [P, N] probabilities, 'on-policy' or a callable, "
-                             f"got {behavior!r}")
-        return env.sequence_probs(logits.detach().to(torch.float64))
-    if callable(behavior) and not isinstance(behavior, Tensor):
-        behavior = behavior(logits.detach())
-    return require_table("behavior", behavior, (env.num_prompts, env.num_responses))
-
-
-def _closed_form_factors(env: ResponseSpace, setup: LossSetup, k: int
-                         ) -> tuple[float, float, float] | None:
-    """(c_K, β + shift, N) when the closed form applies, else None (see module docstring)."""
+def _closed_form(env: ResponseSpace, setup: LossSetup, k: int) -> _ClosedForm | None:
+    """The closed form's constants when it applies, else None (see module docstring)."""
     spec = LOSSES[setup.loss]
     kind, kwargs = setup.advantage_kind()
     if spec.base not in ("reinforce", "asymre") or spec.drop_uniform_groups:
@@ -285,19 +130,21 @@ def _closed_form_factors(env: ResponseSpace, setup: LossSetup, k: int
     counts = normaliser(masks, setup.aggregation())
     if float(counts[0]) != float(counts[1]):
         return None
+    # row_terms is linear in the per-token values: its weight on token t is its value on e_t
+    unit = torch.eye(env.horizon, dtype=torch.float64).unsqueeze(1).expand(-1, *env.mask.shape)
+    weights = row_terms(unit, env.mask, setup.aggregation(), norm_len=setup.length(env)).T
     factor = (1.0 - 1.0 / k) if kind == "mean" else float(k > 1)
     beta = float(spec.resolve(setup.hparams).get("beta", 0.0))
-    return factor, beta + float(kwargs.get("shift", 0.0)), float(counts[0])
+    return _ClosedForm(factor, beta + float(kwargs.get("shift", 0.0)),
+                       weights * (k / float(counts[0])))
 
 
-def _closed_form_loss(env: ResponseSpace, logits: Tensor, mu: Tensor, setup: LossSetup,
-                      k: int, factors: tuple[float, float, float]) -> Tensor:
-    """−(K/N)·(1/P)·Σ_p Σ_y μ(y)·[c_K·(r(y) − E_μ r) + β]·g(y), g = row_terms(log π(y))."""
-    g = row_terms(env.token_logprobs(logits), env.mask, setup.aggregation(),
-                  norm_len=setup.length(env))  # [P, N]
-    c_k, beta, count = factors
+def _closed_form_loss(env: ResponseSpace, logits: Tensor, mu: Tensor, form: _ClosedForm
+                      ) -> Tensor:
+    """−(1/P)·Σ_p Σ_y μ(y)·[c_K·(r(y) − E_μ r) + β]·g(y)·K/N, g = row_terms(log π(y))."""
+    g = (env.token_logprobs(logits) * form.weights).sum(-1)  # [P, N]
     centred = env.rewards - (mu * env.rewards).sum(-1, keepdim=True)
-    return -(k / count) * (mu * (c_k * centred + beta) * g).sum() / env.num_prompts
+    return -(mu * (form.c_k * centred + form.beta) * g).sum() / env.num_prompts
 
 
 def _enumeration_rows(env: ResponseSpace, k: int) -> int:
@@ -326,7 +173,7 @@ class ExpectedLoss:
         if not isinstance(setup, LossSetup):
             raise TypeError(f"setup must be a LossSetup, got {type(setup).__name__}")
         self.env, self.setup = env, setup
-        self.factors = (_closed_form_factors(env, setup, self.k)
+        self.factors = (_closed_form(env, setup, self.k)
                         if method in ("auto", "closed-form") else None)
         if method == "closed-form" and self.factors is None:
             raise ValueError(f"no closed form for loss {setup.loss!r} with this "
@@ -346,19 +193,19 @@ class ExpectedLoss:
 
     def terms(self, logits: Tensor, behavior: Behavior) -> tuple[Tensor, Tensor]:
         """(E[loss], expected clip fraction per prompt [P]) — see ``batch_terms``."""
-        logits = _check_logits(self.env, logits)
-        return self._terms(logits, _resolve(self.env, behavior, logits))
+        logits = check_logits(self.env, logits)
+        return self._terms(logits, resolve_behavior(self.env, behavior, logits))
 
     def _terms(self, logits: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
         """``terms`` on checked inputs (no value checks on logits: ``torch.func`` traces it)."""
         env, setup = self.env, self.setup
         if self.method == "closed-form":  # REINFORCE-type: nothing is ever clipped
-            return (_closed_form_loss(env, logits, mu, setup, self.k, self.factors),
+            return (_closed_form_loss(env, logits, mu, self.factors),
                     torch.zeros(env.num_prompts, dtype=torch.float64))
         if self.method == "sufficient":
             if self._stats is None:
                 self._stats = SufficientStats(env, setup, self.k)
-            return self._stats.terms(logits, mu, _old_table(env, mu, setup))
+            return self._stats.terms(logits, mu, old_table(env, mu, setup))
         if not self._checked:
             kind, kwargs = setup.advantage_kind()
             require_group_local(kind, kwargs, LOSSES[setup.loss].drop_uniform_groups)
@@ -392,7 +239,7 @@ class ExpectedLoss:
             prompt = torch.arange(env.num_prompts).repeat_interleave(len(outcomes))
             self._groups = (prompt, outcomes.repeat(env.num_prompts, 1))
             rows = (prompt.unsqueeze(-1), self._groups[1])
-            self._shaped = _shape_advantages(env, rows, self.setup, None, None, exact=True)
+            self._shaped = batch_advantages(env, rows, self.setup, None, None, exact=True)
         batch = GroupBatch(*self._groups, weight.flatten(), exact=True)
         return batch_terms(env, logits, batch, mu, self.setup, shaped=self._shaped)
 
@@ -406,13 +253,6 @@ class ExpectedLoss:
             return logits.new_zeros(()), torch.zeros(self.env.num_prompts, dtype=torch.float64)
         batch = GroupBatch(prompt, outcomes[index], weight[prompt, index], exact=True)
         return batch_terms(self.env, logits, batch, mu, self.setup)
-
-
-def _setup(loss: str, options: Mapping[str, Any]) -> LossSetup:
-    names = {f.name for f in dataclasses.fields(LossSetup)} - {"loss", "hparams"}
-    known = {key: value for key, value in options.items() if key in names}
-    hparams = {key: value for key, value in options.items() if key not in names}
-    return LossSetup(loss, hparams, **known)
 
 
 def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, k: int, *,
@@ -431,7 +271,7 @@ def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: 
 def _loss_fn(env: ResponseSpace, behavior: Behavior, loss: str, k: int, method: str,
              options: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
     """logits ↦ exact E[loss], with everything that does not depend on logits resolved once."""
-    value = ExpectedLoss(env, _setup(loss, options), k, method)
+    value = ExpectedLoss(env, loss_setup(loss, options), k, method)
     return lambda logits: value(logits, behavior)
 
 
@@ -449,7 +289,8 @@ def expected_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, lo
 
 
 def _gradient(value: Callable[[Tensor], Tensor], env: ResponseSpace, logits: Tensor) -> Tensor:
-    logits = _check_logits(env, logits).detach().requires_grad_(True)
+    """∇ value(logits); ``value`` (an ``ExpectedLoss``) checks the logits' values itself."""
+    logits = env.check_logits(logits).detach().to(torch.float64).requires_grad_(True)
     (grad,) = torch.autograd.grad(value(logits), logits)
     return grad
 
@@ -459,10 +300,10 @@ def expected_hessian(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
     """∇²_logits E[loss] [*shape, *shape], reverse-over-reverse ``torch.func.jacrev`` (the
     forward-mode ``torch.func.hessian`` warns from inside torch); behaviour held fixed.
     Problems small enough for one piece only (``accumulate`` carries first derivatives)."""
-    logits = _check_logits(env, logits).detach()
-    mu = _resolve(env, behavior, logits)
+    logits = check_logits(env, logits).detach()
+    mu = resolve_behavior(env, behavior, logits)
     method = hparams.pop("method", "auto")
-    value = ExpectedLoss(env, _setup(loss, hparams), k, method)
+    value = ExpectedLoss(env, loss_setup(loss, hparams), k, method)
     # one plain call first: what the engine caches (multisets, advantages, tables) must be
     # built outside the transforms, or a later call finds tensors of a finished transform
     value._terms(logits, mu)
@@ -477,10 +318,10 @@ def group_gradients(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behav
     ``vmap`` over groups of ``grad`` of one group's ``policy_loss`` (O(G); a ``jacrev`` of the
     vector of group losses would cost O(G²)). ``options`` as in ``expected_loss``.
     """
-    setup = _setup(loss, options)
-    logits = _check_logits(env, logits).detach()
-    mu = _resolve(env, behavior, logits)
-    prepared = _prepare(env, _check_batch(env, batch), mu, setup, generator, advantages)
+    setup = loss_setup(loss, options)
+    logits = check_logits(env, logits).detach()
+    mu = resolve_behavior(env, behavior, logits)
+    prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages)
 
     def one(z: Tensor, prompt: Tensor, responses: Tensor, logp_old: Tensor, adv: Tensor,
             mask: Tensor) -> Tensor:
@@ -504,8 +345,8 @@ def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
     from ``group_gradients``; the error is √(Σ_p s_p²/S)/P with s_p² the sample variance
     (ddof 1) over prompt p's groups (the prompts' estimates are independent); 0 when S = 1.
     """
-    logits = _check_logits(env, logits).detach()
-    batch = sample_groups(_resolve(env, behavior, logits), k, num_groups, generator)
+    logits = check_logits(env, logits).detach()
+    batch = sample_groups(resolve_behavior(env, behavior, logits), k, num_groups, generator)
     grads = group_gradients(env, logits, batch, behavior, loss, generator=generator, **options)
     per_prompt = grads.reshape(env.num_prompts, num_groups, *logits.shape)
     mean = per_prompt.mean(dim=1).sum(dim=0) / env.num_prompts
@@ -523,7 +364,7 @@ def iterate_expected_update(env: ResponseSpace, logits: Tensor, behavior: Behavi
     lr = require_number("lr", lr)
     steps, record_every = require_int("steps", steps, 0), require_int("record_every",
                                                                        record_every, 1)
-    theta = _check_logits(env, logits).detach()
+    theta = check_logits(env, logits).detach()
     method = hparams.pop("method", "auto")
     value = _loss_fn(env, behavior, loss, k, method, hparams)
     record = [theta]
@@ -541,14 +382,14 @@ def expected_pairwise_surrogate(env: ResponseSpace, logits: Tensor, anchor_logit
     a_i = r_i − τ·(log π_θ(y_i) − log π_t(y_i)) with π_t given by ``anchor_logits``;
     (1/P)·Σ_p Σ_g w_g·L̂(group g), differentiable in ``logits``.
     """
-    logits = _check_logits(env, logits)
+    logits = check_logits(env, logits)
     anchor_logits = require_float_tensor("anchor_logits", anchor_logits)
     if tuple(anchor_logits.shape) != env.logits_shape:
         raise ValueError(f"anchor_logits must have shape {env.logits_shape}, got "
                          f"{tuple(anchor_logits.shape)}")
     require_finite("anchor_logits", anchor_logits)
     tau = require_positive("tau", tau)
-    mu = _resolve(env, behavior, logits)
+    mu = resolve_behavior(env, behavior, logits)
     batch = enumerate_groups(mu, k)
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     seq_logp = env.sequence_logprobs(logits)[rows]

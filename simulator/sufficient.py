@@ -41,7 +41,7 @@ Design decisions
   normaliser, whatever the loss's own aggregation.
 * Rows with μ(y) = 0 or with a count vector of probability 0 are left out (never multiplied by
   0: their logp_old is −inf). The behaviour is never differentiated.
-* Rows are evaluated in pieces of bounded size (``simulator.enumeration.accumulate``).
+* Rows are evaluated in pieces of bounded size (``simulator.groups.accumulate``).
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ from torch import Tensor
 
 from simulator.advantages import shaped_advantages
 from simulator.aggregation import normaliser
-from simulator.enumeration import CHUNK_ELEMENTS, accumulate
+from simulator.groups import CHUNK_ELEMENTS, accumulate
 from simulator.losses import LOSSES, group_losses
 
 if TYPE_CHECKING:
     from simulator.bandit import ResponseSpace
-    from simulator.exact import LossSetup
+    from simulator.groups import LossSetup
 
 __all__ = ["MAX_STATES", "SufficientStats", "compositions", "require_group_local",
            "reward_classes", "sufficient_cost"]

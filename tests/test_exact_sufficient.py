@@ -209,7 +209,7 @@ def test_reward_classes_and_compositions_by_hand():
 
 @pytest.mark.parametrize("method", ["sufficient", "enumerate"])
 def test_evaluation_in_pieces_equals_one_piece(monkeypatch, method):
-    """A tiny piece size forces many pieces (``enumeration.accumulate``): same value, clip
+    """A tiny piece size forces many pieces (``groups.accumulate``): same value, clip
     fraction and gradient, also through a log-linear policy upstream of the logits."""
     import simulator.exact as exact
     import simulator.sufficient as sufficient

@@ -148,7 +148,7 @@ def test_hessian_is_the_jacobian_of_the_exact_gradient():
 def test_hessian_can_be_taken_twice_on_a_fresh_cache():
     """What the engine caches (multisets) is built outside the transforms: a second call
     used to find tensors of the first call's finished transform (a functorch assertion)."""
-    from simulator.enumeration import _multisets
+    from simulator.groups import _multisets
 
     env, theta, mu, _ = instance(5, tree=False, prompts=1)
     _multisets.cache_clear()
@@ -160,10 +160,10 @@ def test_hessian_can_be_taken_twice_on_a_fresh_cache():
 def test_streamed_multisets_equal_the_materialised_ones(monkeypatch):
     """Above MAX_MATERIALISED the multisets are streamed from itertools in slices: the same
     outcomes in the same order, with the same coefficients, as the cached tensor."""
-    import simulator.enumeration as enumeration
+    import simulator.groups as groups
 
     outcomes, log_coef = multisets(5, 4)
-    monkeypatch.setattr(enumeration, "MAX_MATERIALISED", 10)
+    monkeypatch.setattr(groups, "MAX_MATERIALISED", 10)
     chunks = list(multiset_chunks(5, 4, 7))
     assert [len(c[0]) for c in chunks] == [7] * 10  # C(8, 4) = 70 outcomes
     torch.testing.assert_close(torch.cat([c[0] for c in chunks]), outcomes, rtol=0, atol=0)
@@ -243,13 +243,13 @@ def test_zero_probability_responses_are_left_out_not_nan():
 
 def test_group_gradients_agree_with_jacobian_of_group_losses():
     """Naive twin of ``group_gradients`` (vmap of grad): jacrev of the vector of group losses."""
-    from simulator.exact import _prepare, _setup, per_group_losses
+    from simulator.groups import loss_setup, per_group_losses, prepare
 
     env, theta, mu, g = instance(11, tree=True)
     batch = sample_groups(mu, 3, 10, g)
     for name in ("grpo", "gspo", "opmd-kimi", "dapo"):
-        setup = _setup(name, {})
-        prepared = _prepare(env, batch, mu, setup, None, None)
+        setup = loss_setup(name, {})
+        prepared = prepare(env, batch, mu, setup, None, None)
         naive = torch.func.jacrev(
             lambda z, s=setup, p=prepared: per_group_losses(env, z, p, s).loss)(theta)
         torch.testing.assert_close(group_gradients(env, theta, batch, mu, name), naive,
@@ -306,11 +306,11 @@ def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregatio
 def test_expected_loss_reused_across_behaviours_matches_a_fresh_enumeration():
     """``ExpectedLoss`` caches the enumeration's static parts: calling one object with new
     behaviours (including one with exact zeros, which falls back) must equal fresh calls."""
-    from simulator.exact import ExpectedLoss, _setup
+    from simulator.exact import ExpectedLoss
 
     env, theta, _, g = instance(13, tree=True)
     for name in ("grpo", "rec-oneside-is", "opmd-kimi"):
-        reused = ExpectedLoss(env, _setup(name, {}), 3, "enumerate")
+        reused = ExpectedLoss(env, LossSetup(name), 3, "enumerate")
         for trial in range(3):
             mu = torch.softmax(torch.randn(env.rewards.shape, generator=g,
                                            dtype=torch.float64), -1)
