@@ -145,5 +145,6 @@ def test_low_precision_inputs_get_the_float64_math_of_their_own_values(dtype):
         (grad,) = torch.autograd.grad(out.loss, leaf)
         assert out.loss.dtype == torch.float32
         # the value is rounded once to float32; the gradient once to the input's dtype
-        assert float(out.loss.detach()) == pytest.approx(float(ref.loss.detach()), rel=2.0**-23, abs=1e-30), name
+        value, expected = float(out.loss.detach()), float(ref.loss.detach())
+        assert value == pytest.approx(expected, rel=2.0**-23, abs=1e-30), name
         torch.testing.assert_close(grad.double(), ref_grad, rtol=unit, atol=1e-30)

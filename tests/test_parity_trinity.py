@@ -170,7 +170,8 @@ def test_grlab_gives_the_seeds_value_gradient_and_metrics(name, kwargs, referenc
                                                      abs=1e-15)
     torch.testing.assert_close(grad, ref_grad, rtol=TRINITY_RTOL, atol=1e-15)
     for key, expected in metrics.items():
-        assert float(out.metrics[key]) == pytest.approx(float(expected.detach()), rel=TRINITY_RTOL), key
+        expected = float(expected.detach())
+        assert float(out.metrics[key]) == pytest.approx(expected, rel=TRINITY_RTOL), key
 
 
 def test_the_token_mean_of_the_seeds_rec_is_not_the_sequence_mean():

@@ -117,7 +117,8 @@ def _rtol(mode):
 
 
 def _assert_same(mode, out, grad, value, metrics, ref_grad):
-    assert float(out.loss.detach()) == pytest.approx(float(value.detach()), rel=_rtol(mode), abs=1e-15)
+    expected = float(value.detach())
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=_rtol(mode), abs=1e-15)
     torch.testing.assert_close(grad, ref_grad, rtol=_rtol(mode), atol=1e-15)
     for key, expected in metrics.items():
         assert float(out.metrics[key]) == pytest.approx(float(expected.detach()), rel=1e-12), key
