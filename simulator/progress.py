@@ -7,8 +7,8 @@ Design decisions
 * A live bar redraws one line with terminal control codes; written to a pipe, a log file or CI
   it shows nothing until the end. ``PartProgress`` is what the lab's commands use for a job made
   of named parts (an experiment's arms, the theory catalogue's claims): on a terminal it drives
-  the bar; otherwise it prints one plain line when a part finishes and one every ``every`` steps
-  inside a long part — deterministic lines, so a log reads the same on every run.
+  the bar; otherwise it prints one plain line when a part finishes and one every ``LINE_EVERY``
+  (50) steps inside a long part — deterministic lines, so a log reads the same on every run.
 * Progress goes to the console it is given; the lab passes its stderr console, so
   ``grlab compare > table.txt`` keeps the results clean and still shows the bar.
 """
@@ -29,7 +29,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-__all__ = ["PartProgress", "progress_bar"]
+__all__ = ["LINE_EVERY", "PartProgress", "progress_bar"]
+
+LINE_EVERY = 50  # off a terminal, a line every this many steps inside a part
 
 
 def progress_bar(console: Console | None = None, *, transient: bool = False) -> Progress:
@@ -45,8 +47,9 @@ class PartProgress:
     step i (0-based) of a part and ``done(part, note)`` when a part is finished."""
 
     def __init__(self, console: Console, title: str, parts: Sequence[str], steps: int,
-                 *, every: int = 50) -> None:
-        self.console, self.title, self.steps, self.every = console, title, steps, every
+                 *, every: int | None = None) -> None:
+        self.console, self.title, self.steps = console, title, steps
+        self.every = every or LINE_EVERY
         self.index = {part: i for i, part in enumerate(parts)}
         self.completed: dict[str, int] = {}
         self.live = console.is_terminal and not console.is_dumb_terminal

@@ -90,6 +90,8 @@ def json_target(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--json must be a file path, but {path} is a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"--json: cannot write {path}, because {path.parent} is a file")
     output_dir(path.parent, what="--json's folder")
     return path
 
