@@ -370,6 +370,10 @@ def _arms(*keys: str) -> tuple[Arm, ...]:
     return tuple(arm(k) for k in keys)
 
 
+# On a bandit every response is one token and the aggregations coincide; on a tree they do not.
+# The seed's GRPO config takes the token mean (REC-OneSide-IS + std, Trinity-RFT): TRL's bnpo.
+SEED_GRPO = Arm.of("grpo-token-mean", "GRPO (seed: token-mean)", "bnpo")
+
 # The tree testbed (E1-tree, E7): 3 tokens (token 0 ends a response), depth 3 → 15 responses
 # of 1–3 tokens, graded rewards, a log-linear policy over the tree's (node, token) pairs, K = 3.
 # 4 prompts: each prompt's enumeration (680 groups × 3 tokens) is 12× a bandit prompt's work.
@@ -394,17 +398,13 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         problem=LOG_LINEAR),
     Experiment(
         "E3", "widened clipping (0.6, 2.0) vs a larger learning rate with clip 0.2",
-        "§4: (0.6, 2.0) learns faster than (0.2, 0.2), and this is not the same as taking "
-        "larger steps.",
-        (Arm.of("nois-lr1", "REC-OneSide-NoIS lr×1", "rec-oneside-nois"),
-         Arm.of("nois-lr2", "REC-OneSide-NoIS lr×2", "rec-oneside-nois", lr_scale=2.0),
-         Arm.of("nois-lr4", "REC-OneSide-NoIS lr×4", "rec-oneside-nois", lr_scale=4.0),
-         Arm.of("nois-wide-lr1", "REC-OneSide-NoIS (0.6, 2.0) lr×1", "rec-oneside-nois",
-                **WIDE),
-         Arm.of("nois-wide-lr05", "REC-OneSide-NoIS (0.6, 2.0) lr×0.5", "rec-oneside-nois",
-                lr_scale=0.5, **WIDE),
-         Arm.of("reinforce-lr05", "REINFORCE lr×0.5", "reinforce", lr_scale=0.5),
-         Arm.of("reinforce-lr2", "REINFORCE lr×2", "reinforce", lr_scale=2.0)),
+        "appendix, as the seed ran it: GRPO and REC-OneSide-NoIS at lr ×1, ×2, ×5, ×10 vs "
+        "the widened clip (0.6, 2.0) at ×1 and ×2 — is the wide clip only a larger step?",
+        (*(Arm.of(f"{key}-lr{scale:g}", f"{label} lr×{scale:g}", key, lr_scale=scale)
+           for key, label in (("grpo", "GRPO"), ("rec-oneside-nois", "REC-OneSide-NoIS"))
+           for scale in (1.0, 2.0, 5.0, 10.0)),
+         *(Arm.of(f"nois-wide-lr{scale:g}", f"REC-OneSide-NoIS (0.6, 2.0) lr×{scale:g}",
+                  "rec-oneside-nois", lr_scale=scale, **WIDE) for scale in (1.0, 2.0))),
         problem=LOG_LINEAR),
     Experiment(
         "E4", "REP: OPMD (Kimi, Trinity) and AsymRE β = 0.1 vs REINFORCE and REC",
@@ -413,7 +413,12 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
          Arm.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
          Arm.of("opmd-kimi-tau01", "OPMD (Kimi) τ=0.1", "opmd-kimi", tau=0.1),
-         Arm.of("opmd-trinity", "OPMD (Trinity)")),
+         Arm.of("opmd-trinity", "OPMD (Trinity)"),
+         # the seed's released configs (Trinity-RFT examples/rec_gsm8k), named as it names them
+         Arm.of("seed-kimi-opmd", "Kimi's OPMD (seed: REC, k2 0.1, unclipped)", "rec",
+                clip="none", regularizer="k2", reg_coef=0.1),
+         Arm.of("seed-meta-asymre", "Meta's AsymRE (seed: REC, forward-KL 0.1)", "rec",
+                clip="none", regularizer="forward-kl", reg_coef=0.1)),
         problem=LOG_LINEAR),
     Experiment(
         "E5", "RED: RED-Drop (sampled groups) and RED-Weight vs REC",
@@ -422,7 +427,7 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         (*_arms("rec-oneside-nois", "red-weight", "reinforce"),
          Arm.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
                 mode="sampled"),
-         Arm.of("red-drop", "RED-Drop (sampled)", mode="sampled"),
+         Arm.of("red-drop", "RED-Drop (seed: unclipped; sampled)", mode="sampled"),
          Arm.of("red-weight-sampled", "RED-Weight (sampled)", "red-weight", mode="sampled")),
         problem=LOG_LINEAR, settings=("on-policy", "sync-interval-20")),
     Experiment(
@@ -449,14 +454,15 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
     Experiment(
         "E1-tree", "E1 on the token-level tree (responses of 1–3 tokens, graded rewards)",
         "§4: the same comparison where ratios are per token and responses differ in length.",
-        _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
+        (*_arms("reinforce", "grpo"), SEED_GRPO,
+         *_arms("rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide")),
         problem=TREE, group_size=3),
     Experiment(
         "E7", "token- vs sequence-level ratios on a tree: GRPO vs GSPO, Kimi sequence vs "
         "token k2",
         "§5 / §8: GSPO clips the sequence ratio, GRPO each token's; Kimi's OPMD squares the "
         "sequence log-ratio, Trinity's k2 each token's — the pairs differ off-policy.",
-        (*_arms("reinforce", "grpo", "rec-oneside-nois", "opmd-kimi"),
+        (*_arms("reinforce", "grpo"), SEED_GRPO, *_arms("rec-oneside-nois", "opmd-kimi"),
          Arm.of("gspo", "GSPO"), Arm.of("gspo-token", "GSPO-token"),
          Arm.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token")),
         problem=TREE, group_size=3),
