@@ -205,10 +205,10 @@ def experiment(
                                                    f"{OUT_HELP}.")] = None,
     fresh: bool = False,
 ) -> None:
-    """Run one named experiment of the paper's findings and write its plot and table
-    (E1–E5, E7: learning curves under the four off-policy settings; E1-lr, E1-tabular,
-    E1-tabular-graded, E1-tree: E1 across learning rates and testbeds; E6: Pitfall 1 on a
-    three-armed bandit).
+    """Run one named experiment of the paper's findings and write its plot and table: E1–E5
+    and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,
+    E1-tabular-graded and E1-tree repeat E1 across learning rates and testbeds; E6 is
+    Pitfall 1 on a three-armed bandit.
 
     Args:
         key: the experiment's key.
@@ -242,10 +242,8 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
 
     Args:
         only: run only these claim keys (e.g. --only 4 13b); default: the whole catalogue.
-        instances: instances per claim; default: each claim's own count (the full run then
-            takes well under a minute on 2 cores).
-        seed: seed of the generator that draws every instance; default: fresh from the OS
-            (printed, so a failure can be replayed).
+        instances: instances per claim (default: each claim's own; the full run is under 1 min).
+        seed: seed of every instance's generator (default: fresh, and printed for a replay).
         json: also write the table to this path as JSON (checked before any claim runs).
     """
     from simulator.claims import CATALOGUE
