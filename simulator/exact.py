@@ -173,12 +173,12 @@ class ExpectedLoss:
         if not isinstance(setup, LossSetup):
             raise TypeError(f"setup must be a LossSetup, got {type(setup).__name__}")
         self.env, self.setup = env, setup
-        self.factors = (_closed_form(env, setup, self.k)
+        self._closed = (_closed_form(env, setup, self.k)
                         if method in ("auto", "closed-form") else None)
-        if method == "closed-form" and self.factors is None:
+        if method == "closed-form" and self._closed is None:
             raise ValueError(f"no closed form for loss {setup.loss!r} with this "
                              "advantage/aggregation")
-        if self.factors is not None:
+        if self._closed is not None:
             self.method = "closed-form"
         else:
             self.method = _choose(env, self.k) if method == "auto" else method
@@ -200,7 +200,7 @@ class ExpectedLoss:
         """``terms`` on checked inputs (no value checks on logits: ``torch.func`` traces it)."""
         env, setup = self.env, self.setup
         if self.method == "closed-form":  # REINFORCE-type: nothing is ever clipped
-            return (_closed_form_loss(env, logits, mu, self.factors),
+            return (_closed_form_loss(env, logits, mu, self._closed),
                     torch.zeros(env.num_prompts, dtype=torch.float64))
         if self.method == "sufficient":
             if self._stats is None:

@@ -68,7 +68,7 @@ __all__ = [
 
 MAX_GROUPS = 100_000_000  # multisets per prompt above which enumeration refuses (hours of work)
 MAX_MATERIALISED = 5_000_000  # outcomes ``multisets``/``ordered_tuples`` hold at once
-CHUNK_ELEMENTS = 2**21  # token positions ([rows, H] entries) evaluated in one piece
+CHUNK_ELEMENTS = 2**20  # token positions ([rows, H] entries) evaluated in one piece
 
 Piece = Callable[[Tensor], tuple[Tensor, Tensor]]  # θ ↦ (value term, detached extra term)
 Behavior = Tensor | str | Callable[[Tensor], Tensor]
@@ -261,8 +261,8 @@ class Prepared(NamedTuple):
 
 
 def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: LossSetup,
-             generator: torch.Generator | None, advantages: Tensor | None,
-             shaped: tuple[Tensor, Tensor] | None = None) -> Prepared:
+            generator: torch.Generator | None, advantages: Tensor | None,
+            shaped: tuple[Tensor, Tensor] | None = None) -> Prepared:
     """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
     depend on the behaviour, only on which groups the batch holds)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
@@ -280,8 +280,8 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
 
 
 def batch_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: LossSetup,
-                      generator: torch.Generator | None, advantages: Tensor | None,
-                      exact: bool) -> tuple[Tensor, Tensor]:
+                     generator: torch.Generator | None, advantages: Tensor | None,
+                     exact: bool) -> tuple[Tensor, Tensor]:
     """(advantages [G, K], token mask [G, K, H]) of the groups ``rows``, as the preset says."""
     mask = env.mask[rows[1]]
     if advantages is not None:
@@ -297,6 +297,7 @@ def batch_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: Los
 
 
 def check_batch(env: ResponseSpace, batch: object) -> GroupBatch:
+    """A ``GroupBatch`` of consistent shapes whose indices lie inside the testbed."""
     if not isinstance(batch, GroupBatch):
         raise TypeError(f"batch must be a GroupBatch, got {type(batch).__name__}")
     responses, prompt = batch.responses, batch.prompt
@@ -305,8 +306,9 @@ def check_batch(env: ResponseSpace, batch: object) -> GroupBatch:
         raise ValueError("batch must hold prompt [G], responses [G, K] and weight [G], got "
                          f"{tuple(prompt.shape)}, {tuple(responses.shape)}, "
                          f"{tuple(batch.weight.shape)}")
-    if len(prompt) and (int(responses.min()) < 0 or int(responses.max()) >= env.num_responses
-                        or int(prompt.min()) < 0 or int(prompt.max()) >= env.num_prompts):
+    outside = ((responses < 0) | (responses >= env.num_responses)).any() | (
+        (prompt < 0) | (prompt >= env.num_prompts)).any()
+    if bool(outside):  # one host sync
         raise ValueError("batch indexes a prompt or response outside the testbed")
     return batch
 
@@ -333,8 +335,8 @@ def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior:
                 shaped: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """(``batch_loss``, clip fraction per prompt [P]: Σ_g w_g·clipfrac(g) over its groups)."""
     logits = check_logits(env, logits)
-    prepared = prepare(env, check_batch(env, batch), resolve_behavior(env, behavior, logits), setup,
-                        generator, advantages, shaped)
+    mu = resolve_behavior(env, behavior, logits)
+    prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages, shaped)
     groups = per_group_losses(env, logits, prepared, setup, looped=looped)
     clipfrac = torch.zeros(env.num_prompts, dtype=groups.clipfrac.dtype).index_add_(
         0, batch.prompt, prepared.weight.to(groups.clipfrac.dtype) * groups.clipfrac)
@@ -363,6 +365,7 @@ def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> 
 
 
 def loss_setup(loss: str, options: Mapping[str, Any]) -> LossSetup:
+    """A ``LossSetup`` from keyword options: its own fields by name, the rest loss keywords."""
     names = {f.name for f in dataclasses.fields(LossSetup)} - {"loss", "hparams"}
     known = {key: value for key, value in options.items() if key in names}
     hparams = {key: value for key, value in options.items() if key not in names}

@@ -245,26 +245,36 @@ class SufficientStats:
         return torch.cat([a for a, _ in parts], -1), torch.cat([b for _, b in parts], -1)
 
     def rest_law(self, mu: Tensor) -> Tensor:
-        """P(c, S) [P, C, D] of the K − 1 others: count vector c, length S − (K−1)·L_min."""
+        """P(c, S) [P, C, D] of the K − 1 others: count vector c, length S − (K−1)·L_min.
+
+        Factored so that nothing overflows at large K: the multinomial probability of the
+        counts, exp(log (K−1)!/Π c_v! + Σ_v c_v·log p_v) ≤ 1, times the law of S given c,
+        ⊛_v λ_v^{⊛c_v} with λ_v = q_v/p_v the length law of one class-v draw (each a
+        distribution, so neither the coefficient nor p_v^{c_v} is ever formed alone).
+        """
         env, (p, v), k = self.env, self.classes.values.shape, self.k
         depth = (k - 1) * self.spread + 1
         q = mu.new_zeros(p, v, self.spread + 1)
         q.index_put_((torch.arange(p).unsqueeze(1).expand_as(self.classes.index),
                       self.classes.index, (env.lengths - self.lmin).expand_as(self.classes.index)),
                      mu, accumulate=True)
+        mass = q.sum(-1)  # p_v [P, V]
+        step = q / mass.clamp(min=torch.finfo(mu.dtype).tiny).unsqueeze(-1)  # λ_v (0 if p_v = 0)
         power = mu.new_zeros(p, v, depth)
         power[..., 0] = 1.0
         powers = [power]
-        for _ in range(k - 1):  # q_v^n = q_v^{n−1}·q_v, a convolution with spread + 1 taps
-            power = _poly_mul(q, power) if self.spread else q * power
+        for _ in range(k - 1):  # λ_v^{⊛n} = λ_v^{⊛(n−1)} ⊛ λ_v, spread + 1 taps
+            power = _poly_mul(step, power) if self.spread else step * power
             powers.append(power)
         stacked = torch.stack(powers, dim=2)  # [P, V, K, D]
-        law = None
+        lengths = None
         for j in range(v):
             factor = stacked[:, j, self.comps[:, j]]  # [P, C, D]
-            law = factor if law is None else (_poly_mul(law, factor) if self.spread
-                                              else law * factor)
-        return law * self.log_coef.exp().view(1, -1, 1)
+            lengths = factor if lengths is None else (_poly_mul(lengths, factor) if self.spread
+                                                      else lengths * factor)
+        counts = self.comps.to(mu.dtype)
+        log_prob = self.log_coef + torch.xlogy(counts, mass.unsqueeze(1)).sum(-1)  # [P, C]
+        return torch.exp(log_prob).unsqueeze(-1) * lengths
 
     def rows(self, mu: Tensor) -> _Rows:
         """The (prompt, response, count vector) rows of positive probability, with weights."""

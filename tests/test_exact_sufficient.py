@@ -258,3 +258,15 @@ def test_large_binary_problem_is_exact_where_enumeration_is_impossible():
     rec = expected_gradient(env, theta, "on-policy", "rec-oneside-nois", 16, method="sufficient")
     closed = expected_gradient(env, theta, "on-policy", "reinforce", 16, method="closed-form")
     torch.testing.assert_close(rec, closed, rtol=1e-10, atol=1e-13)
+
+
+def test_groups_so_large_that_the_multinomial_coefficient_overflows_stay_finite_and_exact():
+    """K = 1,200: (K − 1)!/(c!(K−1−c)!) reaches 10^359 > float64's max, and p^c underflows;
+    the engine never forms either alone. Same identity as above."""
+    g = torch.Generator().manual_seed(2)
+    env = SoftmaxBandit(make_rewards("binary", (1, 8), g))
+    theta = random_logits(env, g)
+    rec = expected_gradient(env, theta, "on-policy", "rec-oneside-nois", 1200,
+                            method="sufficient")
+    closed = expected_gradient(env, theta, "on-policy", "reinforce", 1200, method="closed-form")
+    torch.testing.assert_close(rec, closed, rtol=1e-9, atol=1e-13)
