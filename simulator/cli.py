@@ -137,9 +137,8 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     for kind, path in paths.items():
         console.print(f"{kind:>8}: {path}", markup=False)
     if previous is not None and previous != _read_text(paths["markdown"]):
-        _note(f"the table and plot in {out} replaced those of a previous run with another "
-              f"configuration (its losses stay cached in {out / 'runs'}; rerunning its "
-              "command regenerates them)")
+        _note(f"the table and plot in {out} replaced a previous run's, which differed (its "
+              f"losses stay cached in {out / 'runs'}; rerunning its command regenerates them)")
 
 
 def _read_text(path: Path) -> str | None:
@@ -224,10 +223,13 @@ def experiment(
         return
     from rich.markdown import Markdown
 
+    from simulator.progress import PartProgress
+
     title, run = FIGURES[key]
     try:
-        with errors.status(f"{key}: {title}"):
+        with PartProgress(errors, key, [title], 1) as progress:
             text, paths = run(out)
+            progress.done(title, "done")
     except KeyboardInterrupt:
         raise _interrupted(None) from None
     console.print(Markdown(text))

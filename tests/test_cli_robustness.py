@@ -305,7 +305,7 @@ def test_another_configuration_replaces_the_table_with_a_note_and_keeps_the_cach
     grlab_split(*first)
     table = (tmp_path / "table.md").read_text()
     code, _, err = grlab_split("compare", "--losses", "grpo", *TINY, "--out", str(tmp_path))
-    assert code == 0 and "replaced those of a previous run" in err
+    assert code == 0 and "replaced a previous run's, which differed" in err
     count_runs.clear()
     _, _, err = grlab_split(*first)  # regenerated from the cache, nothing retrained
     assert count_runs == [] and (tmp_path / "table.md").read_text() == table

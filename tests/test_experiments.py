@@ -60,5 +60,6 @@ def test_pitfall_writes_its_table_and_figure(tmp_path):
 def test_grlab_experiment_runs_a_figure_and_rejects_an_unknown_key(grlab, tmp_path):
     code, out = grlab("experiment", "E6", "--out", str(tmp_path))
     assert code == 0 and "pitfall.png" in out.replace("\n", "")
+    assert "E6 [1/1] Pitfall 1" in out  # off a terminal, progress is a plain line
     code, out = grlab("experiment", "E99")  # tyro lists the valid keys
     assert code == 2 and "E99" in out and "E7" in out
