@@ -27,8 +27,9 @@ Design decisions
   the head directly (``llm_bridge.logprobs``): DDP wraps ``LogProbs``, a module whose forward is
   ``logprobs_and_entropy``. Micro-batches run under ``no_sync`` except the last, which every
   process runs (a process with no valid token back-propagates an exact zero), so every process
-  joins every gradient all-reduce. ``broadcast_buffers=False``: processes run different numbers
-  of forwards (a broadcast per forward would deadlock), and a causal LM's buffers (rotary
+  joins every gradient all-reduce. No buffer broadcast per forward (``broadcast_buffers=False``,
+  ``forward_sync_buffers=False`` from torch 2.13): processes run different numbers of
+  forwards (a broadcast per forward would deadlock), and a causal LM's buffers (rotary
   frequencies) are constants.
 * Ctrl-C. ``StopOnInterrupt`` turns the first SIGINT into a request that the loop reads between
   steps; all processes agree (``any``) and stop at the same step, where the state is
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import signal
 import threading
@@ -149,9 +151,13 @@ class Processes:
         if not self.distributed:
             return policy
         device = next(model.parameters()).device
-        return torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # no buffer broadcast per forward (the name changed in torch 2.13)
+        no_buffer_sync = {"forward_sync_buffers": False} \
+            if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else {"broadcast_buffers": False}
+        return ddp(policy, device_ids=[device.index] if device.type == "cuda" else None,
+                   **no_buffer_sync)
 
     @staticmethod
     def sync_gradients(policy: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:

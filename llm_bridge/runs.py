@@ -19,7 +19,8 @@ Design decisions
 * What a resumed run must share with the run it continues is the config's ``fingerprint``
   (``steps`` is not part of it: a finished run can be extended).
 * Progress: a rich bar on a terminal; on a pipe or a file (a log, CI), where a bar prints
-  nothing useful, one plain line every ``steps // 20`` steps and at every evaluation.
+  nothing useful, plain lines: the first step, every ``steps // 20`` steps, every evaluation,
+  the last step, and at least one a minute.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ PREVIOUS = "checkpoint.prev.pt"
 METRICS = "metrics.jsonl"
 PLOT = "curves.png"
 RUN_FILES = (METRICS, CHECKPOINT, PREVIOUS, PLOT)
+LINE_EVERY_S = 60.0
 STATE_KEYS = ("step", "model", "optimizer", "history", "ranks", "config", "world_size",
               "init_fingerprint")
 
@@ -154,7 +157,7 @@ class Progress:
 
     def __init__(self, label: str, steps: int, start: int, *, enabled: bool) -> None:
         self.enabled, self.label, self.steps = enabled, label, steps
-        self.every = max(1, steps // 20)
+        self.every, self.first, self.last_line = max(1, steps // 20), start + 1, 0.0
         self.bar: Any = None
         if enabled and sys.stdout.isatty():
             from simulator.progress import progress_bar
@@ -171,8 +174,10 @@ class Progress:
             text += f" eval {row['eval_reward']:.2f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], description=text)
-        elif row["step"] % self.every == 0 or "eval_reward" in row or row["step"] == self.steps:
+        elif (row["step"] in (self.first, self.steps) or row["step"] % self.every == 0
+              or "eval_reward" in row or time.monotonic() - self.last_line > LINE_EVERY_S):
             print(f"step {row['step']}/{self.steps} {text} ({row['seconds']:.1f} s)", flush=True)
+            self.last_line = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -123,8 +123,8 @@ class TrainConfig:
         if (self.resume or self.overwrite) and self.out is None:
             raise ValueError("resume and overwrite need out= (the run folder)")
         if self.resume and self.overwrite:
-            raise ValueError("resume continues the run in out= and overwrite replaces it: "
-                             "pass one of them")
+            raise ValueError("resume (--resume) continues the run in out and overwrite "
+                             "(--overwrite) replaces it: pass one of them")
 
     @property
     def schedule(self) -> Schedule:
