@@ -221,7 +221,7 @@ def test_gradient_accumulation_window_token_mean_is_dapos_not_bnpos(tmp_path):
             run.loss_type = loss_type
         run.model.train()
         run.current_gradient_accumulation_steps = 2
-        results[label] = float(sum(cls._compute_loss(run, run.model, h) for h in halves))
+        results[label] = float(sum(cls._compute_loss(run, run.model, h) for h in halves).detach())
     window = policy_loss("grpo", *_logps(model, inputs), agg="token-mean").loss
     assert results["grlab"] == pytest.approx(float(window), rel=1e-5)
     assert results["dapo"] == pytest.approx(float(window), rel=1e-5)

@@ -10,6 +10,10 @@ tolerances are round-off; the one exception is named where it is used (verl's 1e
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -233,7 +237,7 @@ def test_verls_own_call_site_runs_a_grlab_loss_with_the_global_batch_info():
     expected = policy_loss("rec-oneside-nois", logp, old, adv, mask, agg="token-mean",
                            denominator=3 * int(mask.sum())).loss
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-    assert metrics["actor/pg_loss"].aggregate() == pytest.approx(float(expected))
+    assert metrics["actor/pg_loss"].aggregate() == pytest.approx(float(expected.detach()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,3 +411,23 @@ def test_every_loss_and_kind_is_registered_under_the_grlab_prefix():
     kinds = {f"grlab/{n}" for n in (*LOSSES, *grlab_verl.ADVANTAGE_KINDS_VERL)}
     assert kinds <= set(core_algos.ADV_ESTIMATOR_REGISTRY)
     assert grlab_verl.register_all() == [f"grlab/{n}" for n in LOSSES]  # idempotent
+
+
+def test_verls_external_module_hook_registers_the_grlab_names():
+    """The documented hook: ``VERL_USE_EXTERNAL_MODULES=llm_bridge.integrations.verl`` makes
+    ``import verl`` (in every process that inherits the variable) register grlab's names."""
+    code = ("import verl\nfrom verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as L, "
+            "ADV_ESTIMATOR_REGISTRY as A\nprint('grlab/grpo' in L, 'grlab/red-drop' in A)")
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "llm_bridge.integrations.verl"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[-2:] == ["True", "True"]
+
+
+def test_without_the_extra_the_import_error_names_the_pip_install():
+    code = ("import sys; sys.modules['verl'] = None\n"
+            "try:\n    import llm_bridge.integrations.verl\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out.endswith("pip install 'grlab[verl]'") and "\n" not in out
