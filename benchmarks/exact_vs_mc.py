@@ -25,9 +25,11 @@ grades {0, ½, 1}; continuous U[0, 1)) — one off-policy problem (logits θ ∼
    should be near ε: the law is about the RMS, one draw scatters around it).
 3. *the frontier*: for each environment, reward kind and K, N doubles from 2 while the exact
    gradient takes at most ``--frontier-s`` (1 s): the largest N solved within it.
-4. *scaling*: warm exact time against N (per K) and against K (per N), bandit with continuous
-   rewards, on log-log axes with fitted exponents (least squares on log t) in exact_vs_mc.png.
-   Enumeration visits C(N + K − 1, K) ≈ N^K/K! multisets, so its exponent in N tends to K.
+4. *scaling*: warm exact time against N (per K) and against K (per N), bandit, each reward
+   kind, on log-log axes with fitted exponents (least squares on log t) in exact_vs_mc.png.
+   Enumeration visits C(N + K − 1, K) ≈ N^K/K! multisets, so its exponent in N tends to K; a
+   sufficient-statistics engine's cost depends on the number of distinct reward values, so the
+   reward kinds separate once it runs.
 
 A grid series (environment, reward, K, method) stops at the first N the method refuses or that
 takes more than ``--max-exact-s``. Writes OUT/exact_vs_mc.json and OUT/exact_vs_mc.png; the
@@ -42,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -94,12 +97,12 @@ class Args:
     out: Path = RESULTS
     """output folder for exact_vs_mc.json and exact_vs_mc.png."""
     smoke: bool = False
-    """tiny sizes, for the smoke test (seconds): N 4, 8; K 2, 3; ε = 0.05."""
+    """tiny sizes, for the smoke test (seconds): N 4, 8; K 2, 3; two reward kinds; ε = 0.05."""
 
 
-SMOKE = {"responses": (4, 8), "group_sizes": (2, 3), "pilot_groups": 64, "chunk_groups": 256,
-         "target": 0.05, "direct_budget_s": 5.0, "max_exact_s": 5.0, "frontier_s": 0.05,
-         "frontier_max_n": 32, "repeats": 1}
+SMOKE = {"responses": (4, 8), "group_sizes": (2, 3), "rewards": ("binary", "continuous"),
+         "pilot_groups": 64, "chunk_groups": 256, "target": 0.05, "direct_budget_s": 5.0,
+         "max_exact_s": 5.0, "frontier_s": 0.2, "frontier_max_n": 32, "repeats": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,11 +164,13 @@ def available_methods(loss: str) -> list[str]:
 
 
 def _clear_caches() -> None:
-    """Forget enumeration tables, so that the next call pays for building them (cold)."""
-    for name in dir(exact):
-        cache_clear = getattr(getattr(exact, name), "cache_clear", None)
-        if callable(cache_clear):
-            cache_clear()
+    """Forget every cached table of the simulator (enumerations, sufficient statistics), so
+    that the next call pays for building them (cold)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("simulator") and module is not None:
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 def time_exact(problem, loss: str, k: int, method: str, repeats: int) -> dict[str, object]:
@@ -313,45 +318,46 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / var if var else None
 
 
-def scaling(rows: list[dict[str, object]]) -> dict[str, dict[int, tuple[list, list]]]:
-    """Warm "auto" times of the bandit with continuous rewards, by K (against N) and by N."""
-    by_k: dict[int, tuple[list, list]] = {}
-    by_n: dict[int, tuple[list, list]] = {}
+def scaling(rows: list[dict[str, object]], reward: str) -> dict[str, dict[int, tuple]]:
+    """Warm "auto" times of the bandit with ``reward`` rewards, by K (against N) and by N."""
+    series: dict[str, dict[int, tuple[list, list]]] = {"by_K": {}, "by_N": {}}
     for row in rows:
         timing = row.get("auto", {})
-        if row["env"] != "bandit" or row["reward"] != "continuous" or "warm_s" not in timing:
+        if row["env"] != "bandit" or row["reward"] != reward or "warm_s" not in timing:
             continue
-        by_k.setdefault(row["K"], ([], []))
-        by_k[row["K"]][0].append(row["N"])
-        by_k[row["K"]][1].append(timing["warm_s"])
-        by_n.setdefault(row["N"], ([], []))
-        by_n[row["N"]][0].append(row["K"])
-        by_n[row["N"]][1].append(timing["warm_s"])
-    return {"by_K": by_k, "by_N": by_n}
+        for key, group, x in (("by_K", row["K"], row["N"]), ("by_N", row["N"], row["K"])):
+            xs, ys = series[key].setdefault(group, ([], []))
+            xs.append(x)
+            ys.append(timing["warm_s"])
+    return series
 
 
-def plot(series: dict[str, dict[int, tuple[list, list]]], path: Path) -> dict[str, object]:
-    """Two log-log panels (time vs N per K, time vs K per N); returns the fitted exponents."""
+def plot(rows: list[dict[str, object]], rewards: tuple[str, ...], path: Path
+         ) -> dict[str, object]:
+    """Two log-log panels (time vs N per K, time vs K per N; one line style per reward kind);
+    returns the fitted exponents, by reward kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fits: dict[str, dict[int, float | None]] = {"exponent_in_N_by_K": {},
-                                                "exponent_in_K_by_N": {}}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, fit_key, label, xlabel in (
-            (axes[0], "by_K", "exponent_in_N_by_K", "K", "N (responses)"),
-            (axes[1], "by_N", "exponent_in_K_by_N", "N", "K (group size)")):
-        for value, (xs, ys) in sorted(series[key].items()):
-            slope = fits[fit_key][value] = _slope(xs, ys)
-            text = "" if slope is None else f", slope {slope:.2f}"
-            ax.loglog(xs, ys, "o-", label=f"{label}={value}{text}")
+    fits: dict[str, dict[str, dict[int, float | None]]] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for reward, style in zip(rewards, ("o-", "s--", "^:"), strict=False):
+        series = scaling(rows, reward)
+        fits[reward] = {"exponent_in_N_by_K": {}, "exponent_in_K_by_N": {}}
+        for ax, key, fit_key, label in ((axes[0], "by_K", "exponent_in_N_by_K", "K"),
+                                        (axes[1], "by_N", "exponent_in_K_by_N", "N")):
+            for value, (xs, ys) in sorted(series[key].items()):
+                slope = fits[reward][fit_key][value] = _slope(xs, ys)
+                text = "" if slope is None else f", slope {slope:.2f}"
+                ax.loglog(xs, ys, style, label=f"{reward} {label}={value}{text}")
+    for ax, xlabel in zip(axes, ("N (responses)", "K (group size)"), strict=True):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("exact gradient, warm (s)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("exact expected gradient cost (bandit, continuous rewards, method auto)")
+    fig.suptitle("exact expected gradient cost (bandit, method auto)")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
@@ -365,25 +371,27 @@ def main(args: Args) -> None:
     methods = available_methods(args.loss)
     rows = grid(args, methods)
     measure_direct(rows, args)
-    fits = plot(scaling(rows), out / "exact_vs_mc.png")
+    fits = plot(rows, args.rewards, out / "exact_vs_mc.png")
     edge = frontier(args)
     ratios = [r["mc"]["mc_s"] / r["auto"]["cold_s"] for r in rows if "mc" in r]
     direct = [r for r in rows if r.get("mc", {}).get("mc_source") == "measured"]
-    bandit = [f for f in edge if f["env"] == "bandit" and f["N"] is not None]
-    largest = max(bandit, key=lambda f: f["multisets"], default=None)
+    k_max = max(args.group_sizes)
+    edge_bandit = {f["reward"]: f for f in edge if f["env"] == "bandit" and f["K"] == k_max}
     summary = {
         "mc_over_exact_cold_median": statistics.median(ratios) if ratios else None,
         "mc_over_exact_cold_range": [min(ratios), max(ratios)] if ratios else None,
         "points": len(ratios), "points_measured_directly": len(direct),
-        "largest_bandit_within_frontier_s": largest,
+        "largest_bandit_N_within_frontier_s_at_largest_K": {
+            reward: f["N"] for reward, f in edge_bandit.items()},
     }
-    where = ("none" if largest is None else
-             f"N={largest['N']}, K={largest['K']}, {largest['reward']} rewards")
+    where = ", ".join(f"N={f['N'] or 'none'}{'+' if 'frontier_max_n' in f['stopped_by'] else ''}"
+                      f" {reward}" for reward, f in edge_bandit.items())
     headline = ("n/a" if not ratios else
                 f"exact gradient {summary['mc_over_exact_cold_median']:.3g}x faster than Monte "
                 f"Carlo to relative error {args.target:g} (median of {len(ratios)} points, "
                 f"range {min(ratios):.3g}-{max(ratios):.3g}x, {len(direct)} measured directly); "
-                f"largest bandit solved exactly in {args.frontier_s:g} s: {where}")
+                f"largest bandit solved exactly in {args.frontier_s:g} s at K={k_max}: {where} "
+                f"('+': the cap --frontier-max-n)")
     report("exact_vs_mc", {"args": dataclasses.asdict(args), "methods": methods,
                            "summary": summary, "fits": fits, "frontier": edge, "grid": rows},
            headline, out)
