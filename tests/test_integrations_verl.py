@@ -431,3 +431,44 @@ def test_without_the_extra_the_import_error_names_the_pip_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out.endswith("pip install 'grlab[verl]'") and "\n" not in out
+
+
+def test_the_documented_overrides_compose_into_verls_config_and_reach_grlab():
+    """docs/engines.md's command-line overrides, composed by Hydra from verl's own
+    ``ppo_trainer.yaml`` exactly as ``verl.trainer.main_ppo`` does: the actor config converts,
+    its ``grlab_kwargs`` reach the loss's keywords, the algorithm section's options reach the
+    estimator, and the Ray runtime env carries the import hook to the workers."""
+    from pathlib import Path
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    overrides = [
+        "actor_rollout_ref.actor.policy_loss.loss_mode=grlab/rec-ring-nois",
+        "actor_rollout_ref.actor.policy_loss._target_="
+        "llm_bridge.integrations.verl.GrlabPolicyLossConfig",
+        "+actor_rollout_ref.actor.policy_loss.grlab_kwargs={eps_high_prime: 3.0}",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+        "algorithm.adv_estimator=grlab/logavgexp",
+        "+algorithm.grlab_advantage_kwargs={tau: 0.5}",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES="
+        "llm_bridge.integrations.verl",
+        # fields verl requires of every run
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.n=4",
+    ]
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = compose("ppo_trainer", overrides=overrides)
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    assert actor.loss_agg_mode == "seq-mean-token-mean"
+    assert grlab_verl.loss_keywords("rec-ring-nois", actor) == {"eps_high_prime": 3.0}
+    token_rewards, mask, index, scores = scores_and_index()
+    adv, _ = core_algos.get_adv_estimator_fn(config.algorithm.adv_estimator)(
+        token_level_rewards=token_rewards, response_mask=mask, index=index,
+        config=config.algorithm)
+    rows = np.flatnonzero(index == "a")
+    expected = group_advantages(scores[rows].double()[None], "logavgexp", tau=0.5)[0]
+    torch.testing.assert_close(adv[rows, 0].double(), expected, rtol=1e-6, atol=1e-6)
+    hook = config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
+    assert hook == "llm_bridge.integrations.verl"
