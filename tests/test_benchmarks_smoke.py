@@ -2,18 +2,22 @@
 
 Each script (benchmarks/*.py) runs in a subprocess with ``--smoke`` (``--tiny`` for
 llm_gpu.py) and ``--out`` a temporary folder — never benchmarks/results, whose numbers come
-from real runs. Checked: exit status 0, the last line is the headline, the JSON holds the
-environment it ran on and that same headline, and each script's own correctness check at smoke
-size (exact methods agree; batched and one-by-one trajectories are the same; both log-prob
-routes match a float64 head). These are smoke checks of the scripts, not measurements: no time
-or memory ratio is asserted (benchmarks report ratios, tests do not time). The LLM scripts skip
-without transformers, trl_step.py without trl (``pip install -e '.[llm,bench]'``).
+from real runs; the scripts run side by side, one per core. Checked: exit status 0, the last
+line is the headline, the JSON holds the environment it ran on and that same headline, and
+each script's own correctness check at smoke size (exact methods agree; batched and one-by-one
+trajectories are the same; both log-prob routes match a float64 head; both sides of the TRL
+comparison optimise the same tokens). These are smoke checks of the scripts, not
+measurements: no time or memory ratio is asserted (benchmarks report ratios, tests do not
+time). The LLM scripts skip without transformers, trl_step.py without trl
+(``pip install -e '.[llm,bench]'``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,16 +74,34 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    """Start every selected, not skipped script at once, one per core (each with one torch
+    thread), so the file takes about the time of its slowest scripts rather than their sum."""
+    selected = [item.callspec.params for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")
+                and item.get_closest_marker("skip") is None]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(script: str, flag: str) -> tuple[subprocess.CompletedProcess, Path]:
+        out = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        done = subprocess.run([sys.executable, str(BENCHMARKS / script), flag, "--out", str(out)],
+                              capture_output=True, text=True, timeout=900, check=False, env=env)
+        return done, out
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    futures = {p["script"]: pool.submit(run, p["script"], p["flag"]) for p in selected}
+    yield futures
+    pool.shutdown(wait=True)
+
+
 @pytest.mark.parametrize(("script", "flag", "check"), CASES)
-def test_benchmark_runs_at_smoke_size_and_records_its_environment(script, flag, check,
-                                                                   tmp_path):
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), flag, "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          check=False)
+def test_benchmark_runs_at_smoke_size_and_records_its_environment(script, flag, check, runs):
+    done, out = runs[script].result()
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("headline: ")
-    (written,) = tmp_path.glob("*.json")
+    (written,) = out.glob("*.json")
     result = json.loads(written.read_text())
     assert result["headline"] == last.removeprefix("headline: ")
     env = result["environment"]
