@@ -27,6 +27,10 @@ from llm_bridge.logprobs import selected_logprobs
 from simulator.advantages import group_advantages
 from simulator.losses import LOSSES, policy_loss
 
+# TRL 1.16 still calls transformers' gradient_checkpointing API, which transformers 5.24 renamed
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*gradient_checkpointing.* is deprecated:FutureWarning")
+
 CHARS = list("0123456789+= ")
 VOCAB = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
 COMPLETION = 6  # max_completion_length
@@ -203,6 +207,27 @@ def test_grlab_grpo_equals_trls_own_loss_type_on_a_fixed_batch(tmp_path, loss_ty
     assert ours._metrics["train"]["pg_clipfrac"][-1] == pytest.approx(clipped, rel=1e-6)
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_in_eval_mode_there_is_no_accumulation_factor_as_in_trl(tmp_path, loss_type):
+    """Evaluation neither splits nor accumulates the batch: with GA = 2 configured, the eval
+    loss is still the batch's own, equal to TRL's in eval mode."""
+    model = tiny_llama()
+    inputs = fixed_inputs(model)
+    losses = []
+    for cls, fields in ((GrlabGRPOTrainer, {"grlab_agg": TRL_TYPES[loss_type]}),
+                        (GRPOTrainer, {})):
+        run = trainer(tmp_path / cls.__name__, model, cls=cls, gradient_accumulation_steps=2,
+                      **fields)
+        run.loss_type = loss_type
+        run.current_gradient_accumulation_steps = 2
+        run.model.eval()
+        with torch.no_grad():
+            losses.append(float(cls._compute_loss(run, run.model, inputs)))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    window = policy_loss("grpo", *_logps(model, inputs), agg=TRL_TYPES[loss_type]).loss
+    assert losses[0] == pytest.approx(float(window.detach()), rel=1e-5)
+
+
 def test_gradient_accumulation_window_token_mean_is_dapos_not_bnpos(tmp_path):
     """Two micro-batches of one optimiser step (GA = steps_per_generation = 2): the summed
     grlab token-mean losses equal TRL's ``dapo`` summed the same way and the token mean of the
@@ -222,7 +247,7 @@ def test_gradient_accumulation_window_token_mean_is_dapos_not_bnpos(tmp_path):
         run.model.train()
         run.current_gradient_accumulation_steps = 2
         results[label] = float(sum(cls._compute_loss(run, run.model, h) for h in halves).detach())
-    window = policy_loss("grpo", *_logps(model, inputs), agg="token-mean").loss
+    window = policy_loss("grpo", *_logps(model, inputs), agg="token-mean").loss.detach()
     assert results["grlab"] == pytest.approx(float(window), rel=1e-5)
     assert results["dapo"] == pytest.approx(float(window), rel=1e-5)
     assert abs(results["bnpo"] - float(window)) > 1e-4
