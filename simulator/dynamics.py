@@ -33,6 +33,7 @@ from torch import Tensor
 
 from simulator.bandit import ResponseSpace, SoftmaxBandit
 from simulator.exact import ExpectedLoss, LossSetup, batch_terms, sample_groups
+from simulator.groups import loss_setup
 from simulator.schedule import SETTINGS, Schedule
 from simulator.tree import TreeMDP
 from simulator.validation import require_choice, require_int, require_positive
@@ -216,7 +217,9 @@ def simulate(
 
     Args:
         problem: the testbed family; each seed draws its own rewards and initial parameters.
-        loss: a registered loss name (keywords in ``hparams``) or a full ``exact.LossSetup``.
+        loss: a registered loss name or a full ``exact.LossSetup``; ``hparams`` are the loss's
+            keywords, plus LossSetup's own fields by name (``advantage``, ``advantage_kwargs``,
+            ``agg``, ``norm_len``) to override how the loss is fed.
         mode: "expected" (the exact expected update over groups of ``group_size`` drawn from
             the behaviour policy) or "sampled" (``groups_per_prompt`` groups per prompt and
             step, drawn with a generator seeded by ``sample_seed``).
@@ -235,7 +238,7 @@ def simulate(
         raise ValueError("seeds, schedules and lrs must each hold at least one value")
     for lr in lrs:
         require_positive("lr", lr)
-    setup = loss if isinstance(loss, LossSetup) else LossSetup(loss, hparams)
+    setup = loss if isinstance(loss, LossSetup) else loss_setup(loss, hparams)
     grid = [(s, sch, lr) for s in range(len(seeds)) for sch in schedules for lr in lrs]
     runs = _Runs(problem, seeds, torch.tensor([g[0] for g in grid]))
     lr = torch.tensor([g[2] for g in grid], dtype=torch.float64)

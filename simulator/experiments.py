@@ -428,6 +428,9 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
          Arm.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
                 mode="sampled"),
          Arm.of("red-drop", "RED-Drop (seed: unclipped; sampled)", mode="sampled"),
+         # grlab's RED-Drop before it followed the seed: clipped, dropped tokens not counted
+         Arm.of("red-drop-oneside", "RED-Drop + REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
+                mode="sampled", advantage="red-drop", advantage_kwargs={"mask_dropped": True}),
          Arm.of("red-weight-sampled", "RED-Weight (sampled)", "red-weight", mode="sampled")),
         problem=LOG_LINEAR, settings=("on-policy", "sync-interval-20")),
     Experiment(
