@@ -274,14 +274,14 @@ def _make_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
             raise ValueError(f"grlab/{name} groups responses by prompt: it needs verl's index "
                              "(the uid of each response's prompt)")
         options = dict(_get(config, "grlab_advantage_kwargs", None) or {})
-        seed = int(options.pop("seed", 0))
         if name in LOSSES:
             spec = LOSSES[name]
             kind, drop = spec.advantage, spec.drop_uniform_groups
             options = {**spec.advantage_kwargs, **options}
         else:
             kind, drop = name, False
-        generator = _generator(seed) if kind == "red-drop" else None
+        # only RED-Drop draws random numbers; a seed for another kind is a TypeError below
+        generator = _generator(int(options.pop("seed", 0))) if kind == "red-drop" else None
         adv = grlab_advantages(token_level_rewards.sum(dim=-1), index, kind,
                                drop_uniform_groups=drop, generator=generator, **options)
         per_token = adv.unsqueeze(-1) * response_mask
