@@ -508,12 +508,11 @@ def _check_group_size(k: int, arms: Sequence[Arm]) -> None:
     """K ≥ 1, every arm's keywords valid, and K ≥ 2 for an arm whose advantage is relative to
     its group (A_i = r_i − mean of the group, or with the std / leave-one-out): a group of one
     has A = 0, so such a loss would learn nothing and every curve would be flat."""
-    from simulator.exact import LossSetup
-    from simulator.losses import LOSSES
+    from simulator.groups import loss_setup
 
     for each in arms:
-        LossSetup(each.loss, dict(each.hparams))  # an unknown keyword fails now, not mid-run
-        kind = LOSSES[each.loss].advantage
+        # how simulate will build it: an unknown keyword fails now, not mid-run
+        kind = loss_setup(each.loss, dict(each.hparams)).advantage_kind()[0]
         if isinstance(k, int) and k < 2 and kind != "none":
             raise ValueError(
                 f"group_size must be >= 2 for {each.label}, got {k}: its advantage ({kind!r}) "

@@ -395,3 +395,9 @@ def test_the_command_and_every_help_page_load_no_torch_scipy_or_matplotlib():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_every_arm_key_passes_the_checks_made_before_training():
+    """The pre-flight checks (names, keywords, group size) accept every arm of the catalogue."""
+    exp = simulator.experiments.default_comparison(tuple(simulator.experiments.ARMS))
+    assert [a.key for a in exp.arms] == list(simulator.experiments.ARMS)
