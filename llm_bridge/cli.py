@@ -117,7 +117,7 @@ def train_llm(
                            resumed=resumed)
         except TrainingInterrupted as stop:
             if processes.is_main:
-                print(_interrupted(stop, arguments), file=sys.stderr, flush=True)
+                print(interrupted_line(stop, arguments), file=sys.stderr, flush=True)
             raise SystemExit(130) from None
     evals = [(row["step"], row["eval_reward"]) for row in result.history if "eval_reward" in row]
     say("held-out reward (greedy) by step: "
@@ -184,7 +184,7 @@ def command_line(arguments: dict[str, Any], *, drop: tuple[str, ...] = ("resume"
     return [*prefix, "train-llm", *words]
 
 
-def _interrupted(stop: Any, arguments: dict[str, Any]) -> str:
+def interrupted_line(stop: Any, arguments: dict[str, Any]) -> str:
     """The one line that ends an interrupted run: where it stopped and how to go on."""
     if stop.checkpoint_step is None:
         again = shlex.join([*command_line(arguments), "--overwrite"])

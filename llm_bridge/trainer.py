@@ -29,11 +29,10 @@ Design decisions
   (tested for every mode). Process 0 writes files and shows progress; evaluation is split.
 * log π_θ uses the rollout's temperature (ratio exactly 1 on-policy, see ``rollout``);
   dropout stays off (the model is kept in eval mode) for the same reason.
-* bf16 autocast on CUDA (log-probs are still computed in fp32 from the hidden states);
-  float32 on CPU. Every random draw has its own ``torch.Generator`` whose state is
-  checkpointed, so ``resume`` continues to exactly the parameters of an uninterrupted run.
-* Ctrl-C stops at the end of the current step, writes a checkpoint there and raises
-  ``TrainingInterrupted``; a second Ctrl-C aborts the step (the last checkpoint stands).
+* bf16 autocast on CUDA (log-probs in fp32 from the hidden states); float32 on CPU. Every
+  random draw has its own checkpointed ``torch.Generator``: ``resume`` continues to exactly the
+  parameters of an uninterrupted run. Ctrl-C stops at the end of the step with a checkpoint
+  (``TrainingInterrupted``); a second one aborts the step (the last checkpoint stands).
 """
 
 from __future__ import annotations
@@ -447,12 +446,10 @@ def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
           on_step: Callable[[dict[str, float], Batch | None], None] | None = None
           ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps (or ``stop_after`` steps of this call,
-    which simulates an interruption). Writes metrics.jsonl, checkpoint.pt and curves.png
-    under ``cfg.out`` when it is set (process 0). ``processes``: default, the process group
-    already started (``llm_bridge.distributed.current``); ``resumed``: a checkpoint already
-    read (``find_checkpoint``). ``on_step(row, batch)`` sees every metric row (and the batch
-    it was trained on). Returns the model, the metric history and the files. Ctrl-C raises
-    ``TrainingInterrupted`` (see the module docstring)."""
+    which simulates an interruption); process 0 writes metrics.jsonl, checkpoint.pt and
+    curves.png under ``cfg.out``. ``processes``: default, the group already started
+    (``distributed.current``); ``resumed``: a checkpoint already read. ``on_step(row, batch)``
+    sees every metric row and its batch. Ctrl-C raises ``TrainingInterrupted``."""
     processes = current() if processes is None else processes
     run = _Run(cfg, model, tokenizer, task, processes, resumed)
     end = cfg.steps if stop_after is None else min(cfg.steps, run.start + stop_after)

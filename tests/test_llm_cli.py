@@ -93,3 +93,17 @@ def test_grlab_train_llm_through_the_real_entry_point(grlab, tmp_path):
     code, out = grlab("train-llm", "--model", str(tmp_path / "no-such-model"), "--steps", "1",
                       "--out", str(tmp_path / "x"))
     assert code == 2 and "Traceback" not in out and "no-such-model" in out
+
+
+def test_the_resume_command_repeats_the_options_given(monkeypatch, tmp_path):
+    """The command an interrupted run prints: the options that differ from their defaults, in
+    ``grlab train-llm`` form, under torchrun as ``torchrun --nproc-per-node N -m grlab.cli``."""
+    arguments = {"model": "tiny", "task": "tree", "offline": True, "lr": 2e-5,
+                 "out": tmp_path / "my run", "resume": False, "overwrite": True}
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cli.command_line(arguments) == ["grlab", "train-llm", "--model", "tiny", "--task",
+                                           "tree", "--offline", "--out", str(tmp_path / "my run")]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cli.command_line(arguments)[:5] == ["torchrun", "--nproc-per-node=4", "-m",
+                                               "grlab.cli", "train-llm"]

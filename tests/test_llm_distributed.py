@@ -27,9 +27,10 @@ import torch.multiprocessing as mp
 
 from llm_bridge import distributed
 from llm_bridge.models import char_tokenizer, tiny_model
-from llm_bridge.tasks import Arithmetic, TreeTask
-from llm_bridge.trainer import TrainConfig, accumulate_gradients, make_batch, train
+from llm_bridge.tasks import TreeTask
+from llm_bridge.trainer import TrainConfig, accumulate_gradients, train
 from simulator.aggregation import AGGREGATIONS
+from tests.test_llm_trainer import stale_arithmetic_batch
 
 LOSSES = ("rec-oneside-is", "red-drop")
 GROUPS, K = 3, 3  # 3 groups over 2 processes: process 0 gets 2 groups (6 rows), process 1 one
@@ -50,27 +51,10 @@ def _batches(tok):
     different token counts (process 0: 6 rows, process 1: 3 rows), and row 4 fully masked.
     "empty-share": in addition, process 1's whole share (rows 6–8) masked: it has nothing to
     contribute but must join the gradient all-reduce."""
-    task = Arithmetic(max_operand=9, n_eval=10)
-    old = tiny_model(tok, init_std=0.3, seed=1)
-    batch = make_batch(old, tok, task, _cfg("grpo", "token-mean", 8),
-                       data_generator=torch.Generator().manual_seed(0),
-                       sample_generator=torch.Generator().manual_seed(1))
-    r = batch.rollout
-    for row in range(r.input_ids.shape[0]):
-        cut = 0 if row == 4 else 1 + (5 * row) % 6
-        r.response_mask[row, cut:] = False
-        r.logp_behaviour[row, cut:] = 0.0
-        r.input_ids[row, r.prompt_width + cut:] = tok.pad_token_id
-        r.attention_mask[row, r.prompt_width + cut:] = 0
-    batch.rewards = torch.rand(batch.rewards.shape, generator=torch.Generator().manual_seed(3),
-                               dtype=torch.float64)
+    lengths = [0 if i == 4 else 1 + (5 * i) % 6 for i in range(GROUPS * K)]
+    batch, model = stale_arithmetic_batch(tok, groups=GROUPS, k=K, lengths=lengths)
     empty = copy.deepcopy(batch)
     empty.rollout.response_mask[2 * K:] = False
-    model = copy.deepcopy(old)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * p.abs().mean() * torch.randn(p.shape, generator=g))
     return {"uneven": batch, "empty-share": empty}, model
 
 

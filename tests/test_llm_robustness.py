@@ -3,9 +3,9 @@ exit 2 before the model loads; a run is never overwritten silently; a damaged ch
 clear line, or a resume from the previous one; ``--resume`` extends ``--steps`` exactly;
 Ctrl-C writes a checkpoint and prints one line to resume; progress shows on a pipe.
 
-Through the real entry point: ``grlab.cli.main`` in-process (stdout and stderr kept apart), or
-a subprocess where a real signal is needed. The tiny model on the tree task keeps runs to a
-fraction of a second per step.
+Through the real entry point: ``grlab.cli.main`` in-process (the ``grlab`` fixture of
+conftest.py: exit code and output), or a subprocess where a real signal is needed. The tiny
+model on the tree task keeps runs to a fraction of a second per step.
 """
 
 from __future__ import annotations
@@ -26,32 +26,13 @@ pytest.importorskip("transformers")
 import torch
 
 import llm_bridge.models
-from grlab import cli
-from llm_bridge.cli import _interrupted
+from llm_bridge.cli import interrupted_line
 from llm_bridge.models import char_tokenizer, tiny_model
 from llm_bridge.tasks import TreeTask
 from llm_bridge.trainer import TrainConfig, TrainingInterrupted, train
 
 TINY = ("--model", "tiny", "--task", "tree", "--device", "cpu", "--eval-every", "100",
         "--eval-prompts", "2")
-
-
-@pytest.fixture
-def grlab(monkeypatch, capsys):
-    """``grlab(*argv)`` in-process -> (exit code, stdout, stderr)."""
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["grlab", *argv])
-        monkeypatch.delenv("GRLAB_DEBUG", raising=False)
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture
@@ -64,11 +45,12 @@ def no_model(monkeypatch):
     monkeypatch.setattr(llm_bridge.models, "load_model", refuse)
 
 
-def _one_error_line(code: int, out: str, err: str) -> str:
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "loading model" not in out
+def _one_error_line(code: int, out: str) -> str:
+    """The whole output (stdout and stderr) is one line ``error: ...`` and the exit code 2;
+    the model never started loading."""
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
     return lines[0]
 
 
@@ -111,7 +93,7 @@ def test_a_second_run_into_the_same_out_is_refused_unless_overwrite(grlab, tmp_p
                                                                    monkeypatch):
     """A rerun without --resume would silently replace the first run: refused in one line
     that says what to do, the first run's files untouched; --overwrite replaces it."""
-    code, _, err = grlab("train-llm", *TINY, "--steps", "3", "--out", str(tmp_path))
+    code, err = grlab("train-llm", *TINY, "--steps", "3", "--out", str(tmp_path))
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
@@ -125,7 +107,7 @@ def test_a_second_run_into_the_same_out_is_refused_unless_overwrite(grlab, tmp_p
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
-    code, _, err = grlab("train-llm", *TINY, "--steps", "2", "--out", str(tmp_path),
+    code, err = grlab("train-llm", *TINY, "--steps", "2", "--out", str(tmp_path),
                          "--overwrite")
     assert code == 0, err
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -153,7 +135,7 @@ def _truncate(path) -> None:
 
 
 def test_a_truncated_checkpoint_without_a_previous_one_is_one_line(grlab, tmp_path):
-    code, _, err = grlab("train-llm", *TINY, "--steps", "2", "--checkpoint-every", "5",
+    code, err = grlab("train-llm", *TINY, "--steps", "2", "--checkpoint-every", "5",
                          "--out", str(tmp_path))
     assert code == 0, err
     assert not (tmp_path / "checkpoint.prev.pt").exists()
@@ -169,15 +151,15 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_says_so(grlab
     with the parameters of an uninterrupted 4-step run; the good file is not rotated away."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     for folder in (straight, split):
-        code, _, err = grlab("train-llm", *TINY, "--steps", "4", "--checkpoint-every", "2",
+        code, err = grlab("train-llm", *TINY, "--steps", "4", "--checkpoint-every", "2",
                              "--out", str(folder))
         assert code == 0, err
     assert torch.load(split / "checkpoint.prev.pt", weights_only=True)["step"] == 2
     _truncate(split / "checkpoint.pt")
-    code, _, err = grlab("train-llm", *TINY, "--steps", "4", "--checkpoint-every", "2",
+    code, err = grlab("train-llm", *TINY, "--steps", "4", "--checkpoint-every", "2",
                          "--out", str(split), "--resume")
     assert code == 0, err
-    warning = [line for line in err.splitlines() if line.strip()]
+    warning = [line for line in err.splitlines() if line.startswith("warning")]
     assert len(warning) == 1 and "cannot be read back" in warning[0]
     assert "resuming from the previous checkpoint" in warning[0] and "(step 2)" in warning[0]
     assert _same_parameters(_model_state(split / "checkpoint.pt"),
@@ -191,15 +173,15 @@ def test_resume_extends_a_finished_run_to_the_uninterrupted_parameters(grlab, tm
     of steps 5–7 (beyond its end) from θ_3 and checkpointed them; resampling them from θ_4
     would give other parameters."""
     stale = ("--sync-interval", "3", "--sync-offset", "1")
-    code, _, err = grlab("train-llm", *TINY, *stale, "--steps", "7", "--out",
+    code, err = grlab("train-llm", *TINY, *stale, "--steps", "7", "--out",
                          str(tmp_path / "straight"))
     assert code == 0, err
-    code, _, err = grlab("train-llm", *TINY, *stale, "--steps", "4", "--out",
+    code, err = grlab("train-llm", *TINY, *stale, "--steps", "4", "--out",
                          str(tmp_path / "split"))
     assert code == 0, err
     assert sorted(torch.load(tmp_path / "split" / "checkpoint.pt",
                              weights_only=True)["ranks"][0]["pending"]) == [4, 5, 6]
-    code, _, err = grlab("train-llm", *TINY, *stale, "--steps", "7", "--out",
+    code, err = grlab("train-llm", *TINY, *stale, "--steps", "7", "--out",
                          str(tmp_path / "split"), "--resume")
     assert code == 0, err
     assert _same_parameters(_model_state(tmp_path / "split" / "checkpoint.pt"),
@@ -214,7 +196,7 @@ def test_resume_extends_a_finished_run_to_the_uninterrupted_parameters(grlab, tm
 
 def test_resume_with_other_settings_is_one_line_before_the_model_loads(grlab, tmp_path,
                                                                        monkeypatch):
-    code, _, err = grlab("train-llm", *TINY, "--steps", "1", "--out", str(tmp_path))
+    code, err = grlab("train-llm", *TINY, "--steps", "1", "--out", str(tmp_path))
     assert code == 0, err
 
     def refuse(*args, **kwargs):
@@ -257,7 +239,7 @@ def test_a_real_ctrl_c_checkpoints_and_prints_one_line_to_resume(tmp_path, grlab
     # the printed command, with fewer steps, continues the run
     argv = shlex.split(lines[0].split("resume with: ", 1)[1])[1:]
     argv[argv.index("--steps") + 1] = str(step + 1)
-    code, _, err = grlab(*argv)
+    code, err = grlab(*argv)
     assert code == 0, err
     assert len(metrics.read_text().splitlines()) == step + 2
 
@@ -278,13 +260,13 @@ def test_a_second_ctrl_c_keeps_the_last_checkpoint_and_says_where_it_continues(t
         train(cfg, tiny_model(tok, init_std=0.3, seed=4), tok, task, on_step=hit)
     assert (stop.value.step, stop.value.checkpoint_step) == (2, 2)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
-    line = _interrupted(stop.value, {"model": "tiny", "steps": 10, "out": tmp_path})
+    line = interrupted_line(stop.value, {"model": "tiny", "steps": 10, "out": tmp_path})
     assert line == (f"interrupted at step 2; resume with: grlab train-llm --model tiny "
                     f"--steps 10 --out {tmp_path} --resume")
 
 
 def test_progress_is_plain_lines_off_a_terminal(grlab, tmp_path):
-    code, out, err = grlab("train-llm", *TINY, "--steps", "3", "--out", str(tmp_path))
-    assert code == 0, err
+    code, out = grlab("train-llm", *TINY, "--steps", "3", "--out", str(tmp_path))
+    assert code == 0, out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == \
         ["1/3", "2/3", "3/3"]

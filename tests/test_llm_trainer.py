@@ -45,28 +45,32 @@ def _perturbed(model, scale: float, seed: int):
     return other
 
 
-@pytest.fixture(scope="module")
-def stale_batch(tok):
-    """An arithmetic batch (responses of unequal lengths) sampled by θ_old; θ is a perturbed
-    copy, so ratios are not 1 and the clipping masks are active."""
+def stale_arithmetic_batch(tok, *, groups: int, k: int, lengths: list[int]):
+    """An arithmetic batch of ``groups`` × ``k`` responses sampled by θ_old at temperature 1.3,
+    row i cut to its first ``lengths[i]`` tokens (the random model rarely samples EOS; a kept
+    prefix's behaviour log-probs are still exact; 0 masks the row), graded rewards (so every
+    group carries signal), and θ: a perturbed copy, so ratios are not 1 and the clipping masks
+    are active. Returns (batch, θ)."""
     task = Arithmetic(max_operand=9, n_eval=10)
     old = tiny_model(tok, init_std=0.3, seed=1)
-    cfg = TrainConfig(group_size=4, prompts_per_step=2, max_new_tokens=6, temperature=1.3)
+    cfg = TrainConfig(group_size=k, prompts_per_step=groups, max_new_tokens=6, temperature=1.3)
     batch = make_batch(old, tok, task, cfg, data_generator=torch.Generator().manual_seed(0),
                        sample_generator=torch.Generator().manual_seed(1))
-    # The random model rarely samples EOS; cut row i after 1 + (5·i mod 6) tokens so responses
-    # have unequal lengths (the kept prefix's behaviour log-probs are still exact).
     r = batch.rollout
-    for row in range(r.input_ids.shape[0]):
-        cut = 1 + (5 * row) % 6
+    for row, cut in enumerate(lengths):
         r.response_mask[row, cut:] = False
         r.logp_behaviour[row, cut:] = 0.0
         r.input_ids[row, r.prompt_width + cut:] = tok.pad_token_id
         r.attention_mask[row, r.prompt_width + cut:] = 0
-    # and graded rewards, so every group carries signal (the random model answers nothing)
     batch.rewards = torch.rand(batch.rewards.shape, generator=torch.Generator().manual_seed(3),
                                dtype=torch.float64)
     return batch, _perturbed(old, 0.1, seed=2)
+
+
+@pytest.fixture(scope="module")
+def stale_batch(tok):
+    """2 groups × 4 responses of unequal lengths 1 + (5·i mod 6)."""
+    return stale_arithmetic_batch(tok, groups=2, k=4, lengths=[1 + (5 * i) % 6 for i in range(8)])
 
 
 # --------------------------------------------------------------------------------------------
