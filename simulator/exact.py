@@ -94,6 +94,7 @@ __all__ = [
     "expected_hessian",
     "expected_loss",
     "expected_pairwise_surrogate",
+    "gradient_covariance",
     "group_gradients",
     "iterate_expected_update",
     "multiset_chunks",
@@ -354,6 +355,36 @@ def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
         per_prompt[:, 0])
     stderr = (var.sum(dim=0) / num_groups).sqrt() / env.num_prompts
     return mean, stderr
+
+
+def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, K: int,
+                        **hparams: Any) -> Tensor:
+    """The exact covariance of one group's gradient: [D, D] for one prompt, [P, D, D] for P.
+
+    For prompt p, g = ∇_{θ_p} loss(group) is the gradient of the loss of one group of K i.i.d.
+    draws from ``behavior`` (the group is its own batch), θ_p the prompt's logits flattened to
+    D entries; Cov_p = Σ_g w_g·g gᵀ − m mᵀ with m = Σ_g w_g·g = E[g] over every multiset of
+    the enumeration (weights w_g summing to 1). A batch of S independent groups of that prompt
+    has covariance Cov_p/S. ``hparams`` as in ``expected_gradient`` (``method`` is ignored:
+    the covariance needs every group's gradient, so it enumerates).
+    """
+    hparams.pop("method", None)
+    logits = check_logits(env, logits).detach()
+    mu = resolve_behavior(env, behavior, logits)
+    batch = enumerate_groups(mu, require_int("K", K, 1))
+    grads = group_gradients(env, logits, batch, mu, loss, **hparams)  # [G, P, ...]
+    d = logits[0].numel()
+    own = grads.reshape(len(batch.weight), env.num_prompts, d)[
+        torch.arange(len(batch.weight)), batch.prompt]  # [G, D]: a group moves its own prompt
+    weight = batch.weight.unsqueeze(-1)
+    covs = []
+    for prompt in range(env.num_prompts):
+        rows = batch.prompt == prompt
+        g, w = own[rows], weight[rows]
+        mean = (w * g).sum(dim=0)
+        covs.append((w * g).T @ g - torch.outer(mean, mean))
+    out = torch.stack(covs)
+    return out[0] if env.num_prompts == 1 else out
 
 
 def iterate_expected_update(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str,
