@@ -48,7 +48,7 @@ from simulator.files import (
     load_torch,
     output_dir,
 )
-from simulator.names import lookup
+from simulator.names import DEFAULT_COMPARE_ARMS, lookup
 from simulator.pitfall import run_pitfall
 from simulator.validation import require_int, require_positive
 
@@ -471,8 +471,6 @@ EXPERIMENTS: dict[str, Experiment] = {exp.key: exp for exp in (
         problem=TREE, group_size=3),
 )}
 
-DEFAULT_COMPARE_ARMS = ("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois",
-                        "rec-oneside-nois-wide", "opmd-kimi", "asymre", "red-weight")
 
 
 def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,

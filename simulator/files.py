@@ -104,10 +104,16 @@ def load_torch(path: str | os.PathLike[str], *, what: str = "file",
             check(obj)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CorruptFileError(f"the {what} at {path} cannot be read back ({reason[:160]})"
-                               ) from None
+        raise CorruptFileError(f"the {what} at {path} cannot be read back "
+                               f"({_first_sentence(error)})") from None
     return obj
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for paragraphs)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
 
 
 def output_dir(path: str | os.PathLike[str], *, what: str = "out") -> Path:

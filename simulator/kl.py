@@ -59,8 +59,7 @@ def kl_penalty(logp: Tensor, logp_ref: Tensor, estimator: str = "k3") -> Tensor:
     """Per-token KL estimate [B, T] by name (one of ``KL_ESTIMATORS``); an unknown name is a
     ``ValueError`` listing the estimators, with a "did you mean" when one is close."""
     if estimator not in KL_ESTIMATORS:
-        raise ValueError("estimator must be one of the registered KL estimators; "
-                         + unknown_name_message("KL estimator", estimator, KL_ESTIMATORS))
+        raise ValueError(unknown_name_message("KL estimator", estimator, KL_ESTIMATORS))
     if logp.shape != logp_ref.shape:
         raise ValueError(
             f"logp_ref must have the shape of logp {tuple(logp.shape)}, "

@@ -127,6 +127,7 @@ def require_choice(name: str, value: object, choices: Iterable[str]) -> str:
 def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
     """'unknown loss 'grpoo'; did you mean 'grpo'? valid: ...' — shared by every registry."""
     options = sorted(valid)
-    close = difflib.get_close_matches(str(name), options, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    folded = {option.casefold(): option for option in options}
+    close = difflib.get_close_matches(str(name).casefold(), list(folded), n=1)
+    hint = f"; did you mean {folded[close[0]]!r}?" if close else ";"
     return f"unknown {kind} {name!r}{hint} Valid: {', '.join(options)}"

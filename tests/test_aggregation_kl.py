@@ -122,7 +122,7 @@ def test_kl_penalty_dispatches_by_name_and_rejects_bad_input():
     b = torch.tensor([[-1.5, -1.0]])
     for name, fn in KL_ESTIMATORS.items():
         assert torch.equal(kl_penalty(a, b, name), fn(a, b))
-    with pytest.raises(ValueError, match="estimator must be one of"):
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'; Valid: k1"):
         kl_penalty(a, b, "k4")
     with pytest.raises(ValueError, match="logp_ref must have the shape"):
         kl_penalty(a, b[:, :1], "k1")
