@@ -220,12 +220,17 @@ def test_a_two_process_checkpoint_is_not_resumed_by_one_process(two_processes):
         train(cfg, model, char_tokenizer(), task)
 
 
-def test_torchrun_trains_and_resumes_on_cpu(tmp_path):
-    """The command a user types, on 2 CPU processes: 2 steps, then --resume to 3 steps. Only
-    process 0 prints; the metrics hold every step once."""
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
+                                                  reason="needs 2 CUDA devices (NCCL)")),
+])
+def test_torchrun_trains_and_resumes(tmp_path, device):
+    """The command a user types, on 2 processes (gloo on CPU, NCCL on 2 GPUs): 2 steps, then
+    --resume to 3 steps. Only process 0 prints; the metrics hold every step once."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", "-m", "grlab.cli", "train-llm", "--model", "tiny",
-               "--task", "tree", "--eval-every", "1", "--device", "cpu", "--out", str(tmp_path)]
+               "--task", "tree", "--eval-every", "1", "--device", device, "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     first = subprocess.run([*command, "--steps", "2"], capture_output=True, text=True,
                            env=env, timeout=300)
