@@ -271,10 +271,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def joined(device: str) -> Iterator[tuple[Processes, str]]:
-    """``start`` … ``stop`` around a block (the command's whole run)."""
+    """``start`` … ``stop`` around a block (the command's whole run); a process group that was
+    started before is left as it was."""
+    started_here = dist.is_available() and not dist.is_initialized()
     processes, device = start(device)
     try:
         yield processes, device
     finally:
-        if processes.distributed:
+        if started_here:
             stop()
