@@ -6,9 +6,11 @@ Design decisions
   fp32 logits [B, T, V] (V = 49,152 for SmolLM2), keeps them and their log-softmax for
   backward, and dominates memory. Here the decoder runs once to hidden states [B, T, H]; the
   output head is applied to ``chunk_size`` tokens at a time (flattened over batch and
-  sequence) in fp32, and each chunk's (log-prob, entropy) is computed under
-  ``torch.utils.checkpoint``: backward recomputes the chunk's logits instead of storing them,
-  so at most one chunk of logits is alive, forward or backward.
+  sequence) in fp32, and each chunk's log-prob is one autograd Function (``_ChunkLogProb``)
+  that keeps only hidden, targets and log Z: backward recomputes the chunk's logits (one
+  matmul) and writes d/dlogits = g·(onehot − p)/T directly, so at most one chunk of logits is
+  alive, forward or backward. The price against the naive route is that one matmul; the
+  entropy (a metric) is computed in forward only, and only when asked for.
 * Temperature T: the log-probs are those of softmax(logits / T), the distribution the rollout
   samples from (``llm_bridge.rollout``). With the same T in training and rollout the ratio
   π_θ/π_old is exactly 1 on-policy (up to fp round-off); see docs/llm_bridge.md.
@@ -28,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from simulator.validation import require_positive, require_tensor
 
@@ -72,21 +73,67 @@ def _check_inputs(model: Any, input_ids: Tensor, attention_mask: Tensor | None
     return input_ids, attention_mask.long()
 
 
-def _chunk(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
-           temperature: float, allowed: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(log p(target), entropy) [n] of softmax(head(hidden)/T) for one chunk, in fp32."""
-    with torch.autocast(hidden.device.type, enabled=False):
-        logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
-        if allowed is not None:
-            logits = logits[:, allowed]
-        logits = logits / temperature
-        log_z = torch.logsumexp(logits, dim=-1)
-        picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - log_z
-        logp = torch.where(targets >= 0, picked, torch.full_like(picked, -torch.inf))
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = log_z - (probs * logits).sum(-1)
-    return logp, entropy
+def _head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float,
+                 allowed: Tensor | None) -> Tensor:
+    """fp32 logits/T of one chunk [n, V′] (V′ = len(allowed) when a subset is given)."""
+    if allowed is not None:
+        weight = weight[allowed]
+        bias = None if bias is None else bias[allowed]
+    logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    return logits if temperature == 1.0 else logits / temperature
+
+
+class _ChunkLogProb(torch.autograd.Function):
+    """log p(target) of softmax(head(hidden)/T) for one chunk, with a hand-written backward.
+
+    Forward keeps only hidden, the targets and log Z; backward recomputes the chunk's logits
+    once (one matmul) and forms d/dlogits = g·(onehot − p)/T directly, instead of
+    ``torch.utils.checkpoint``'s full re-run of the forward (logsumexp, gather and entropy
+    again) followed by autograd's backward of each op. The entropy (a metric) is computed in
+    forward only, and only when asked for.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, allowed, with_entropy):
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = _head_logits(hidden, weight, bias, temperature, allowed)
+            log_z = torch.logsumexp(logits, dim=-1)
+            valid = targets >= 0
+            picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - log_z
+            logp = torch.where(valid, picked, torch.full_like(picked, -torch.inf))
+            entropy = (log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+                       if with_entropy else logp.new_zeros(()).expand_as(logp))
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z, allowed)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, bias, targets, log_z, allowed = ctx.saved_tensors
+        t = ctx.temperature
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = _head_logits(hidden, weight, bias, t, allowed)
+            g = torch.where(targets >= 0, grad_logp, torch.zeros_like(grad_logp)).float()
+            grad_logits = torch.exp(logits - log_z.unsqueeze(-1)).mul_(-g.unsqueeze(-1))
+            rows = torch.arange(len(targets), device=targets.device)
+            grad_logits[rows, targets.clamp(min=0)] += g
+            if t != 1.0:
+                grad_logits /= t
+            sub = weight if allowed is None else weight[allowed]
+            grad_hidden = (grad_logits @ sub.float()).to(hidden.dtype)
+            grad_sub = grad_logits.T @ hidden.float()
+            if allowed is None:
+                grad_weight = grad_sub.to(weight.dtype)
+            else:
+                grad_weight = torch.zeros_like(weight).index_add_(0, allowed,
+                                                                  grad_sub.to(weight.dtype))
+            grad_bias = None
+            if bias is not None:
+                grad_bias = grad_logits.sum(0).to(bias.dtype)
+                if allowed is not None:
+                    grad_bias = torch.zeros_like(bias).index_add_(0, allowed, grad_bias)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def _targets(input_ids: Tensor, first: int, vocab: int, allowed: Tensor | None) -> Tensor:
@@ -108,6 +155,7 @@ def logprobs_and_entropy(
     temperature: float = 1.0,
     first_target: int = 1,
     allowed_tokens: Tensor | None = None,
+    with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(log π(input_ids[:, t] | input_ids[:, :t]), entropy of π(· | input_ids[:, :t])) for
     t = ``first_target`` … T − 1: two [B, T − first_target] float32 tensors.
@@ -116,6 +164,8 @@ def logprobs_and_entropy(
     log-probs carry gradient to the model's parameters; the entropy is detached (a metric).
     ``chunk_size``: tokens (flattened over batch and sequence) whose logits exist at once;
     None picks ``default_chunk_size(V)``. Values at padded positions are meaningless: mask them.
+    ``with_entropy=False`` skips the entropy (returned as zeros): about a third of a chunk's
+    elementwise work when the caller only needs the log-probs.
     """
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask)
     temperature = require_positive("temperature", temperature)
@@ -133,14 +183,10 @@ def logprobs_and_entropy(
     b, t, h = hidden.shape
     flat_hidden = hidden.reshape(b * t, h)
     flat_targets = _targets(input_ids, first_target, vocab, allowed_tokens).reshape(b * t)
-    pieces = []
-    for start in range(0, b * t, chunk):
-        args = (flat_hidden[start: start + chunk], flat_targets[start: start + chunk],
-                head.weight, head.bias, temperature, allowed_tokens)
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk, *args, use_reentrant=False))
-        else:
-            pieces.append(_chunk(*args))
+    pieces = [_ChunkLogProb.apply(flat_hidden[start: start + chunk],
+                                  head.weight, head.bias, flat_targets[start: start + chunk],
+                                  temperature, allowed_tokens, with_entropy)
+              for start in range(0, b * t, chunk)]
     logp = torch.cat([p[0] for p in pieces]).reshape(b, t)
     entropy = torch.cat([p[1] for p in pieces]).reshape(b, t)
     return logp, entropy
@@ -153,7 +199,7 @@ def selected_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor | No
     logits never exist). Arguments as in ``logprobs_and_entropy``."""
     return logprobs_and_entropy(model, input_ids, attention_mask, chunk_size=chunk_size,
                                 temperature=temperature, first_target=first_target,
-                                allowed_tokens=allowed_tokens)[0]
+                                allowed_tokens=allowed_tokens, with_entropy=False)[0]
 
 
 def naive_selected_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
