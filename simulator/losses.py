@@ -568,6 +568,7 @@ def policy_loss(
     norm_len: float | None = None,
     rows: str = "all",
     denominator: float | Tensor | None = None,
+    token_weights: Tensor | None = None,
     validate: bool = True,
     **hparams: Any,
 ) -> LossOutput:
@@ -588,6 +589,9 @@ def policy_loss(
             the rows with a valid token, verl's single-process ``agg_loss``).
         denominator: divide by this count instead of the batch's own (the global number of
             valid tokens or rows when this batch is a micro-batch or one process's share).
+        token_weights: [B, T] non-negative constants multiplying each token's loss before
+            aggregation (verl's ``rollout_is_weights``, TRL's vLLM importance-sampling
+            correction); the normaliser is unchanged, as in those engines.
         validate: check values (NaN/inf, empty mask). Set False inside ``torch.func`` transforms;
             shapes, dtypes and devices are always checked.
         **hparams: the loss's keywords (see ``LOSSES[name].defaults()``); a typo is a TypeError.
@@ -605,9 +609,28 @@ def policy_loss(
     dtype = numerics.output_dtype(require_float_tensor("logp", logp).dtype)
     logp, logp_old, advantages, mask = _prepare_inputs(logp, logp_old, advantages, mask, validate)
     out = spec(logp, logp_old, advantages, mask, **hparams)
-    loss = aggregate(finite(out.loss), mask, mode, norm_len=norm_len, rows=rows,
+    per_token = finite(out.loss)
+    if token_weights is not None:
+        per_token = mul(per_token, _check_token_weights(token_weights, mask, validate))
+    loss = aggregate(per_token, mask, mode, norm_len=norm_len, rows=rows,
                      denominator=denominator)
     return LossOutput(numerics.downcast(loss, dtype), _metrics(out, logp, logp_old, mask, dtype))
+
+
+def _check_token_weights(weights: Tensor, mask: Tensor, validate: bool) -> Tensor:
+    """[B, T] float64 constants (detached, masked positions 0); negative or non-finite valid
+    entries are a ValueError when ``validate``."""
+    weights = require_float_tensor("token_weights", weights)
+    if tuple(weights.shape) != tuple(mask.shape):
+        raise ValueError(f"token_weights must have the shape of logp {tuple(mask.shape)}, "
+                         f"got {tuple(weights.shape)}")
+    require_same_device(token_weights=weights, mask=mask)
+    weights = torch.where(mask, weights.detach(), weights.new_zeros(())).to(torch.float64)
+    if validate:
+        require_finite("token_weights", weights, mask)
+        if bool((weights < 0).any()):
+            raise ValueError("token_weights must be >= 0")
+    return weights
 
 
 class GroupLosses(NamedTuple):

@@ -61,3 +61,19 @@ def test_the_command_reports_a_shadowed_package_in_one_line_and_exits_2(tmp_path
                            COLUMNS="400")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "shadows it" in result.stderr
+
+
+@pytest.mark.parametrize(("module", "engine", "extra"), [
+    ("llm_bridge.integrations.verl", "verl", "verl"),
+    ("llm_bridge.integrations.trl", "trl", "trl"),
+])
+def test_a_missing_engine_is_one_import_error_naming_its_extra(module, engine, extra):
+    """Runs in every venv: the engine is blocked (sys.modules[name] = None makes its import
+    fail) so the adapter's one-line message is checked even where the extra is installed."""
+    code = (f"import sys; sys.modules[{engine!r}] = None\n"
+            f"try:\n    import {module}\n"
+            "except ImportError as error:\n    print(str(error))\n")
+    result = _fresh_python(code)
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.count("\n") == 0 and f"pip install 'grlab[{extra}]'" in message

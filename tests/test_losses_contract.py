@@ -283,3 +283,21 @@ def test_bad_aggregation_arguments():
 def test_the_registry_rejects_a_duplicate_name():
     with pytest.raises(ValueError, match="already registered"):
         register_loss("grpo")(lambda logp, logp_old, adv, mask: None)
+
+
+def test_token_weights_multiply_each_tokens_loss_before_the_normaliser():
+    """ℓ_t·w_t, then the same aggregation and count: REINFORCE with random weights w gives
+    −Σ A·w·log π / N over the valid tokens, computed here from the batch."""
+    logp, logp_old, adv, mask = tiny()
+    weights = torch.rand(logp.shape, generator=torch.Generator().manual_seed(3),
+                         dtype=torch.float64)
+    out = policy_loss("reinforce", logp, logp_old, adv, mask, token_weights=weights)
+    expected = -(adv[:, None] * weights * logp)[mask].sum() / mask.sum()
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-12)
+    same = policy_loss("reinforce", logp, logp_old, adv, mask,
+                       token_weights=torch.ones_like(weights))
+    assert torch.equal(same.loss, policy_loss("reinforce", logp, logp_old, adv, mask).loss)
+    with pytest.raises(ValueError, match="token_weights must be >= 0"):
+        policy_loss("reinforce", logp, logp_old, adv, mask, token_weights=-weights)
+    with pytest.raises(ValueError, match="token_weights must have the shape"):
+        policy_loss("reinforce", logp, logp_old, adv, mask, token_weights=weights[:, :1])
