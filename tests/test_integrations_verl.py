@@ -275,12 +275,27 @@ def test_an_unknown_grlab_keyword_is_a_type_error_naming_the_valid_ones():
         grlab_verl.loss_keywords("ppo", actor_config("grlab/ppo", {"eps_hihg": 0.3}))
 
 
-def test_rollout_is_weights_are_refused_clearly():
-    logp, old, adv, mask = batch()
-    with pytest.raises(ValueError, match="rollout_is_weights"):
-        core_algos.get_policy_loss_fn("grlab/grpo")(old, logp, adv, mask, "token-mean",
-                                                    actor_config("grlab/grpo"),
-                                                    rollout_is_weights=torch.ones_like(old))
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_rollout_is_weights_weight_each_token_as_verls_vanilla_does(mode):
+    """verl's rollout correction multiplies each token's loss by its weight before agg_loss;
+    grlab/ppo with vanilla's settings gives vanilla's value and gradient with the weights on."""
+    logp, old, adv, mask = batch(extreme=True)
+    weights = torch.rand(old.shape, generator=torch.Generator().manual_seed(7),
+                         dtype=old.dtype) * 2
+    fields = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28}
+    ours, _ = core_algos.get_policy_loss_fn("grlab/ppo")(
+        old, logp, adv, mask, mode,
+        actor_config("grlab/ppo", {"dual_clip": 3.0, "log_ratio_clamp": 20.0}, **fields),
+        rollout_is_weights=weights)
+    theirs, _ = core_algos.get_policy_loss_fn("vanilla")(
+        old, logp, adv, mask, mode, actor_config("vanilla", **fields),
+        rollout_is_weights=weights)
+    rtol = RTOL.get(mode, DEFAULT_RTOL)
+    torch.testing.assert_close(ours, theirs, rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(grad_of(ours, logp), grad_of(theirs, logp), rtol=rtol, atol=1e-12)
+    unweighted, _ = core_algos.get_policy_loss_fn("vanilla")(
+        old, logp, adv, mask, mode, actor_config("vanilla", **fields))
+    assert not torch.allclose(unweighted, theirs)  # the weights matter on this batch
 
 
 def test_data_parallel_without_global_counts_is_refused_as_verl_does():

@@ -32,8 +32,8 @@ Design decisions
 * Metrics: verl's names ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``
   from grlab's metrics of the same definitions, and every grlab metric as ``actor/grlab/<name>``.
   verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
-* ``rollout_is_weights`` (verl's rollout correction) is refused with a ``ValueError``:
-  ``policy_loss`` returns the aggregated loss, so the adapter cannot weight its per-token terms.
+* ``rollout_is_weights`` (verl's rollout correction) multiply each token's loss before the
+  aggregation, as verl's own losses do: ``policy_loss(..., token_weights=...)``.
 * Advantage estimators use verl's signature ``fn(token_level_rewards, response_mask, index,
   config, ...) -> (advantages, returns)``. Responses are grouped by ``index`` (verl's uid);
   groups of different sizes are computed size by size, which is exact since every grlab kind is
@@ -189,11 +189,6 @@ def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]
     ) -> tuple[Tensor, dict[str, float]]:
         if config is None:
             raise ValueError(f"grlab/{name}: config must be verl's actor config, got None")
-        if rollout_is_weights is not None:
-            raise ValueError(
-                f"rollout_is_weights: grlab/{name} does not apply verl's rollout-correction "
-                "weights (grlab's policy_loss has no per-token weight); set "
-                "algorithm.rollout_correction.rollout_is=null")
         keywords = loss_keywords(name, config)
         _log_once(name, keywords)
         if not bool(response_mask.any()):  # only empty responses: verl's agg_loss gives 0
@@ -201,8 +196,10 @@ def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]
         dtype = common_dtype(log_prob, old_log_prob, advantages)
         options = aggregation_options(loss_agg_mode, response_mask,
                                       _get(config, "global_batch_info", None) or {})
+        weights = None if rollout_is_weights is None else rollout_is_weights.to(dtype)
         out = policy_loss(name, log_prob.to(dtype), old_log_prob.to(dtype),
-                          advantages.to(dtype), response_mask, **options, **keywords)
+                          advantages.to(dtype), response_mask, token_weights=weights,
+                          **options, **keywords)
         return out.loss, verl_metrics(out.metrics)
 
     grlab_policy_loss.__name__ = f"grlab_{name.replace('-', '_')}"
