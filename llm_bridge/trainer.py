@@ -310,16 +310,6 @@ def _param_fingerprint(model: Any) -> float:
         return float(sum(p.double().sum() + p.double().abs().sum() for p in model.parameters()))
 
 
-def _sampled_at(schedule: Schedule, step: int) -> list[int]:
-    """The steps u ≥ ``step`` whose data θ_step samples, b(u) = step (not offline: finite)."""
-    found, u = [], step
-    while schedule.behaviour_step(u) <= step:
-        if schedule.behaviour_step(u) == step:
-            found.append(u)
-        u += 1
-    return found
-
-
 class _Run:
     """The state of one run: the policy, its rollout and reference copies, the optimiser, the
     generators, the pending stale rollouts and the metric history (all of it checkpointed)."""
@@ -410,7 +400,7 @@ class _Run:
         schedule = self.cfg.schedule
         if schedule.offline:  # the rollout copy is θ_0 for ever
             return self.sample(behaviour_step=0)
-        due = [u for u in _sampled_at(schedule, step) if u not in self.pending]
+        due = [u for u in schedule.sampled_at(step) if u not in self.pending]
         if due:
             self.rollout_model.load_state_dict(self.model.state_dict())
             for u in due:

@@ -37,6 +37,21 @@ class Schedule:
             return 0
         return (max(step - self.sync_offset, 0) // self.sync_interval) * self.sync_interval
 
+    def sampled_at(self, step: int) -> list[int]:
+        """The steps u ≥ ``step`` whose data the parameters of ``step`` produce: b(u) = step.
+
+        What a rollout engine synced at ``step`` samples ahead. Offline only step 0's policy
+        ever samples, for every step: that is infinite, so offline is a ``ValueError`` here
+        (callers sample each step from the frozen θ_0 when it is due)."""
+        if self.offline:
+            raise ValueError("an offline schedule samples every step from step 0's policy")
+        found, u = [], step
+        while self.behaviour_step(u) <= step:
+            if self.behaviour_step(u) == step:
+                found.append(u)
+            u += 1
+        return found
+
     @property
     def label(self) -> str:
         if self.offline:

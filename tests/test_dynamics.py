@@ -193,3 +193,15 @@ def test_clip_fraction_is_zero_on_policy_and_positive_when_stale_or_reused():
         assert float(traj.metrics["clipfrac"].max()) <= 1.0
     never = simulate(SMALL, "reinforce", schedules=[Schedule(offline=True)], **common)
     assert float(never.metrics["clipfrac"].abs().max()) == 0.0
+
+
+def test_sampled_at_lists_the_steps_whose_data_a_sync_produces():
+    """sync_interval 3, sync_offset 2: b(t) = ⌊max(t − 2, 0)/3⌋·3, so θ_0 produces the data of
+    steps 0–4, θ_3 those of 5–7, θ_6 those of 8–10; θ_1 produces none (no sync at step 1)."""
+    schedule = Schedule(sync_interval=3, sync_offset=2)
+    assert schedule.sampled_at(0) == [0, 1, 2, 3, 4]
+    assert schedule.sampled_at(3) == [5, 6, 7]
+    assert schedule.sampled_at(1) == []
+    assert Schedule().sampled_at(7) == [7]
+    with pytest.raises(ValueError, match="offline"):
+        Schedule(offline=True).sampled_at(0)
