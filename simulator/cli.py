@@ -53,7 +53,7 @@ OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupte
 
 def losses(name: str | None = None) -> None:
     """List the loss zoo: every registered loss and preset with its advantage kind, default
-    aggregation and the keyword values a preset binds.
+    aggregation, the keyword values a preset binds and the peer or paper its name follows.
 
     Args:
         name: show one loss in full (all keyword defaults and its formula) instead of the table.
@@ -70,6 +70,8 @@ def losses(name: str | None = None) -> None:
                       markup=False)
         console.print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
                       markup=False)
+        console.print(f"follows: {spec.follows or '—'} (differences from peers of the same "
+                      "name: docs/conventions.md)", markup=False)
         console.print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
         return
     table = Table(title="grlab loss zoo — simulator.losses.LOSSES", show_lines=False)
@@ -82,6 +84,8 @@ def losses(name: str | None = None) -> None:
         if spec.hparams:
             binds = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
             text += f"\n[dim]= {escape(f'{spec.base}({binds})')}[/dim]"
+        if spec.follows:
+            text += f"\n[dim]follows {escape(spec.follows)}[/dim]"
         table.add_row(spec.name, spec.advantage, spec.agg, text)
     console.print(table)
     console.print("grlab losses --name NAME shows one loss's formula and every keyword.")

@@ -60,3 +60,10 @@ def test_compare_on_the_tree_uses_the_tree_testbed_and_its_group_size(grlab, tmp
     assert code == 0 and "GRPO" in out
     table = (tmp_path / "table.md").read_text()
     assert "env='tree'" in table and "group size 3" in table
+
+
+def test_losses_says_which_peer_each_name_follows(grlab):
+    code, out = grlab("losses", "--name", "sppo-trinity")
+    assert code == 0 and "follows: Trinity-RFT 0.6.0 sppo_loss_fn.py" in out
+    code, out = grlab("losses")
+    assert code == 0 and "follows TRL 1.16 loss_type='bnpo'" in out
