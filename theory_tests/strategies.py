@@ -3,13 +3,25 @@
 A ``LossCase`` is a batch of B sequences of T tokens (float64): current log-probs, behaviour
 log-probs at a chosen log-ratio scale, advantages per sequence or per token, and a mask with at
 least one valid token in every row (rows may have different lengths).
+
+Random draws leave the edges to chance, so the edges are also fixed examples that every
+profile runs (``@example``, in the explicit phase, before any random draw):
+``boundary_loss_cases`` (one token; ρ exactly 1 + ε and 1 − ε for the default ε = 0.2 with
+A > 0, A < 0 and A = 0; ragged rows with a fully masked row; equal lengths with the zero
+advantages of a uniform group), attached by ``boundary_examples``; and ``claim_examples``,
+which runs a claim at the smallest and the largest sizes it declares (K = 1 where allowed).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from hypothesis import example
 from hypothesis import strategies as st
 
 
@@ -62,3 +74,106 @@ def examples(divisor: int) -> int:
     from hypothesis import settings
 
     return max(2, settings.default.max_examples // divisor)
+
+
+# --- fixed boundary cases, run under every profile ------------------------------------------
+
+F64 = torch.float64
+
+
+@functools.cache
+def _logp_at_ratio(target: float, logp_old: float) -> float:
+    """A log π with e^{log π − log π_old} == ``target`` exactly in float64, for a scalar, a
+    [1, 1] and a [64, 64] tensor (vectorised and scalar exp agree on it): the middle of the
+    float64 values around log π_old + log target that qualify."""
+    def exact(logp: float) -> bool:
+        small = torch.exp(torch.tensor([[logp]], dtype=F64) - torch.tensor([[logp_old]], dtype=F64))
+        big = torch.exp(torch.full((64, 64), logp, dtype=F64) - torch.full((64, 64), logp_old,
+                                                                          dtype=F64))
+        return (math.exp(logp - logp_old) == target and float(small) == target
+                and bool((big == target).all()))
+
+    centre, found = logp_old + math.log(target), []
+    for direction in (-math.inf, math.inf):
+        value = centre
+        for _ in range(40):
+            if exact(value):
+                found.append(value)
+            value = math.nextafter(value, direction)
+    if not found:
+        raise RuntimeError(f"no float64 log-prob gives a ratio of exactly {target}")
+    return sorted(set(found))[len(set(found)) // 2]
+
+
+def _clip_boundary_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp, logp_old) [3, 3]: every row holds ρ = 1 + 0.2, 1 − 0.2 and 1, exactly."""
+    hi, lo = _logp_at_ratio(1 + 0.2, -0.5), _logp_at_ratio(1 - 0.2, -0.25)
+    logp = torch.tensor([[hi, lo, -1.3]] * 3, dtype=F64)
+    logp_old = torch.tensor([[-0.5, -0.25, -1.3]] * 3, dtype=F64)
+    return logp, logp_old
+
+
+def boundary_loss_cases(*, on_policy: bool = False, per_token_adv: bool | None = None
+                        ) -> list[LossCase]:
+    """The fixed edge cases, as ``loss_cases`` would draw them with the same options:
+
+    1. one sequence of one token (a group of K = 1);
+    2. equal lengths, ρ exactly 1 + ε and 1 − ε (ε = 0.2, the default of PPO/GRPO/REC) and 1 on
+       rows with A = +1, −1 and 0;
+    3. ragged rows (lengths 3, 2, 1) and a fully masked row (finite junk at masked places);
+    4. equal lengths and all A = 0 (the advantages of a uniform group).
+    ``on_policy``: log π_old = log π (ρ = 1 everywhere). ``per_token_adv`` None alternates.
+    """
+    bounds_logp, bounds_old = _clip_boundary_rows()
+    ragged_logp = torch.tensor([[-0.4, -1.1, -2.0], [-0.9, -0.3, -50.0], [-1.6, -50.0, -50.0],
+                                [-50.0, -50.0, -50.0]], dtype=F64)
+    ragged_old = ragged_logp - torch.tensor([[0.7, -0.2, 0.05], [-0.9, 0.4, 3.0],
+                                             [0.3, 3.0, 3.0], [3.0, 3.0, 3.0]], dtype=F64)
+    uniform_logp = torch.tensor([[-0.2, -1.7], [-0.8, -0.6], [-2.2, -0.1]], dtype=F64)
+    rows = [  # (logp, logp_old, A per sequence, lengths)
+        (torch.tensor([[-0.7]], dtype=F64), torch.tensor([[-1.0]], dtype=F64), [1.0], [1]),
+        (bounds_logp, bounds_old, [1.0, -1.0, 0.0], [3, 3, 3]),
+        (ragged_logp, ragged_old, [0.8, -0.4, 0.0, 1.5], [3, 2, 1, 0]),
+        (uniform_logp, uniform_logp - 0.3, [0.0, 0.0, 0.0], [2, 2, 2]),
+    ]
+    cases = []
+    for i, (logp, logp_old, adv, lengths) in enumerate(rows):
+        width = logp.shape[1]
+        mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+        per_token = bool(i % 2) if per_token_adv is None else per_token_adv
+        advantages = torch.tensor(adv, dtype=F64)
+        if per_token:  # vary along the row where A ≠ 0, keep the A = 0 rows at 0
+            advantages = advantages.unsqueeze(1) * torch.linspace(1.0, 0.5, width, dtype=F64)
+        cases.append(LossCase(logp.clone(), logp.clone() if on_policy else logp_old.clone(),
+                              advantages, mask))
+    return cases
+
+
+def boundary_examples(*, on_policy: bool = False, per_token_adv: bool | None = None,
+                      **values: Sequence[object]) -> Callable:
+    """Decorator (under ``@given``): ``@example(case=c, **v)`` for every boundary case c and
+    every combination v of ``values`` (the test's other arguments, e.g. ``agg=AGGREGATIONS``)."""
+    cases = boundary_loss_cases(on_policy=on_policy, per_token_adv=per_token_adv)
+    names = list(values)
+
+    def decorate(test: Callable) -> Callable:
+        for case, combo in itertools.product(cases, itertools.product(*values.values())):
+            test = example(case=case, **dict(zip(names, combo, strict=True)))(test)
+        return test
+
+    return decorate
+
+
+def claim_examples(key: str) -> Callable:
+    """Decorator (under ``@given(seed=..., size=sizes(key))``): the claim at the smallest and
+    at the largest sizes it declares (K = 1, one prompt, depth 1 where its ranges allow)."""
+    from simulator.claims import CLAIMS
+
+    ranges = CLAIMS[key].sizes
+    low = {name: lo for name, (lo, _) in ranges.items()}
+    high = {name: hi for name, (_, hi) in ranges.items()}
+
+    def decorate(test: Callable) -> Callable:
+        return example(seed=0, size=low)(example(seed=1, size=high)(test))
+
+    return decorate

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from simulator.advantages import group_advantages
 from simulator.aggregation import AGGREGATIONS, aggregate
 from simulator.losses import LOSSES, pairwise_surrogate, policy_loss
-from theory_tests.strategies import LossCase, loss_cases
+from theory_tests.strategies import (
+    LossCase,
+    boundary_examples,
+    boundary_loss_cases,
+    loss_cases,
+)
 
 EXACT = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -36,13 +41,15 @@ def loss_and_grad(name: str, case: LossCase, *, adv=None, **kwargs):
     return out.loss.detach(), grad
 
 
-@given(loss_cases(max_log_ratio=1.0))
+@given(case=loss_cases(max_log_ratio=1.0))
+@boundary_examples()
 def test_rec_one_side_is_has_exactly_the_gradient_of_ppo_clip(case):
     """∇ REC-OneSide-IS = ∇ PPO-clip (no dual clip), for any ratios (paper §4).
 
     PPO: ℓ = max(−ρA, −clip(ρ)A); REC: ℓ = −M·sg(ρ)·A·log π with M the one-side mask.
     Ratios are drawn in e^{±1}, so many tokens fall outside the 0.2 band and both the clipped
-    and the unclipped branch are exercised.
+    and the unclipped branch are exercised; the fixed boundary cases put ρ exactly on 1 ± ε
+    (where PPO's max has a tie and its clamp is at its end) with A > 0, A < 0 and A = 0.
     """
     _, g_rec = loss_and_grad("rec-oneside-is", case)
     _, g_ppo = loss_and_grad("ppo", case, dual_clip=None)
@@ -76,6 +83,7 @@ ON_POLICY_SAME_AS_REINFORCE = [
 
 @pytest.mark.parametrize(("name", "kwargs"), ON_POLICY_SAME_AS_REINFORCE)
 @given(case=loss_cases(on_policy=True, per_token_adv=False), agg=st.sampled_from(AGGREGATIONS))
+@boundary_examples(on_policy=True, per_token_adv=False, agg=AGGREGATIONS)
 def test_at_theta_old_every_clipped_variant_has_the_reinforce_gradient(name, kwargs, case, agg):
     """With log π = log π_old (ρ = 1, δ = 0), every REC variant, PPO/GRPO without the std
     (advantages are passed in, so the same A), CISPO, TOPR, OPMD's δ² penalty and GSPO have
@@ -87,6 +95,7 @@ def test_at_theta_old_every_clipped_variant_has_the_reinforce_gradient(name, kwa
 
 @given(case=loss_cases(on_policy=True, per_token_adv=False),
        eta=st.floats(0.1, 5.0), tau=st.floats(0.1, 5.0))
+@boundary_examples(on_policy=True, per_token_adv=False, eta=[0.5], tau=[2.0])
 def test_at_theta_old_sppo_and_opmd_trinity_are_rescaled_reinforce(case, eta, tau):
     """At δ = 0: ∇(δ − ηA)² = −2ηA·∇log π, so SPPO = 2η·REINFORCE; OPMD-Trinity = REINFORCE/(1+τ)
     (Trinity-RFT's opmd loss)."""
@@ -99,6 +108,7 @@ def test_at_theta_old_sppo_and_opmd_trinity_are_rescaled_reinforce(case, eta, ta
 
 @given(case=loss_cases(max_log_ratio=1.0), beta=st.floats(-2.0, 2.0),
        agg=st.sampled_from(AGGREGATIONS))
+@boundary_examples(beta=[-1.0, 0.7], agg=AGGREGATIONS)
 def test_asymre_is_reinforce_minus_beta_times_log_pi(case, beta, agg):
     """AsymRE(β) = REINFORCE − β·Σ log π, value and gradient, under every aggregation (§5)."""
     loss_a, g_a = loss_and_grad("asymre", case, beta=beta, agg=agg)
@@ -110,13 +120,21 @@ def test_asymre_is_reinforce_minus_beta_times_log_pi(case, beta, agg):
     torch.testing.assert_close(g_a, g_r - beta * g_pen, **EXACT)
 
 
-@given(rewards=st.integers(0, 2**32 - 1), k=st.integers(2, 6), beta=st.floats(-1.0, 1.0),
-       case=loss_cases(max_b=1, max_log_ratio=1.0, per_token_adv=False))
-def test_asymre_equals_reinforce_on_shifted_advantages(rewards, k, beta, case):
+ONE_TOKEN = boundary_loss_cases(per_token_adv=False)[0]
+
+
+@given(rewards=st.integers(0, 2**32 - 1), k=st.integers(1, 6), beta=st.floats(-1.0, 1.0),
+       uniform=st.booleans(), case=loss_cases(max_b=1, max_log_ratio=1.0, per_token_adv=False))
+@example(rewards=0, k=1, beta=0.5, uniform=False, case=ONE_TOKEN)
+@example(rewards=1, k=4, beta=-0.3, uniform=True, case=ONE_TOKEN)
+def test_asymre_equals_reinforce_on_shifted_advantages(rewards, k, beta, uniform, case):
     """The two homes of AsymRE agree: ``asymre(beta=β)`` on mean-baseline advantages equals
-    ``reinforce`` on ``group_advantages(r, "mean", shift=β)``."""
+    ``reinforce`` on ``group_advantages(r, "mean", shift=β)`` — also for a lone response
+    (K = 1: A = 0 + β) and a uniform group (A = β for every member)."""
     g = torch.Generator().manual_seed(rewards)
     r = torch.rand(1, k, generator=g, dtype=torch.float64)
+    if uniform:
+        r = r[:, :1].expand(1, k).contiguous()
     logp = case.logp[:, :1].expand(k, -1).contiguous()
     case = LossCase(logp, logp - 0.1, torch.zeros(k, dtype=torch.float64),
                     torch.ones(k, 1, dtype=torch.bool))
@@ -129,6 +147,7 @@ def test_asymre_equals_reinforce_on_shifted_advantages(rewards, k, beta, case):
 
 
 @given(case=loss_cases(max_log_ratio=1.0), tau=st.floats(0.05, 5.0))
+@boundary_examples(tau=[0.5])
 def test_opmd_kimi_gradient_is_reinforce_plus_half_tau_grad_delta_squared(case, tau):
     """OPMD (Kimi): ∇ℓ = −A·∇log π(y) + (τ/2)·∇δ², δ = log π(y) − log π_old(y) over the whole
     sequence (level="sequence") or per token (level="token", Trinity's k2) (paper §5)."""
@@ -160,6 +179,7 @@ def test_opmd_kimi_sequence_and_token_penalties_differ_beyond_one_token():
 
 @given(case=loss_cases(per_token_adv=False, max_log_ratio=0.01),
        agg=st.sampled_from(AGGREGATIONS), eps=st.sampled_from([(3e-4, 4e-4), (0.2, 0.2)]))
+@boundary_examples(per_token_adv=False, agg=AGGREGATIONS, eps=[(3e-4, 4e-4), (0.2, 0.2)])
 def test_gspo_and_gspo_token_agree_when_advantages_are_constant_along_each_sequence(
         case, agg, eps):
     """GSPO-token with A_it = A_i has GSPO's value and gradient (Zheng et al. 2025, §4.3), under
@@ -183,11 +203,16 @@ def test_gspo_and_gspo_token_differ_when_advantages_vary_along_a_sequence():
     torch.testing.assert_close(g_t, torch.tensor([[-1.0, 1.0]], dtype=torch.float64))
 
 
-@given(seed=st.integers(0, 2**32 - 1), g=st.integers(1, 4), k=st.integers(2, 8))
-def test_rloo_is_k_over_k_minus_one_times_the_mean_baseline_advantage(seed, g, k):
-    """RLOO: r_i − (Σ_{j≠i} r_j)/(K−1) = K/(K−1)·(r_i − r̄) (Kool et al. 2019; Ahmadian 2024)."""
+@given(seed=st.integers(0, 2**32 - 1), g=st.integers(1, 4), k=st.integers(2, 8),
+       uniform=st.booleans())
+@example(seed=0, g=3, k=2, uniform=True)
+def test_rloo_is_k_over_k_minus_one_times_the_mean_baseline_advantage(seed, g, k, uniform):
+    """RLOO: r_i − (Σ_{j≠i} r_j)/(K−1) = K/(K−1)·(r_i − r̄) (Kool et al. 2019; Ahmadian 2024);
+    a uniform group gets exactly 0 from both."""
     rewards = torch.randn(g, k, generator=torch.Generator().manual_seed(seed),
                           dtype=torch.float64)
+    if uniform:
+        rewards = rewards[:, :1].expand(g, k).contiguous()
     torch.testing.assert_close(group_advantages(rewards, "loo"),
                                k / (k - 1) * group_advantages(rewards, "mean"), **EXACT)
 
@@ -199,8 +224,10 @@ def _softmax_grad_log_pi(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 6), k=st.integers(1, 8),
-       tau=st.floats(0.05, 10.0))
-def test_one_step_of_pairwise_surrogate_is_group_relative_reinforce(seed, n, k, tau):
+       tau=st.floats(0.05, 10.0), uniform=st.booleans())
+@example(seed=0, n=2, k=1, tau=1.0, uniform=False)
+@example(seed=1, n=3, k=4, tau=0.5, uniform=True)
+def test_one_step_of_pairwise_surrogate_is_group_relative_reinforce(seed, n, k, tau, uniform):
     """At θ = θ_t: ∇L̂ = −(2τ/K)·Σ_i (r_i − r̄)·∇log π(y_i), for any group however sampled
     (paper §2, step 5). Tabular softmax, responses y_i drawn from an arbitrary other policy;
     the right side uses the analytic ∇log π = e_y − π."""
@@ -209,6 +236,8 @@ def test_one_step_of_pairwise_surrogate_is_group_relative_reinforce(seed, n, k, 
     behaviour = torch.softmax(3 * torch.randn(n, generator=gen, dtype=torch.float64), -1)
     y = torch.multinomial(behaviour, k, replacement=True, generator=gen)
     r = torch.rand(1, k, generator=gen, dtype=torch.float64)
+    if uniform:  # a uniform group: both sides are exactly 0
+        r = r[:, :1].expand(1, k).contiguous()
     seq_logp = torch.log_softmax(theta, -1)[y].unsqueeze(0)
     (grad,) = torch.autograd.grad(
         pairwise_surrogate(r, seq_logp, seq_logp.detach(), tau), theta)

@@ -16,6 +16,7 @@ from simulator.claims.instances import uniform as draw_uniform
 from simulator.claims.registry import EXACT_TOL, Check, register_claim, relative_error, worst
 from simulator.closed_forms import soft_bellman_policy
 from simulator.exact import (
+    GroupBatch,
     LossSetup,
     batch_loss,
     enumerate_groups,
@@ -41,23 +42,53 @@ def _stale_tree(generator: torch.Generator, vocab: int, depth: int, spread: floa
     return env, theta, policy_behavior(env, theta + spread * noise)
 
 
-def _live_share(grads: Tensor) -> float:
-    """Share of groups whose gradient is not exactly zero (an all-clipped batch would make a
-    gradient identity vacuous; reported so that a reader can see it is not)."""
-    return float((grads.flatten(1).abs().amax(1) > 0).to(torch.float64).mean())
+def _with_mixed_group(env: TreeMDP, batch: GroupBatch, k: int) -> GroupBatch:
+    """``batch`` plus one group of K ≥ 2 responses 0, 1, …, K − 1 (mod N): at least two distinct
+    responses, so (rewards being continuous draws) at least one nonzero advantage, whatever
+    the sampled groups are (a concentrated μ can draw only uniform groups)."""
+    extra = (torch.arange(k) % env.num_responses).unsqueeze(0)
+    return GroupBatch(torch.cat([batch.prompt, batch.prompt.new_zeros(1)]),
+                      torch.cat([batch.responses, extra]),
+                      torch.cat([batch.weight, batch.weight.new_ones(1)]), batch.exact)
+
+
+def _group_advantages(env: TreeMDP, batch: GroupBatch, preset: str) -> Tensor:
+    """The advantages [G, K] that ``preset`` computes inside each group of ``batch``."""
+    return LOSSES[preset].advantages(env.rewards[batch.prompt.unsqueeze(-1), batch.responses])[0]
+
+
+def _signed_gradients(env: TreeMDP, theta: Tensor, batch: GroupBatch, mu: Tensor, loss: str,
+                      adv: Tensor, **options: object) -> Tensor:
+    """Per-group gradients [2G, ...] of ``loss`` under the advantages A and under −A.
+
+    A one-side clip (PPO's, GSPO's on the sequence ratio) keeps every ratio for one of the two
+    signs (ρ ≤ 1 + ε_high or ρ ≥ 1 − ε_low always holds), so with a nonzero A some group is
+    live under A or −A: an identity checked on both is never vacuously 0 = 0."""
+    return torch.cat([group_gradients(env, theta, batch, mu, loss, advantages=sign * adv,
+                                      **options) for sign in (1.0, -1.0)])
+
+
+def _live(grads: Tensor) -> Check:
+    """Passes when some group's gradient is nonzero (an all-zero comparison proves nothing)."""
+    share = float((grads.flatten(1).abs().amax(1) > 0).to(torch.float64).mean())
+    return Check(0.0 if share > 0 else 1.0, 0.5, f"groups with a nonzero gradient: {share:.0%}")
 
 
 @register_claim("6", "rec_oneside_is_has_the_gradient_of_ppo_clip", PAPER + ", §4",
-                vocab=(2, 3), depth=(1, 3), k=(1, 4))
+                vocab=(2, 3), depth=(1, 3), k=(2, 4))
 def rec_is_ppo(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """For every group and any ratios: ∇ rec-oneside-is = ∇ PPO-clip (no dual clip), both with
-    ε = 0.2/0.2 and mean-baseline advantages (θ_old = θ + 0.5·ξ so ratios straddle the clip)."""
+    ε = 0.2/0.2 and mean-baseline advantages A, and again with −A (θ_old = θ + 0.5·ξ so ratios
+    straddle the clip; 32 sampled groups plus one mixed group, ``_with_mixed_group``). Passes
+    only if some group's gradient is nonzero (``_signed_gradients``: guaranteed for K ≥ 2;
+    with K = 1 every advantage is 0 and the identity would be 0 = 0)."""
     env, theta, mu = _stale_tree(generator, vocab, depth, 0.5)
-    batch = sample_groups(mu, k, 32, generator)
-    rec = group_gradients(env, theta, batch, mu, "rec-oneside-is")
-    ppo = group_gradients(env, theta, batch, mu, "ppo", advantage="mean", dual_clip=None)
-    return Check(relative_error(rec, ppo), EXACT_TOL, "per-group ∇ rec-oneside-is vs ∇ ppo "
-                 f"({_live_share(ppo):.0%} of groups with a nonzero gradient)")
+    batch = _with_mixed_group(env, sample_groups(mu, k, 32, generator), k)
+    adv = _group_advantages(env, batch, "rec-oneside-is")  # the mean baseline
+    rec = _signed_gradients(env, theta, batch, mu, "rec-oneside-is", adv)
+    ppo = _signed_gradients(env, theta, batch, mu, "ppo", adv, dual_clip=None)
+    return worst(Check(relative_error(rec, ppo), EXACT_TOL,
+                       "per-group ∇ rec-oneside-is vs ∇ ppo (advantages A and −A)"), _live(ppo))
 
 
 @register_claim("6c", "with_dual_clip_ppo_is_no_longer_rec_oneside_is", PAPER + ", §4, §8",
@@ -283,16 +314,19 @@ def token_is(generator: torch.Generator, vocab: int, depth: int) -> Check:
 
 
 @register_claim("15", "gspo_equals_gspo_token_with_sequence_constant_advantages",
-                "Zheng et al. 2025 (GSPO)", vocab=(2, 3), depth=(1, 3), k=(1, 4))
+                "Zheng et al. 2025 (GSPO)", vocab=(2, 3), depth=(1, 3), k=(2, 4))
 def gspo_token(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """Per group, ∇ gspo = ∇ gspo-token when A is constant along each sequence (ε = 3e-4/4e-4,
-    θ_old = θ + 1e-3·ξ so that some sequences are clipped and some are not)."""
+    θ_old = θ + 1e-3·ξ so that some sequences are clipped and some are not), for the preset's
+    std-normalised A and for −A; 16 sampled groups plus one mixed group. Passes only if some
+    group's gradient is nonzero (guaranteed for K ≥ 2, see ``_signed_gradients``)."""
     env, theta, mu = _stale_tree(generator, vocab, depth, 1e-3)
-    batch = sample_groups(mu, k, 16, generator)
-    a = group_gradients(env, theta, batch, mu, "gspo")
-    b = group_gradients(env, theta, batch, mu, "gspo-token")
-    return Check(relative_error(a, b), EXACT_TOL, "per-group ∇ gspo vs ∇ gspo-token "
-                 f"({_live_share(a):.0%} of groups with a nonzero gradient)")
+    batch = _with_mixed_group(env, sample_groups(mu, k, 16, generator), k)
+    adv = _group_advantages(env, batch, "gspo")  # std-normalised
+    a = _signed_gradients(env, theta, batch, mu, "gspo", adv)
+    b = _signed_gradients(env, theta, batch, mu, "gspo-token", adv)
+    return worst(Check(relative_error(a, b), EXACT_TOL, "per-group ∇ gspo vs ∇ gspo-token "
+                       "(advantages A and −A)"), _live(a))
 
 
 @register_claim("15b", "kimi_sequence_penalty_and_token_k2_differ_on_deep_trees",

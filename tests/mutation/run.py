@@ -16,9 +16,11 @@ Design decisions
   the copy before trusting any result.
 * A mutant's ``old`` text must occur exactly once in its file; if any does not, nothing runs
   and the stale mutants are listed (exit 3): the list must follow the code, loudly.
-* Each mutant runs ``pytest -x -q`` on its test selection (``mutants.selected_tests``) under
-  the ``mutation`` hypothesis profile (the ``ci`` profile's examples, no shrinking: see
-  ``plugin.py``). Killed means pytest reported a failing test; the first one is shown.
+* Each mutant runs ``pytest -x -q`` under the ``mutation`` hypothesis profile (the ``ci``
+  profile's examples, no shrinking: see ``plugin.py``): first on its own ``tests`` (the tests
+  expected to kill it), and if they all pass, on its module's whole selection
+  (``mutants.selected_tests``). Killed means pytest reported a failing test; the first one
+  is shown.
 * Before the mutants, the union of their test selections runs once on the unmutated copy
   (``--no-baseline`` skips it when the suite has just passed, as in CI): a red suite would
   make every kill meaningless.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -121,9 +124,11 @@ def environment(copy: Path) -> dict[str, str]:
 
 
 def pytest_args(tests: tuple[str, ...]) -> list[str]:
+    # --keep-duplicates: a node id (file::test) given before its file stays first; without it
+    # pytest merges the two and runs the file in its own order
     return ["-x", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.plugin", "-rfE",
-            "--no-header", "-o", "addopts=", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-            *tests]
+            "--keep-duplicates", "--no-header", "-o", "addopts=",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning", *tests]
 
 
 def pytest_command(tests: tuple[str, ...]) -> list[str]:
@@ -154,11 +159,13 @@ class Copy:
         reply = json.loads(line)
         return reply["code"], reply["output"]
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """End the server and any child it is running (an interrupted run leaves nothing)."""
-        if self.server is not None and self.server.poll() is None:
-            os.killpg(self.server.pid, signal.SIGKILL)
-            self.server.wait()
+        if self.server is not None and self.server.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGKILL)
+            if wait:
+                self.server.wait(timeout=30)
 
 
 def run_in(copy: Path, command: list[str], timeout: float) -> tuple[int | None, str]:
@@ -204,7 +211,11 @@ def run_mutant(mutant: Mutant, copy: Copy, timeout: float) -> Result:
     start = time.perf_counter()
     try:
         path.write_text(mutated_text(copy.path, mutant), encoding="utf-8")
-        code, output = copy.pytest(selected_tests(mutant), timeout)
+        code = None if not mutant.tests else 0
+        if mutant.tests:  # its expected killers alone first: collecting one file is cheap
+            code, output = copy.pytest(mutant.tests, timeout)
+        if code == 0:  # not killed there: the module's whole selection decides
+            code, output = copy.pytest(selected_tests(mutant), timeout)
     finally:
         path.write_text(original, encoding="utf-8")
     seconds = time.perf_counter() - start
@@ -278,6 +289,8 @@ def run_all(mutants: list[Mutant], copies: list[Copy], timeout: float) -> list[R
     lock, done = threading.Lock(), [0]
 
     def task(mutant: Mutant) -> Result:
+        if _STOPPED.is_set():
+            return Result(mutant, "ERROR", "interrupted", 0.0)
         copy = free.get()
         try:
             result = run_mutant(mutant, copy, timeout)
@@ -289,14 +302,31 @@ def run_all(mutants: list[Mutant], copies: list[Copy], timeout: float) -> list[R
                   f"({result.detail}, {result.seconds:.1f} s)", flush=True)
         return result
 
-    with concurrent.futures.ThreadPoolExecutor(len(copies)) as pool:
-        return list(pool.map(task, mutants))
+    pool = concurrent.futures.ThreadPoolExecutor(len(copies))
+    try:
+        futures = [pool.submit(task, mutant) for mutant in mutants]
+        return [future.result() for future in futures]
+    finally:  # interrupted: drop what has not started, do not wait for what has
+        pool.shutdown(wait=not _STOPPED.is_set(), cancel_futures=True)
+
+
+_RUNNING: list[Copy] = []  # the copies of this run, ended by ``_stop``
+_STOPPED = threading.Event()
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM (a CI timeout): end every fork server and its child now (a worker
+    thread waiting on one then returns), then unwind, which removes the copies."""
+    _STOPPED.set()
+    for copy in _RUNNING:
+        copy.close(wait=False)  # a signal handler must not block on a lock
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM (a CI timeout) unwinds like Ctrl-C: the copies and fork servers are cleaned up
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     mutants = select(args)
     if args.list:
         for m in mutants:
@@ -315,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         check_imports_copy(paths[0])
         fork = hasattr(os, "fork") and not args.no_fork
         copies = [Copy(path, fork) for path in paths]
+        _RUNNING[:] = copies
         try:
             if not args.no_baseline:
                 union = tuple(dict.fromkeys(t for m in mutants for t in selected_tests(m)))
