@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         _RUNNING[:] = copies
         try:
             if not args.no_baseline:
-                union = tuple(dict.fromkeys(t for m in mutants for t in selected_tests(m)))
+                union = tuple(dict.fromkeys(t.partition("::")[0] for m in mutants
+                                            for t in selected_tests(m)))
                 print(f"baseline: {len(union)} test files on the unmutated copy ...", flush=True)
                 code, output = copies[0].pytest(union, args.timeout * 2)
                 if code != 0:
