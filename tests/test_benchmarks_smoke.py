@@ -42,6 +42,12 @@ def _exact_vs_mc(result: dict) -> None:
     assert (Path(result["args"]["out"]) / "exact_vs_mc.png").is_file()
 
 
+def _exact_zoo(result: dict) -> None:
+    losses = {row["loss"] for row in result["results"]}
+    assert "grpo" in losses and "red-drop" not in losses  # every loss but the random one
+    assert {row["method"] for row in result["results"]} >= {"closed-form", "sufficient"}
+
+
 def _batched_runs(result: dict) -> None:
     assert all(row["same_trajectories"] for row in result["results"])
 
@@ -64,6 +70,7 @@ def _suite_cost(result: dict) -> None:
 
 CASES = [
     pytest.param("exact_vs_mc.py", "--smoke", _exact_vs_mc, id="exact_vs_mc"),
+    pytest.param("exact_zoo.py", "--smoke", _exact_zoo, id="exact_zoo"),
     pytest.param("batched_runs.py", "--smoke", _batched_runs, id="batched_runs"),
     pytest.param("llm_logprobs.py", "--smoke", _llm_logprobs, id="llm_logprobs",
                  marks=_needs("transformers")),
