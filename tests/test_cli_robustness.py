@@ -383,3 +383,24 @@ def test_every_arm_key_passes_the_checks_made_before_training():
     """The pre-flight checks (names, keywords, group size) accept every arm of the catalogue."""
     exp = simulator.experiments.default_comparison(tuple(simulator.experiments.ARMS))
     assert [a.key for a in exp.arms] == list(simulator.experiments.ARMS)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (("compare", "--bogus"), "Unrecognized options: --bogus"),
+    (("compare", "--seeds", "x"), "Error parsing --seeds: invalid literal for int()"),
+    (("compare", "--env", "lake"), "invalid choice 'lake' for argument '--env'"),
+    (("experiment",), "Missing from grlab experiment"),
+    ((), "Expected one of {compare, experiment, verify, train-llm, losses}"),
+])
+def test_tyros_own_parse_errors_are_one_line_too(grlab_split, no_work, argv, expected):
+    """An unknown flag, a value of the wrong type, a bad choice, a missing argument or
+    subcommand: tyro's multi-line box becomes one stderr line, exit 2, nothing on stdout."""
+    code, out, err = grlab_split(*argv)
+    assert code == 2 and out == ""
+    line = _one_error_line(code, out, err)
+    assert expected in line and "grlab --help" in line
+
+
+def test_help_still_prints_tyros_help(grlab_split):
+    code, out, err = grlab_split("compare", "--help")
+    assert code == 0 and "--seeds" in out + err
