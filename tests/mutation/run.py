@@ -50,8 +50,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: make ``tests.mutation`` importable
-    sys.path.insert(0, str(ROOT))
+# Run as a script, ``tests.mutation`` must come from this tree, first: verl installs a top-level
+# ``tests`` package of its own into site-packages, which would otherwise win.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 from tests.mutation.mutants import MUTANTS, Mutant, selected_tests  # noqa: E402
 
