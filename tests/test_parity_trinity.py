@@ -290,7 +290,7 @@ def test_each_reference_is_trinitys_own_loss(key, init, reference, ref_kwargs):
     ref_leaf = logp.clone().requires_grad_(True)
     ref_value, ref_metrics = reference(ref_leaf, old, adv, mask, **ref_kwargs)
     (ref_grad,) = torch.autograd.grad(ref_value, ref_leaf)
-    assert float(value.detach()) == pytest.approx(float(ref_value), rel=1e-12)
+    assert float(value.detach()) == pytest.approx(float(ref_value.detach()), rel=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
     for name, expected in ref_metrics.items():
         assert metrics[name] == pytest.approx(float(expected.detach()), rel=1e-9), name
