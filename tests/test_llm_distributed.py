@@ -220,6 +220,14 @@ def test_a_two_process_checkpoint_is_not_resumed_by_one_process(two_processes):
         train(cfg, model, char_tokenizer(), task)
 
 
+def _report(result: subprocess.CompletedProcess) -> str:
+    """A failed launch as the workers wrote it: their output comes before torchrun's own
+    summary (which names the failed rank and its signal), so the head of stderr is kept too."""
+    return (f"exit {result.returncode}\n--- stdout (tail)\n{result.stdout[-2000:]}\n"
+            f"--- stderr (head)\n{result.stderr[:4000]}\n--- stderr (tail)\n"
+            f"{result.stderr[-2000:]}")
+
+
 @pytest.mark.parametrize("device", [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
@@ -234,11 +242,11 @@ def test_torchrun_trains_and_resumes(tmp_path, device):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     first = subprocess.run([*command, "--steps", "2"], capture_output=True, text=True,
                            env=env, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, _report(first)
     assert first.stdout.count("held-out reward") == 1 and "× 2 processes" in first.stdout
     again = subprocess.run([*command, "--steps", "3", "--resume"], capture_output=True,
                            text=True, env=env, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, _report(again)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
