@@ -10,17 +10,19 @@ grades {0, ½, 1}; continuous U[0, 1)) — one off-policy problem (logits θ ∼
 1. *exact*: wall time of ``simulator.exact.expected_gradient(..., method=M)``. ``cold`` is the
    first call in this process after the enumeration cache is cleared (what a one-off answer
    costs); ``warm`` is the median of ``--repeats`` later calls (what each step of a training
-   loop costs, the multiset table being reused). M is "auto" (whatever the library picks: today
-   the enumeration, or the closed form for REINFORCE-type losses; the sufficient-statistics
-   engine once it lands), and every other method the installed ``simulator.exact`` accepts
-   ("enumerate", the naive baseline; "sufficient" when present) for comparison. The largest
-   relative L2 difference between methods is recorded: they must agree.
+   loop costs, the multiset table being reused). M is "auto" (whatever the library picks: the
+   sufficient-statistics engine for rewards with few distinct values, the closed form for
+   REINFORCE-type losses, else the enumeration), and every other method the installed
+   ``simulator.exact`` accepts ("enumerate", the naive baseline; "sufficient") for comparison.
+   The largest relative L2 difference between methods is recorded: they must agree.
 2. *Monte Carlo to relative error ε = ``--target``* (default 1e-3): ``sampled_gradient`` with S
    groups per prompt gives a mean ĝ_S and its standard error. The relative L2 error
    e(S) = ‖ĝ_S − g‖/‖g‖ obeys E‖ĝ_S − g‖² = tr Σ/S exactly for an i.i.d. mean, so one pilot
    of S₀ groups estimates tr Σ = S₀·Σ stderr² and S* = tr Σ/(ε‖g‖)² groups reach ε in RMS.
-   The time is extrapolated as S*·(pilot time/S₀) — linear in S, the pilot being large enough
-   that per-call overhead is small — EXCEPT at the ``--direct-points`` cheapest points, where
+   The time is extrapolated as S*·(seconds per group), the seconds per group measured on warm
+   calls of ``--chunk-groups`` groups (the size a direct draw uses; the pilot's own time would
+   charge Monte Carlo for a small call's fixed cost) — EXCEPT at the ``--direct-points``
+   cheapest points and at every point with (N, K) = ``--direct-at`` (16, 8 by default), where
    S* groups are actually drawn (in chunks) and timed, and the realised error is recorded (it
    should be near ε: the law is about the RMS, one draw scatters around it).
 3. *the frontier*: for each environment, reward kind and K, N doubles from 2 while the exact
@@ -62,7 +64,7 @@ METHODS = ("auto", "enumerate", "sufficient")  # "sufficient": issue 12's engine
 
 @dataclasses.dataclass
 class Args:
-    responses: tuple[int, ...] = (4, 8, 16, 32, 64)
+    responses: tuple[int, ...] = (4, 8, 16)
     """N, responses per prompt (bandit arms; tree leaves, N = 2^depth, powers of 2 only)."""
     group_sizes: tuple[int, ...] = (2, 4, 8)
     """K, responses per group."""
@@ -77,18 +79,22 @@ class Args:
     target: float = 1e-3
     """relative L2 error that Monte Carlo must reach."""
     pilot_groups: int = 4096
-    """S₀, groups of the Monte Carlo pilot that estimates tr Σ and the cost per group."""
+    """S₀, groups of the Monte Carlo pilot that estimates tr Σ."""
     chunk_groups: int = 16384
-    """groups per sampled_gradient call when S* groups are drawn directly."""
+    """groups per sampled_gradient call when S* groups are drawn directly; warm calls of this
+    size give the cost per group that the extrapolation uses."""
     direct_points: int = 1
-    """how many grid points (the cheapest predicted) measure Monte Carlo at S* directly."""
+    """how many grid points (the cheapest predicted) measure Monte Carlo directly."""
+    direct_at: tuple[int, int] = (16, 8)
+    """(N, K) measured directly at every environment and reward kind (issue 12's target point;
+    within --direct-budget-s)."""
     direct_budget_s: float = 300.0
     """a direct measurement is skipped when its predicted time exceeds this."""
-    max_exact_s: float = 30.0
+    max_exact_s: float = 10.0
     """a grid series stops after a point whose exact gradient takes longer than this."""
     frontier_s: float = 1.0
     """the frontier's time limit: the largest N solved exactly within it."""
-    frontier_max_n: int = 4096
+    frontier_max_n: int = 1024
     """the frontier's N stops doubling here."""
     repeats: int = 3
     """timed repeats per measurement (median)."""
@@ -192,20 +198,26 @@ def time_exact(problem, loss: str, k: int, method: str, repeats: int) -> dict[st
 
 def mc_pilot(problem, loss: str, k: int, grad: torch.Tensor, args: Args, seed: int
              ) -> dict[str, float]:
-    """Pilot of S₀ groups: its time, the realised error, and the predicted S* and time."""
+    """Pilot of S₀ groups (the realised error, the predicted S*), then the time per group
+    measured on warm calls of ``chunk_groups`` groups — the size a direct draw uses. (Timing
+    the pilot itself would not do: a small call's fixed cost, and the first call's setup of
+    several seconds, would be charged to Monte Carlo; measured here at N = 16, K = 8: 10 µs a
+    group at 2,048 groups, 3.3 µs at 65,536.)"""
     env, logits, mu = problem
     g = torch.Generator().manual_seed(seed)
-    exact.sampled_gradient(env, logits, mu, loss, k, 8, g)  # warm-up: vmap's first trace
-    tic = time.perf_counter()
+    exact.sampled_gradient(env, logits, mu, loss, k, 8, g)  # warm-up: the first call's setup
     mean, stderr = exact.sampled_gradient(env, logits, mu, loss, k, args.pilot_groups, g)
-    seconds = time.perf_counter() - tic
     norm = float(grad.norm())
     predicted = float((stderr**2).sum().sqrt()) / norm
     needed = max(1, math.ceil(args.pilot_groups * (predicted / args.target) ** 2))
-    return {"pilot_groups": args.pilot_groups, "pilot_s": seconds,
+    chunk = min(args.chunk_groups, needed)
+    seconds = median_seconds(lambda: exact.sampled_gradient(env, logits, mu, loss, k, chunk, g),
+                             max(1, args.repeats), warmup=0)
+    return {"pilot_groups": args.pilot_groups, "timed_groups": chunk,
+            "seconds_per_group": seconds / chunk,
             "pilot_error": float((mean - grad).norm()) / norm,
             "pilot_predicted_error": predicted, "groups_needed": needed,
-            "mc_s": needed * seconds / args.pilot_groups, "mc_source": "extrapolated"}
+            "mc_s": needed * seconds / chunk, "mc_source": "extrapolated"}
 
 
 def mc_direct(problem, loss: str, k: int, grad: torch.Tensor, groups: int, chunk: int,
@@ -267,13 +279,27 @@ def _series(args: Args, methods: list[str], env_kind: str, reward: str, k: int
         if "auto" in grads and float(grads["auto"].norm()) > 0:
             row["mc"] = mc_pilot(problem, args.loss, k, grads["auto"], args, args.seed + n)
         rows.append(row)
+        _note(row)
     return rows
 
 
+def _note(row: dict[str, object]) -> None:
+    """One progress line per grid point, on stderr (the grid takes minutes)."""
+    exact_s = row.get("auto", {}).get("cold_s")
+    mc_s = row.get("mc", {}).get("mc_s")
+    print(f"  {row['env']} {row['reward']} K={row['K']} N={row['N']}: exact "
+          f"{'-' if exact_s is None else f'{exact_s:.3g} s'}, Monte Carlo to "
+          f"{'-' if mc_s is None else f'{mc_s:.3g} s'}", file=sys.stderr, flush=True)
+
+
 def measure_direct(rows: list[dict[str, object]], args: Args) -> None:
-    """Replace the extrapolated MC time by a measured one at the cheapest predicted points."""
-    candidates = sorted((r for r in rows if "mc" in r), key=lambda r: r["mc"]["mc_s"])
-    for row in candidates[: args.direct_points]:
+    """Replace the extrapolated MC time by a measured one at the ``--direct-points`` cheapest
+    points and at every point of ``--direct-at`` (N, K), within ``--direct-budget-s``."""
+    with_mc = [r for r in rows if "mc" in r]
+    chosen = sorted(with_mc, key=lambda r: r["mc"]["mc_s"])[: args.direct_points]
+    chosen += [r for r in with_mc if (r["N"], r["K"]) == tuple(args.direct_at)
+               and r not in chosen]
+    for row in chosen:
         if row["mc"]["mc_s"] > args.direct_budget_s:
             row["mc"]["direct_skipped"] = f"predicted {row['mc']['mc_s']:.0f} s > budget"
             continue
@@ -283,6 +309,9 @@ def measure_direct(rows: list[dict[str, object]], args: Args) -> None:
         row["mc"]["mc_s_extrapolated"] = row["mc"]["mc_s"]
         row["mc"].update(mc_direct(problem, args.loss, row["K"], grad,
                                    row["mc"]["groups_needed"], args.chunk_groups, args.seed))
+        print(f"  measured: {row['env']} {row['reward']} K={row['K']} N={row['N']}: Monte "
+              f"Carlo {row['mc']['mc_s']:.3g} s (extrapolated {row['mc']['mc_s_extrapolated']:.3g}"
+              f" s), error {row['mc']['mc_error']:.2g}", file=sys.stderr, flush=True)
 
 
 def frontier(args: Args) -> list[dict[str, object]]:
@@ -305,6 +334,9 @@ def frontier(args: Args) -> list[dict[str, object]]:
                     best.update(N=n, seconds=timing["cold_s"], multisets=math.comb(n + k - 1, k))
                     n *= 2
                 rows.append(best)
+                print(f"  frontier {env_kind} {reward} K={k}: N={best['N']} within "
+                      f"{args.frontier_s} s",
+                      file=sys.stderr, flush=True)
     return rows
 
 
@@ -383,6 +415,12 @@ def main(args: Args) -> None:
         "points": len(ratios), "points_measured_directly": len(direct),
         "largest_bandit_N_within_frontier_s_at_largest_K": {
             reward: f["N"] for reward, f in edge_bandit.items()},
+        "at_direct_at": [{"env": r["env"], "reward": r["reward"],
+                          "exact_cold_s": r["auto"]["cold_s"],
+                          "exact_warm_s": r["auto"].get("warm_s"), "mc_s": r["mc"]["mc_s"],
+                          "mc_source": r["mc"]["mc_source"],
+                          "mc_over_exact_cold": r["mc"]["mc_s"] / r["auto"]["cold_s"]}
+                         for r in rows if "mc" in r and (r["N"], r["K"]) == tuple(args.direct_at)],
     }
     where = ", ".join(f"N={f['N'] or 'none'}{'+' if 'frontier_max_n' in f['stopped_by'] else ''}"
                       f" {reward}" for reward, f in edge_bandit.items())
@@ -392,6 +430,10 @@ def main(args: Args) -> None:
                 f"range {min(ratios):.3g}-{max(ratios):.3g}x, {len(direct)} measured directly); "
                 f"largest bandit solved exactly in {args.frontier_s:g} s at K={k_max}: {where} "
                 f"('+': the cap --frontier-max-n)")
+    target = summary["at_direct_at"]
+    if target:
+        headline += (f"; at N={args.direct_at[0]}, K={args.direct_at[1]}: " + ", ".join(
+            f"{t['env']} {t['reward']} {t['mc_over_exact_cold']:.3g}x" for t in target))
     report("exact_vs_mc", {"args": dataclasses.asdict(args), "methods": methods,
                            "summary": summary, "fits": fits, "frontier": edge, "grid": rows},
            headline, out)
