@@ -112,11 +112,25 @@ def _log_multinomial(outcomes: Tensor, k: int) -> Tensor:
     return math.lgamma(k + 1) - torch.log(rank).sum(dim=1)
 
 
+def _sorted_tuples(n: int, k: int) -> Tensor:
+    """Every sorted K-tuple over range(n) [C(n + K − 1, K), K], in the (lexicographic) order of
+    ``itertools.combinations_with_replacement``, built one column at a time: each row of
+    length j grows into one row per value from its last value to n − 1. (A Python list of
+    tuples turned into a tensor took 0.46 s of a 1.3-s exact gradient at n = 16, K = 8.)"""
+    rows = torch.arange(n).unsqueeze(1)
+    for _ in range(1, k):
+        last = rows[:, -1]
+        children = n - last
+        parent = torch.repeat_interleave(torch.arange(len(rows)), children)
+        first_child = torch.cumsum(children, 0) - children
+        value = last[parent] + torch.arange(len(parent)) - first_child[parent]
+        rows = torch.cat([rows[parent], value.unsqueeze(1)], dim=1)
+    return rows
+
+
 @functools.lru_cache(maxsize=64)
 def _multisets(n: int, k: int) -> tuple[Tensor, Tensor]:
-    count = math.comb(n + k - 1, k)
-    outcomes = torch.tensor(list(itertools.combinations_with_replacement(range(n), k)),
-                            dtype=torch.long).reshape(count, k)
+    outcomes = _sorted_tuples(n, k)
     return outcomes, _log_multinomial(outcomes, k)
 
 

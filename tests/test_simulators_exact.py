@@ -3,6 +3,7 @@ value within its own reported error, and the public contract of ``simulator.exac
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -64,6 +65,14 @@ def test_multisets_count_and_weights_sum_to_one(n, k):
     totals = torch.zeros(2, dtype=torch.float64).index_add_(0, batch.prompt, batch.weight)
     torch.testing.assert_close(totals, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
     assert multisets(n, k)[0] is outcomes  # cached
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (1, 5), (4, 1), (3, 4), (6, 3), (16, 5)])
+def test_multisets_are_itertools_combinations_with_replacement_in_its_order(n, k):
+    """The vectorised builder against its naive twin, the standard library."""
+    expected = torch.tensor(list(itertools.combinations_with_replacement(range(n), k)),
+                            dtype=torch.long).reshape(-1, k)
+    assert torch.equal(multisets(n, k)[0], expected)
 
 
 def test_multiset_probabilities_match_ordered_tuples():
