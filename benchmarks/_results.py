@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,16 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "load_average_at_start": LOAD_AT_START,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def clear_simulator_caches() -> None:
+    """Forget every cached table of the simulator (enumerations, sufficient statistics), so
+    that the next exact computation pays for building them (cold)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("simulator") and module is not None:
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

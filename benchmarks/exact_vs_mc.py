@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 import tyro
-from _results import RESULTS, median_seconds, report
+from _results import RESULTS, clear_simulator_caches, median_seconds, report
 
 from simulator import exact
 from simulator.bandit import ResponseSpace, SoftmaxBandit
@@ -169,20 +169,10 @@ def available_methods(loss: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _clear_caches() -> None:
-    """Forget every cached table of the simulator (enumerations, sufficient statistics), so
-    that the next call pays for building them (cold)."""
-    for name, module in list(sys.modules.items()):
-        if name.startswith("simulator") and module is not None:
-            for value in list(vars(module).values()):
-                if callable(getattr(value, "cache_clear", None)):
-                    value.cache_clear()
-
-
 def time_exact(problem, loss: str, k: int, method: str, repeats: int) -> dict[str, object]:
     """Cold and warm seconds of the exact gradient (and the gradient), or why it was refused."""
     env, logits, mu = problem
-    _clear_caches()
+    clear_simulator_caches()
     tic = time.perf_counter()
     try:
         grad = exact.expected_gradient(env, logits, mu, loss, k, method=method)
