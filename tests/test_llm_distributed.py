@@ -251,3 +251,26 @@ def test_torchrun_trains_and_resumes(tmp_path, device):
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3 and state["world_size"] == 2
+
+
+def test_stop_frees_the_ddp_wrapper_before_leaving_the_group(tmp_path):
+    """DDP lives in reference cycles: ``stop`` must collect it while the group is alive (not at
+    interpreter shutdown, where gloo can die of SIGABRT)."""
+    import gc
+    import weakref
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    enabled = gc.isenabled()
+    gc.disable()  # no collection may happen by chance between here and stop()
+    try:
+        policy = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+        policy(torch.randn(2, 4)).sum().backward()  # the backward ties the reducer in a cycle
+        alive = weakref.ref(policy)
+        del policy
+        assert alive() is not None  # the cycle: a plain del does not free it
+        distributed.stop()
+    finally:
+        if enabled:
+            gc.enable()
+    assert alive() is None and not dist.is_initialized()
