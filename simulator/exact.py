@@ -20,8 +20,8 @@ Design decisions
     tuples through a validated Python loop, the twin's twin.
   ``"auto"`` (default): the closed form where it applies, else whichever of the other two
   does less work (``sufficient_cost``, weighted by ``SUFFICIENT_ROW_COST``, vs
-  C(N + K − 1, K)·K rows). Tests check every engine
-  against enumeration to 1e-12 for every registered loss.
+  C(N + K − 1, K)·K rows). Tests check every engine against enumeration to 1e-12 for every
+  registered loss.
 * Batches of groups, enumerated or sampled, become a loss through one function,
   ``groups.batch_terms`` (re-exported here with the rest of that module's public names).
 * Refused, with a ValueError naming the reason: RED-Drop (random drops: use sampling) and any

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -256,9 +258,6 @@ def test_torchrun_trains_and_resumes(tmp_path, device):
 def test_stop_frees_the_ddp_wrapper_before_leaving_the_group(tmp_path):
     """A DDP wrapper in a reference cycle: ``stop`` must collect it while the group is alive (not
     at interpreter shutdown, where gloo can die of SIGABRT)."""
-    import gc
-    import weakref
-
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     enabled = gc.isenabled()
@@ -273,7 +272,9 @@ def test_stop_frees_the_ddp_wrapper_before_leaving_the_group(tmp_path):
         del policy
         assert alive() is not None  # the cycle: a plain del does not free it
         distributed.stop()
+        assert alive() is None and not dist.is_initialized()  # before gc runs on its own again
     finally:
         if enabled:
             gc.enable()
-    assert alive() is None and not dist.is_initialized()
+        if dist.is_initialized():  # a failure above must not leave the group to later tests
+            dist.destroy_process_group()
