@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import tyro
 from _results import RESULTS, clear_simulator_caches, median_seconds, report
+from exact_vs_mc import draw_rewards
 
 from simulator.bandit import SoftmaxBandit
 from simulator.exact import ExpectedLoss
@@ -65,10 +66,7 @@ SMOKE = {"binary_n": 64, "binary_k": 8, "generic_n": 8, "generic_k": 4, "repeats
 def problem(n: int, rewards: str, seed: int) -> tuple[SoftmaxBandit, torch.Tensor, torch.Tensor]:
     """(testbed, logits, behaviour) with one prompt; the behaviour is another softmax."""
     g = torch.Generator().manual_seed(seed)
-    if rewards == "binary":
-        r = (torch.rand(1, n, generator=g).argsort(dim=1) < -(-n // 4)).to(torch.float64)
-    else:
-        r = torch.rand(1, n, generator=g, dtype=torch.float64)
+    r = draw_rewards(rewards, (1, n), g)
     logits = torch.randn(1, n, generator=g, dtype=torch.float64)
     mu = torch.softmax(torch.randn(1, n, generator=g, dtype=torch.float64), dim=1)
     return SoftmaxBandit(r), logits, mu
