@@ -2,7 +2,7 @@
 ``LossSpec.advantages``.
 
 Each expected value is worked out by hand from the formula A_i = (r_i − b + shift)/s in
-``simulator/advantages.py``'s docstring (paper-notes §2, §5, §6, §8); the arithmetic is in the
+``simulator/advantages.py``'s docstring (and the papers it cites); the arithmetic is in the
 docstrings. float64, rel=1e-12 or exact.
 """
 

@@ -1,7 +1,7 @@
 """Hand-checked values and gradients for every loss in ``simulator.losses.LOSSES``.
 
 Every expected number below was worked out by hand from the formula in the loss's docstring
-(and paper-notes.md) on a tiny batch; the arithmetic is in each test's docstring. Nothing here
+(and the paper it cites) on a tiny batch; the arithmetic is in each test's docstring. Nothing here
 was copied from the code's output. Comparisons are float64 with rel=1e-12, or exact.
 
 The main batch (B = 2 sequences, T = 5 tokens, every token valid) is built so that the five
@@ -732,7 +732,7 @@ PRESET_BINDINGS = {
 @pytest.mark.parametrize("name", sorted(PRESET_BINDINGS))
 def test_preset_binds_what_its_paper_says(name):
     """Each preset is its base loss with the keyword values, advantage kind and aggregation
-    named in paper-notes §4, §6, §8 (GRPO 0.2/std; DAPO ε_high 0.28; Dr.GRPO constant length;
+    named in their papers (GRPO 0.2/std; DAPO ε_high 0.28; Dr.GRPO constant length;
     RLOO leave-one-out; REC mean baseline, ε = 0.2)."""
     base, bound, advantage, agg = PRESET_BINDINGS[name]
     spec = LOSSES[name]
