@@ -22,7 +22,7 @@ baseline 0 and scale 1, i.e. A = r; docs/conventions.md.) Groups whose rewards a
 give exactly 0 under every group-relative kind (never NaN: σ = 0 is guarded by ``eps``;
 ``loo`` with K = 1 is defined as 0).
 
-Peers' std conventions, reachable by keyword: the seed's REC advantage with std_normalize
+Peers' std conventions, reachable by keyword: the paper's REC advantage with std_normalize
 (Trinity-RFT 0.6.0 ``rec_advantage.py``) uses the population std + 1e-6 — grlab's default;
 verl 0.9.1 (``compute_grpo_outcome_advantage``) and Trinity's GRPO advantage use the sample std
 + 1e-6 (``std="sample"``); TRL 1.16 the sample std + 1e-4 (``std="sample", eps=1e-4``).
@@ -76,7 +76,7 @@ def group_advantages(
     Args:
         rewards: [G, K] float rewards, finite.
         kind: one of ``ADVANTAGE_KINDS``.
-        std: ``"population"`` (ddof 0: the seed's REC) or ``"sample"`` (ddof 1: verl, TRL,
+        std: ``"population"`` (ddof 0: the paper's REC configs) or ``"sample"`` (ddof 1: verl, TRL,
             ``torch.std``'s default); only for ``mean-std`` and ``mean-batch-std``.
         eps: added to σ in ``mean-std`` (≥ 0).
         tau: temperature τ > 0 of the ``logavgexp`` baseline.
@@ -128,14 +128,14 @@ def _baseline_and_scale(rewards: Tensor, kind: str, *, std: str, eps: float, tau
 
 def red_drop(rewards: Tensor, generator: torch.Generator, *, mask_dropped: bool = False
              ) -> tuple[Tensor, Tensor]:
-    """RED-Drop (paper §6), as the seed implements it (Trinity-RFT 0.6.0, ``rec_advantage.py``,
-    ``drop="balance"``): balance negatives against positives, then re-centre.
+    """RED-Drop (the paper's data shaping), as its code implements it (Trinity-RFT 0.6.0,
+    ``rec_advantage.py``, ``drop="balance"``): balance negatives against positives, then re-centre.
 
     In each group, positives are r_i ≥ r̄ and negatives r_i < r̄ (a sample within round-off of
     r̄ counts as ≥). When a group has more negatives than positives, negatives are dropped
     uniformly at random (using ``generator``) until the counts are equal; the mean is then
     recomputed over the kept samples and the kept samples get A_i = r_i − r̄_kept. Dropped
-    samples get A = 0. ``mask_dropped=False`` (the seed's): their tokens stay in the loss's
+    samples get A = 0. ``mask_dropped=False`` (the paper's code): their tokens stay in the loss's
     token count (``keep`` all True); ``True``: ``keep`` is False for them, so callers drop them
     from the loss mask as well.
 

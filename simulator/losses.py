@@ -10,7 +10,7 @@ Design decisions
   function, bound keyword values, the advantage kind that travels with it (``grpo`` divides by
   the group std, ``rec-*`` does not), its default aggregation, and the peer or paper the name
   follows. Presets are data: a ``LossSpec`` with other bound values, never a copied body.
-* Names follow their peers. Where grlab uses a name of the seed paper's code (Trinity-RFT
+* Names follow their peers. Where grlab uses a name of the paper's code (Trinity-RFT
   0.6.0), verl 0.9.1 or TRL 1.16, it gives that peer's numbers, or docs/conventions.md says why
   not and which keyword restores the peer (tests/test_parity_*.py pin every convention).
 * Masked positions are replaced by 0 before any math, so whatever a padded position holds
@@ -159,10 +159,10 @@ REC_REGULARIZERS = ("none", "k2", "forward-kl")
 
 
 def _regularizer(kind: str, logp: Tensor, logp_old: Tensor) -> Tensor:
-    """Per-token penalties of REC/REP as the seed defines them (Trinity-RFT 0.6.0,
+    """Per-token penalties of REC/REP as the paper's code defines them (Trinity-RFT 0.6.0,
     ``rec_policy_loss.py``; the coefficient multiplies these):
 
-    k2:         (log π − log π_old)²  (Kimi's ½ absorbed into the coefficient, as the seed does)
+    k2:         (log π − log π_old)²  (Kimi's ½ absorbed into the coefficient, as in Trinity-RFT)
     forward-kl: −log π                (its gradient −∇log π is AsymRE's extra term; on samples
                                         from π_old it is KL(π_old‖π) up to a constant)
     """
@@ -207,16 +207,17 @@ def rec(
     reg_coef: float = 0.1, eps_low: float = 0.2, eps_high: float = 0.2,
     eps_low_prime: float = 0.6, eps_high_prime: float = 2.0, temp: float = 1.0,
 ) -> TokenLoss:
-    """REINFORCE with clipping: ℓ = −M·w·A·log π + reg_coef·R (paper §4–§6; the seed's REC).
+    """REINFORCE with clipping: ℓ = −M·w·A·log π + reg_coef·R (the paper's REC; R and w
+    give its REP and RED-Weight variants).
 
     M (``clip``, on sg(ρ)): none → 1; one-side → (A ≥ 0 ∧ ρ ≤ 1+ε_high) ∨ (A ≤ 0 ∧ ρ ≥ 1−ε_low);
     two-side → 1−ε_low ≤ ρ ≤ 1+ε_high; ring → two-side ∨ (A ≥ 0 ∧ ρ ≤ 1−ε'_low) ∨
     (A ≤ 0 ∧ ρ ≥ 1+ε'_high) with ε' = (``eps_low_prime``, ``eps_high_prime``); gspo-one-side →
-    one-side on the sequence ratio s = exp(mean_t δ) (the seed's experimental variant; use it
-    with ``agg="seq-mean-token-mean"``, which the seed forces).
+    one-side on the sequence ratio s = exp(mean_t δ) (Trinity-RFT's experimental variant; use it
+    with ``agg="seq-mean-token-mean"``, which Trinity-RFT forces).
     w (``weight``): none → 1 ("NoIS"); is → sg(ρ) ("IS"); gspo-is → sg(s); advantage → e^{A/T},
     T = ``temp`` (RED-Weight). R (``regularizer``): none; k2 → δ²; forward-kl → −log π
-    (see ``_regularizer``: the seed's definitions, Kimi's ½ absorbed into ``reg_coef``).
+    (see ``_regularizer``: Trinity-RFT's definitions, Kimi's ½ absorbed into ``reg_coef``).
     With ``clip="one-side", weight="is"`` the gradient is exactly PPO-clip's.
     """
     require_choice("clip", clip, REC_CLIPS)
@@ -357,7 +358,7 @@ def opmd_kimi(
     The gradient of ½(r − r̄ − τδ)² is τ times this one's. ``level="sequence"`` (Kimi): δ_i =
     Σ_t δ_it, and the penalty (τ/2)·δ_i² is spread evenly over the row's valid tokens, so
     ``seq-mean-token-sum`` gives exactly Σ_i [−A_i·log π(y_i) + (τ/2)·δ_i²]/B.
-    ``level="token"``: (τ/2)·δ_it² per token — the seed's "Kimi's OPMD" config is
+    ``level="token"``: (τ/2)·δ_it² per token — the paper's released "Kimi's OPMD" config is
     ``rec(clip="none", regularizer="k2", reg_coef=c)``, which is this with τ = 2c. The two
     levels differ once a response has more than one token.
     """
@@ -381,14 +382,15 @@ def opmd_trinity(
     return TokenLoss(mul(-adv, logp) / (1.0 + tau), _no_clip(mask), {})
 
 
-@register_loss("asymre", follows=f"Arnal et al. 2025; {TRINITY} rec forward-kl (seed config)")
+@register_loss("asymre",
+               follows=f"Arnal et al. 2025; {TRINITY} rec forward-kl (Meta's AsymRE config)")
 def asymre(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, beta: float = 0.1
 ) -> TokenLoss:
     """AsymRE (Arnal et al. 2025): ℓ = −(A + β)·log π = REINFORCE − β·log π (paper §5).
 
     The baseline is shifted down by β; −β·log π is β·KL(μ‖π) up to a constant on samples
-    from μ. Same value and gradient as the seed's "Meta's AsymRE" config
+    from μ. Same value and gradient as the paper's released "Meta's AsymRE" config
     ``rec(clip="none", regularizer="forward-kl", reg_coef=β)``, and the same update as
     ``group_advantages(r, "mean", shift=β)`` + ``reinforce``.
     """
@@ -465,7 +467,7 @@ register_preset("grpo", "ppo", advantage="mean-std", agg="seq-mean-token-mean",
                 summary="GRPO: PPO-clip 0.2, std-normalised group advantages, mean over each "
                         "response's tokens, then over responses")
 register_preset("bnpo", "ppo", advantage="mean-std", agg="token-mean",
-                follows=f"{TRL} loss_type='bnpo'; the seed's GRPO config aggregates this way",
+                follows=f"{TRL} loss_type='bnpo'; the paper's GRPO config aggregates this way",
                 summary="GRPO with the batch's token-mean (every valid token weighs the same)")
 register_preset("ppo-dual-clip", "ppo", advantage="mean-std", dual_clip=3.0,
                 follows=f"{VERL} vanilla / {TRINITY} ppo (they also clamp δ to ±20: "
