@@ -8,6 +8,13 @@ Design decisions
   or the new one, never a half-written one. Tables, plots, caches and checkpoints all go
   through it (``atomic_write_text``, ``atomic_torch_save``, ``atomic_savefig`` are two-line
   wrappers).
+* An atomic write gets the permissions a plain ``open(path, "w")`` would give it: an existing
+  destination's mode is kept, a new file gets 0o666 & ~umask (``mkstemp`` alone creates 0600,
+  which left tables and plots unreadable to the group under the usual umask 022). The umask is
+  read from ``/proc/self/status`` (Linux ≥ 4.7) on every write: ``os.umask`` can only be read by
+  setting it, which is process-global and races with other threads creating files. Where
+  ``/proc`` is missing, the umask is read once, by setting and restoring it at import, before
+  grlab starts any thread.
 * A file that cannot be read back (truncated, corrupt, not a torch file, or holding objects
   that ``weights_only`` loading refuses) raises ``CorruptFileError`` — a ``ValueError`` whose one
   line names the file. Callers decide what that means: a cache entry is recomputed, a
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +39,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_text",
+    "current_umask",
     "load_torch",
     "output_dir",
 ]
@@ -40,16 +49,58 @@ class CorruptFileError(ValueError):
     """A file grlab wrote earlier cannot be read back (truncated, corrupt or foreign)."""
 
 
+def _umask_from_proc() -> int | None:
+    """The process's umask from ``/proc/self/status`` ("Umask:\t0022"), or None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    """Read the umask the only portable way: set it and put it back (not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Only where /proc cannot tell: read once, at import, before grlab starts any thread.
+_IMPORT_UMASK: int | None = None if _umask_from_proc() is not None else _umask_by_setting()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc``; else its value at import)."""
+    found = _umask_from_proc()
+    if found is not None:
+        return found
+    return _IMPORT_UMASK if _IMPORT_UMASK is not None else _umask_by_setting()
+
+
+def _plain_open_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: an existing file keeps its own,
+    a new one gets 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path``.
 
     If the body raises (or the process dies), ``path`` is left as it was and the temporary file
     is removed (or, after a hard kill, left as ``.NAME.*.tmp``, never under ``path``'s name).
+    The result has the permissions a plain ``open(path, "w")`` would give it.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _plain_open_mode(path))  # mkstemp creates 0600 whatever the umask
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+import stat
 
+import matplotlib
 import pytest
 import torch
 
+from simulator import files
 from simulator.files import (
     CorruptFileError,
+    atomic_savefig,
     atomic_torch_save,
     atomic_write,
     atomic_write_text,
+    current_umask,
     load_torch,
     output_dir,
 )
+
+matplotlib.use("Agg")
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -64,3 +71,70 @@ def test_output_dir_rejects_a_folder_that_cannot_be_created():
     # /proc refuses new folders even to root, so this holds wherever the suite runs
     with pytest.raises(ValueError, match="out: cannot write to /proc/grlab-out"):
         output_dir("/proc/grlab-out")
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+def _save_figure(path):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    try:
+        return atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
+
+
+WRITERS = {
+    "text": lambda path: atomic_write_text(path, "x"),
+    "torch": lambda path: atomic_torch_save({"x": torch.zeros(2)}, path),
+    "savefig": _save_figure,
+}
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask022", "umask077", "umask002"])
+def test_an_atomic_write_gets_the_mode_a_plain_open_would(tmp_path, umask, writer, mask,
+                                                          expected):
+    umask(mask)
+    with open(tmp_path / "plain", "w"):
+        pass
+    path = WRITERS[writer](tmp_path / ("out.png" if writer == "savefig" else "out.bin"))
+    assert _mode(path) == expected == _mode(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_an_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path, umask, writer):
+    umask(0o022)
+    path = tmp_path / ("out.png" if writer == "savefig" else "out.bin")
+    path.write_text("old")
+    path.chmod(0o640)
+    WRITERS[writer](path)
+    assert _mode(path) == 0o640
+
+
+def test_current_umask_reads_without_changing_it(umask):
+    umask(0o027)
+    assert current_umask() == 0o027
+    assert os.umask(0o027) == 0o027  # still what the test set
+
+
+def test_current_umask_falls_back_where_proc_cannot_tell(monkeypatch, umask):
+    umask(0o037)
+    monkeypatch.setattr(files, "_umask_from_proc", lambda: None)
+    monkeypatch.setattr(files, "_IMPORT_UMASK", None)
+    assert current_umask() == 0o037
+    monkeypatch.setattr(files, "_IMPORT_UMASK", 0o077)  # as read at import off Linux
+    assert current_umask() == 0o077
