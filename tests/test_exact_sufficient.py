@@ -21,6 +21,7 @@ from simulator.aggregation import AGGREGATIONS
 from simulator.bandit import SoftmaxBandit
 from simulator.claims.registry import single_threaded
 from simulator.exact import ExpectedLoss, LossSetup, expected_gradient, expected_hessian
+from simulator.groups import accumulate
 from simulator.losses import LOSSES
 from simulator.policies import LogLinearPolicy, policy_behavior, random_logits
 from simulator.sufficient import SufficientStats, compositions, reward_classes
@@ -231,6 +232,41 @@ def test_evaluation_in_pieces_equals_one_piece(monkeypatch, method):
     pieces = run()
     for a, b in zip(whole, pieces, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("method", ["sufficient", "enumerate"])
+def test_a_function_of_the_expectation_in_pieces_follows_the_chain_rule(monkeypatch, method):
+    """Mutant accumulate-ignores-upstream-gradient. ``accumulate`` is a differentiable scalar,
+    so a function of it back-propagates by the chain rule: ∇_θ h(E(θ)) = h′(E)·∇E(θ) with
+    h(E) = 3E + E², h′(E) = 3 + 2E. E and ∇E come from one piece (an ordinary autograd graph,
+    no ``accumulate``); h(E) is differentiated through many pieces. h′(E) ≠ 1 and ∇E ≠ 0
+    here, so a backward that ignores its upstream gradient (treats it as 1) is caught."""
+    import simulator.exact as exact
+    import simulator.sufficient as sufficient
+
+    env, theta, mu = instance(8, "tree", "grades", zero=True)
+    calls = []
+
+    def spy(logits, pieces, *, single):
+        calls.append(single)
+        return accumulate(logits, pieces, single=single)
+
+    def value_and_gradient(h):
+        z = theta.clone().requires_grad_(True)
+        value = ExpectedLoss(env, LossSetup("grpo"), 3, method)(z, mu)
+        return value.detach(), torch.autograd.grad(h(value), z)[0]
+
+    value, grad = value_and_gradient(lambda e: e)
+    assert calls in ([], [True])  # one piece: no ``_Accumulated`` in the graph
+    monkeypatch.setattr(sufficient, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(exact, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(sufficient, "accumulate", spy)
+    monkeypatch.setattr(exact, "accumulate", spy)
+    pieced, scaled = value_and_gradient(lambda e: 3 * e + e**2)
+    assert calls[-1] is False  # many pieces
+    torch.testing.assert_close(pieced, value, **TOL)
+    torch.testing.assert_close(scaled, (3 + 2 * value) * grad, **TOL)
+    assert abs(float(3 + 2 * value) - 1) > 0.1 and float(grad.abs().max()) > 1e-3
 
 
 def test_hessian_through_the_sufficient_engine_equals_the_enumeration():

@@ -1,6 +1,6 @@
 """simulator.exact.gradient_covariance: the exact covariance of one group's gradient, against a
-brute-force loop over ordered groups (autograd on log_softmax written out, no enumeration code)
-and against the sample covariance of sampled groups."""
+brute-force loop over ordered groups (autograd on log_softmax written out, no enumeration code),
+prompt by prompt when there are several, and against the sample covariance of sampled groups."""
 
 from __future__ import annotations
 
@@ -12,19 +12,22 @@ import torch
 from simulator.bandit import SoftmaxBandit
 from simulator.exact import expected_gradient, gradient_covariance, group_gradients, sample_groups
 from simulator.losses import LOSSES, policy_loss
+from simulator.policies import random_logits
+from simulator.tree import TreeMDP
 
 
-def brute_force(rewards, logits, mu, loss, k):
-    """Σ over the N^K ordered groups of prompt 0 (weight Π μ): E[g gᵀ] − E[g] E[g]ᵀ."""
+def brute_force(rewards, logits, mu, loss, k, prompt=0):
+    """Σ over the N^K ordered groups of ``prompt`` (weight Π μ): E[g gᵀ] − E[g] E[g]ᵀ, g the
+    gradient of the group's loss with respect to that prompt's logits."""
     n = rewards.shape[1]
     second = torch.zeros(n, n, dtype=torch.float64)
     first = torch.zeros(n, dtype=torch.float64)
     for group in itertools.product(range(n), repeat=k):
-        weight = float(torch.prod(mu[0, list(group)]))
-        theta = logits[0].clone().requires_grad_(True)
+        weight = float(torch.prod(mu[prompt, list(group)]))
+        theta = logits[prompt].clone().requires_grad_(True)
         logp = torch.log_softmax(theta, dim=0)[list(group)].unsqueeze(-1)  # [K, 1]
-        old = torch.log(mu[0, list(group)]).unsqueeze(-1)
-        adv, _ = LOSSES[loss].advantages(rewards[0, list(group)].unsqueeze(0))
+        old = torch.log(mu[prompt, list(group)]).unsqueeze(-1)
+        adv, _ = LOSSES[loss].advantages(rewards[prompt, list(group)].unsqueeze(0))
         value = policy_loss(loss, logp, old, adv[0], torch.ones(k, 1, dtype=torch.bool)).loss
         (g,) = torch.autograd.grad(value, theta)
         first += weight * g
@@ -45,6 +48,41 @@ def test_the_covariance_is_the_brute_force_sum_over_ordered_groups(loss):
     # its mean is the expected gradient (of the one-prompt mean loss)
     torch.testing.assert_close(expected_gradient(env, logits, mu, loss, 3)[0], mean,
                                rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "rec-oneside-is"])
+def test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered_groups(loss):
+    """Mutants covariance-weights-normalised-over-prompts, covariance-sums-every-prompts-groups,
+    covariance-gradient-of-prompt-0. With P = 3 prompts, Cov_p = Σ_{ordered groups of p} Π μ_p ·
+    g gᵀ − m_p m_pᵀ, g = ∇_{θ_p} loss(group): prompt p's groups only, their weights summing to 1
+    within p (not over all prompts), each gradient taken with respect to p's own logits. The
+    prompts differ (rewards, logits, behaviour), so any mixing shows; one prompt could not."""
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    logits = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    mu = torch.softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), dim=1)
+    cov = gradient_covariance(SoftmaxBandit(rewards), logits, mu, loss, 3)
+    expected = torch.stack([brute_force(rewards, logits, mu, loss, 3, p)[0] for p in range(3)])
+    assert cov.shape == (3, 3, 3)
+    torch.testing.assert_close(cov, expected, rtol=1e-10, atol=1e-14)
+    # the prompts' covariances differ, so the comparison above can tell them apart
+    assert float((expected[0] - expected[1]).abs().max()) > 1e-3
+
+
+def test_a_prompts_covariance_does_not_depend_on_the_other_prompts():
+    """Cov_p of a P-prompt testbed equals the covariance of the one-prompt testbed holding only
+    prompt p (a group moves only its own prompt's logits, and its loss is its own batch), on a
+    tree of unequal lengths with an on-policy behaviour."""
+    g = torch.Generator().manual_seed(6)
+    env = TreeMDP.random(3, 2, 2, True, g)
+    logits = random_logits(env, g)
+    cov = gradient_covariance(env, logits, "on-policy", "grpo", 2)
+    for p in range(3):
+        alone = TreeMDP(env.rewards[p:p + 1], 2, 2, True)
+        torch.testing.assert_close(
+            cov[p], gradient_covariance(alone, logits[p:p + 1], "on-policy", "grpo", 2),
+            rtol=1e-12, atol=1e-15)
+    assert float((cov[0] - cov[1]).abs().max()) > 1e-3
 
 
 def test_the_covariance_is_positive_semidefinite_with_the_softmax_null_direction():

@@ -285,6 +285,34 @@ def test_a_callable_behaviour_is_checked_like_a_table():
         expected_gradient(env, theta, lambda z: torch.ones(2, 3, dtype=torch.float64), "grpo", 2)
 
 
+@pytest.mark.parametrize("method,name", [("closed-form", "reinforce"), ("sufficient", "grpo"),
+                                         ("enumerate", "grpo"), ("ordered", "rec-oneside-is")])
+def test_a_callable_behaviour_is_held_fixed_while_the_gradient_is_taken(method, name):
+    """Mutant callable-behaviour-differentiated. A callable behaviour is evaluated at the current
+    logits and then held fixed: the gradient is E_{groups∼μ}[∇ loss] with μ = behavior(θ) a
+    constant, i.e. the gradient with ``behavior`` = the same table computed beforehand. The
+    callable here is differentiable (a tempered softmax of θ, no detach of its own); letting
+    the gradient flow into μ adds Σ_g ∇w_g(θ)·loss(g) (and ∇ log π_old), which is not zero on
+    this instance (checked below, so the test can fail)."""
+    env, theta, _, _ = instance(14, tree=True)
+
+    def tempered(z):
+        return env.sequence_probs(z.to(torch.float64) / 2)
+
+    fixed = tempered(theta).detach()
+    held = expected_gradient(env, theta, tempered, name, 2, method=method)
+    torch.testing.assert_close(held, expected_gradient(env, theta, fixed, name, 2,
+                                                       method=method), rtol=1e-12, atol=1e-14)
+    z = theta.clone().requires_grad_(True)
+    (through_mu,) = torch.autograd.grad(expected_loss(env, z, tempered(z), name, 2,
+                                                      method=method), z)
+    assert float((through_mu - held).abs().max()) > 1e-3
+    setup = LossSetup(name)
+    batch = enumerate_groups(fixed, 2)
+    (sampled_route,) = torch.autograd.grad(batch_loss(env, z, batch, tempered, setup), z)
+    torch.testing.assert_close(sampled_route, held, rtol=1e-9, atol=1e-12)
+
+
 def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation():
     """``losses.group_losses`` on [G, K, T] vs ``policy_loss`` called on each [K, T] group
     (loss and clip fraction), with ragged masks (one group has an empty row)."""

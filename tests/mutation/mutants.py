@@ -39,13 +39,14 @@ ADV_PROPS = "tests/test_advantages.py"
 EXACT_VALIDATION = "tests/test_exact_validation.py"
 EXACT_SIM = "tests/test_simulators_exact.py"
 EXACT_SUFFICIENT = "tests/test_exact_sufficient.py"
+COVARIANCE = "tests/test_gradient_covariance.py"
 THEORY_OFFPOLICY = "theory_tests/test_offpolicy_corrections.py"
 THEORY_REINFORCE = "theory_tests/test_reinforce_dynamics.py"
 THEORY_TREES = "theory_tests/test_trees.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
-_EXACT_TESTS = (EXACT_VALIDATION, EXACT_SIM, EXACT_SUFFICIENT, THEORY_TREES, THEORY_REINFORCE,
-                THEORY_OFFPOLICY, GUARDS)
+_EXACT_TESTS = (EXACT_VALIDATION, EXACT_SIM, EXACT_SUFFICIENT, COVARIANCE, THEORY_TREES,
+                THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
     AGGREGATION: (AGG_VALUES, AGG_PROPS, LOSS_VALUES, CONTRACT, GUARDS),
@@ -466,6 +467,43 @@ _EXACT_MUTANTS = [
        "self.log_coef = math.lgamma(k + 1) - torch.lgamma(",
        "the law of the K − 1 other members with K! instead of (K − 1)!",
        f"{EXACT_SUFFICIENT}::test_sufficient_statistics_equal_the_enumeration"),
+    # --- several prompts, an upstream gradient, a callable behaviour -----------------------
+    # (the suite once used one prompt, an upstream gradient of 1 and tables as behaviours,
+    # under which each of these is invisible)
+    _m("accumulate-ignores-upstream-gradient", GROUPS,
+       "return grad_value * grad, None", "return grad, None",
+       "the piecewise expectation's backward treating its upstream gradient as 1",
+       f"{EXACT_SUFFICIENT}::test_a_function_of_the_expectation_in_pieces_follows_the_chain_rule"),
+    _m("callable-behaviour-differentiated", GROUPS,
+       "behavior = behavior(logits.detach())", "behavior = behavior(logits)",
+       "a callable behaviour given differentiable logits (μ not held fixed in the gradient)",
+       f"{EXACT_SIM}::test_a_callable_behaviour_is_held_fixed_while_the_gradient_is_taken"),
+    _m("covariance-weights-normalised-over-prompts", EXACT,
+       "weight = batch.weight.unsqueeze(-1)",
+       "weight = (batch.weight / batch.weight.sum()).unsqueeze(-1)",
+       "the covariance's group weights normalised over all prompts instead of per prompt",
+       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       "_groups"),
+    _m("covariance-sums-every-prompts-groups", EXACT,
+       "g, w = own[rows], weight[rows]", "g, w = own, weight",
+       "each prompt's covariance summed over every prompt's groups",
+       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       "_groups"),
+    _m("covariance-gradient-of-prompt-0", EXACT,
+       "torch.arange(len(batch.weight)), batch.prompt]", "torch.arange(len(batch.weight)), 0]",
+       "a group's gradient read at prompt 0's logits instead of its own prompt's",
+       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       "_groups"),
+    _m("sufficient-loss-not-averaged-over-prompts", SUFFICIENT,
+       "value = (rows.weight[part] * row_terms).sum() / env.num_prompts",
+       "value = (rows.weight[part] * row_terms).sum()",
+       "the statistics engine's loss summed over prompts instead of averaged",
+       f"{EXACT_SUFFICIENT}::test_sufficient_statistics_equal_the_enumeration"),
+    _m("closed-form-baseline-over-every-prompt", EXACT,
+       "centred = env.rewards - (mu * env.rewards).sum(-1, keepdim=True)",
+       "centred = env.rewards - (mu * env.rewards).sum() / env.num_prompts",
+       "the closed form's E_μ r averaged over every prompt instead of taken per prompt",
+       f"{EXACT_SIM}::test_closed_form_fast_path_agrees_with_enumeration"),
 ]
 
 MUTANTS: tuple[Mutant, ...] = (*_LOSS_MUTANTS, *_AGGREGATION_MUTANTS, *_ADVANTAGE_MUTANTS,
