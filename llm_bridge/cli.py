@@ -7,8 +7,15 @@ Design decisions
 * Every user error is found before the model loads (``_prepare``: the settings, the task,
   ``--out``, the checkpoint to resume); ``grlab.cli`` prints it as one line and exits 2. Under
   torchrun every process finds the same error and only process 0 reports it.
-* Ctrl-C: the trainer stops at the end of the step and writes a checkpoint; the command prints
-  one line, ``interrupted at step N; resume with: <this command> --resume``, and exits 130.
+* Ctrl-C: the first prints "stopping after this step (Ctrl-C again to abort)" at once; the
+  trainer stops at the end of the step and writes a checkpoint; the command prints one line,
+  ``interrupted at step N; resume with: <this command> --resume``, and exits 130. A second
+  Ctrl-C aborts the step; the line then says which checkpoint the resume continues from.
+* A write that fails in ``--out`` (a full disk) is one line, exit 2: the folder, the reason,
+  and the command that resumes from the last complete checkpoint (``write_failed_line``).
+* The defaults of the flags are ``TrainConfig``'s (tested), so the command and the Python API
+  run the same experiment. ``--threads``: the trainer's default is 1 (measured, see the
+  flag's help); ``--threads`` and ``OMP_NUM_THREADS`` override it (``simulator.threads``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 DEFAULT_MODEL = "smollm2"  # kept in sync with llm_bridge.models.DEFAULT_MODEL (tested)
+DEFAULT_THREADS = 1  # measured: see train_llm's --threads help
 
 
 def train_llm(
@@ -48,6 +56,9 @@ def train_llm(
     out: Path = Path("results/train-llm"),
     resume: bool = False,
     overwrite: bool = False,
+    keep_previous: bool = True,
+    threads: int | None = None,
+    rendezvous_timeout: float = 300.0,
 ) -> None:
     """Train a causal LM with any loss of the zoo, off-policy, and write metrics.jsonl,
     checkpoint.pt and curves.png (reward and KL) under --out. On several processes:
@@ -75,8 +86,8 @@ def train_llm(
         steps: optimiser steps (with --resume, may extend a finished run).
         eval_every: evaluate greedy answers to held-out prompts every this many steps.
         eval_prompts: held-out prompts per evaluation.
-        checkpoint_every: write out/checkpoint.pt every this many steps (and at the end; the
-            one before is kept as checkpoint.prev.pt).
+        checkpoint_every: write out/checkpoint.pt and curves.png every this many steps (and at
+            the end, and on Ctrl-C).
         seed: seed of every generator (prompts, sampling, advantages; tiny model's init).
         data: the JSONL file of --task gsm8k (fields question, answer ending '#### N').
         device: auto picks cuda when available (bf16 autocast), else cpu (float32).
@@ -84,6 +95,16 @@ def train_llm(
         resume: continue the run in --out from its checkpoint (same settings, same number of
             processes).
         overwrite: replace the run already in --out (its metrics, checkpoints and plot).
+        keep_previous: keep the checkpoint before the last as checkpoint.prev.pt, the exact
+            fallback when checkpoint.pt cannot be read. A checkpoint holds the weights and
+            AdamW's two moments, 12 bytes per parameter: 1.6 GB for SmolLM2-135M, so 3.2 GB at
+            rest with this, 1.6 GB without (writing one needs room for two either way).
+        threads: CPU threads for torch (default: OMP_NUM_THREADS if set, else 1). Measured on
+            a 2-core machine shared with other jobs: a tiny-model step took 1 thread 0.XX s vs
+            2 threads 0.XX s, a SmolLM2 step X s vs X s; one thread is never slower here
+            and leaves a core to everything else.
+        rendezvous_timeout: with WORLD_SIZE > 1, seconds to wait for every process to join
+            at MASTER_ADDR:MASTER_PORT before stopping with the missing ranks.
     """
     arguments = dict(locals())  # for the command line that resumes an interrupted run
     from llm_bridge.models import require_transformers
@@ -91,7 +112,9 @@ def train_llm(
     require_transformers()
     from llm_bridge import distributed
     from llm_bridge.models import load_model
+    from llm_bridge.runs import RunWriteError
     from llm_bridge.trainer import TrainingInterrupted, train
+    from simulator.threads import use_threads
 
     rank = int(os.environ.get("RANK", "0"))
     try:
@@ -102,7 +125,8 @@ def train_llm(
         raise
     if resumed is not None and resumed.notice is not None and rank == 0:
         print(f"warning: {resumed.notice}", file=sys.stderr, flush=True)
-    with distributed.joined(cfg.device) as (processes, device):
+    use_threads(threads, default=DEFAULT_THREADS)
+    with distributed.joined(cfg.device, rendezvous_timeout) as (processes, device):
         cfg = dataclasses.replace(cfg, device=device)
         say = print if processes.is_main else _silent
         say(f"loading model {model!r} ...", flush=True)
@@ -119,6 +143,8 @@ def train_llm(
             if processes.is_main:
                 print(interrupted_line(stop, arguments), file=sys.stderr, flush=True)
             raise SystemExit(130) from None
+        except RunWriteError as error:  # grlab.cli prints it as one line, exit 2
+            raise OSError(write_failed_line(error, arguments)) from None
     evals = [(row["step"], row["eval_reward"]) for row in result.history if "eval_reward" in row]
     say("held-out reward (greedy) by step: "
         + ", ".join(f"{step}: {value:.3f}" for step, value in evals))
@@ -137,7 +163,7 @@ def _prepare(arguments: dict[str, Any], world_size: int) -> tuple[Any, Any, Any]
 
     from llm_bridge import runs
     from llm_bridge.tasks import make_task
-    from llm_bridge.trainer import TrainConfig
+    from llm_bridge.trainer import TrainConfig, run_fingerprint
 
     a = arguments
     device = a["device"]
@@ -154,14 +180,15 @@ def _prepare(arguments: dict[str, Any], world_size: int) -> tuple[Any, Any, Any]
         temperature=a["temperature"], top_p=a["top_p"], lr=a["lr"], steps=a["steps"],
         eval_every=a["eval_every"], eval_prompts=a["eval_prompts"],
         checkpoint_every=a["checkpoint_every"], seed=a["seed"], device=device, out=a["out"],
-        resume=a["resume"], overwrite=a["overwrite"], progress=True)
+        resume=a["resume"], overwrite=a["overwrite"], progress=True,
+        keep_previous=a["keep_previous"])
     if cfg.prompts_per_step < world_size:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is below the number of "
                          f"processes ({world_size}): each process samples whole groups")
     runs.check_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     resumed = runs.find_checkpoint(cfg.out) if cfg.resume else None
     if resumed is not None:
-        runs.check_resumable(resumed.state, cfg.fingerprint(), world_size=world_size,
+        runs.check_resumable(resumed.state, run_fingerprint(cfg, task_obj), world_size=world_size,
                              steps=cfg.steps, path=resumed.path)
     return cfg, task_obj, resumed
 
@@ -195,3 +222,16 @@ def interrupted_line(stop: Any, arguments: dict[str, Any]) -> str:
     if stop.checkpoint_step != stop.step:
         line += f" (continues from the checkpoint of step {stop.checkpoint_step})"
     return line
+
+
+def write_failed_line(error: Any, arguments: dict[str, Any]) -> str:
+    """The one line that ends a run whose folder could not be written (a full disk): where,
+    why, and how to go on from the last complete checkpoint."""
+    step = getattr(error, "checkpoint_step", None)
+    if step is None:
+        again = shlex.join([*command_line(arguments), "--overwrite"])
+        return (f"cannot write to {error.folder}: {error.reason}; no checkpoint was written "
+                f"yet: free space and start again with: {again}")
+    again = shlex.join([*command_line(arguments), "--resume"])
+    return (f"cannot write to {error.folder}: {error.reason}; the checkpoint of step {step} "
+            f"is intact: free space and resume with: {again}")

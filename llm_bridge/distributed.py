@@ -31,21 +31,31 @@ Design decisions
   ``forward_sync_buffers=False`` from torch 2.13): processes run different numbers of
   forwards (a broadcast per forward would deadlock), and a causal LM's buffers (rotary
   frequencies) are constants.
+* A peer that never comes. ``start`` does the rendezvous itself (``rendezvous``): a TCP store
+  at MASTER_ADDR:MASTER_PORT (hosted by process 0, or by torchrun's agent), where each process
+  announces its rank; after ``rendezvous_timeout`` seconds without every rank, it stops with
+  one line naming the missing ranks, the world size and the address (process 0 knows who is
+  missing; another process only that process 0 never answered). The collectives keep torch's
+  own timeout: the rendezvous timeout is not a bound on a step.
 * Ctrl-C. ``StopOnInterrupt`` turns the first SIGINT into a request that the loop reads between
-  steps; all processes agree (``any``) and stop at the same step, where the state is
-  consistent and a checkpoint can be written. torchrun forwards the terminal's SIGINT to every
-  worker a moment later, so only a SIGINT at least ``ABORT_AFTER_S`` after the first aborts at
-  once (``KeyboardInterrupt``, the last checkpoint stands).
+  steps, and says so at once on process 0 ("stopping after this step (Ctrl-C again to
+  abort)": a step of SmolLM2 on CPU can take minutes); all processes agree (``any``) and stop
+  at the same step, where the state is consistent and a checkpoint can be written. torchrun
+  forwards the terminal's SIGINT to every worker a moment later, so only a SIGINT at least
+  ``ABORT_AFTER_S`` after the first aborts at once (``KeyboardInterrupt``, the last checkpoint
+  stands).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import inspect
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -57,12 +67,15 @@ from torch import Tensor
 
 from llm_bridge.logprobs import logprobs_and_entropy
 
-__all__ = ["ABORT_AFTER_S", "SAMPLE_SEED_STRIDE", "SINGLE", "Generators", "LogProbs", "Processes",
-           "StopOnInterrupt", "TrainingInterrupted", "current", "joined", "start", "stop",
-           "world_size_from_env"]
+__all__ = ["ABORT_AFTER_S", "RENDEZVOUS_TIMEOUT_S", "SAMPLE_SEED_STRIDE", "SINGLE", "STOPPING",
+           "Generators", "LogProbs", "Processes", "StopOnInterrupt", "TrainingInterrupted",
+           "current", "joined", "rendezvous", "start", "stop", "world_size_from_env"]
 
 SAMPLE_SEED_STRIDE = 10_000
 ABORT_AFTER_S = 1.0
+RENDEZVOUS_TIMEOUT_S = 300.0
+STOPPING = "stopping after this step (Ctrl-C again to abort)"
+
 
 
 class LogProbs(torch.nn.Module):
@@ -209,13 +222,55 @@ def current() -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), device)
 
 
-def start(device: str) -> tuple[Processes, str]:
+def _environment(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ValueError(f"WORLD_SIZE > 1 needs {name} (torchrun sets it; or set it yourself)")
+    return value
+
+
+def rendezvous(timeout_s: float) -> Any:
+    """The TCP store of this process group, once every rank has announced itself in it (see
+    the module docstring); ``TimeoutError`` naming who is missing after ``timeout_s`` s."""
+    rank, world = int(_environment("RANK")), world_size_from_env()
+    address = f"{_environment('MASTER_ADDR')}:{_environment('MASTER_PORT')}"
+    host, port = address.rsplit(":", 1)
+    # under torchrun the agent hosts the store (and it outlives a restart: keys per attempt)
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    prefix = f"grlab/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/joined/"
+    deadline = time.monotonic() + timeout_s
+    try:
+        store = dist.TCPStore(host, int(port), world, is_master=rank == 0 and not agent,
+                              timeout=datetime.timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+    except RuntimeError as error:  # DistNetworkError / DistStoreError: no store there
+        raise TimeoutError(f"process {rank} of {world} could not reach process 0 at {address} "
+                           f"within --rendezvous-timeout {timeout_s:g} s "
+                           f"({' '.join(str(error).split())[:120]})") from None
+    store.set(f"{prefix}{rank}", "1")
+    while True:
+        missing = [r for r in range(world) if not store.check([f"{prefix}{r}"])]
+        if not missing:
+            return store
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {rank} of {world} (WORLD_SIZE={world}) waited "
+                               f"{timeout_s:g} s at {address} and rank(s) "
+                               f"{', '.join(map(str, missing))} never joined; start every "
+                               f"process (torchrun does) or raise --rendezvous-timeout")
+        time.sleep(0.1)
+
+
+def start(device: str, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S) -> tuple[Processes, str]:
     """Join the process group that torchrun / accelerate launch describe in the environment
     (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): gloo on CPU, NCCL with one GPU
     per process. Returns the processes and this process's device ("cuda" → "cuda:LOCAL_RANK").
-    One process without those variables (nothing started)."""
+    One process without those variables (nothing started). A rank that has not joined after
+    ``rendezvous_timeout`` seconds is a ``TimeoutError`` (``rendezvous``)."""
     if world_size_from_env() == 1 or dist.is_initialized():
         return current(), device
+    if isinstance(rendezvous_timeout, bool) or not rendezvous_timeout > 0:
+        raise ValueError(f"--rendezvous-timeout must be a number of seconds > 0, got "
+                         f"{rendezvous_timeout!r}")
     if device == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
@@ -224,7 +279,9 @@ def start(device: str) -> tuple[Processes, str]:
                              "processes per node")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    store = rendezvous(rendezvous_timeout)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", store=store,
+                            rank=int(os.environ["RANK"]), world_size=world_size_from_env())
     return current(), device
 
 
@@ -244,12 +301,12 @@ def stop() -> None:
 
 class StopOnInterrupt:
     """Within ``with``: the first Ctrl-C (SIGINT) sets ``requested`` — the loop stops at the
-    end of the step — and a second one at least ``ABORT_AFTER_S`` later raises
-    ``KeyboardInterrupt`` at once. Outside the main thread nothing is installed (a Ctrl-C is
-    then a plain ``KeyboardInterrupt``)."""
+    end of the step — and, with ``announce``, prints ``STOPPING`` on stderr at once; a second
+    one at least ``ABORT_AFTER_S`` later raises ``KeyboardInterrupt`` at once. Outside the main
+    thread nothing is installed (a Ctrl-C is then a plain ``KeyboardInterrupt``)."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, *, announce: bool = True) -> None:
+        self.requested, self.announce = False, announce
         self._first = 0.0
         self._previous: Any = None
 
@@ -258,6 +315,8 @@ class StopOnInterrupt:
             raise KeyboardInterrupt
         if not self.requested:
             self.requested, self._first = True, time.monotonic()
+            if self.announce:
+                _say(STOPPING)
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
@@ -267,6 +326,16 @@ class StopOnInterrupt:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr from a signal handler: the handler may run while the main thread is
+    inside a write to stderr (a reentrant write raises), so then straight to file 2."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (RuntimeError, OSError, ValueError):
+        with contextlib.suppress(OSError):
+            os.write(2, (line + "\n").encode())
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -279,11 +348,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def joined(device: str) -> Iterator[tuple[Processes, str]]:
+def joined(device: str, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
+           ) -> Iterator[tuple[Processes, str]]:
     """``start`` … ``stop`` around a block (the command's whole run); a process group that was
     started before is left as it was."""
     started_here = dist.is_available() and not dist.is_initialized()
-    processes, device = start(device)
+    processes, device = start(device, rendezvous_timeout)
     try:
         yield processes, device
     finally:

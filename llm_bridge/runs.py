@@ -7,17 +7,34 @@ Design decisions
   be written (``simulator.files.output_dir``), a folder that already holds a run when neither
   ``--resume`` nor ``--overwrite`` is given (never overwritten silently), ``--resume`` with no
   checkpoint to continue. ``--overwrite`` removes the run's own files only (``RUN_FILES``).
-* Every checkpoint is written atomically (``atomic_torch_save``) and the one it replaces is kept
-  as ``checkpoint.prev.pt``: the old file is renamed first, then the new one is written, so at
+* Every checkpoint is written atomically (``simulator.files.atomic_write``: a temporary file,
+  fsync'ed, then renamed over ``checkpoint.pt``) and, by default, the one it replaces is kept as
+  ``checkpoint.prev.pt``: the old file is renamed first, then the new one is written, so at
   every moment at least one complete checkpoint exists. ``find_checkpoint`` reads
   ``checkpoint.pt`` and falls back to ``checkpoint.prev.pt`` when the newer one is missing or
   cannot be read back (truncated, corrupt: ``CorruptFileError``), and says so in a notice.
   After such a fallback the unreadable file is not rotated over the good previous one.
+* The previous checkpoint is a full copy, optimiser state included (``keep_previous``), and
+  that is deliberate: it exists to continue the run *exactly* when ``checkpoint.pt`` cannot be
+  read, and AdamW's two moments are part of that state (a copy without them would resume to
+  other parameters — a silent change of the run). The price is disk: a checkpoint is about
+  12 bytes per parameter (fp32 weights and two fp32 moments; 1.6 GB for SmolLM2-135M), two of
+  them 3.2 GB. ``keep_previous=False`` (``--no-keep-previous``) keeps one at rest; while a
+  checkpoint is written the old one and the new one coexist either way (the atomic write
+  needs both), so the peak is two checkpoints in both modes.
+* A write that fails in the run folder (a full disk, a quota, a lost mount) raises
+  ``RunWriteError`` (an ``OSError``) naming the folder and the underlying reason — also when
+  torch reports it only as "unexpected pos" (``save_checkpoint`` records the ``OSError`` its
+  file raised). The files left behind are sound (the atomic writes), so the command turns it
+  into one line that says how to resume.
 * A checkpoint holds what every process needs to continue exactly: the shared state (model,
   optimiser, metric history, step) once, and per process (``ranks``) its generators and pending
   stale rollouts. It records the number of processes, since a run's data depend on it.
-* What a resumed run must share with the run it continues is the config's ``fingerprint``
-  (``steps`` is not part of it: a finished run can be extended).
+* What a resumed run must share with the run it continues is its fingerprint: the config's
+  ``fingerprint`` (``steps`` is not part of it: a finished run can be extended) and the task's
+  (``llm_bridge.tasks.task_fingerprint``: task, data file and its content hash, prompts,
+  rewards). A refusal names each field that differs with both values; a checkpoint whose
+  tensors do not fit the model loaded now (``check_tensors``) is refused the same way.
 * Progress: a rich bar on a terminal; on a pipe or a file (a log, CI), where a bar prints
   nothing useful, plain lines: the first step, every ``steps // 20`` steps, every evaluation,
   the last step, and at least one a minute.
@@ -31,14 +48,15 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from simulator.files import CorruptFileError, atomic_torch_save, load_torch, output_dir
+from simulator.files import CorruptFileError, atomic_write, load_torch, output_dir
 
 __all__ = ["CHECKPOINT", "METRICS", "PLOT", "PREVIOUS", "RUN_FILES", "Progress", "Resumed",
-           "check_out", "check_resumable", "clear_run", "find_checkpoint", "jsonable",
-           "save_checkpoint"]
+           "RunWriteError", "check_out", "check_resumable", "check_tensors", "clear_run",
+           "find_checkpoint", "jsonable", "progress_text", "save_checkpoint", "writing"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -86,13 +104,82 @@ def clear_run(folder: Path) -> None:
             (folder / name).unlink()
 
 
-def save_checkpoint(folder: Path, state: dict[str, Any], *, keep_current: bool = True) -> Path:
+class RunWriteError(OSError):
+    """A file of the run folder could not be written; ``folder`` and ``reason`` say where and
+    why (the message is one line)."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        super().__init__(f"cannot write to {folder}: {reason}")
+        self.folder, self.reason = folder, reason
+
+
+class _Recording:
+    """A binary file that remembers the ``OSError`` its writes raised: torch's zip writer
+    swallows it and reports "unexpected pos" instead."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _reason(error: BaseException, recorded: OSError | None = None) -> str:
+    """The underlying reason of a failed write, in words ("no space left on device")."""
+    cause = recorded or (error if isinstance(error, OSError) else None)
+    if cause is not None and cause.strerror:
+        return cause.strerror[0].lower() + cause.strerror[1:]
+    if cause is not None:
+        return str(cause) or type(cause).__name__
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised by a write into the run folder into ``RunWriteError``."""
+    try:
+        yield
+    except RunWriteError:
+        raise
+    except OSError as error:
+        raise RunWriteError(folder, _reason(error)) from error
+
+
+def _torch_save(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    with atomic_write(path, "wb") as handle:
+        recording = _Recording(handle)
+        try:
+            torch.save(state, recording)
+        except RuntimeError as error:  # torch's zip writer hides the OSError of the file
+            if recording.error is None:
+                raise
+            raise RunWriteError(path.parent, _reason(error, recording.error)) from error
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any], *, keep_current: bool = True,
+                    keep_previous: bool = True) -> Path:
     """Write ``folder/checkpoint.pt`` atomically; the checkpoint it replaces becomes
-    ``checkpoint.prev.pt`` (unless ``keep_current`` is False: it was unreadable)."""
-    current = folder / CHECKPOINT
-    if keep_current and current.is_file():
-        os.replace(current, folder / PREVIOUS)
-    return atomic_torch_save(state, current)
+    ``checkpoint.prev.pt`` (unless ``keep_current`` is False: it was unreadable; or
+    ``keep_previous`` is False: then an older ``checkpoint.prev.pt`` is removed once the new
+    checkpoint is complete). A failed write is ``RunWriteError``."""
+    current, previous = folder / CHECKPOINT, folder / PREVIOUS
+    with writing(folder):
+        if keep_previous and keep_current and current.is_file():
+            os.replace(current, previous)
+        _torch_save(state, current)
+        if not keep_previous:
+            with contextlib.suppress(FileNotFoundError):
+                previous.unlink()
+    return current
 
 
 def _check_keys(state: Any) -> None:
@@ -128,16 +215,23 @@ def find_checkpoint(folder: str | os.PathLike[str], *, warn: bool = False) -> Re
         return Resumed(state, previous, notice)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:16] + "…" + text[-8:]
+
+
 def check_resumable(state: dict[str, Any], fingerprint: dict[str, Any], *, world_size: int,
                     steps: int, path: Path) -> None:
-    """A ``ValueError`` naming what differs when ``state`` cannot continue a run configured by
-    ``fingerprint`` on ``world_size`` processes up to ``steps``."""
+    """A ``ValueError`` naming what differs (with both values) when ``state`` cannot continue
+    a run configured by ``fingerprint`` on ``world_size`` processes up to ``steps``."""
     wanted = jsonable(fingerprint)
     changed = sorted(k for k in set(state["config"]) | set(wanted)
                      if state["config"].get(k) != wanted.get(k))
     if changed:
+        shown = "; ".join(f"{k}: {_shown(state['config'].get(k))} there, "
+                          f"{_shown(wanted.get(k))} now" for k in changed)
         raise ValueError(f"--resume: the checkpoint at {path} was written with other settings "
-                         f"({', '.join(changed)}); resume with the same ones")
+                         f"({shown}); resume with the same ones")
     if state["world_size"] != world_size:
         raise ValueError(f"--resume: the checkpoint at {path} was written by "
                          f"{state['world_size']} process(es), this run has {world_size}; the "
@@ -147,16 +241,60 @@ def check_resumable(state: dict[str, Any], fingerprint: dict[str, Any], *, world
                          f"({path}): pass --steps {state['step']} or more")
 
 
+def _shapes(tensors: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(getattr(v, "shape", ())) for k, v in tensors.items()}
+
+
+def check_tensors(state: dict[str, Any], model: Any, optimizer: Any, path: Path) -> None:
+    """The same one-line refusal as ``check_resumable`` when the checkpoint's model or
+    optimiser tensors do not fit ``model`` (other names or shapes): a foreign checkpoint,
+    refused before ``load_state_dict`` would fail in a traceback (or load half of it)."""
+    there, here = _shapes(state["model"]), _shapes(model.state_dict())
+    differ = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = state["optimizer"].get("state", {}) if isinstance(state["optimizer"], dict) else {}
+    for index, moments in saved.items():
+        size = tuple(params[index].shape) if isinstance(index, int) and index < len(params) \
+            else None
+        if any(getattr(m, "ndim", 0) and tuple(m.shape) != size for m in moments.values()):
+            differ.append(f"optimizer state {index}")
+    if differ:
+        first = differ[0]
+        shown = f"{first}: {there.get(first, 'absent')} there, {here.get(first, 'absent')} now" \
+            if first in there or first in here else first
+        more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
+        raise ValueError(f"--resume: the checkpoint at {path} was written with other settings "
+                         f"(its tensors do not fit this model: {shown}{more}); resume with the "
+                         "same --model and settings")
+
+
 def jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
+def progress_text(row: dict[str, float], *, behaviour: bool) -> str:
+    """What a progress line shows of a metric row: the metrics that move. The batch reward
+    and entropy always; the KL to the initial model (``kl_ref``) when it is computed; the clip
+    fraction and approx. KL to the behaviour policy only when they can differ from 0
+    (``behaviour``: stale data or top-p < 1 — on-policy at θ = θ_old they are exactly 0)."""
+    text = f"reward {row['reward']:.2f} ent {row['entropy']:.3f}"
+    if behaviour:
+        text += f" clip {row['clipfrac']:.3f} kl_behav {row['approx_kl']:+.4f}"
+    if "kl_ref" in row:
+        text += f" kl_ref {row['kl_ref']:.4f}"
+    if "eval_reward" in row:
+        text += f" eval {row['eval_reward']:.2f}"
+    return text
+
+
 class Progress:
     """The display of ``train(progress=True)`` on process 0 (see the module docstring); rows
-    are the trainer's metric rows (step, reward, approx_kl, seconds, eval_reward)."""
+    are the trainer's metric rows (``progress_text``). ``behaviour``: show the clip fraction
+    and KL to the behaviour policy (off-policy runs)."""
 
-    def __init__(self, label: str, steps: int, start: int, *, enabled: bool) -> None:
-        self.enabled, self.label, self.steps = enabled, label, steps
+    def __init__(self, label: str, steps: int, start: int, *, enabled: bool,
+                 behaviour: bool = True) -> None:
+        self.enabled, self.label, self.steps, self.behaviour = enabled, label, steps, behaviour
         self.every, self.first, self.last_line = max(1, steps // 20), start + 1, 0.0
         self.bar: Any = None
         if enabled and sys.stdout.isatty():
@@ -169,9 +307,7 @@ class Progress:
     def update(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        text = f"{self.label} reward {row['reward']:.2f} kl {row['approx_kl']:+.3f}"
-        if "eval_reward" in row:
-            text += f" eval {row['eval_reward']:.2f}"
+        text = f"{self.label} {progress_text(row, behaviour=self.behaviour)}"
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], description=text)
         elif (row["step"] in (self.first, self.steps) or row["step"] % self.every == 0

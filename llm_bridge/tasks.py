@@ -17,10 +17,17 @@ Design decisions
   tokens (``allowed_tokens``) and responses have at most ``depth`` tokens. Prompts are cycled
   in order (``P`` prompts per step give every prompt once), so a step's expected gradient is
   the simulator's (1/P)·Σ_p E_groups[·] — what the exactness test enumerates.
+* ``task_fingerprint``: everything about a task that decides a run's data, for the checkpoint
+  that ``--resume`` checks — the task's name, its problems and held-out split (a hash of every
+  prompt text and gold answer in order), the data file's content hash (GSM8K; the content,
+  not the path: a moved copy resumes), and the reward (a hash of the rule's source code, and
+  for the tree its reward table). Hashes keep the checkpoint small; a refusal names the field.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -43,6 +50,7 @@ __all__ = [
     "encode_prompt",
     "make_task",
     "parse_number",
+    "task_fingerprint",
 ]
 
 TASKS = ("arithmetic", "gsm8k", "tree")
@@ -88,6 +96,16 @@ def encode_prompt(text: str, tokenizer: Any, chat: bool | None = None) -> list[i
     return bos + tokenizer.encode(text, add_special_tokens=False)
 
 
+def _digest(value: Any) -> str:
+    """A short content hash of a JSON-able value (sha256, 16 hex digits)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _source(function: Any) -> str:
+    return inspect.getsource(function)
+
+
 def _split(n: int, n_eval: int, seed: int) -> tuple[list[int], list[int]]:
     """A fixed (train, eval) split of range(n): a seeded permutation, eval first."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -117,6 +135,13 @@ class _ExactAnswerTask:
 
     def eval_problems(self) -> list[Problem]:
         return [self.problems[i] for i in self.eval_index]
+
+    def fingerprint(self) -> dict[str, str]:
+        """What decides this task's data (module docstring)."""
+        problems = [(p.text, p.answer) for p in self.problems]
+        return {"task": self.name,
+                "problems": _digest([problems, self.train_index, self.eval_index]),
+                "reward": _digest([_source(type(self).reward), _source(parse_number)])}
 
     def reward(self, problem: Problem, response_ids: Sequence[int], tokenizer: Any) -> float:
         text = tokenizer.decode(list(response_ids), skip_special_tokens=True)
@@ -162,6 +187,7 @@ class GSM8K(_ExactAnswerTask):
 
     def __init__(self, path: str | Path, n_eval: int | None = None, seed: int = 0) -> None:
         path = Path(path)
+        self.path = path
         if not path.is_file():
             raise FileNotFoundError(f"gsm8k data file {path} does not exist (the task never "
                                     "downloads: pass a local JSONL with question/answer fields)")
@@ -179,6 +205,10 @@ class GSM8K(_ExactAnswerTask):
             raise ValueError(f"{path} must hold at least 2 problems, got {len(self.problems)}")
         n_eval = max(1, len(self.problems) // 5) if n_eval is None else n_eval
         self.train_index, self.eval_index = _split(len(self.problems), n_eval, seed)
+
+    def fingerprint(self) -> dict[str, str]:
+        data = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        return {**super().fingerprint(), "data_sha256": data}
 
     def prompt_text(self, problem: Problem, tokenizer: Any) -> str:
         if getattr(tokenizer, "chat_template", None):
@@ -208,6 +238,14 @@ class TreeTask:
     @property
     def max_new_tokens(self) -> int:
         return self.tree.depth
+
+    def fingerprint(self) -> dict[str, str]:
+        """What decides this task's data (module docstring): the tree and its rewards."""
+        tree = [self.tree.num_prompts, self.tree.vocab, self.tree.depth, self.tree.eos,
+                self.tree.tokens.tolist(), self.tree.mask.tolist()]
+        return {"task": self.name, "problems": _digest(tree),
+                "reward": _digest([self.tree.rewards.tolist(), _source(type(self).reward),
+                                   _source(type(self).actions)])}
 
     def allowed_tokens(self, tokenizer: Any) -> Tensor:
         """Model token id of each action [b]: EOS for action 0 (with EOS), digits otherwise."""
@@ -262,3 +300,10 @@ def make_task(name: str, *, data: str | Path | None = None, seed: int = 0) -> An
     if name == "tree":
         return TreeTask.random(seed=seed)
     raise ValueError(f"task must be one of {list(TASKS)}, got {name!r}")
+
+
+def task_fingerprint(task: Any) -> dict[str, str]:
+    """``task.fingerprint()`` (see the module docstring); a task object without one is known
+    by its name only."""
+    fingerprint = getattr(task, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else {"task": getattr(task, "name", "")}

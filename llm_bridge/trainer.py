@@ -62,6 +62,7 @@ from llm_bridge.distributed import (
 from llm_bridge.logprobs import logprobs_and_entropy
 from llm_bridge.rollout import Batch, Rollout, generate
 from llm_bridge.runs import Progress, Resumed
+from llm_bridge.tasks import task_fingerprint
 from simulator import kl
 from simulator.aggregation import AGGREGATIONS, normaliser
 from simulator.files import atomic_write_text
@@ -70,14 +71,15 @@ from simulator.schedule import Schedule
 from simulator.validation import require_choice, require_int, require_positive
 
 __all__ = ["Batch", "TrainConfig", "TrainResult", "TrainingInterrupted", "accumulate_gradients",
-           "evaluate", "make_batch", "supervised_warmup", "train"]
+           "evaluate", "make_batch", "run_fingerprint", "supervised_warmup", "train"]
 
 TOKEN_METRICS = ("clipfrac", "approx_kl", "ratio_mean", "entropy", "kl_ref")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that decides a run (the CLI's flags; see ``llm_bridge.cli.train_llm``)."""
+    """Everything that decides a run (the CLI's flags; see ``llm_bridge.cli.train_llm``, whose
+    defaults are these — tested)."""
 
     loss: str = "grpo"
     agg: str | None = None
@@ -87,15 +89,15 @@ class TrainConfig:
     group_size: int = 4
     prompts_per_step: int = 2
     micro_batch: int = 8
-    max_new_tokens: int = 16
+    max_new_tokens: int = 12
     temperature: float = 1.0
     top_p: float = 1.0
-    lr: float = 1e-5
+    lr: float = 2e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     steps: int = 20
     eval_every: int = 10
-    eval_prompts: int = 32
+    eval_prompts: int = 20
     checkpoint_every: int = 10
     seed: int = 0
     chunk_size: int | None = None
@@ -106,6 +108,7 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = False
     plot: bool = True
+    keep_previous: bool = True
 
     def __post_init__(self) -> None:
         LOSSES[self.loss]  # unknown loss: KeyError listing the valid names
@@ -130,14 +133,26 @@ class TrainConfig:
         return Schedule(self.sync_interval, self.sync_offset, self.offline)
 
     @property
+    def behaviour_gap(self) -> bool:
+        """Whether π_θ can differ from the behaviour policy on a batch (stale data, or top-p
+        truncation); otherwise clipfrac and approx_kl are exactly 0 and not worth showing."""
+        return self.offline or self.sync_interval > 1 or self.sync_offset > 0 or self.top_p < 1
+
+    @property
     def aggregation(self) -> str:
         return self.agg or LOSSES[self.loss].agg
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it continues (``steps`` may grow)."""
         skip = {"resume", "overwrite", "progress", "plot", "out", "device", "eval_every",
-                "checkpoint_every", "steps"}
+                "checkpoint_every", "steps", "keep_previous"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def run_fingerprint(cfg: TrainConfig, task: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the config's fingerprint and
+    the task's (``llm_bridge.tasks.task_fingerprint``: task, data hash, prompts, rewards)."""
+    return {**cfg.fingerprint(), **task_fingerprint(task)}
 
 
 @dataclasses.dataclass
@@ -344,8 +359,9 @@ class _Run:
             self.restore(resumed or runs.find_checkpoint(self.folder, warn=True))
         self.policy = processes.wrap(self.model)  # what is differentiated (DDP: all-reduced)
         if "metrics" in self.files:  # the file holds exactly the history up to the restart
-            atomic_write_text(self.files["metrics"],
-                              "".join(json.dumps(r) + "\n" for r in self.history))
+            with runs.writing(self.folder):
+                atomic_write_text(self.files["metrics"],
+                                  "".join(json.dumps(r) + "\n" for r in self.history))
 
     def open_folder(self) -> dict[str, Path]:
         """Check ``out`` (process 0: only it writes files); clear an old run on overwrite."""
@@ -357,13 +373,22 @@ class _Run:
         return {"metrics": self.folder / runs.METRICS, "checkpoint": self.folder / runs.CHECKPOINT}
 
     def restore(self, resumed: Resumed) -> None:
-        state = resumed.state
-        runs.check_resumable(state, self.cfg.fingerprint(), world_size=self.processes.world_size,
-                             steps=self.cfg.steps, path=resumed.path)
+        state, path = resumed.state, resumed.path
+        runs.check_resumable(state, run_fingerprint(self.cfg, self.task),
+                             world_size=self.processes.world_size, steps=self.cfg.steps,
+                             path=path)
+        runs.check_tensors(state, self.model, self.optimizer, path)
         if not math.isclose(state["init_fingerprint"], self.init_fingerprint, rel_tol=1e-12):
-            raise ValueError("resume: the model loaded now is not the run's initial model")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            raise ValueError(f"--resume: the checkpoint at {path} was written with other "
+                             "settings (its run started from other initial parameters than "
+                             "the model loaded now); resume with the same --model and --seed")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:  # what check_tensors cannot see
+            raise ValueError(f"--resume: the checkpoint at {path} does not fit this run "
+                             f"({' '.join(str(error).split())[:200]}); resume with the same "
+                             "--model and settings") from None
         mine = state["ranks"][self.processes.rank]
         self.generators.load(mine["generators"])
         torch.set_rng_state(mine["torch_rng"])
@@ -382,11 +407,23 @@ class _Run:
             runs.save_checkpoint(self.folder, {
                 "step": next_step, "steps": self.cfg.steps, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
-                "ranks": ranks, "config": runs.jsonable(self.cfg.fingerprint()),
+                "ranks": ranks, "config": runs.jsonable(run_fingerprint(self.cfg, self.task)),
                 "world_size": self.processes.world_size,
                 "init_fingerprint": self.init_fingerprint,
-            }, keep_current=self.rotate)
+            }, keep_current=self.rotate, keep_previous=self.cfg.keep_previous)
         self.rotate, self.saved_step = True, next_step
+        self.plot()
+
+    def plot(self) -> None:
+        """Process 0: curves.png of the run so far (atomic), at every checkpoint."""
+        if not (self.cfg.plot and "metrics" in self.files):
+            return
+        from llm_bridge.plots import plot_training
+
+        with runs.writing(self.folder):
+            self.files["plot"] = plot_training(
+                self.history, self.folder / runs.PLOT,
+                title=f"{self.cfg.loss} on {getattr(self.task, 'name', '')}")
 
     def sample(self, behaviour_step: int) -> Batch:
         return make_batch(self.rollout_model, self.tokenizer, self.task, self.cfg,
@@ -443,9 +480,10 @@ def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
     processes = current() if processes is None else processes
     run = _Run(cfg, model, tokenizer, task, processes, resumed)
     end = cfg.steps if stop_after is None else min(cfg.steps, run.start + stop_after)
-    progress = Progress(cfg.loss, cfg.steps, run.start, enabled=cfg.progress and processes.is_main)
+    progress = Progress(cfg.loss, cfg.steps, run.start, enabled=cfg.progress and processes.is_main,
+                        behaviour=cfg.behaviour_gap)
     try:
-        with StopOnInterrupt() as interrupt:
+        with StopOnInterrupt(announce=processes.is_main) as interrupt:
             if run.start == 0 and not run.history:
                 _record(run, {"step": 0, "eval_reward": run.evaluate()}, None, on_step)
             for step in range(run.start, end):
@@ -453,38 +491,44 @@ def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
                     if run.saved_step != step:
                         run.checkpoint(step)
                     raise TrainingInterrupted(step, run.saved_step)
-                tic = time.perf_counter()
-                batch = run.batch_for(step)
-                row = {"step": step + 1, "behaviour_step": batch.behaviour_step,
-                       "staleness": step - batch.behaviour_step, **run.data_metrics(batch),
-                       **run.update(batch)}
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                    row["eval_reward"] = run.evaluate()
-                row["seconds"] = time.perf_counter() - tic
-                _record(run, row, batch, on_step)
-                run.done = step + 1
-                progress.update(row)
+                _step(run, step, progress, on_step)
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
                     run.checkpoint(step + 1)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:  # a second Ctrl-C cut a step short: the last checkpoint stands
         raise TrainingInterrupted(run.done, run.saved_step) from None
+    except runs.RunWriteError as error:  # the files left are sound: say where to go on from
+        error.checkpoint_step = run.saved_step
+        raise
     finally:
         progress.close()
-    if "metrics" in run.files and cfg.plot and end == cfg.steps:
-        from llm_bridge.plots import plot_training
-
-        run.files["plot"] = plot_training(run.history, run.folder / runs.PLOT,
-                                          title=f"{cfg.loss} on {task.name}")
+    if "metrics" in run.files and cfg.plot and (run.folder / runs.PLOT).is_file():
+        run.files.setdefault("plot", run.folder / runs.PLOT)
     return TrainResult(model, run.history, run.files)
+
+
+def _step(run: _Run, step: int, progress: Progress,
+          on_step: Callable[[dict[str, float], Batch | None], None] | None) -> None:
+    """One training step: its batch, the update, evaluation when due, the metric row."""
+    tic = time.perf_counter()
+    batch = run.batch_for(step)
+    row = {"step": step + 1, "behaviour_step": batch.behaviour_step,
+           "staleness": step - batch.behaviour_step, **run.data_metrics(batch),
+           **run.update(batch)}
+    if (step + 1) % run.cfg.eval_every == 0 or step + 1 == run.cfg.steps:
+        row["eval_reward"] = run.evaluate()
+    row["seconds"] = time.perf_counter() - tic
+    _record(run, row, batch, on_step)
+    run.done = step + 1
+    progress.update(row)
 
 
 def _record(run: _Run, row: dict[str, float], batch: Batch | None,
             on_step: Callable[[dict[str, float], Batch | None], None] | None) -> None:
     run.history.append(row)
-    if "metrics" in run.files:
-        with run.files["metrics"].open("a") as handle:
+    if "metrics" in run.files:  # a line cut short by a full disk is rewritten on resume
+        with runs.writing(run.folder), run.files["metrics"].open("a") as handle:
             handle.write(json.dumps(row) + "\n")
     if on_step is not None:
         on_step(row, batch)
