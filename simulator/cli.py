@@ -23,6 +23,10 @@ Design decisions
 * Ctrl-C prints one line (what was kept, how to resume) and exits 130.
 * Progress and notes go to stderr (a live bar on a terminal, plain lines in a log or a pipe:
   ``simulator.progress.PartProgress``); tables and file paths go to stdout.
+* Consoles are built when a command prints (``_stdout``, ``_stderr``), never at import:
+  ``grlab.cli`` imports this module while it holds stdout and stderr in a buffer to parse the
+  command line, and a rich Console fixes when it is built whether it may draw a live display,
+  its colours and its width — built at import, it drew no bar on a terminal.
 """
 
 from __future__ import annotations
@@ -43,8 +47,17 @@ if TYPE_CHECKING:
     from simulator.claims.registry import ClaimReport
     from simulator.experiments import Experiment
 
-console = Console()
-errors = Console(stderr=True)
+
+
+def _stdout() -> Console:
+    """A console on stdout as it is now (tables, file paths)."""
+    return Console()
+
+
+def _stderr() -> Console:
+    """A console on stderr as it is now (progress, notes)."""
+    return Console(stderr=True)
+
 
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
@@ -64,15 +77,15 @@ def losses(name: str | None = None) -> None:
 
     if name is not None:
         spec = LOSSES[name]
-        console.print(f"[bold]{escape(spec.name)}[/bold] — {escape(spec.summary)}")
-        console.print(f"base loss: {spec.base}   advantage: {spec.advantage}   "
+        _stdout().print(f"[bold]{escape(spec.name)}[/bold] — {escape(spec.summary)}")
+        _stdout().print(f"base loss: {spec.base}   advantage: {spec.advantage}   "
                       f"aggregation: {spec.agg}   drop uniform groups: {spec.drop_uniform_groups}",
                       markup=False)
-        console.print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
+        _stdout().print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
                       markup=False)
-        console.print(f"follows: {spec.follows or '—'} (differences from peers of the same "
+        _stdout().print(f"follows: {spec.follows or '—'} (differences from peers of the same "
                       "name: docs/conventions.md)", markup=False)
-        console.print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
+        _stdout().print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
         return
     table = Table(title="grlab loss zoo — simulator.losses.LOSSES", show_lines=False)
     table.add_column("name", no_wrap=True)
@@ -87,19 +100,19 @@ def losses(name: str | None = None) -> None:
         if spec.follows:
             text += f"\n[dim]follows {escape(spec.follows)}[/dim]"
         table.add_row(spec.name, spec.advantage, spec.agg, text)
-    console.print(table)
-    console.print("grlab losses --name NAME shows one loss's formula and every keyword.")
+    _stdout().print(table)
+    _stdout().print("grlab losses --name NAME shows one loss's formula and every keyword.")
 
 
 def _note(message: str) -> None:
-    errors.print(Text(f"note: {message}"), soft_wrap=True)
+    _stderr().print(Text(f"note: {message}"), soft_wrap=True)
 
 
 def _interrupted(out: Path | None) -> SystemExit:
     """One line instead of a traceback; the caller raises the returned ``SystemExit(130)``."""
     kept = ("" if out is None else f"; finished losses are kept in {out / 'runs'}: rerun the "
             "same command to resume")
-    errors.print(Text(f"interrupted{kept}"), soft_wrap=True)
+    _stderr().print(Text(f"interrupted{kept}"), soft_wrap=True)
     return SystemExit(130)
 
 
@@ -115,7 +128,7 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     previous = _read_text(out / "table.md")
     labels = [arm.label for arm in exp.arms]
     try:
-        with PartProgress(errors, exp.key, labels, exp.steps) as progress:
+        with PartProgress(_stderr(), exp.key, labels, exp.steps) as progress:
             def on_arm(label: str, source: str) -> None:
                 progress.done(label, "loaded from the cache" if source == "cache"
                               else f"{exp.steps} steps done")
@@ -127,19 +140,21 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
         raise _interrupted(out) from None
     settings, rows = pivot(report)
     table = Table(title=f"{exp.key}: {escape(exp.title)}", caption="final reward ± 95% CI · "
-                  "collapse rate · steps to 90% of the best reward reached", show_lines=True)
+                  "collapse rate · median steps to 90% of the gap from the start to the "
+                  "optimum J* (the instance's mean best reward; 'never': most seeds did not "
+                  "get there)", show_lines=True)
     table.add_column("loss", no_wrap=True)
     for setting in settings:
         table.add_column(setting, overflow="fold")
     for arm, values in rows:
         table.add_row(escape(arm), *values)
-    console.print(table)
+    _stdout().print(table)
     if exp.seeds < 2:
         from simulator.experiments import NO_INTERVAL
 
         _note(NO_INTERVAL)
     for kind, path in paths.items():
-        console.print(f"{kind:>8}: {path}", markup=False)
+        _stdout().print(f"{kind:>8}: {path}", markup=False)
     if previous is not None and previous != _read_text(paths["markdown"]):
         _note(f"the table and plot in {out} replaced a previous run's, which differed (its "
               f"losses stay cached in {out / 'runs'}; rerunning its command regenerates them)")
@@ -165,6 +180,14 @@ def compare(
         "results/compare"),
     list: bool = False,
     fresh: bool = False,
+    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
+        name="import", metavar="MODULE",
+        help="import these modules first (a name on the Python path, the current folder "
+             "included, or a path to a .py file), so the losses they register with "
+             "@register_loss can be used; repeat the flag for several")] = (),
+    threads: Annotated[int | None, tyro.conf.arg(
+        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
+             "fastest on one")] = None,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
     write a plot (curves.png) and a table (table.md, table.csv).
@@ -181,14 +204,19 @@ def compare(
         list: print the loss keys, settings and experiments, then exit.
         fresh: recompute every loss of this run and replace its cache entry.
     """
+    from simulator.provenance import import_modules
+    from simulator.threads import use_threads
+
+    use_threads(threads, default=1)
+    import_modules(import_)  # before any loss name is looked up
     if list:
         from simulator.experiments import ARMS
 
-        console.print("losses (arm keys): " + ", ".join(ARMS) + ", or any name of `grlab losses`",
+        _stdout().print("losses (arm keys): " + ", ".join(ARMS) + ", or any name of `grlab losses`",
                       markup=False)
-        console.print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()),
+        _stdout().print("settings: " + ", ".join(f"{k} ({v.label})" for k, v in SETTINGS.items()),
                       markup=False)
-        console.print("experiments: " + ", ".join(EXPERIMENT_KEYS) + " (grlab experiment KEY)",
+        _stdout().print("experiments: " + ", ".join(EXPERIMENT_KEYS) + " (grlab experiment KEY)",
                       markup=False)
         return
     import dataclasses
@@ -207,6 +235,14 @@ def experiment(
     out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
                                                    f"{OUT_HELP}.")] = None,
     fresh: bool = False,
+    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
+        name="import", metavar="MODULE",
+        help="import these modules first (a name on the Python path, the current folder "
+             "included, or a path to a .py file), so the losses they register with "
+             "@register_loss can be used; repeat the flag for several")] = (),
+    threads: Annotated[int | None, tyro.conf.arg(
+        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
+             "fastest on one")] = None,
 ) -> None:
     """Run one named experiment of the paper's findings and write its plot and table: E1–E5
     and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,
@@ -218,6 +254,11 @@ def experiment(
         fresh: recompute every loss of the experiment and replace its cache entry.
     """
     key = lookup("experiment", key, EXPERIMENT_KEYS)
+    from simulator.provenance import import_modules
+    from simulator.threads import use_threads
+
+    use_threads(threads, default=1)
+    import_modules(import_)
     from simulator.experiments import EXPERIMENTS, FIGURES
     from simulator.files import output_dir
 
@@ -231,14 +272,14 @@ def experiment(
 
     title, run = FIGURES[key]
     try:
-        with PartProgress(errors, key, [title], 1) as progress:
+        with PartProgress(_stderr(), key, [title], 1) as progress:
             text, paths = run(out)
             progress.done(title, "done")
     except KeyboardInterrupt:
         raise _interrupted(None) from None
-    console.print(Markdown(text))
+    _stdout().print(Markdown(text))
     for kind, path in paths.items():
-        console.print(f"{kind:>8}: {path}", markup=False)
+        _stdout().print(f"{kind:>8}: {path}", markup=False)
 
 
 def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,
@@ -266,18 +307,18 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
     check_request(keys, seed=seed, instances=instances)
     target = None if json is None else json_target(json)
     try:
-        with PartProgress(errors, "verify", keys, 1) as progress:
+        with PartProgress(_stderr(), "verify", keys, 1) as progress:
             def on_claim(report: ClaimReport) -> None:
                 progress.done(report.key, "holds" if report.passed else "FAILS")
 
             run = run_catalogue(keys, seed=seed, instances=instances, on_claim=on_claim)
     except KeyboardInterrupt:
         raise _interrupted(None) from None
-    console.print(catalogue_table(run))
+    _stdout().print(catalogue_table(run))
     if target is not None:
-        console.print(f"table written to {catalogue_json(run, target)}", markup=False)
+        _stdout().print(f"table written to {catalogue_json(run, target)}", markup=False)
     if not run.passed:
         failed = ", ".join(report.key for report in run.reports if not report.passed)
-        console.print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
+        _stdout().print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
                            style="bold red"))
         raise SystemExit(1)
