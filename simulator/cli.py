@@ -184,7 +184,7 @@ def compare(
         name="import", metavar="MODULE",
         help="import these modules first (a name on the Python path, the current folder "
              "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used; repeat the flag for several")] = (),
+             "@register_loss can be used")] = (),
     threads: Annotated[int | None, tyro.conf.arg(
         help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
              "fastest on one")] = None,
@@ -239,7 +239,7 @@ def experiment(
         name="import", metavar="MODULE",
         help="import these modules first (a name on the Python path, the current folder "
              "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used; repeat the flag for several")] = (),
+             "@register_loss can be used")] = (),
     threads: Annotated[int | None, tyro.conf.arg(
         help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
              "fastest on one")] = None,

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from simulator.dynamics import SETTINGS, simulate
-from simulator.experiments import EXPERIMENTS, FIGURES, experiment_names
+from simulator.dynamics import SETTINGS, Problem, simulate
+from simulator.experiments import (
+    EXPERIMENTS,
+    FIGURES,
+    Arm,
+    Experiment,
+    experiment_names,
+    run_experiment,
+)
 from simulator.pitfall import MU, PitfallConfig, pitfall_paths, run_pitfall
+from simulator.provenance import ENGINE_MODULES, function_digest, import_modules
 
 
 @pytest.mark.parametrize("key", sorted(EXPERIMENTS))
@@ -63,3 +75,172 @@ def test_grlab_experiment_runs_a_figure_and_rejects_an_unknown_key(grlab, tmp_pa
     assert "E6 [1/1] Pitfall 1" in out  # off a terminal, progress is a plain line
     code, out = grlab("experiment", "E99")  # tyro lists the valid keys
     assert code == 2 and "E99" in out and "E7" in out
+
+
+# --------------------------------------------------------------------------------------------
+# User code in the lab: cache keys that include the code, and --import
+# --------------------------------------------------------------------------------------------
+
+TINY_PROBLEM = Problem(env="bandit", prompts=2, responses=4, reward="binary", correct=1,
+                       policy="tabular")
+USER_LOSS = '''
+from simulator.losses import TokenLoss, register_loss
+
+
+@register_loss({name!r})
+def user_loss(logp, logp_old, adv, mask):
+    """A user's REINFORCE, scaled by {scale}."""
+    return TokenLoss(-{scale} * adv * logp, mask.new_zeros(mask.shape, dtype=bool), {{}})
+'''
+
+
+@pytest.fixture
+def user_code(monkeypatch, tmp_path):
+    """Write and import user modules; every loss and module they add is removed afterwards,
+    and the registry's entries are restored (LOSSES refuses a name twice)."""
+    from simulator.losses import LOSSES
+
+    before = dict(LOSSES)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    def write(module: str, name: str, scale: float) -> Path:
+        path = tmp_path / f"{module}.py"
+        path.write_text(USER_LOSS.format(name=name, scale=scale))
+        return path
+
+    yield write
+    for key in set(LOSSES) - set(before):
+        dict.__delitem__(LOSSES, key)
+    for name in [name for name in sys.modules if name.startswith("userloss_")]:
+        del sys.modules[name]
+
+
+def _register_again(write, module, name, scale):
+    """Replace the loss ``name`` by the one ``module`` defines (a fresh registry entry)."""
+    from simulator.losses import LOSSES
+
+    dict.__delitem__(LOSSES, name)  # LossRegistry refuses duplicates; removal is dict's own
+    import_modules([str(write(module, name, scale))])
+
+
+def test_a_changed_loss_body_is_recomputed_not_loaded_from_the_cache(user_code, tmp_path):
+    """Before: the key hashed the arm's repr and the settings only, so a loss whose body changed
+    (here to a zero gradient) was 'loaded from the cache' with the old numbers."""
+    import_modules([str(user_code("userloss_v1", "tmp-user-loss", 1.0))])
+    exp = Experiment("T", "tiny", "none", (Arm.of("tmp-user-loss", "user"),),
+                     problem=TINY_PROBLEM, settings=("on-policy",), seeds=2, steps=4)
+    sources: list[str] = []
+    first = run_experiment(exp, tmp_path, on_arm=lambda label, source: sources.append(source))
+    reward = first.trajectories["user"].metrics["reward"]
+    assert float((reward[-1] - reward[0]).min()) > 0  # it learns
+    _register_again(user_code, "userloss_v2", "tmp-user-loss", 0.0)  # gradient 0
+    second = run_experiment(exp, tmp_path, on_arm=lambda label, source: sources.append(source))
+    assert sources == ["run", "run"]
+    flat = second.trajectories["user"].metrics["reward"]
+    torch.testing.assert_close(flat, flat[:1].expand_as(flat), rtol=0, atol=0)
+    assert len(list((tmp_path / "runs").glob("*.pt"))) == 2  # the old entry is left alone
+    # the same code again: loaded, not recomputed
+    run_experiment(exp, tmp_path, on_arm=lambda label, source: sources.append(source))
+    assert sources[-1] == "cache"
+
+
+def test_the_key_covers_the_registry_entry_and_code_without_source(user_code):
+    """A changed keyword default of the entry, or a body that has no source file (exec'd),
+    changes the key; identical code gives the identical key."""
+    import_modules([str(user_code("userloss_key", "tmp-key-loss", 1.0))])
+    exp = Experiment("T", "tiny", "none", (Arm.of("tmp-key-loss", "k"),), problem=TINY_PROBLEM)
+    key = exp.fingerprint(exp.arms[0])
+    assert exp.fingerprint(exp.arms[0]) == key
+    from simulator.losses import LOSSES
+
+    spec = LOSSES["tmp-key-loss"]
+    dict.__setitem__(LOSSES, "tmp-key-loss", dataclasses.replace(spec, agg="seq-mean-token-mean"))
+    assert exp.fingerprint(exp.arms[0]) != key
+    made = [{} for _ in range(3)]
+    for scope, scale in zip(made, (1.0, 2.0, 1.0), strict=True):
+        exec(f"def f(x):\n    return {scale} * x\n", scope)  # no source file
+    digests = [function_digest(scope["f"]) for scope in made]
+    assert digests[0] != digests[1] and digests[0] == digests[2]
+
+
+def test_every_simulator_module_a_run_imports_is_part_of_the_engine_digest():
+    code = ("import json, sys, simulator.dynamics, simulator.experiments\n"
+            "print(json.dumps([m.split('.')[1] for m in sys.modules "
+            "if m.startswith('simulator.')]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    imported = set(json.loads(result.stdout))
+    lab_only = {"experiments", "files", "names", "pitfall", "provenance", "closed_forms"}
+    assert imported - lab_only <= set(ENGINE_MODULES), imported - set(ENGINE_MODULES)
+
+
+def test_compare_imports_a_user_module_from_the_current_directory(grlab_split, user_code,
+                                                                  tmp_path, monkeypatch):
+    """One module by name from the current folder, a second by path: the flag repeats."""
+    user_code("userloss_cli", "tmp-cli-loss", 1.0)
+    second = user_code("userloss_cli_path", "tmp-cli-path-loss", 2.0)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = grlab_split("compare", "--import", "userloss_cli", "--import", str(second),
+                                 "--losses", "tmp-cli-loss", "tmp-cli-path-loss", "--settings",
+                                 "on-policy", "--seeds", "2", "--steps", "2", "--out",
+                                 str(tmp_path / "o"))
+    assert code == 0, err
+    assert "tmp-cli-loss" in out and "tmp-cli-path-loss" in out
+    assert (tmp_path / "o" / "table.md").exists()
+
+
+def test_experiment_and_compare_list_the_import_flag_and_refuse_a_missing_module(grlab_split):
+    for command in ("compare", "experiment"):
+        code, out, _ = grlab_split(command, "--help")
+        assert code == 0 and "--import" in out
+    code, out, err = grlab_split("compare", "--import", "no_such_module_xyz", "--losses", "grpo")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "--import" in lines[0] and "no_such_module_xyz" in lines[0]
+    assert "Traceback" not in out + err
+
+
+def test_a_user_module_that_raises_is_one_line_naming_the_flag(grlab_split, tmp_path):
+    broken = tmp_path / "broken_user_module.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    code, _out, err = grlab_split("experiment", "E6", "--import", str(broken), "--out",
+                                  str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--import" in err and "broken_user_module.py" in err and "boom" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Steps to 90% of the optimum: a reference of the instance alone
+# --------------------------------------------------------------------------------------------
+
+def test_steps_to_90_of_an_arm_do_not_change_when_another_arm_is_added(tmp_path):
+    """Before: the reference was the best reward any arm of the run reached, so adding a fast
+    arm (REINFORCE at a 10× learning rate) moved GRPO's number."""
+    grpo = Arm.of("grpo", "GRPO")
+    fast = Arm.of("reinforce", "fast", lr_scale=10.0)
+    common = {"problem": TINY_PROBLEM, "settings": ("on-policy", "offline"), "seeds": 3,
+              "steps": 40}
+    alone = run_experiment(Experiment("T", "t", "n", (grpo,), **common))
+    paired = run_experiment(Experiment("T", "t", "n", (grpo, fast), **common))
+    cells = [[(r.setting, r.steps_to_90) for r in report.rows if r.arm == "GRPO"]
+             for report in (alone, paired)]
+    assert cells[0] == cells[1]
+    assert any(steps != "never" for _, steps in cells[0])
+
+
+def test_steps_to_90_is_the_first_step_within_10_percent_of_the_optimum_gap():
+    """Recomputed from the rewards the problem draws (not the run's 'optimum' metric):
+    J* = mean over prompts of max r; first t with J_t − J_0 ≥ 0.9·(J* − J_0), median over
+    seeds."""
+    exp = Experiment("T", "t", "n", (Arm.of("reinforce", "R"),), problem=TINY_PROBLEM,
+                     settings=("on-policy",), seeds=3, steps=60, lr=0.3)
+    report = run_experiment(exp)
+    reward = report.trajectories["R"].metrics["reward"]  # [T+1, 3]
+    firsts = []
+    for seed in range(3):
+        rewards = TINY_PROBLEM.draw_rewards(torch.Generator().manual_seed(seed))
+        optimum = float(rewards.max(-1).values.mean())
+        curve = reward[:, seed]
+        hit = (curve - curve[0] >= 0.9 * (optimum - curve[0])).nonzero()
+        firsts.append(int(hit[0]))
+    assert report.rows[0].steps_to_90 == str(int(torch.tensor(firsts).median()))
