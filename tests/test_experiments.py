@@ -170,7 +170,7 @@ def test_every_simulator_module_a_run_imports_is_part_of_the_engine_digest():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     imported = set(json.loads(result.stdout))
-    lab_only = {"experiments", "files", "names", "pitfall", "provenance", "closed_forms"}
+    lab_only = {"files", "names", "pitfall", "provenance", "closed_forms"}  # no trajectory
     assert imported - lab_only <= set(ENGINE_MODULES), imported - set(ENGINE_MODULES)
 
 
@@ -244,3 +244,15 @@ def test_steps_to_90_is_the_first_step_within_10_percent_of_the_optimum_gap():
         hit = (curve - curve[0] >= 0.9 * (optimum - curve[0])).nonzero()
         firsts.append(int(hit[0]))
     assert report.rows[0].steps_to_90 == str(int(torch.tensor(firsts).median()))
+
+
+def test_threads_sets_torchs_thread_count_and_refuses_zero(grlab_split):
+    before = torch.get_num_threads()
+    try:
+        code, _out, err = grlab_split("compare", "--threads", "3", "--list")
+        assert code == 0, err
+        assert torch.get_num_threads() == 3
+        code, _out, err = grlab_split("experiment", "E6", "--threads", "0")
+        assert code == 2 and "--threads" in err and len(err.strip().splitlines()) == 1
+    finally:
+        torch.set_num_threads(before)
