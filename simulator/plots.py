@@ -1,10 +1,27 @@
-"""Figures for the off-policy lab: a grid of learning curves, one column per setting."""
+"""Figures for the off-policy lab: a grid of learning curves, one column per setting.
+
+Design decisions
+----------------
+* The figure must carry the message the tables and the README state, so what a mean curve
+  hides is drawn: each seed's run is a thin line behind the mean (reward row), and a run that
+  collapsed by the tables' definition (final reward more than ``COLLAPSE_DROP`` below its own
+  peak, or diverged) is marked × at its end. The KL row keeps the 95% band: it carries no
+  collapse claim and 40 thin lines there would hide the means.
+* Curves that are identical in a panel (every seed, every step, reward and KL, to 1e-9:
+  ``coinciding_groups``) would otherwise merge into one colour with no word said — on-policy
+  most losses have the same gradient (ρ = 1). They are drawn once, in black, and the panel
+  says which losses they are; the on-policy panel adds "ρ = 1".
+* Rows share their y axis, so columns compare by eye; steps are integer ticks; every line the
+  legend does not name (the dotted optimum) is named.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import matplotlib
 
@@ -13,55 +30,250 @@ from simulator.files import atomic_savefig
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import torch
+from matplotlib import patheffects
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
+from simulator.schedule import SETTINGS, Schedule
+
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from simulator.experiments import Report
 
 ROWS = (("reward", "expected reward"), ("kl_init", "KL(π_θ ‖ π_0)"))
 MAX_BANDS = 8  # with more curves than this the 95% bands hide the means: lines only
+IDENTICAL_TOL = 1e-9  # curves closer than this (relative, every point) are one curve
+SAME = "black"  # the colour of a line that stands for several identical losses
+# A loss whose mean reward stays this close to an identical group's line is hidden under it
+# (rewards lie in [0, 1]: 0.02 is a few pixels, about a line's width): the note names it.
+NEAR = 0.02
+LEGEND_WIDTH = 3.0  # inches to the right of the panels
+# matplotlib's tab10, in words: a note says "the brown line", not "the line of arm 6"
+TAB10_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive",
+               "cyan")
+
+
+def coinciding_groups(curves: Mapping[str, torch.Tensor], tol: float = IDENTICAL_TOL
+                      ) -> list[list[str]]:
+    """Groups (of two or more labels, in the order given) whose curves are equal at every point
+    to ``tol`` (|a − b| ≤ tol·(1 + |b|); equal infinities and NaNs count as equal). Each
+    label is compared with the first member of each earlier group."""
+    groups: list[list[str]] = []
+    for label, curve in curves.items():
+        for group in groups:
+            ref = curves[group[0]]
+            if ref.shape == curve.shape and bool(torch.isclose(
+                    curve, ref, rtol=tol, atol=tol, equal_nan=True).all()):
+                group.append(label)
+                break
+        else:
+            groups.append([label])
+    return [group for group in groups if len(group) > 1]
+
+
+def coincidence_note(group: Sequence[str], labels: Sequence[str], setting: str, *,
+                     colour: str = "black", near: Mapping[str, float] | None = None) -> str:
+    """What one line standing for the identical losses ``group`` is, in words: "black: all 8
+    losses (identical here)", "black: 6 of 8 losses, all but GRPO, RED-Weight (identical
+    here)" or the members by name; "on-policy, ρ = 1" where ``setting`` is on-policy; and the
+    other losses hidden under it, ``near`` (label ↦ largest gap in mean reward)."""
+    n, k = len(labels), len(group)
+    rest = [label for label in labels if label not in group]
+    if k == n:
+        text = f"{colour}: all {n} losses (identical here"
+    elif len(rest) < k:
+        text = f"{colour}: {k} of {n} losses, all but {', '.join(rest)} (identical here"
+    else:
+        text = f"{colour}: {', '.join(group)} (identical here"
+    text += ", on-policy: ρ = 1)" if SETTINGS.get(setting) == Schedule() else ")"
+    if near:
+        verb = "lies" if len(near) == 1 else "lie"
+        text += (f"; {' and '.join(near)} {verb} under it (mean reward within "
+                 f"{' and '.join(f'{gap:.3f}' for gap in near.values())})")
+    return text
+
+
+def collapsed_runs(reward: torch.Tensor, diverged: torch.Tensor, drop: float) -> torch.Tensor:
+    """[S] bool: runs (columns of ``reward`` [T+1, S]) that diverged or ended more than
+    ``drop`` below their own peak — the tables' collapse (``experiments.summarise``)."""
+    return diverged | (reward.max(0).values - reward[-1] > drop)
 
 
 def plot_curves(report: Report, path: Path) -> None:
-    """Rows: reward and KL to the initial policy; columns: settings; one line per arm (mean
-    over seeds, shaded 95% Student-t interval when there are at most ``MAX_BANDS`` arms).
-    Saved atomically as a PNG."""
+    """``curves_figure`` saved atomically as a PNG."""
+    fig = curves_figure(report)
+    try:
+        atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+class _Column(NamedTuple):
+    """How one column is drawn: arms in drawing order with their colour (a label, or ``SAME``)
+    and z-order, the short tag of each identical group for the panel, and the notes."""
+
+    order: list[tuple[str, str, int]]
+    tags: list[str]
+    notes: list[str]
+
+
+def _plan_column(per_seed: Mapping[str, Mapping[str, torch.Tensor]], labels: Sequence[str],
+                 setting: str, j: int) -> _Column:
+    """Find the identical groups of column ``j`` and decide how each arm is drawn: losses of
+    their own first, then each group once on top (the largest in black, others in the colour
+    of their first member), with the losses hidden under a group's line (``NEAR``)."""
+    column = {label: torch.cat([per_seed[label][m][:, :, j] for m, _ in ROWS])
+              for label in labels}
+    groups = sorted(coinciding_groups(column), key=len, reverse=True)
+    in_group = {member for group in groups for member in group}
+    alone = [label for label in labels if label not in in_group]
+    order = [(label, label, 3) for label in alone]
+    tags, notes = [], []
+    for g, group in enumerate(groups):
+        lead = group[0]
+        order.append((lead, SAME if g == 0 else lead, 4))
+        line = reward_mean(per_seed, lead, j)
+        gaps = {other: float((reward_mean(per_seed, other, j) - line).abs().max())
+                for other in alone}
+        near = {other: gap for other, gap in gaps.items() if gap <= NEAR}
+        name = "black" if g == 0 else TAB10_NAMES[labels.index(lead) % 10]
+        tags.append(name)
+        notes.append(coincidence_note(group, labels, setting, colour=name, near=near))
+    if tags:
+        tags = [f"{', '.join(tags)}: identical losses (named below)"]
+    return _Column(order, tags, notes)
+
+
+def curves_figure(report: Report) -> Figure:
+    """Rows: reward and KL to the initial policy; columns: settings; per arm the mean over
+    seeds (thick), each seed (thin, reward row) and the 95% Student-t band (KL row, at most
+    ``MAX_BANDS`` arms); identical curves drawn once, tagged in the panel and named in notes
+    under the panels."""
     exp = report.experiment
     n_cols = len(exp.settings)
-    fig, axes = plt.subplots(len(ROWS), n_cols, figsize=(3.6 * n_cols + 2.4, 5.6),
-                             sharex=True, squeeze=False)
-    colours = plt.get_cmap("tab10")
-    t_factor = stats.t.ppf(0.975, exp.seeds - 1) / math.sqrt(exp.seeds) if exp.seeds > 1 else 0
-    for a, (label, traj) in enumerate(report.trajectories.items()):
-        for i, (metric, _) in enumerate(ROWS):
-            values = traj.metrics[metric].reshape(-1, exp.seeds, n_cols)
-            for j in range(n_cols):
-                curve = values[:, :, j]
-                mean = curve.mean(1)
-                band = curve.std(1, correction=1) * t_factor if exp.seeds > 1 else 0 * mean
-                steps = torch.arange(curve.shape[0])
-                ax = axes[i][j]
-                style = "--" if "(0.6, 2.0)" in label else "-"
-                ax.plot(steps, mean, style, color=colours(a % 10), lw=1.6,
-                        label=label if (i, j) == (0, 0) else None)
-                if len(report.trajectories) <= MAX_BANDS:
-                    ax.fill_between(steps, mean - band, mean + band, color=colours(a % 10),
-                                    alpha=0.10, lw=0)
+    labels = list(report.trajectories)
+    colours = {label: plt.get_cmap("tab10")(a % 10) for a, label in enumerate(labels)}
+    colours[SAME] = SAME
+    per_seed = {label: {m: t.metrics[m].reshape(-1, exp.seeds, n_cols) for m, _ in ROWS}
+                for label, t in report.trajectories.items()}
+    diverged = {label: (t.diverged_at >= 0).reshape(exp.seeds, n_cols)
+                for label, t in report.trajectories.items()}
+    plans = [_plan_column(per_seed, labels, setting, j)
+             for j, setting in enumerate(exp.settings)]
+    width = 3.6 * n_cols + LEGEND_WIDTH
+    notes = "\n".join(textwrap.fill(f"{setting} — {note}", int(width * 14),
+                                    subsequent_indent="    ")
+                       for setting, plan in zip(exp.settings, plans, strict=True)
+                       for note in plan.notes)
+    notes_height = 0.16 * (notes.count("\n") + 1) + 0.1 if notes else 0.0
+    fig, axes = plt.subplots(len(ROWS), n_cols, figsize=(width, 6.0 + notes_height),
+                             sharex=True, sharey="row", squeeze=False)
+    shown: set[str] = set()
+    for j, plan in enumerate(plans):
+        for label, colour, zorder in plan.order:
+            _draw_arm(axes[:, j], exp, label, colours[colour], per_seed[label],
+                      diverged[label][:, j], j, shown, zorder=zorder, slot=labels.index(label))
+        _tag_panel(axes[0][j], plan.tags)
+        shown.update({"same"} if plan.tags else set())
+    if notes:
+        fig.text(0.01, 0.01, notes, fontsize=8, va="bottom", ha="left")
+    _decorate(fig, axes, report, colours, shown, bottom=notes_height / (6.0 + notes_height))
+    return fig
+
+
+def reward_mean(per_seed: Mapping[str, Mapping[str, torch.Tensor]], label: str, j: int
+                ) -> torch.Tensor:
+    """Mean reward over seeds [T+1] of ``label`` in column ``j``."""
+    return per_seed[label]["reward"][:, :, j].mean(1)
+
+
+def _draw_arm(column: Sequence[Axes], exp: Any, label: str, colour: Any,
+              metrics: Mapping[str, torch.Tensor], diverged: torch.Tensor, j: int,
+              shown: set[str], zorder: int = 3, slot: int = 0) -> None:
+    """One arm in one column: mean, per-seed lines and collapse marks (reward), band (KL).
+    ``slot`` (the arm's index) shifts its × marks left by 1.5% of the steps per arm, so the
+    marks of runs that end at the same reward do not hide each other."""
+    from simulator.experiments import COLLAPSE_DROP
+
+    style = "--" if "(0.6, 2.0)" in label else "-"
+    t_factor = (stats.t.ppf(0.975, exp.seeds - 1) / math.sqrt(exp.seeds)
+                if exp.seeds > 1 else 0.0)
+    for ax, (metric, _) in zip(column, ROWS, strict=True):
+        curve = metrics[metric][:, :, j]  # [T+1, S]
+        steps = torch.arange(curve.shape[0])
+        mean = curve.mean(1)
+        ax.plot(steps, mean, style, color=colour, lw=1.7, zorder=zorder)
+        if metric == "reward" and exp.seeds > 1:
+            fell = collapsed_runs(curve, diverged, COLLAPSE_DROP)
+            ax.plot(steps, curve[:, ~fell], "-", color=colour, lw=0.5, alpha=0.2,
+                    zorder=zorder - 1)
+            shown.add("seeds")
+            if bool(fell.any()):
+                ax.plot(steps, curve[:, fell], "-", color=colour, lw=0.9, alpha=0.9,
+                        zorder=zorder - 1)
+                end = float(steps[-1]) * (1 - 0.015 * slot)
+                ax.plot([end] * int(fell.sum()), curve[-1, fell], "x", color=colour, ms=6,
+                        mew=1.6, zorder=5, clip_on=False,  # a white rim: visible on any line
+                        path_effects=[patheffects.withStroke(linewidth=3.2, foreground="white")])
+                shown.add("collapse")
+        elif metric != "reward" and exp.seeds > 1 and len(exp.arms) <= MAX_BANDS:
+            band = curve.std(1, correction=1) * t_factor
+            # a KL is ≥ 0, and so is its mean: the interval is cut at 0
+            ax.fill_between(steps, (mean - band).clamp(min=0), mean + band, color=colour,
+                            alpha=0.10, lw=0)
+            shown.add("band")
+
+
+def _tag_panel(ax: Axes, tags: Sequence[str]) -> None:
+    if tags:
+        ax.text(0.03, 0.97, "\n".join(tags), transform=ax.transAxes, va="top", ha="left",
+                fontsize=7,
+                zorder=5, bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9,
+                                "boxstyle": "round,pad=0.3"})
+
+
+def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any],
+              shown: set[str], bottom: float = 0.0) -> None:
+    """Titles, labels, integer step ticks, the optimum line, the legend and the title."""
+    exp = report.experiment
     for j, setting in enumerate(exp.settings):
         axes[0][j].set_title(setting)
         axes[-1][j].set_xlabel("training step")
+        _integer_steps(axes[-1][j])
     for i, (_, name) in enumerate(ROWS):
         axes[i][0].set_ylabel(name)
-    optimum = report.trajectories[next(iter(report.trajectories))].metrics["optimum"][0]
-    for j in range(n_cols):
-        axes[0][j].axhline(float(optimum.mean()), color="grey", lw=0.8, ls=":")
-    fig.legend(loc="center right", fontsize=8, frameon=False)
-    bands = ("shaded: 95% interval over seeds" if len(report.trajectories) <= MAX_BANDS
-             else "bands omitted (too many curves); see table.md for intervals")
-    fig.suptitle(f"{exp.key}: {exp.title}\nmean over {exp.seeds} seeds; {bands}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (3.6 * n_cols + 2.4), 0.95))
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+    first = report.trajectories[next(iter(report.trajectories))]
+    optimum = float(first.metrics["optimum"][0].mean())
+    for ax in axes[0]:
+        ax.axhline(optimum, color="grey", lw=0.8, ls=":")
+    handles = [Line2D([], [], color=colours[label], lw=1.7,
+                      ls="--" if "(0.6, 2.0)" in label else "-", label=label)
+               for label in report.trajectories]
+    extra = [("same", Line2D([], [], color=SAME, lw=1.7,
+                             label="black: identical losses\n  (named under the panels)")),
+             ("seeds", Line2D([], [], color="grey", lw=0.5, alpha=0.4,
+                              label="faint: one seed's run")),
+             ("collapse", Line2D([], [], color="grey", lw=0.9, marker="x", mew=1.6,
+                                 label="thin, ×: a run that collapsed (final\n  reward "
+                                       "> 0.1 below its own peak,\n  or diverged)"))]
+    handles += [line for key, line in extra if key in shown]
+    handles.append(Line2D([], [], color="grey", lw=0.8, ls=":",
+                          label="dotted: best reward possible\n  (mean over prompts of max r)"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    band = ("; KL shaded: 95% interval over seeds" if "band" in shown
+            else "; bands omitted (too many curves): see table.md" if exp.seeds > 1 else "")
+    fig.suptitle(f"{exp.key}: {exp.title}\nthick: mean over {exp.seeds} seed"
+                 f"{'s' if exp.seeds > 1 else ''}{band}", fontsize=10)
+    top = 1 - 0.3 / fig.get_figheight()  # the two-line title
+    fig.tight_layout(rect=(0, bottom, 1 - LEGEND_WIDTH / fig.get_figwidth(), top))
+
+
+def _integer_steps(ax: Axes) -> None:
+    """Whole training steps on the x axis (never 2.5): multiples of 1, 2, 5 or 10 × 10^k."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Path,
@@ -85,13 +297,17 @@ def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Pa
         tri.plot(float(x[-1]), float(y[-1]), "o", color=colours(a), ms=5)
         curve.plot(torch.arange(len(pi)), pi @ rewards, color=colours(a), lw=1.8, label=label)
     x0, y0 = simplex_xy(next(iter(paths.values()))[0])
-    tri.plot(float(x0), float(y0), "k*", ms=10, label="start π_0 = μ")
+    tri.plot(float(x0), float(y0), "k*", ms=10)
+    tri.annotate("start π_0 = μ", (float(x0), float(y0)), xytext=(-8, 0),
+                 textcoords="offset points", ha="right", va="center", fontsize=8)
     tri.set_aspect("equal")
     tri.axis("off")
     tri.set_ylim(-0.12, 1.0)
-    curve.axhline(float(rewards.max()), color="grey", lw=0.8, ls=":")
+    curve.axhline(float(rewards.max()), color="grey", lw=0.8, ls=":",
+                  label=f"best reward possible (max r = {float(rewards.max()):g})")
     curve.set_xlabel("exact update step")
     curve.set_ylabel("expected reward E_π r")
+    _integer_steps(curve)
     curve.legend(fontsize=8, frameon=False, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
