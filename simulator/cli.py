@@ -32,6 +32,8 @@ Design decisions
 from __future__ import annotations
 
 import inspect
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -44,8 +46,11 @@ from simulator.names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
 from simulator.schedule import SETTINGS
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from simulator.claims.registry import ClaimReport
     from simulator.experiments import Experiment
+    from simulator.loss_registry import LossSpec
 
 
 
@@ -71,37 +76,67 @@ def losses(name: str | None = None) -> None:
     Args:
         name: show one loss in full (all keyword defaults and its formula) instead of the table.
     """
+    from simulator.losses import LOSSES
+    from simulator.progress import table_or_list
+
+    out = _stdout()
+    if name is not None:
+        out.print(_loss_page(LOSSES[name]), highlight=False)
+        return
+    out.print(table_or_list(_loss_table(LOSSES.values()), out.width, heading=(0, 3)))
+    out.print("grlab losses --name NAME shows one loss's formula and every keyword.")
+
+
+def _loss_table(specs: Iterable[LossSpec]) -> Table:
     from rich.table import Table
 
-    from simulator.losses import LOSSES
-
-    if name is not None:
-        spec = LOSSES[name]
-        _stdout().print(f"[bold]{escape(spec.name)}[/bold] — {escape(spec.summary)}")
-        _stdout().print(f"base loss: {spec.base}   advantage: {spec.advantage}   "
-                      f"aggregation: {spec.agg}   drop uniform groups: {spec.drop_uniform_groups}",
-                      markup=False)
-        _stdout().print("keywords: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
-                      markup=False)
-        _stdout().print(f"follows: {spec.follows or '—'} (differences from peers of the same "
-                      "name: docs/conventions.md)", markup=False)
-        _stdout().print(inspect.cleandoc(spec.fn.__doc__ or ""), markup=False, highlight=False)
-        return
     table = Table(title="grlab loss zoo — simulator.losses.LOSSES", show_lines=False)
     table.add_column("name", no_wrap=True)
     table.add_column("advantage", no_wrap=True)
     table.add_column("aggregation", no_wrap=True)
-    table.add_column("what it is", overflow="fold", ratio=1)
-    for spec in LOSSES.values():
-        text = escape(spec.summary)
+    table.add_column("what it is", min_width=36)  # narrower: a list reads better
+    table.add_column("follows", style="dim")
+    for spec in specs:
+        text = Text(_summary(spec))
         if spec.hparams:
             binds = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
-            text += f"\n[dim]= {escape(f'{spec.base}({binds})')}[/dim]"
-        if spec.follows:
-            text += f"\n[dim]follows {escape(spec.follows)}[/dim]"
-        table.add_row(spec.name, spec.advantage, spec.agg, text)
-    _stdout().print(table)
-    _stdout().print("grlab losses --name NAME shows one loss's formula and every keyword.")
+            text.append(f"\n= {spec.base}({binds})", style="dim")
+        table.add_row(spec.name, spec.advantage, spec.agg, text, Text(spec.follows or "—"))
+    return table
+
+
+def _loss_page(spec: LossSpec) -> Text:
+    """``grlab losses --name``: the summary, the settings, then the docstring as plain text
+    (reST markup and references to private helpers removed, paragraphs reflowed)."""
+    summary, paragraphs = _summary(spec), _doc_paragraphs(spec.fn.__doc__ or "")
+    if paragraphs and paragraphs[0] == summary:  # shown on the first line already
+        paragraphs = paragraphs[1:]
+    keywords = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
+    lines = [Text.assemble((spec.name, "bold"), " — ", summary),
+             Text(f"base loss: {spec.base} · advantage: {spec.advantage} · aggregation: "
+                  f"{spec.agg} · drop uniform groups: {spec.drop_uniform_groups}"),
+             Text(f"keywords: {keywords}"),
+             Text(f"follows: {spec.follows or '—'} (differences from peers of the same name: "
+                  "docs/conventions.md)"),
+             *(Text(f"\n{paragraph}") for paragraph in paragraphs)]
+    return Text("\n").join(lines)
+
+
+def _summary(spec: LossSpec) -> str:
+    """The loss's one-sentence summary: the registered one, completed to the docstring's whole
+    first paragraph when the registry kept only its first line."""
+    first = next(iter(_doc_paragraphs(spec.fn.__doc__ or "")), "")
+    return first if spec.summary and first.startswith(spec.summary) else spec.summary
+
+
+def _doc_paragraphs(doc: str) -> list[str]:
+    """A docstring as plain paragraphs: lines joined (the terminal wraps them), reST roles and
+    backticks dropped, and "see ``_helper``" pointers to private code removed."""
+    text = re.sub(r"see ``_\w+``[:;,]?\s*", "", inspect.cleandoc(doc))
+    text = re.sub(r":[\w:]+:`([^`]*)`", r"\1", text)  # :math:`x`, :func:`x`
+    text = re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", text)
+    return [" ".join(line.strip() for line in block.splitlines())
+            for block in re.split(r"\n\s*\n", text) if block.strip()]
 
 
 def _note(message: str) -> None:
@@ -122,7 +157,7 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
 
     from simulator.experiments import pivot, run_experiment, write_report
     from simulator.files import output_dir
-    from simulator.progress import PartProgress
+    from simulator.progress import PartProgress, table_or_list
 
     out = output_dir(out, what="--out")
     previous = _read_text(out / "table.md")
@@ -143,12 +178,13 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
                   "collapse rate · median steps to 90% of the gap from the start to the "
                   "optimum J* (the instance's mean best reward; 'never': most seeds did not "
                   "get there)", show_lines=True)
-    table.add_column("loss", no_wrap=True)
+    table.add_column("loss")
     for setting in settings:
-        table.add_column(setting, overflow="fold")
+        table.add_column(setting)
     for arm, values in rows:
         table.add_row(escape(arm), *values)
-    _stdout().print(table)
+    out_console = _stdout()
+    out_console.print(table_or_list(table, out_console.width, per_line=True))
     if exp.seeds < 2:
         from simulator.experiments import NO_INTERVAL
 
@@ -282,8 +318,9 @@ def experiment(
         _stdout().print(f"{kind:>8}: {path}", markup=False)
 
 
-def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int | None = None,
-           json: Path | None = None) -> None:
+def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY")] = (),
+           instances: int | None = None, seed: int | None = None, json: Path | None = None,
+           threads: int | None = None) -> None:
     """Check every claim of the theory catalogue on fresh random instances and print a table of
     claim, source, instances tried, worst error, tolerance and verdict; exit 1 if one fails.
 
@@ -292,6 +329,8 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
         instances: instances per claim (default: each claim's own; the full run is under 1 min).
         seed: seed of every instance's generator (default: fresh, and printed for a replay).
         json: also write the table to this path as JSON (checked before any claim runs).
+        threads: torch CPU threads (default 1, or OMP_NUM_THREADS): the claims' tiny ops run
+            fastest on one.
     """
     from simulator.claims import CATALOGUE
     from simulator.claims.report import (
@@ -301,11 +340,13 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
         json_target,
         run_catalogue,
     )
-    from simulator.progress import PartProgress
+    from simulator.progress import PartProgress, table_or_list
+    from simulator.threads import use_threads
 
     keys = tuple(only) or CATALOGUE
     check_request(keys, seed=seed, instances=instances)
     target = None if json is None else json_target(json)
+    use_threads(threads, default=1)
     try:
         with PartProgress(_stderr(), "verify", keys, 1) as progress:
             def on_claim(report: ClaimReport) -> None:
@@ -314,11 +355,12 @@ def verify(only: tuple[str, ...] = (), instances: int | None = None, seed: int |
             run = run_catalogue(keys, seed=seed, instances=instances, on_claim=on_claim)
     except KeyboardInterrupt:
         raise _interrupted(None) from None
-    _stdout().print(catalogue_table(run))
+    out = _stdout()
+    out.print(table_or_list(catalogue_table(run), out.width, heading=(7, 0, 1)))
     if target is not None:
-        _stdout().print(f"table written to {catalogue_json(run, target)}", markup=False)
+        out.print(f"table written to {catalogue_json(run, target)}", markup=False)
     if not run.passed:
         failed = ", ".join(report.key for report in run.reports if not report.passed)
-        _stdout().print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
-                           style="bold red"))
+        out.print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
+                       style="bold red"))
         raise SystemExit(1)

@@ -1,4 +1,5 @@
-"""Progress of every long job: a live bar on a terminal, plain lines everywhere else.
+"""What the lab's commands draw on a terminal: progress of every long job (a live bar on a
+terminal, plain lines everywhere else), and tables that fit the terminal's width.
 
 Design decisions
 ----------------
@@ -11,6 +12,12 @@ Design decisions
   (50) steps inside a long part — deterministic lines, so a log reads the same on every run.
 * Progress goes to the console it is given; the lab passes its stderr console, so
   ``grlab compare > table.txt`` keeps the results clean and still shows the bar.
+* A table is never squeezed until words break: rich's own shrinking ignores word lengths, and
+  ``overflow="fold"`` cuts "instances" into "instanc"/"es". ``fit_table`` fixes every
+  column's width at least at its longest word (header included) and shares the room left
+  toward each column's longest line; when even the longest words cannot stand side by side,
+  ``table_or_list`` prints the rows as a list instead (the heading cells on one line, every
+  other cell as "header: value" below, wrapped at spaces), so nothing is dropped at 80 columns.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,9 +36,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LINE_EVERY", "PartProgress", "progress_bar"]
+__all__ = ["LINE_EVERY", "PartProgress", "fit_table", "progress_bar", "table_as_list",
+           "table_or_list"]
 
 LINE_EVERY = 50  # off a terminal, a line every this many steps inside a part
 
@@ -87,3 +98,98 @@ class PartProgress:
         seconds = time.perf_counter() - self.started
         self.console.print(Text(f"{self.title} {where} {part}: {text} ({seconds:.0f} s)"),
                            soft_wrap=True)
+
+
+def table_or_list(table: Table, width: int, *, heading: Sequence[int] = (0,),
+                  per_line: bool = False) -> RenderableType:
+    """``table`` if it fits in ``width`` columns without breaking a word (``fit_table``),
+    else its rows as a list (``table_as_list``)."""
+    fitted = fit_table(table, width)
+    return fitted if fitted is not None else table_as_list(table, heading=heading,
+                                                           per_line=per_line)
+
+
+def fit_table(table: Table, width: int) -> Table | None:
+    """Fix the width of every column of ``table`` so that it fits in ``width`` columns and
+    wraps only at spaces; ``None`` when the longest words alone are too wide. Cells must be
+    text (``str`` with rich markup, or ``Text``). Changes and returns ``table``."""
+    _, right, _, left = Padding.unpack(table.padding)
+    borders = 0 if table.box is None else len(table.columns) - 1 + 2 * table.show_edge
+    room = width - borders - (left + right) * len(table.columns)
+    lows, highs = [], []
+    for column in table.columns:
+        texts = [_plain(column.header), *(_plain(cell) for cell in column.cells)]
+        high = max((cell_len(line) for text in texts for line in text.splitlines()), default=1)
+        low = high if column.no_wrap else max(
+            (cell_len(word) for text in texts for word in text.split()), default=1)
+        low = min(max(low, column.min_width or 0), max(high, low))  # min_width: a wish
+        lows.append(low)
+        highs.append(high)
+    if sum(lows) > room:
+        return None
+    widths = _share(lows, highs, room)
+    for column, column_width in zip(table.columns, widths, strict=True):
+        column.width, column.overflow = column_width, "ellipsis"  # never reached: words fit
+    return table
+
+
+def _share(lows: list[int], highs: list[int], room: int) -> list[int]:
+    """Widths from ``lows`` up: each spare column goes to the column furthest from its
+    ``highs`` (so the longest texts wrap least), until every column is at its high or the
+    room is used."""
+    widths = list(lows)
+    for _ in range(max(room - sum(lows), 0)):
+        short = [high - w for w, high in zip(widths, highs, strict=True)]
+        if max(short) <= 0:
+            break
+        widths[short.index(max(short))] += 1
+    return widths
+
+
+def table_as_list(table: Table, *, heading: Sequence[int] = (0,), per_line: bool = False
+                  ) -> Group:
+    """The rows of ``table`` one after another: the cells of the ``heading`` columns on the
+    first line, then every other cell as "header: value" indented by two, one per line when
+    ``per_line``, else joined by " · " into a paragraph; rich wraps both at spaces."""
+    columns = table.columns
+    cells = [list(column.cells) for column in columns]
+    parts: list[RenderableType] = []
+    if table.title:
+        parts.append(_styled(table.title, "bold"))
+    for row in range(table.row_count):
+        head = Text("  ").join(_text(cells[i][row]) for i in heading)
+        fields = [Text.assemble((f"{_plain(columns[i].header)}: ", "dim"), _text(cells[i][row]))
+                  for i in range(len(columns)) if i not in heading]
+        body = Text("\n").join(fields) if per_line else Text(" · ").join(fields)
+        head.stylize("bold")
+        parts.extend([head, _Indented(body)])
+    if table.caption:
+        parts.append(_styled(table.caption, "dim"))
+    return Group(*parts)
+
+
+class _Indented:
+    """``text`` wrapped at spaces to the width left after a two-space indent (rich's
+    ``Padding`` would also pad every line with spaces to the full width)."""
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in self.text.wrap(console, max(options.max_width - 2, 1)):
+            line.rstrip()
+            yield Text("  ") + line
+
+
+def _styled(cell: object, style: str) -> Text:
+    text = _text(cell).copy()
+    text.stylize(style)
+    return text
+
+
+def _text(cell: object) -> Text:
+    return cell if isinstance(cell, Text) else Text.from_markup(str(cell))
+
+
+def _plain(cell: object) -> str:
+    return _text(cell).plain

@@ -66,4 +66,4 @@ def test_losses_says_which_peer_each_name_follows(grlab):
     code, out = grlab("losses", "--name", "sppo-trinity")
     assert code == 0 and "follows: Trinity-RFT 0.6.0 sppo_loss_fn.py" in out
     code, out = grlab("losses")
-    assert code == 0 and "follows TRL 1.16 loss_type='bnpo'" in out
+    assert code == 0 and "TRL 1.16 loss_type='bnpo'" in out

@@ -72,7 +72,7 @@ def catalogue_table(run: CatalogueRun) -> Table:
                         f"(seed {run.seed}, {run.seconds:.1f} s)")
     table.add_column("#", no_wrap=True)
     for column in ("claim", "source", "instances", "worst error", "tolerance", "measured"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column)  # wrapped at spaces (a narrow terminal: progress.fit_table)
     table.add_column("verdict", no_wrap=True)
     for report in run.reports:
         verdict = "[green]holds[/green]" if report.passed else "[bold red]FAILS[/bold red]"
