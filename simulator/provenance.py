@@ -12,13 +12,14 @@ Design decisions
   the list, so a new module cannot silently escape the key. Hashing whole files is
   conservative: an edited comment recomputes a cached run, which costs seconds; a stale cache
   that survives a change of the code costs a wrong result.
-* A loss is hashed by its source (``inspect.getsource``), else, where no source exists (a
-  function built by ``exec``), by its code object: bytecode, constants (nested code objects
-  recursively) and names. A loss defined outside ``simulator`` also contributes its module's
-  whole file, so a helper it calls in that file is covered; keyword defaults and the registry
-  entry (base, bound keywords, advantage kind and keywords, aggregation, uniform-group filter)
-  are part of the key too. Advantage kinds are not registrable: their code is
-  ``simulator/advantages.py``, part of the engine.
+* A loss is hashed by its source (``inspect.getsource``) and by its code object — bytecode,
+  constants (nested code recursively, sets sorted so the digest is the same in every process)
+  and names: all there is for a function built by ``exec``, and what tells a function apart
+  from its file edited after it was loaded. A loss defined outside ``simulator`` also
+  contributes its module's whole file, so a helper it calls in that file is covered; keyword
+  defaults and the registry entry (base, bound keywords, advantage kind and keywords,
+  aggregation, uniform-group filter) are part of the key too. Advantage kinds are not
+  registrable: their code is ``simulator/advantages.py``, part of the engine.
 * ``import_modules`` imports what ``--import`` names — a module on the Python path (the current
   directory included, which the ``grlab`` entry point does not put there) or a ``.py`` file —
   before losses are looked up, so a user's ``@register_loss`` runs in the lab. Any failure,
@@ -69,12 +70,22 @@ def engine_digest() -> str:
     return digest.hexdigest()
 
 
+def _const_bytes(const: object) -> bytes:
+    """A constant of a code object, the same in every process: nested code recursively, and a
+    frozenset's items sorted (its repr follows string hashing, which differs per process)."""
+    if isinstance(const, types.CodeType):
+        return _code_bytes(const)
+    if isinstance(const, tuple):
+        return b"(" + b",".join(_const_bytes(item) for item in const) + b")"
+    if isinstance(const, frozenset):
+        return b"{" + b",".join(sorted(_const_bytes(item) for item in const)) + b"}"
+    return repr(const).encode()
+
+
 def _code_bytes(code: types.CodeType) -> bytes:
-    """A code object's bytecode, constants (nested code recursively) and names."""
+    """A code object's bytecode, constants and names."""
     parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        parts.append(_code_bytes(const) if isinstance(const, types.CodeType)
-                     else repr(const).encode())
+    parts += [_const_bytes(const) for const in code.co_consts]
     return b"\0".join(parts)
 
 
@@ -82,12 +93,14 @@ def function_digest(fn: Any) -> str:
     """sha256 of a function's source, or of its code object where no source can be read, plus
     its keyword defaults and, for a function defined outside ``simulator``, its module's file."""
     target = inspect.unwrap(fn)
+    code = getattr(target, "__code__", None)
     try:
         body = inspect.getsource(target).encode()
-    except (OSError, TypeError):  # exec'd or built-in: hash what the interpreter runs
-        code = getattr(target, "__code__", None)
-        body = _code_bytes(code) if code is not None else repr(target).encode()
-    digest = hashlib.sha256(body)
+    except (OSError, TypeError):  # exec'd or built-in: what the interpreter runs is all there is
+        body = b""
+    # the bytecode too: the file on disk may have changed since the function was loaded
+    digest = hashlib.sha256(body + (_code_bytes(code) if code is not None
+                                    else repr(target).encode()))
     digest.update(repr(getattr(target, "__kwdefaults__", None)).encode())
     digest.update(repr(getattr(target, "__defaults__", None)).encode())
     try:

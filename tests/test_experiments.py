@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,17 @@ def test_threads_sets_torchs_thread_count_and_refuses_zero(grlab_split):
         assert code == 2 and "--threads" in err and len(err.strip().splitlines()) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_loss_digest_is_the_same_in_every_process(tmp_path):
+    """The key must hit the cache in the next process: a set literal's order in the bytecode's
+    constants follows string hashing, which Python seeds differently per process."""
+    (tmp_path / "userloss_sets.py").write_text(
+        "def f(kind):\n    return kind in {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}\n")
+    code = ("import userloss_sets\nfrom simulator.provenance import function_digest\n"
+            "print(function_digest(userloss_sets.f))")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, cwd=tmp_path,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+               for seed in range(4)}
+    assert len(digests) == 1, digests
