@@ -55,6 +55,7 @@ import gc
 import inspect
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -229,6 +230,14 @@ def _environment(name: str) -> str:
     return value
 
 
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def rendezvous(timeout_s: float) -> Any:
     """The TCP store of this process group, once every rank has announced itself in it (see
     the module docstring); ``TimeoutError`` naming who is missing after ``timeout_s`` s."""
@@ -239,14 +248,17 @@ def rendezvous(timeout_s: float) -> Any:
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     prefix = f"grlab/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/joined/"
     deadline = time.monotonic() + timeout_s
-    try:
-        store = dist.TCPStore(host, int(port), world, is_master=rank == 0 and not agent,
-                              timeout=datetime.timedelta(seconds=timeout_s),
-                              wait_for_workers=False)
-    except RuntimeError as error:  # DistNetworkError / DistStoreError: no store there
-        raise TimeoutError(f"process {rank} of {world} could not reach process 0 at {address} "
-                           f"within --rendezvous-timeout {timeout_s:g} s "
-                           f"({' '.join(str(error).split())[:120]})") from None
+    host_store = rank == 0 and not agent
+    # a client waits for the store here, in Python: torch's own retries log a C++ stack trace
+    # on stderr each time they fail
+    while not host_store and not _reachable(host, int(port)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {rank} of {world} could not reach process 0 at "
+                               f"{address} within --rendezvous-timeout {timeout_s:g} s; start "
+                               "every process (torchrun does) or raise --rendezvous-timeout")
+        time.sleep(0.2)
+    store = dist.TCPStore(host, int(port), world, is_master=host_store,
+                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
     store.set(f"{prefix}{rank}", "1")
     while True:
         missing = [r for r in range(world) if not store.check([f"{prefix}{r}"])]

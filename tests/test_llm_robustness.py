@@ -1,7 +1,9 @@
 """``grlab train-llm`` under misuse and accidents: every user error is one line on stderr and
 exit 2 before the model loads; a run is never overwritten silently; a damaged checkpoint is one
 clear line, or a resume from the previous one; ``--resume`` extends ``--steps`` exactly;
-Ctrl-C writes a checkpoint and prints one line to resume; progress shows on a pipe.
+Ctrl-C says at once that it stops after the step, writes a checkpoint and prints one line to
+resume; progress shows on a pipe. (A full disk, foreign checkpoints, a missing peer:
+test_llm_recovery.py.)
 
 Through the real entry point: ``grlab.cli.main`` in-process (the ``grlab`` fixture of
 conftest.py: exit code and output), or a subprocess where a real signal is needed. The tiny
@@ -205,7 +207,7 @@ def test_resume_with_other_settings_is_one_line_before_the_model_loads(grlab, tm
     monkeypatch.setattr(llm_bridge.models, "load_model", refuse)
     line = _one_error_line(*grlab("train-llm", *TINY, "--steps", "2", "--lr", "0.1", "--out",
                                   str(tmp_path), "--resume"))
-    assert "other settings (lr)" in line
+    assert "other settings (lr: 2e-05 there, 0.1 now)" in line
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +231,8 @@ def test_a_real_ctrl_c_checkpoints_and_prints_one_line_to_resume(tmp_path, grlab
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    assert len(lines) == 2 and lines[0] == "stopping after this step (Ctrl-C again to abort)", err
+    lines = lines[1:]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     step = state["step"]
     assert lines[0].startswith(f"interrupted at step {step}; resume with: grlab train-llm ")
