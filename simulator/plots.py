@@ -9,8 +9,10 @@ Design decisions
   collapse claim and 40 thin lines there would hide the means.
 * Curves that are identical in a panel (every seed, every step, reward and KL, to 1e-9:
   ``coinciding_groups``) would otherwise merge into one colour with no word said — on-policy
-  most losses have the same gradient (ρ = 1). They are drawn once, in black, and the panel
-  says which losses they are; the on-policy panel adds "ρ = 1".
+  most losses have the same gradient (ρ = 1). They are drawn once, in black, the panel is
+  tagged, and a note under the panels names them (adding "ρ = 1" on-policy). A loss that is
+  not identical but whose mean reward stays within ``NEAR`` of a line drawn over it is named
+  too ("lies under it", with the gap): otherwise it would seem to be missing.
 * Rows share their y axis, so columns compare by eye; steps are integer ticks; every line the
   legend does not name (the dotted optimum) is named.
 """
@@ -89,11 +91,35 @@ def coincidence_note(group: Sequence[str], labels: Sequence[str], setting: str, 
     else:
         text = f"{colour}: {', '.join(group)} (identical here"
     text += ", on-policy: ρ = 1)" if SETTINGS.get(setting) == Schedule() else ")"
-    if near:
-        verb = "lies" if len(near) == 1 else "lie"
-        text += (f"; {' and '.join(near)} {verb} under it (mean reward within "
-                 f"{' and '.join(f'{gap:.3f}' for gap in near.values())})")
-    return text
+    return text + ("; " + under_note(near) if near else "")
+
+
+def under_note(near: Mapping[str, float]) -> str:
+    """"GRPO and RED-Weight lie under it (mean reward within 0.0024 and 0.016)"."""
+    verb = "lies" if len(near) == 1 else "lie"
+    return (f"{' and '.join(near)} {verb} under it (mean reward within "
+            f"{' and '.join(f'{gap:.2g}' for gap in near.values())})")
+
+
+def hidden_under(means: Mapping[str, torch.Tensor], order: Sequence[str], near: float = NEAR
+                 ) -> dict[str, dict[str, float]]:
+    """top ↦ {label: gap}: each curve of ``order`` (drawn in that order, later on top) whose
+    largest gap to a curve drawn after it is at most ``near`` lies under the closest such
+    curve, and through it under whatever covers that one (the visible "top"); the gap is the
+    largest |difference| between the label's mean curve and the top's."""
+    under: dict[str, str] = {}
+    for i, label in enumerate(order):
+        gaps = [(float((means[label] - means[top]).abs().max()), top) for top in order[i + 1:]]
+        close = [(gap, top) for gap, top in gaps if gap <= near]
+        if close:
+            under[label] = min(close)[1]
+    hidden: dict[str, dict[str, float]] = {}
+    for label in under:
+        top = under[label]
+        while top in under:  # drawn later, so this ends
+            top = under[top]
+        hidden.setdefault(top, {})[label] = float((means[label] - means[top]).abs().max())
+    return hidden
 
 
 def collapsed_runs(reward: torch.Tensor, diverged: torch.Tensor, drop: float) -> torch.Tensor:
@@ -124,24 +150,24 @@ def _plan_column(per_seed: Mapping[str, Mapping[str, torch.Tensor]], labels: Seq
                  setting: str, j: int) -> _Column:
     """Find the identical groups of column ``j`` and decide how each arm is drawn: losses of
     their own first, then each group once on top (the largest in black, others in the colour
-    of their first member), with the losses hidden under a group's line (``NEAR``)."""
+    of their first member). Notes name each group and every loss whose mean reward lies
+    within ``NEAR`` of a line drawn over it."""
     column = {label: torch.cat([per_seed[label][m][:, :, j] for m, _ in ROWS])
               for label in labels}
     groups = sorted(coinciding_groups(column), key=len, reverse=True)
     in_group = {member for group in groups for member in group}
-    alone = [label for label in labels if label not in in_group]
-    order = [(label, label, 3) for label in alone]
+    order = [(label, label, 3) for label in labels if label not in in_group]
+    order += [(group[0], SAME if g == 0 else group[0], 4) for g, group in enumerate(groups)]
+    means = {label: reward_mean(per_seed, label, j) for label, _, _ in order}
+    hidden = hidden_under(means, [label for label, _, _ in order])
     tags, notes = [], []
     for g, group in enumerate(groups):
-        lead = group[0]
-        order.append((lead, SAME if g == 0 else lead, 4))
-        line = reward_mean(per_seed, lead, j)
-        gaps = {other: float((reward_mean(per_seed, other, j) - line).abs().max())
-                for other in alone}
-        near = {other: gap for other, gap in gaps.items() if gap <= NEAR}
-        name = "black" if g == 0 else TAB10_NAMES[labels.index(lead) % 10]
+        name = "black" if g == 0 else TAB10_NAMES[labels.index(group[0]) % 10]
         tags.append(name)
-        notes.append(coincidence_note(group, labels, setting, colour=name, near=near))
+        notes.append(coincidence_note(group, labels, setting, colour=name,
+                                      near=hidden.pop(group[0], None)))
+    notes += [f"{TAB10_NAMES[labels.index(top) % 10]} ({top}): {under_note(near)}"
+              for top, near in hidden.items()]
     if tags:
         tags = [f"{', '.join(tags)}: identical losses (named below)"]
     return _Column(order, tags, notes)
@@ -228,11 +254,10 @@ def _draw_arm(column: Sequence[Axes], exp: Any, label: str, colour: Any,
 
 
 def _tag_panel(ax: Axes, tags: Sequence[str]) -> None:
+    """The tag goes between the panel's title and its frame, where it covers no curve."""
     if tags:
-        ax.text(0.03, 0.97, "\n".join(tags), transform=ax.transAxes, va="top", ha="left",
-                fontsize=7,
-                zorder=5, bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9,
-                                "boxstyle": "round,pad=0.3"})
+        ax.text(0.5, 1.015, "\n".join(tags), transform=ax.transAxes, va="bottom", ha="center",
+                fontsize=7, color="0.2")
 
 
 def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any],
@@ -240,7 +265,8 @@ def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any]
     """Titles, labels, integer step ticks, the optimum line, the legend and the title."""
     exp = report.experiment
     for j, setting in enumerate(exp.settings):
-        axes[0][j].set_title(setting)
+        # room for a panel's tag under the titles (the same in every column, so they align)
+        axes[0][j].set_title(setting, pad=14 if "same" in shown else 6)
         axes[-1][j].set_xlabel("training step")
         _integer_steps(axes[-1][j])
     for i, (_, name) in enumerate(ROWS):

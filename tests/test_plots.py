@@ -19,6 +19,7 @@ from simulator.plots import (
     coinciding_groups,
     collapsed_runs,
     curves_figure,
+    hidden_under,
     plot_curves,
 )
 
@@ -93,6 +94,18 @@ def test_the_note_names_the_losses_and_says_rho_is_one_only_on_policy():
     assert coincidence_note(["GRPO", "OPMD"], labels, "sync-interval-20",
                             colour="the GRPO line") == (
         "the GRPO line: GRPO, OPMD (identical here)")
+
+
+def test_a_curve_within_near_of_one_drawn_later_is_named_under_the_visible_top():
+    base = torch.linspace(0, 1, 5, dtype=torch.float64)
+    means = {"a": base, "b": base + 0.006, "c": base + 0.012, "d": base + 0.5, "e": base + 0.03}
+    # a lies under b, b under c: a and b are both hidden by c, with their own gaps to c
+    hidden = hidden_under(means, ["a", "b", "c", "d", "e"], near=0.01)
+    assert {top: {k: round(v, 6) for k, v in under.items()} for top, under in hidden.items()} \
+        == {"c": {"a": 0.012, "b": 0.006}}
+    assert hidden_under(means, ["c", "b", "a"], near=0.01) == {
+        "a": pytest.approx({"c": 0.012, "b": 0.006})}
+    assert hidden_under(means, ["a", "d"], near=0.01) == {}
 
 
 def test_a_run_collapses_when_it_ends_more_than_the_drop_below_its_peak_or_diverged():
