@@ -126,17 +126,24 @@ def _summary(spec: LossSpec) -> str:
     """The loss's one-sentence summary: the registered one, completed to the docstring's whole
     first paragraph when the registry kept only its first line."""
     first = next(iter(_doc_paragraphs(spec.fn.__doc__ or "")), "")
-    return first if spec.summary and first.startswith(spec.summary) else spec.summary
+    summary = _plain_rst(spec.summary)
+    return first if summary and first.startswith(summary) else summary
 
 
 def _doc_paragraphs(doc: str) -> list[str]:
-    """A docstring as plain paragraphs: lines joined (the terminal wraps them), reST roles and
-    backticks dropped, and "see ``_helper``" pointers to private code removed."""
-    text = re.sub(r"see ``_\w+``[:;,]?\s*", "", inspect.cleandoc(doc))
-    text = re.sub(r":[\w:]+:`([^`]*)`", r"\1", text)  # :math:`x`, :func:`x`
-    text = re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", text)
+    """A docstring as plain paragraphs (``_plain_rst``), each on one line: the terminal wraps
+    it at its own width."""
     return [" ".join(line.strip() for line in block.splitlines())
-            for block in re.split(r"\n\s*\n", text) if block.strip()]
+            for block in re.split(r"\n\s*\n", _plain_rst(inspect.cleandoc(doc)))
+            if block.strip()]
+
+
+def _plain_rst(text: str) -> str:
+    """reST roles and backticks dropped, and "see ``_helper``" pointers to private code
+    removed (a user cannot call it)."""
+    text = re.sub(r"see ``_\w+``[:;,]?\s*", "", text)
+    text = re.sub(r":[\w:]+:`([^`]*)`", r"\1", text)  # :math:`x`, :func:`x`
+    return re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", text)
 
 
 def _note(message: str) -> None:
@@ -318,7 +325,7 @@ def experiment(
         _stdout().print(f"{kind:>8}: {path}", markup=False)
 
 
-def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY")] = (),
+def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY [KEY ...]")] = (),
            instances: int | None = None, seed: int | None = None, json: Path | None = None,
            threads: int | None = None) -> None:
     """Check every claim of the theory catalogue on fresh random instances and print a table of
@@ -329,8 +336,8 @@ def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY")] = (),
         instances: instances per claim (default: each claim's own; the full run is under 1 min).
         seed: seed of every instance's generator (default: fresh, and printed for a replay).
         json: also write the table to this path as JSON (checked before any claim runs).
-        threads: torch CPU threads (default 1, or OMP_NUM_THREADS): the claims' tiny ops run
-            fastest on one.
+        threads: torch CPU threads (default 1, or OMP_NUM_THREADS); each claim's check runs
+            on one thread whatever this says (its tensors are tiny).
     """
     from simulator.claims import CATALOGUE
     from simulator.claims.report import (

@@ -76,30 +76,32 @@ MISUSES = {
     "out cannot be created": (("compare", "--losses", "reinforce", *TINY, "--out", "{file}/o"),
                               "--out: cannot write to {file}/o (Not a directory)"),
     "group size 0": (("compare", "--losses", "grpo", *TINY, "--group-size", "0", "--out",
-                      "{tmp}/o"), "group_size must be >= 2 for GRPO, got 0"),
+                      "{tmp}/o"), "--group-size must be >= 2 for GRPO, got 0"),
     "group size 1": (("compare", "--losses", "reinforce", *TINY, "--group-size", "1", "--out",
                       "{tmp}/o"), "with K = 1 every advantage is 0 and nothing is learned"),
     "no seeds": (("compare", "--losses", "grpo", "--seeds", "0", "--out", "{tmp}/o"),
-                 "seeds must be >= 1, got 0"),
+                 "--seeds must be >= 1, got 0"),
     "negative seeds": (("compare", "--losses", "grpo", "--seeds", "-3", "--out", "{tmp}/o"),
-                       "seeds must be >= 1, got -3"),
+                       "--seeds must be >= 1, got -3"),
     "no steps": (("compare", "--losses", "grpo", "--steps", "0", "--out", "{tmp}/o"),
-                 "steps must be >= 1, got 0"),
-    "zero lr": (("compare", "--lr", "0", "--out", "{tmp}/o"), "lr must be > 0, got 0.0"),
-    "nan lr": (("compare", "--lr", "nan", "--out", "{tmp}/o"), "lr must be finite, got nan"),
+                 "--steps must be >= 1, got 0"),
+    "negative steps": (("compare", "--losses", "grpo", "--steps", "-1", "--out", "{tmp}/o"),
+                       "--steps must be >= 1, got -1"),
+    "zero lr": (("compare", "--lr", "0", "--out", "{tmp}/o"), "--lr must be > 0, got 0.0"),
+    "nan lr": (("compare", "--lr", "nan", "--out", "{tmp}/o"), "--lr must be finite, got nan"),
     "setting typo": (("compare", "--settings", "offlin", "--out", "{tmp}/o"),
                      "unknown setting 'offlin'; did you mean 'offline'? Valid: offline, "
                      "on-policy, sync-interval-20, sync-offset-10"),
     "setting twice": (("compare", "--settings", "offline", "offline", "--out", "{tmp}/o"),
-                      "settings names 'offline' more than once"),
+                      "--settings names 'offline' more than once"),
     "loss typo": (("compare", "--losses", "grpoo", "--out", "{tmp}/o"),
                   "unknown loss or arm key 'grpoo'; did you mean 'grpo'?"),
     "arm typo": (("compare", "--losses", "rec-oneside-nois-wid", "--out", "{tmp}/o"),
                  "did you mean 'rec-oneside-nois-wide'?"),
     "loss twice": (("compare", "--losses", "grpo", "grpo", "--out", "{tmp}/o"),
-                   "losses names 'grpo' more than once"),
+                   "--losses names 'grpo' more than once"),
     "unknown keyword-free loss list": (("compare", "--losses", "--out", "{tmp}/o"),
-                                       "losses must name at least one value"),
+                                       "--losses must name at least one value"),
     "experiment typo": (("experiment", "E1-tre", "--out", "{tmp}/o"),
                         "unknown experiment 'E1-tre'; did you mean 'E1-tree'?"),
     "experiment out is a file": (("experiment", "E6", "--out", "{file}"),
@@ -112,9 +114,12 @@ MISUSES = {
     "json folder is a file": (("verify", "--only", "2", "--json", "{file}/v.json"),
                               "--json: cannot write {file}/v.json, because {file} is a file"),
     "no instances": (("verify", "--only", "2", "--instances", "0"),
-                     "instances must be >= 1, got 0"),
+                     "--instances must be >= 1, got 0"),
+    "negative seed": (("verify", "--only", "2", "--seed", "-1"), "--seed must be >= 0, got -1"),
+    "no threads": (("verify", "--only", "2", "--threads", "0"),
+                   "--threads must be an integer ≥ 1, got 0"),
     "seed too large": (("verify", "--only", "2", "--seed", str(2**64)),
-                       f"seed must be < 2**64, got {2**64}"),
+                       f"--seed must be < 2**64, got {2**64}"),
     "loss name typo": (("losses", "--name", "grpoo"), "unknown loss 'grpoo'; did you mean"),
 }
 
@@ -386,11 +391,13 @@ def test_every_arm_key_passes_the_checks_made_before_training():
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (("compare", "--bogus"), "Unrecognized options: --bogus"),
+    (("compare", "--bogus"), "Unrecognized options: --bogus (grlab compare --help"),
+    (("compare", "--lossess", "grpo"), "--lossess, grpo; did you mean --losses? (grlab compare"),
     (("compare", "--seeds", "x"), "Error parsing --seeds: invalid literal for int()"),
     (("compare", "--env", "lake"), "invalid choice 'lake' for argument '--env'"),
     (("experiment",), "Missing from grlab experiment"),
-    ((), "Expected one of {compare, experiment, verify, train-llm, losses}"),
+    (("verify", "--out", "x"), "did you mean --out (grlab compare)"),
+    ((), "Expected one of {compare, experiment, verify, train-llm, losses}. (grlab --help"),
 ])
 def test_tyros_own_parse_errors_are_one_line_too(grlab_split, no_work, argv, expected):
     """An unknown flag, a value of the wrong type, a bad choice, a missing argument or
@@ -398,7 +405,8 @@ def test_tyros_own_parse_errors_are_one_line_too(grlab_split, no_work, argv, exp
     code, out, err = grlab_split(*argv)
     assert code == 2 and out == ""
     line = _one_error_line(code, out, err)
-    assert expected in line and "grlab --help" in line
+    assert expected in line and line.endswith("--help lists the options)")
+    assert "(default:" not in line and "helptext" not in line  # no help text in the line
 
 
 def test_help_still_prints_tyros_help(grlab_split):

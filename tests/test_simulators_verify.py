@@ -61,3 +61,25 @@ def test_every_claim_has_a_theory_test_named_after_it(key):
     sources = "".join(p.read_text() for p in folder.glob("test_*.py"))
     assert f"def test_{CLAIMS[key].name}(" in sources
     assert f'assert_claim("{key}"' in sources
+
+
+def test_verify_runs_on_one_torch_thread_unless_told_otherwise(grlab_split, monkeypatch):
+    """One thread by default (the claims' tensors are tiny), ``--threads`` or
+    ``OMP_NUM_THREADS`` otherwise; a count below 1 is the user's one-line error."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        assert grlab_split("verify", "--only", "9c", "--seed", "1")[0] == 0
+        assert torch.get_num_threads() == 1
+        assert grlab_split("verify", "--only", "9c", "--seed", "1", "--threads", "3")[0] == 0
+        assert torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert grlab_split("verify", "--only", "9c", "--seed", "1")[0] == 0
+        assert torch.get_num_threads() == 2
+        code, _out, err = grlab_split("verify", "--only", "9c", "--threads", "0")
+        assert code == 2 and err.startswith("error: --threads must be")
+    finally:
+        torch.set_num_threads(before)

@@ -92,3 +92,152 @@ def test_a_long_command_prints_plain_progress_lines_off_a_terminal(command, tmp_
     assert code == 0, err
     assert plain in err and bar not in err
     assert "\x1b[" not in out + err  # no control codes in a log
+
+
+# --- at 80 columns -----------------------------------------------------------------------
+
+BOX = "│┃┏┓┗┛┡┩┢┪━─┳┻╇╈┼├┤└┘┌┐╭╮╰╯┬┴"
+SEPARATORS = {"·", "—", ":"}
+
+
+@pytest.fixture
+def grlab_at(monkeypatch, capsys):
+    """``grlab_at(columns, *argv)``: the real entry point in-process on a terminal ``columns``
+    wide (COLUMNS, which rich and tyro read); returns (exit code, stdout)."""
+    from grlab import cli
+
+    def run(columns: int, *argv: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["grlab", *argv])
+        monkeypatch.setenv("COLUMNS", str(columns))
+        monkeypatch.delenv("GRLAB_DEBUG", raising=False)
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def _words(text: str) -> set[str]:
+    """The words of an output, box drawing and list punctuation left out ("source:" is the
+    header "source")."""
+    words = {word.strip(BOX).rstrip(":;,") for word in text.split()}
+    return words - SEPARATORS - {""}
+
+
+def assert_fits(narrow: str, wide: str, columns: int = 80) -> None:
+    """Every line of ``narrow`` fits in ``columns``, and every word of it is a whole word of
+    ``wide`` (the same output on a wide terminal): no word was cut across two lines."""
+    from rich.cells import cell_len
+
+    too_long = [line for line in narrow.splitlines() if cell_len(line) > columns]
+    assert not too_long, "\n".join(too_long)
+    broken = _words(narrow) - _words(wide)
+    assert not broken, sorted(broken)
+
+
+@pytest.fixture
+def a_real_catalogue_run(monkeypatch):
+    """``grlab verify`` prints a fixed run: six claims really run (among them those with the
+    longest measured texts) and one that fails with a long reason, plus every other claim of
+    the catalogue with its real name and source, so narrow and wide show the same content."""
+    from simulator.claims import CATALOGUE, CLAIMS
+    from simulator.claims.registry import ClaimReport
+    from simulator.claims.report import CatalogueRun, run_catalogue
+
+    real = run_catalogue(("1", "2", "3", "11b", "15b", "9c"), seed=3).reports
+    done = {report.key for report in real}
+    failing = ClaimReport("13", CLAIMS["13"].name, CLAIMS["13"].source, 4, float("inf"), 0.0,
+                          "RuntimeError: expected the gradient of every instance to be finite, "
+                          "got nan at instance 3", False, 0.1)
+    others = [ClaimReport(key, CLAIMS[key].name, CLAIMS[key].source, 16, 1.5e-16, 1e-10,
+                          "closed form vs autograd of the exact expectation", True, 0.1)
+              for key in CATALOGUE if key not in done | {"13"}]
+    run = CatalogueRun(3, (*real, failing, *others), 1.0)
+    monkeypatch.setattr(simulator_claims_report(), "run_catalogue",
+                        lambda keys, **kwargs: run)
+    return run
+
+
+def simulator_claims_report():
+    import simulator.claims.report
+
+    return simulator.claims.report
+
+
+def test_verify_at_80_columns_fits_and_breaks_no_word(grlab_at, a_real_catalogue_run):
+    code, narrow = grlab_at(80, "verify")
+    assert code == 1  # the failing claim
+    _, wide = grlab_at(250, "verify")
+    assert_fits(narrow, wide)
+    assert "nan at instance 3" in narrow  # the failure's reason is shown, not dropped
+    for report in a_real_catalogue_run.reports:  # every claim, its source and measure
+        assert report.source.split()[-1] in narrow and report.what.split()[-1] in narrow
+    assert len(narrow.splitlines()) < 160
+
+
+def test_losses_at_80_columns_fits_and_breaks_no_word(grlab_at):
+    from simulator.losses import LOSSES
+
+    code, narrow = grlab_at(80, "losses")
+    assert code == 0 and all(name in narrow.split() for name in LOSSES)
+    assert_fits(narrow, grlab_at(250, "losses")[1])
+    assert len(narrow.splitlines()) < 150
+
+
+RST = re.compile(r"``|`|:math:|:func:|:class:|:\w+:`")
+PRIVATE = re.compile(r"(?<![\w'])_[A-Za-z]\w*")  # _regularizer, not ε'_low nor eps_low
+
+
+@pytest.mark.parametrize("name", ["rec", "grpo", "topr", "rec-oneside-nois"])
+def test_losses_name_is_clean_text_that_fits_80_columns(grlab_at, name):
+    code, narrow = grlab_at(80, "losses", "--name", name)
+    assert code == 0
+    assert_fits(narrow, grlab_at(250, "losses", "--name", name)[1])
+    assert not RST.search(narrow), RST.search(narrow)
+    assert not PRIVATE.search(narrow), PRIVATE.search(narrow)
+    first = narrow.splitlines()[0]
+    assert first.startswith(f"{name} — ")
+    summary = first.split(" — ", 1)[1]
+    assert narrow.replace("\n", " ").count(summary[:40]) == 1  # the summary once
+
+
+def test_losses_name_rec_shows_the_whole_first_sentence_and_the_formula(grlab_at):
+    _, wide = grlab_at(250, "losses", "--name", "rec")
+    first = wide.splitlines()[0]
+    assert first.endswith(".")  # the summary's sentence, not its first docstring line
+    assert "ℓ = −M·w·A·log π" in first and "clip=\"one-side\", weight=\"is\"" in wide
+
+
+COMMANDS = ("compare", "experiment", "verify", "losses", "train-llm")
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_at_80_columns_fits_and_has_no_tyro_artefacts(grlab_at, command):
+    argv = (command, "--help") if command else ("--help",)
+    code, narrow = grlab_at(80, *argv)
+    assert code == 0
+    assert_fits(narrow, grlab_at(250, *argv)[1])
+    for artefact in ("{None}", "(default: )", "(default: None)", "(default: False)",
+                     "--list, --no-list", "--fresh, --no-fresh", "--resume, --no-resume",
+                     "--offline, --no-offline"):
+        assert artefact not in narrow, artefact
+    assert not re.search(r"│ +│", narrow)  # no empty line inside a box
+
+
+def test_help_keeps_the_defaults_that_are_values_and_true_flags_keep_their_off_switch(
+        grlab_at):
+    _, text = grlab_at(250, "compare", "--help")
+    assert "(default: 150)" in text and "(default: results/compare)" in text
+    assert "(repeatable)" in text  # --import MODULE, several times
+    _, text = grlab_at(250, "train-llm", "--help")
+    assert "--keep-previous, --no-keep-previous" in text
+
+
+def test_help_wraps_each_argument_as_one_paragraph(grlab_at):
+    """A docstring entry continued on an indented line ("…tiny ops run\n fastest on one")
+    reads as one sentence, wrapped by tyro, not broken where the source was."""
+    _, text = grlab_at(250, "verify", "--help")
+    assert "each claim's check runs on one thread whatever this says" in text
