@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from simulator.loss_registry import LossSpec
 
 
-
 def _stdout() -> Console:
     """A console on stdout as it is now (tables, file paths)."""
     return Console()
@@ -196,8 +195,8 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
         from simulator.experiments import NO_INTERVAL
 
         _note(NO_INTERVAL)
-    for kind, path in paths.items():
-        _stdout().print(f"{kind:>8}: {path}", markup=False)
+    for kind, path in paths.items():  # a path is never broken across lines
+        out_console.print(f"{kind:>8}: {path}", markup=False, soft_wrap=True)
     if previous is not None and previous != _read_text(paths["markdown"]):
         _note(f"the table and plot in {out} replaced a previous run's, which differed (its "
               f"losses stay cached in {out / 'runs'}; rerunning its command regenerates them)")

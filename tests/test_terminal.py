@@ -241,3 +241,21 @@ def test_help_wraps_each_argument_as_one_paragraph(grlab_at):
     reads as one sentence, wrapped by tyro, not broken where the source was."""
     _, text = grlab_at(250, "verify", "--help")
     assert "each claim's check runs on one thread whatever this says" in text
+
+
+def test_the_comparison_table_fits_80_and_60_columns_and_breaks_no_word(grlab_at, tmp_path,
+                                                                        monkeypatch):
+    """At 80 columns the five columns just fit; at 60 the headers ("sync-interval-20") and
+    labels ("REC-OneSide-NoIS") cannot stand side by side, so the rows are listed, one setting
+    per line. File paths are never broken either."""
+    monkeypatch.chdir(tmp_path)
+    argv = ("compare", "--losses", "reinforce", "rec-oneside-nois-wide", "--seeds", "2",
+            "--steps", "2", "--out", "out")
+    assert grlab_at(250, *argv)[0] == 0
+    _, wide = grlab_at(250, *argv)  # as the narrow runs: every loss read from the cache
+    for columns in (80, 60):
+        code, narrow = grlab_at(columns, *argv)
+        assert code == 0
+        assert_fits(narrow, wide, columns)
+        assert "    plot: out/curves.png" in narrow.splitlines()
+    assert "sync-interval-20:" in narrow and "REC-OneSide-NoIS (0.6, 2.0)" in narrow
