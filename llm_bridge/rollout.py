@@ -39,7 +39,7 @@ from torch import Tensor
 from llm_bridge.logprobs import forward_accepts, position_ids
 from simulator.validation import require_nonnegative
 
-__all__ = ["Batch", "Rollout", "generate", "sampling_logprobs"]
+__all__ = ["Batch", "Rollout", "generate", "pad_rows", "sampling_logprobs"]
 
 
 @dataclasses.dataclass
@@ -131,14 +131,17 @@ def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: f
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad: int, device: torch.device
-              ) -> tuple[Tensor, Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[i, width - len(prompt):] = 1
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool,
+             device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Token-id lists as ids [B, W] padded with ``value`` on the left (prompts) or the right
+    (responses, answers) to the longest, and their attention mask [B, W] (1 on tokens)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, where] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, where] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -174,7 +177,7 @@ def generate(
     if temperature > 0 and not isinstance(generator, torch.Generator):
         raise TypeError("generator must be a torch.Generator when temperature > 0")
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, pad_token_id, device)
+    ids, mask = pad_rows(prompts, pad_token_id, left=True, device=device)
     b, width = ids.shape
     allowed = None if allowed_tokens is None else allowed_tokens.to(device)
     cache_name = "cache" if forward_accepts(model, "cache") else "past_key_values"

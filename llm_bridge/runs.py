@@ -37,7 +37,9 @@ Design decisions
   tensors do not fit the model loaded now (``check_tensors``) is refused the same way.
 * Progress: a rich bar on a terminal; on a pipe or a file (a log, CI), where a bar prints
   nothing useful, plain lines: the first step, every ``steps // 20`` steps, every evaluation,
-  the last step, and at least one a minute.
+  the last step, and at least one a minute. A line shows the metrics that move
+  (``progress_text``): the KL to the behaviour policy and the clip fraction are exactly 0
+  on-policy, so they appear only when the run is off-policy.
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ def check_resumable(state: dict[str, Any], fingerprint: dict[str, Any], *, world
     """A ``ValueError`` naming what differs (with both values) when ``state`` cannot continue
     a run configured by ``fingerprint`` on ``world_size`` processes up to ``steps``."""
     wanted = jsonable(fingerprint)
-    changed = sorted(k for k in set(state["config"]) | set(wanted)
-                     if state["config"].get(k) != wanted.get(k))
+    changed = sorted((k for k in set(state["config"]) | set(wanted)
+                      if state["config"].get(k) != wanted.get(k)), key=lambda k: (k != "task", k))
     if changed:
         shown = "; ".join(f"{k}: {_shown(state['config'].get(k))} there, "
                           f"{_shown(wanted.get(k))} now" for k in changed)

@@ -31,8 +31,14 @@ Design decisions
   dropout stays off (the model is kept in eval mode) for the same reason.
 * bf16 autocast on CUDA (log-probs in fp32 from the hidden states); float32 on CPU. Every
   random draw has its own checkpointed ``torch.Generator``: ``resume`` continues to exactly the
-  parameters of an uninterrupted run. Ctrl-C stops at the end of the step with a checkpoint
-  (``TrainingInterrupted``); a second one aborts the step (the last checkpoint stands).
+  parameters of an uninterrupted run. Ctrl-C is answered at once and stops at the end of the
+  step with a checkpoint (``TrainingInterrupted``); a second one aborts the step (the last
+  checkpoint stands).
+* Process 0 writes curves.png at every checkpoint (atomically), so an interrupted or failed
+  run has the figure of what it did; a write that fails in the run folder (a full disk) is
+  ``runs.RunWriteError`` carrying the step of the last complete checkpoint.
+* What ``--resume`` checks is ``run_fingerprint``: the config and the task (task, data hash,
+  problems, reward), then the checkpoint's tensor shapes against the model (``runs``).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from llm_bridge.distributed import (
     current,
 )
 from llm_bridge.logprobs import logprobs_and_entropy
-from llm_bridge.rollout import Batch, Rollout, generate
+from llm_bridge.rollout import Batch, Rollout, generate, pad_rows
 from llm_bridge.runs import Progress, Resumed
 from llm_bridge.tasks import task_fingerprint
 from simulator import kl
@@ -297,14 +303,12 @@ def supervised_warmup(model: Any, tokenizer: Any, task: Any, *, steps: int, lr: 
         prompts = [task.prompt_ids(p, tokenizer) for p in problems]
         answers = [[*tokenizer.encode(p.answer, add_special_tokens=False),
                     tokenizer.eos_token_id] for p in problems]
-        width = max(len(p) for p in prompts)
-        length = max(len(a) for a in answers)
-        ids = torch.full((len(problems), width + length), tokenizer.pad_token_id)
-        attention = torch.zeros_like(ids)
-        for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-            ids[i, width - len(prompt): width + len(answer)] = torch.tensor(prompt + answer)
-            attention[i, width - len(prompt): width + len(answer)] = 1
-        ids, attention = ids.to(device), attention.to(device)
+        # the rollout's layout: prompts left-padded, answers right-padded
+        prompt_ids, prompt_mask = pad_rows(prompts, tokenizer.pad_token_id, left=True)
+        answer_ids, answer_mask = pad_rows(answers, tokenizer.pad_token_id, left=False)
+        width = prompt_ids.shape[1]
+        ids = torch.cat([prompt_ids, answer_ids], dim=-1).to(device)
+        attention = torch.cat([prompt_mask, answer_mask], dim=-1).to(device)
         logp = logprobs_and_entropy(model, ids, attention, first_target=width)[0]
         target = attention[:, width:].bool()
         loss = -logp[target].mean()
