@@ -76,11 +76,11 @@ def losses(name: str | None = None) -> None:
         name: show one loss in full (all keyword defaults and its formula) instead of the table.
     """
     from simulator.losses import LOSSES
-    from simulator.progress import table_or_list
+    from simulator.progress import Wrapped, table_or_list
 
     out = _stdout()
     if name is not None:
-        out.print(_loss_page(LOSSES[name]), highlight=False)
+        out.print(Wrapped(_loss_page(LOSSES[name])), highlight=False)
         return
     out.print(table_or_list(_loss_table(LOSSES.values()), out.width, heading=(0, 3)))
     out.print("grlab losses --name NAME shows one loss's formula and every keyword.")

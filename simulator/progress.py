@@ -39,8 +39,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LINE_EVERY", "PartProgress", "fit_table", "progress_bar", "table_as_list",
-           "table_or_list"]
+__all__ = ["LINE_EVERY", "PartProgress", "Wrapped", "fit_table", "progress_bar",
+           "table_as_list", "table_or_list"]
 
 LINE_EVERY = 50  # off a terminal, a line every this many steps inside a part
 
@@ -155,30 +155,30 @@ def table_as_list(table: Table, *, heading: Sequence[int] = (0,), per_line: bool
     cells = [list(column.cells) for column in columns]
     parts: list[RenderableType] = []
     if table.title:
-        parts.append(_styled(table.title, "bold"))
+        parts.append(Wrapped(_styled(table.title, "bold")))
     for row in range(table.row_count):
         head = Text("  ").join(_text(cells[i][row]) for i in heading)
         fields = [Text.assemble((f"{_plain(columns[i].header)}: ", "dim"), _text(cells[i][row]))
                   for i in range(len(columns)) if i not in heading]
         body = Text("\n").join(fields) if per_line else Text(" · ").join(fields)
         head.stylize("bold")
-        parts.extend([head, _Indented(body)])
+        parts.extend([Wrapped(head), Wrapped(body, indent=2)])
     if table.caption:
-        parts.append(_styled(table.caption, "dim"))
+        parts.append(Wrapped(_styled(table.caption, "dim")))
     return Group(*parts)
 
 
-class _Indented:
-    """``text`` wrapped at spaces to the width left after a two-space indent (rich's
-    ``Padding`` would also pad every line with spaces to the full width)."""
+class Wrapped:
+    """``text`` wrapped at spaces to the width left after ``indent`` spaces, with no space at
+    the end of a line (rich leaves one where it wraps; ``Padding`` pads lines to the width)."""
 
-    def __init__(self, text: Text) -> None:
-        self.text = text
+    def __init__(self, text: Text, indent: int = 0) -> None:
+        self.text, self.indent = text, indent
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for line in self.text.wrap(console, max(options.max_width - 2, 1)):
+        for line in self.text.wrap(console, max(options.max_width - self.indent, 1)):
             line.rstrip()
-            yield Text("  ") + line
+            yield Text(" " * self.indent) + line
 
 
 def _styled(cell: object, style: str) -> Text:
