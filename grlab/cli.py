@@ -108,11 +108,17 @@ class _Buffer(io.StringIO):
         return getattr(sys.__stdout__, "encoding", None) or "utf-8"
 
 
+def _commands() -> dict[str, Callable[..., Any]]:
+    from llm_bridge.cli import train_llm
+    from simulator.cli import compare, experiment, losses, verify
+
+    return {"compare": compare, "experiment": experiment, "verify": verify,
+            "train-llm": train_llm, "losses": losses}
+
+
 def _subcommands(capture: _Capture) -> dict[str, Callable[..., Any]]:
     """The subcommands, each wrapped to end the capture when it starts (tyro reports a parse
     error before any of them runs) and to read well in ``--help`` (``_for_help``)."""
-    from llm_bridge.cli import train_llm
-    from simulator.cli import compare, experiment, losses, verify
 
     def marked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)  # tyro reads the name, signature, hints and docstring of ``run``
@@ -122,9 +128,7 @@ def _subcommands(capture: _Capture) -> dict[str, Callable[..., Any]]:
             return fn(*args, **kwargs)
         return _for_help(run, fn)
 
-    return {name: marked(name, fn) for name, fn in (
-        ("compare", compare), ("experiment", experiment), ("verify", verify),
-        ("train-llm", train_llm), ("losses", losses))}
+    return {name: marked(name, fn) for name, fn in _commands().items()}
 
 
 def _for_help(run: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -300,15 +304,12 @@ def _report_parse(code: object, text: str, command: str | None) -> None:
 
 
 def _parameters(command: str | None) -> tuple[str, ...]:
-    """The Python argument names of the subcommand that ran (none before one ran)."""
+    """The names of the flags of the subcommand that ran, as Python spells them (none before
+    one ran; a positional argument has no flag)."""
     if command is None:
         return ()
-    from llm_bridge.cli import train_llm
-    from simulator.cli import compare, experiment, losses, verify
-
-    fn = {"compare": compare, "experiment": experiment, "verify": verify,
-          "train-llm": train_llm, "losses": losses}[command]
-    return tuple(inspect.signature(fn).parameters)
+    params = inspect.signature(_commands()[command]).parameters.values()
+    return tuple(p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY)
 
 
 def error_message(error: BaseException) -> str:

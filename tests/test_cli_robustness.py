@@ -412,3 +412,13 @@ def test_tyros_own_parse_errors_are_one_line_too(grlab_split, no_work, argv, exp
 def test_help_still_prints_tyros_help(grlab_split):
     code, out, err = grlab_split("compare", "--help")
     assert code == 0 and "--seeds" in out + err
+
+
+def test_an_error_names_the_flag_only_where_it_opens_with_an_argument_name():
+    from grlab.cli import flag_names
+
+    params = ("group_size", "seeds", "out")
+    assert flag_names("group_size must be >= 2, got 1", params) == "--group-size must be >= 2, got 1"
+    assert flag_names("seeds must be >= 1", ()) == "seeds must be >= 1"  # no command ran
+    assert flag_names("unknown loss 'x'; seeds must be", params) == "unknown loss 'x'; seeds must be"
+    assert flag_names("outline must be", params) == "outline must be"  # a whole name only
