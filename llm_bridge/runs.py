@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -58,7 +59,8 @@ from simulator.files import CorruptFileError, atomic_write, load_torch, output_d
 
 __all__ = ["CHECKPOINT", "METRICS", "PLOT", "PREVIOUS", "RUN_FILES", "Progress", "Resumed",
            "RunWriteError", "check_out", "check_resumable", "check_tensors", "clear_run",
-           "find_checkpoint", "jsonable", "progress_text", "save_checkpoint", "writing"]
+           "find_checkpoint", "jsonable", "load_model_state", "progress_text", "save_checkpoint",
+           "writing"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -268,6 +270,25 @@ def check_tensors(state: dict[str, Any], model: Any, optimizer: Any, path: Path)
         raise ValueError(f"--resume: the checkpoint at {path} was written with other settings "
                          f"(its tensors do not fit this model: {shown}{more}); resume with the "
                          "same --model and settings")
+
+
+def load_model_state(state: dict[str, Any], model: Any, optimizer: Any, path: Path, *,
+                     init_fingerprint: float) -> None:
+    """Load the checkpoint's model and optimiser state after ``check_tensors`` and a check that
+    the run started from the model loaded now (``init_fingerprint``); every refusal is the
+    one-line ``ValueError`` of a foreign checkpoint."""
+    check_tensors(state, model, optimizer, path)
+    if not math.isclose(state["init_fingerprint"], init_fingerprint, rel_tol=1e-12):
+        raise ValueError(f"--resume: the checkpoint at {path} was written with other settings "
+                         "(its run started from other initial parameters than the model "
+                         "loaded now); resume with the same --model and --seed")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:  # what check_tensors cannot see
+        raise ValueError(f"--resume: the checkpoint at {path} was written with other settings "
+                         f"({' '.join(str(error).split())[:200]}); resume with the same "
+                         "--model and settings") from None
 
 
 def jsonable(values: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,6 @@ Design decisions
 * Process 0 writes curves.png at every checkpoint (atomically), so an interrupted or failed
   run has the figure of what it did; a write that fails in the run folder (a full disk) is
   ``runs.RunWriteError`` carrying the step of the last complete checkpoint.
-* What ``--resume`` checks is ``run_fingerprint``: the config and the task (task, data hash,
-  problems, reward), then the checkpoint's tensor shapes against the model (``runs``).
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -381,18 +378,8 @@ class _Run:
         runs.check_resumable(state, run_fingerprint(self.cfg, self.task),
                              world_size=self.processes.world_size, steps=self.cfg.steps,
                              path=path)
-        runs.check_tensors(state, self.model, self.optimizer, path)
-        if not math.isclose(state["init_fingerprint"], self.init_fingerprint, rel_tol=1e-12):
-            raise ValueError(f"--resume: the checkpoint at {path} was written with other "
-                             "settings (its run started from other initial parameters than "
-                             "the model loaded now); resume with the same --model and --seed")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:  # what check_tensors cannot see
-            raise ValueError(f"--resume: the checkpoint at {path} does not fit this run "
-                             f"({' '.join(str(error).split())[:200]}); resume with the same "
-                             "--model and settings") from None
+        runs.load_model_state(state, self.model, self.optimizer, path,
+                              init_fingerprint=self.init_fingerprint)
         mine = state["ranks"][self.processes.rank]
         self.generators.load(mine["generators"])
         torch.set_rng_state(mine["torch_rng"])

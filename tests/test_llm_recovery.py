@@ -138,6 +138,29 @@ def test_a_full_disk_before_the_first_checkpoint_says_to_start_again(grlab_split
     assert line.endswith(" --overwrite")
 
 
+def test_a_metrics_line_on_a_full_disk_is_the_same_one_line(tmp_path, monkeypatch):
+    """The per-step append to metrics.jsonl goes through the same conversion: the folder and
+    the reason, and the step of the last complete checkpoint for the command's line."""
+    cfg, tok, model, task = _tree_run(tmp_path)
+    real_open = type(tmp_path).open
+
+    def full(self, mode="r", *args, **kwargs):
+        if self.name == "metrics.jsonl" and mode == "a":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    train(cfg, model, tok, task, stop_after=2)
+    cfg, tok, model, task = _tree_run(tmp_path, resume=True)
+    monkeypatch.setattr(type(tmp_path), "open", full)
+    with pytest.raises(runs.RunWriteError) as failed:
+        train(cfg, model, tok, task)
+    assert str(failed.value) == f"cannot write to {tmp_path}: no space left on device"
+    assert failed.value.checkpoint_step == 2
+    line = cli.write_failed_line(failed.value, {"model": "tiny", "out": tmp_path})
+    assert line.endswith(f"the checkpoint of step 2 is intact: free space and resume with: "
+                         f"grlab train-llm --model tiny --out {tmp_path} --resume")
+
+
 def test_a_torch_error_that_is_not_a_failed_write_is_not_called_a_full_disk(tmp_path,
                                                                             monkeypatch):
     def broken(*args, **kwargs):
