@@ -151,16 +151,13 @@ def _annotation(hint: Any, default: object) -> Any:
     extras: list[object] = []
     if default is False:
         extras.append(tyro.conf.FlagCreatePairsOff)  # --fresh, not --fresh, --no-fresh
+    # tyro's "(default: …)" only for a value the user could type: not for None, False or an
+    # empty list, where the help text says what happens (a repeatable flag keeps its hint)
     repeatable = tyro.conf.UseAppendAction in getattr(hint, "__metadata__", ())
-    if (default is None or default is False or default == ()) and not repeatable:
-        extras.append(tyro.conf.arg(help_behavior_hint=_default_hint))
+    empty = isinstance(default, tuple) and not default
+    if (default is None or default is False or empty) and not repeatable:
+        extras.append(tyro.conf.arg(help_behavior_hint=""))
     return Annotated[(hint, *extras)] if extras else hint
-
-
-def _default_hint(label: str) -> str:
-    """tyro's "(default: …)" for a default that is not a value the user could type (None,
-    False, an empty list): nothing, since the help text says what happens then."""
-    return ""
 
 
 def _one_line_entries(doc: str) -> str:
