@@ -27,6 +27,9 @@ Design decisions
   ``grlab.cli`` imports this module while it holds stdout and stderr in a buffer to parse the
   command line, and a rich Console fixes when it is built whether it may draw a live display,
   its colours and its width — built at import, it drew no bar on a terminal.
+* Every table fits the terminal without breaking a word: a table when its columns fit, else
+  its rows as a list (``simulator.progress.table_or_list``); ``losses --name`` prints the
+  docstring as plain text (no reST markup, no private helper names, the summary once).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ Design decisions
   toward each column's longest line; when even the longest words cannot stand side by side,
   ``table_or_list`` prints the rows as a list instead (the heading cells on one line, every
   other cell as "header: value" below, wrapped at spaces), so nothing is dropped at 80 columns.
+  ``Wrapped`` wraps such text without the space rich leaves at the end of each wrapped line.
 """
 
 from __future__ import annotations
