@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -131,3 +131,37 @@ def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name).casefold(), list(folded), n=1)
     hint = f"; did you mean {folded[close[0]]!r}?" if close else ";"
     return f"unknown {kind} {name!r}{hint} Valid: {', '.join(options)}"
+
+
+class Registry(dict):
+    """name -> entry: the one mechanism behind every named collection (losses, advantage
+    kinds, KL estimators, claims, experiments). It refuses a duplicate name (``ValueError``)
+    and answers an unknown one with a ``KeyError`` naming the kind, the closest valid name and
+    all valid names. A plain dict otherwise: iteration order is registration order."""
+
+    def __init__(self, kind: str, *args: object, **kwargs: object) -> None:
+        self.kind = kind
+        super().__init__()
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(unknown_name_message(self.kind, key, self))
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if key in self:
+            raise ValueError(f"a {self.kind} named {key!r} is already registered")
+        super().__setitem__(key, value)
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator: ``@REGISTRY.register("name")`` stores the decorated object."""
+        def decorate(obj: Any) -> Any:
+            self[name] = obj
+            return obj
+        return decorate
+
+    def lookup(self, name: str) -> str:
+        """``name`` when registered, else the ``KeyError`` of ``self[name]``."""
+        if name not in self:
+            raise KeyError(unknown_name_message(self.kind, name, self))
+        return name
