@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simulator.claims import CATALOGUE, CLAIMS
+from simulator.claims import CATALOGUE, CLAIMS, assert_claim
 from simulator.claims.registry import Check, Claim
 
 
@@ -83,3 +83,16 @@ def test_verify_runs_on_one_torch_thread_unless_told_otherwise(grlab_split, monk
         assert code == 2 and err.startswith("error: --threads must be")
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("key", "seed", "sizes"), [
+    ("10", 1469171452, {"n": 4, "k": 4}),  # grlab verify --seed 5: a response of probability 0.03
+    ("11b", 1175889123, {"vocab": 2, "depth": 2}),  # grlab verify --seed 3287255356
+])
+def test_instances_that_failed_a_fresh_verify_hold(key, seed, sizes):
+    """Two instances on which ``grlab verify`` once failed a true claim: claim 10's Monte Carlo
+    |z| was 6.4 because it divided by the sample's own standard error, which underestimates a
+    rare response's (now the exact one from ``gradient_covariance``: |z| 2.7); claim 11b's
+    counter-example threshold (1e-6) sat above a real difference of 6e-7 (now 1e-8, 100 × the
+    identity tolerance)."""
+    assert_claim(key, seed, **sizes)

@@ -22,6 +22,7 @@ from simulator.claims.registry import (
     EXACT_TOL,
     MC_Z,
     Check,
+    exact_stderr,
     mc_z_error,
     register_claim,
     relative_error,
@@ -50,11 +51,12 @@ PAPER = "Yao et al. 2025"
 def reinforce_gradient(generator: torch.Generator, prompts: int, n: int, k: int) -> Check:
     """E[(1/K)·Σ_i (r_i − r̄)·∇_θ log π(y_i)] = (1 − 1/K)·μ⊙(r − E_μ r) at two random θ
     (enumeration through the ``reinforce`` loss vs the closed form), and the Monte Carlo
-    estimator from 400 groups per prompt agrees within 5 standard errors (on behaviours
-    under which every response is expected ≥ 20 times, see ``well_sampled``)."""
+    estimator from 400 groups per prompt agrees within 5 exact standard errors (from
+    ``gradient_covariance``; on behaviours under which every response is expected ≥ 20 times,
+    see ``well_sampled``, so the mean is close to normal)."""
     env = random_bandit(generator, prompts, n)
     mu = random_behavior(env, generator)
-    while not well_sampled(mu, 400 * k):  # the sample SE needs every response drawn
+    while not well_sampled(mu, 400 * k):  # a near-normal mean needs every response drawn
         mu = random_behavior(env, generator)
     closed = -reinforce_expected_logit_gradient(mu, env.rewards, k) / prompts  # loss gradient
     checks = []
@@ -62,7 +64,8 @@ def reinforce_gradient(generator: torch.Generator, prompts: int, n: int, k: int)
         theta = random_logits(env, generator, scale=2.0)
         exact = expected_gradient(env, theta, mu, "reinforce", k, method="enumerate")
         checks.append(Check(relative_error(exact, closed), EXACT_TOL, "enumerated vs closed form"))
-    mean, stderr = sampled_gradient(env, theta, mu, "reinforce", k, 400, generator)
+    mean, _ = sampled_gradient(env, theta, mu, "reinforce", k, 400, generator)
+    stderr = exact_stderr(env, theta, mu, "reinforce", k, 400)
     checks.append(Check(mc_z_error(mean, stderr, closed), MC_Z, "Monte Carlo |z| (400 groups)"))
     return worst(*checks)
 
@@ -259,8 +262,9 @@ def grpo_std(generator: torch.Generator, n: int, k: int) -> Check:
     grad_p = pi * (rewards - p)  # ∇_θ p for p = Σ_{winners} π
     std = expected_gradient(env, theta, "on-policy", "grpo", k, advantage_kwargs={"eps": 0.0})
     mean = expected_gradient(env, theta, "on-policy", "reinforce", k, method="enumerate")
-    est, stderr = sampled_gradient(env, theta, "on-policy", "grpo", k, 400, generator,
-                                   advantage_kwargs={"eps": 0.0})
+    est, _ = sampled_gradient(env, theta, "on-policy", "grpo", k, 400, generator,
+                              advantage_kwargs={"eps": 0.0})
+    stderr = exact_stderr(env, theta, "on-policy", "grpo", k, 400, advantage_kwargs={"eps": 0.0})
     expected_std = -grpo_std_factor(p, k) / k * grad_p
     return worst(Check(relative_error(std, expected_std), EXACT_TOL, "grpo vs −c_K(p)/K·∇p"),
                  Check(relative_error(mean, -(k - 1) / k * grad_p), EXACT_TOL,
