@@ -219,8 +219,7 @@ class ExpectedLoss:
                 self._stats = SufficientStats(env, setup, self.k)
             return self._stats.terms(logits, mu, old_table(env, mu, setup))
         if not self._checked:
-            kind, kwargs = setup.advantage_kind()
-            require_group_local(kind, kwargs, LOSSES[setup.loss].drop_uniform_groups)
+            require_group_local(setup)
             self._checked = True
         if self.method == "ordered":
             batch = enumerate_groups(mu, self.k, ordered=True)
@@ -339,9 +338,8 @@ def group_gradients(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behav
             mask: Tensor) -> Tensor:
         flat = env.token_logprobs(z).flatten(0, 1)  # [P·N, H]; a 0-d batched index would sync
         logp = flat[prompt * env.num_responses + responses]
-        return policy_loss(setup.loss, logp, logp_old, adv, mask, agg=setup.agg,
-                           norm_len=setup.length(env), validate=False,
-                           **setup.hparams).loss
+        return policy_loss(setup.loss, logp, logp_old, adv, mask, validate=False,
+                           **setup.call_options(env.horizon)).loss
 
     per_group = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0, 0, 0))
     return per_group(logits, batch.prompt, batch.responses, prepared.logp_old,

@@ -32,7 +32,6 @@ Design decisions
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -42,11 +41,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.aggregation import AGGREGATIONS
+from simulator.advantages import require_exact
 from simulator.bandit import ResponseSpace, check_probs
-from simulator.losses import LOSSES, GroupLosses, group_losses, policy_loss
-from simulator.validation import require_choice, require_finite, require_float_tensor, require_int
+from simulator.losses import GroupLosses, LossSetup, group_losses, policy_loss
+from simulator.validation import require_finite, require_float_tensor, require_int
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -212,43 +210,6 @@ def sample_groups(behavior: Tensor, k: int, num_groups: int, generator: torch.Ge
     return GroupBatch(prompt, draws.reshape(p * num_groups, k), weight, exact=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSetup:
-    """Which loss and how it is fed: name, keywords, advantage override, aggregation, anchor."""
-
-    loss: str
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    advantage: str | None = None
-    advantage_kwargs: Mapping[str, Any] | None = None
-    agg: str | None = None
-    norm_len: float | None = None
-    anchor: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        LOSSES[self.loss].resolve(self.hparams)  # unknown loss or keyword fails here
-        if self.advantage is not None:
-            require_choice("advantage", self.advantage, (*ADVANTAGE_KINDS, "red-drop"))
-        if self.agg is not None:
-            require_choice("agg", self.agg, AGGREGATIONS)
-
-    def aggregation(self) -> str:
-        """The aggregation mode in force: the caller's ``agg``, else the loss's own."""
-        return self.agg or LOSSES[self.loss].agg
-
-    def length(self, env: ResponseSpace) -> float | None:
-        """``norm_len`` of ``seq-mean-token-sum-norm``: the caller's, else the testbed's longest
-        response H (the analogue of an LLM run's maximum completion length); None otherwise."""
-        if self.aggregation() != "seq-mean-token-sum-norm":
-            return self.norm_len
-        return float(env.horizon) if self.norm_len is None else self.norm_len
-
-    def advantage_kind(self) -> tuple[str, dict[str, Any]]:
-        spec = LOSSES[self.loss]
-        kind = self.advantage or spec.advantage
-        base = dict(spec.advantage_kwargs) if self.advantage is None else {}
-        return kind, {**base, **(self.advantage_kwargs or {})}
-
-
 def check_logits(env: ResponseSpace, logits: object) -> Tensor:
     """Logits of the testbed's shape, finite, as float64 (differentiably)."""
     logits = env.check_logits(logits)
@@ -300,13 +261,9 @@ def batch_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: Los
     mask = env.mask[rows[1]]
     if advantages is not None:
         return advantages, mask
-    kind, kwargs = setup.advantage_kind()
-    if kind == "red-drop" and exact:
-        raise ValueError("red-drop drops samples at random: its exact expectation is not "
-                         "enumerated; use sample_groups with a generator")
-    advantages, keep = shaped_advantages(
-        env.rewards[rows], kind, generator=generator,
-        drop_uniform_groups=LOSSES[setup.loss].drop_uniform_groups, **kwargs)
+    if exact:
+        require_exact(setup.advantage_kind()[0])
+    advantages, keep = setup.advantages(env.rewards[rows], generator)
     return advantages, mask & keep.unsqueeze(-1)
 
 
@@ -334,7 +291,7 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: Prepared, set
     ``policy_loss`` once per group."""
     logp = env.token_logprobs(logits)[prepared.rows]
     args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
-    options = {"agg": setup.agg, "norm_len": setup.length(env), **setup.hparams}
+    options = setup.call_options(env.horizon)
     if not looped:
         return group_losses(setup.loss, *args, **options)
     outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()), **options)
@@ -379,11 +336,8 @@ def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> 
 
 
 def loss_setup(loss: str, options: Mapping[str, Any]) -> LossSetup:
-    """A ``LossSetup`` from keyword options: its own fields by name, the rest loss keywords."""
-    names = {f.name for f in dataclasses.fields(LossSetup)} - {"loss", "hparams"}
-    known = {key: value for key, value in options.items() if key in names}
-    hparams = {key: value for key, value in options.items() if key not in names}
-    return LossSetup(loss, hparams, **known)
+    """``LossSetup.from_keywords(loss, **options)`` (kept for callers of the mapping form)."""
+    return LossSetup.from_keywords(loss, **options)
 
 
 class _Accumulated(torch.autograd.Function):
