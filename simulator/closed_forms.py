@@ -35,10 +35,10 @@ from simulator.validation import require_float_tensor, require_int, require_posi
 __all__ = [
     "asymre_effective_baseline",
     "asymre_fixed_point",
-    "expected_pairwise_surrogate",
     "grpo_std_factor",
     "kl_regularized_optimum",
     "mirror_descent_iterates",
+    "pairwise_surrogate_closed_form",
     "reinforce_expected_logit_gradient",
     "simplex_projection",
     "soft_bellman_policy",
@@ -175,7 +175,7 @@ def mirror_descent_iterates(pi_0: Tensor, r: Tensor, tau: float, steps: int) -> 
     return torch.softmax(torch.log(pi_0) + t * r / tau, dim=-1)
 
 
-def expected_pairwise_surrogate(mu: Tensor, a: Tensor, K: int) -> Tensor:
+def pairwise_surrogate_closed_form(mu: Tensor, a: Tensor, K: int) -> Tensor:
     """E over K i.i.d. draws from μ of (1/K²)·Σ_{i<j} (a_i − a_j)² = ((K − 1)/K)·Var_μ(a).
 
     a(y) = r(y) − τ·(log π(y) − log π_t(y)) per response; shapes [..., N]. Zero exactly when a

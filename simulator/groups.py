@@ -4,7 +4,7 @@ Design decisions
 ----------------
 * One type, ``GroupBatch``: G groups, each a prompt and K response indices, with a weight.
   ``enumerate_groups`` lists every multiset of K responses with its probability
-  K!/Π_j c_j! · Π_j μ(j)^{c_j} under i.i.d. draws from the behaviour μ (weights sum to 1 per
+  K!/Π_j c_j! · Π_j μ(j)^{c_j} under i.i.d. draws from the behavior μ (weights sum to 1 per
   prompt); ``sample_groups`` draws S groups per prompt from a ``torch.Generator`` (weights 1/S).
   Groups are multisets because every advantage kind and aggregation is symmetric in the group's
   order; ``ordered_tuples`` is the naive twin (N^K ordered groups, weight Π μ).
@@ -27,7 +27,7 @@ Design decisions
   (twice differentiable, ``torch.func``-traceable).
 * Inputs are checked here, once, naming the public argument: K an int ≥ 1 — before any cache
   is consulted, since ``lru_cache`` keys compare ``True == 1`` —, logits finite and computed in
-  float64, behaviour and anchor float64 tables of distributions (``require_table``).
+  float64, behavior and anchor float64 tables of distributions (``require_table``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from simulator.advantages import require_exact
-from simulator.bandit import ResponseSpace, check_probs
 from simulator.losses import GroupLosses, LossSetup, group_losses, policy_loss
+from simulator.responses import ResponseSpace, check_probs
 from simulator.validation import require_finite, require_float_tensor, require_int
 
 __all__ = [
@@ -83,7 +83,7 @@ class GroupBatch(NamedTuple):
 
 
 def require_table(name: str, probs: object, shape: tuple[int, int]) -> Tensor:
-    """A float64 [P, N] table of distributions (``bandit.check_probs``). Exact work is float64:
+    """A float64 [P, N] table of distributions (``responses.check_probs``). Exact work is float64:
     a float32 table is refused here, naming ``name``, rather than deep inside a loss."""
     probs = check_probs(name, probs, shape)
     if probs.dtype != torch.float64:
@@ -218,7 +218,7 @@ def check_logits(env: ResponseSpace, logits: object) -> Tensor:
 
 
 def old_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup) -> Tensor:
-    """Per-token log-probs [P, N, H] of the behaviour, or of ``anchor`` when one is given."""
+    """Per-token log-probs [P, N, H] of the behavior, or of ``anchor`` when one is given."""
     if setup.anchor is None:
         return env.token_logprobs_of(behavior)
     shape = (env.num_prompts, env.num_responses)
@@ -239,7 +239,7 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
             generator: torch.Generator | None, advantages: Tensor | None,
             shaped: tuple[Tensor, Tensor] | None = None) -> Prepared:
     """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
-    depend on the behaviour, only on which groups the batch holds)."""
+    depend on the behavior, only on which groups the batch holds)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     table = old_table(env, behavior, setup)  # [P, N, H]
     logp_old = table[rows]
@@ -249,7 +249,7 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
     # checked on the small table first: only a response of probability 0 can give −inf
     if (not bool(torch.isfinite(table).logical_or(~env.mask).all())
             and not bool(torch.isfinite(logp_old).logical_or(~mask).all())):
-        raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 to a "
+        raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 to a "
                          "response in the batch")
     return Prepared(rows, logp_old, advantages, mask, batch.weight)
 
@@ -324,7 +324,7 @@ def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: 
 
 
 def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:
-    """Behaviour probabilities [P, N]: a table, ``"on-policy"`` (π_θ, detached) or a callable."""
+    """Behavior probabilities [P, N]: a table, ``"on-policy"`` (π_θ, detached) or a callable."""
     if isinstance(behavior, str):
         if behavior != "on-policy":
             raise ValueError(f"behavior must be [P, N] probabilities, 'on-policy' or a callable, "

@@ -127,7 +127,7 @@ def policy_loss(
         name: a key of ``LOSSES`` (a base loss or a preset; unknown names raise ``KeyError``),
             or a ``LossSetup`` (its ``agg``, ``norm_len`` and keywords; explicit ones win).
         logp: [B, T] log π_θ of the sampled tokens, with gradient.
-        logp_old: [B, T] log-probs under the behaviour (rollout) policy; constants (detached).
+        logp_old: [B, T] log-probs under the behavior (rollout) policy; constants (detached).
         advantages: [B] (one per sequence) or [B, T]; already computed (see
             ``LOSSES[name].advantages(rewards)`` for the kind this loss expects); constants.
         mask: [B, T] bool or 0/1; False marks padding. Masked values never matter.

@@ -22,7 +22,7 @@ Design decisions
   come back in float32 (float64 for float64 inputs) and the gradient in the input's dtype,
   saturated. Finite for every finite input; equal to the plain math wherever that is finite.
 
-Symbols: π = π_θ (``logp``, with gradient), π_old = behaviour/rollout policy (``logp_old``),
+Symbols: π = π_θ (``logp``, with gradient), π_old = behavior/rollout policy (``logp_old``),
 ρ = π/π_old per token, δ = log ρ, A = advantage (``advantages``: [B] per sequence or [B, T]),
 M = clipping mask, sg = stop-gradient, ε = ``eps_low``/``eps_high``. Sequence quantities use the
 valid tokens of the row only. Paper: Yao et al., "Group-Relative REINFORCE Is Secretly an
@@ -165,7 +165,7 @@ def reinforce(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor) -> Toke
     """REINFORCE: ℓ = −A·log π.
 
     With group-mean advantages this is the paper's group-relative REINFORCE (§2, step 5):
-    one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behaviour policy.
+    one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behavior policy.
     """
     return TokenLoss(mul(-adv, logp), _no_clip(mask), {})
 

@@ -49,7 +49,8 @@ __all__ = ["ENGINE_MODULES", "code_digest", "engine_digest", "function_digest",
 # map a curve onto `simulate`'s arguments.
 ENGINE_MODULES: tuple[str, ...] = (
     "advantages", "aggregation", "bandit", "dynamics", "exact", "experiments", "groups", "kl",
-    "loss_call", "loss_registry", "losses", "numerics", "policies", "schedule", "sufficient", "tree",
+    "loss_call", "loss_registry", "losses", "numerics", "policies", "responses", "schedule",
+    "sufficient", "tree",
     "reports", "validation",
 )
 

@@ -40,7 +40,7 @@ Design decisions
   with N the group's valid-token count: it is computed alongside, with the token-mean
   normaliser, whatever the loss's own aggregation.
 * Rows with μ(y) = 0 or with a count vector of probability 0 are left out (never multiplied by
-  0: their logp_old is −inf). The behaviour is never differentiated.
+  0: their logp_old is −inf). The behavior is never differentiated.
 * Rows are evaluated in pieces of bounded size (``simulator.groups.accumulate``).
 """
 
@@ -62,8 +62,8 @@ from simulator.losses import group_losses
 from simulator.validation import require_int
 
 if TYPE_CHECKING:
-    from simulator.bandit import ResponseSpace
     from simulator.loss_registry import LossSetup
+    from simulator.responses import ResponseSpace
 
 __all__ = ["MAX_STATES", "SufficientStats", "compositions", "require_group_local",
            "reward_classes", "sufficient_cost"]
@@ -297,8 +297,8 @@ class SufficientStats:
         old = logp_old[rows.prompt, rows.response]
         mask = self.env.mask[rows.response] & rows.keep.unsqueeze(-1)
         if not bool(torch.isfinite(old).logical_or(~mask).all()):
-            raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 "
-                             "to a response the behaviour samples")
+            raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 "
+                             "to a response the behavior samples")
         size = max(1, CHUNK_ELEMENTS // self.env.horizon)
         spans = [(s, min(s + size, len(rows.prompt))) for s in range(0, len(rows.prompt), size)]
         pieces = (functools.partial(self._piece, rows=rows, old=old, mask=mask, span=span)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator.bandit import ResponseSpace
+from simulator.responses import ResponseSpace
 from simulator.validation import require_finite, require_float_tensor, require_int, require_ndim
 
 __all__ = ["EOS", "TreeMDP"]
