@@ -59,7 +59,7 @@ def stale_arithmetic_batch(tok, *, groups: int, k: int, lengths: list[int]):
     r = batch.rollout
     for row, cut in enumerate(lengths):
         r.response_mask[row, cut:] = False
-        r.logp_behaviour[row, cut:] = 0.0
+        r.logp_behavior[row, cut:] = 0.0
         r.input_ids[row, r.prompt_width + cut:] = tok.pad_token_id
         r.attention_mask[row, r.prompt_width + cut:] = 0
     batch.rewards = torch.rand(batch.rewards.shape, generator=torch.Generator().manual_seed(3),
@@ -97,7 +97,7 @@ def test_the_bridge_loss_is_the_simulators_loss(stale_batch, loss):
     model.zero_grad()
     logp = naive_selected_logprobs(model, rollout.input_ids, rollout.attention_mask,
                                    temperature=1.3, first_target=rollout.prompt_width)
-    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behaviour, adv.reshape(-1).float(),
+    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behavior, adv.reshape(-1).float(),
                                  rollout.response_mask & keep.reshape(-1, 1))
     ref.loss.backward()
     assert abs(metrics["loss"] - float(ref.loss.detach())) < 1e-6
@@ -159,7 +159,7 @@ def test_gradient_accumulation_equals_the_full_batch(stale_batch, mode, loss):
         part = batch.rollout.rows(rows)
         logp = naive_selected_logprobs(model, part.input_ids, part.attention_mask,
                                        temperature=1.3, first_target=part.prompt_width)
-        out = sim_losses.policy_loss(loss, logp, part.logp_behaviour,
+        out = sim_losses.policy_loss(loss, logp, part.logp_behavior,
                                      adv.reshape(-1)[rows].float(), part.response_mask,
                                      agg=mode, norm_len=6.0 if mode.endswith("norm") else None)
         (out.loss / 3).backward()
@@ -195,14 +195,14 @@ def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_inte
     train(cfg, model, tok, task, on_step=on_step)
     for t, (row, batch) in enumerate(seen):
         b = cfg.schedule.behaviour_step(t)
-        assert (row["behaviour_step"], row["staleness"]) == (b, t - b)
+        assert (row["behavior_step"], row["staleness"]) == (b, t - b)
         r = batch.rollout
         for s, snapshot in ((b, snapshots[b]), (t, snapshots[t])):
             with torch.no_grad():
                 logp = naive_selected_logprobs(snapshot, r.input_ids, r.attention_mask,
                                                temperature=1.2, first_target=r.prompt_width,
                                                allowed_tokens=task.allowed_tokens(tok))
-            gap = float((logp - r.logp_behaviour)[r.response_mask].abs().max())
+            gap = float((logp - r.logp_behavior)[r.response_mask].abs().max())
             assert (gap < 1e-5) == (s == b or torch.equal(
                 torch.cat([p.flatten() for p in snapshots[b].parameters()]),
                 torch.cat([p.flatten() for p in snapshots[t].parameters()]))), (t, s, gap)
