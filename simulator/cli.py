@@ -8,9 +8,9 @@ Design decisions
 ----------------
 * Light at import: this module loads neither torch, scipy nor matplotlib, so ``grlab --help``
   answers at once. The defaults ``--help`` shows come from torch-free homes (setting names
-  from ``simulator.schedule``, experiment keys and the default arms from ``simulator.names``);
-  each command imports the lab when it runs.
-* Every argument is checked before any training (``default_comparison``, ``simulator.names.
+  from ``simulator.schedule``, experiment keys and the default curves from
+  ``simulator.lab_names``); each command imports the lab when it runs.
+* Every argument is checked before any training (``default_comparison``, ``simulator.lab_names.
   lookup``, ``simulator.files.output_dir``): a user error is one line on stderr and exit 2
   (printed by ``grlab.cli``).
 * What is kept in ``--out``: the cache ``OUT/runs`` is the result (one file per loss and
@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from simulator.names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
+from simulator.lab_names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
 from simulator.schedule import SETTINGS
 
 if TYPE_CHECKING:
@@ -164,13 +164,13 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     """Run an experiment with progress, write its files, print the table and the paths."""
     from rich.table import Table
 
-    from simulator.experiments import pivot, run_experiment, write_report
     from simulator.files import output_dir
     from simulator.progress import PartProgress, table_or_list
+    from simulator.reports import pivot, run_experiment, write_report
 
     out = output_dir(out, what="--out")
     previous = _read_text(out / "table.md")
-    labels = [arm.label for arm in exp.arms]
+    labels = [curve.label for curve in exp.arms]
     try:
         with PartProgress(_stderr(), exp.key, labels, exp.steps) as progress:
             def on_arm(label: str, source: str) -> None:
@@ -190,12 +190,12 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     table.add_column("loss")
     for setting in settings:
         table.add_column(setting)
-    for arm, values in rows:
-        table.add_row(escape(arm), *values)
+    for label, values in rows:
+        table.add_row(escape(label), *values)
     out_console = _stdout()
     out_console.print(table_or_list(table, out_console.width, per_line=True))
     if exp.seeds < 2:
-        from simulator.experiments import NO_INTERVAL
+        from simulator.reports import NO_INTERVAL
 
         _note(NO_INTERVAL)
     for kind, path in paths.items():  # a path is never broken across lines

@@ -1,10 +1,13 @@
-"""The lab's names that the command line needs before torch loads, and the one name lookup.
+"""The lab's command-line names (experiment keys, the default comparison's curves) and ``lookup``.
+
+What it holds: the names ``grlab --help`` shows, which must load before torch does, and the one
+way a user-typed name is resolved. (It was ``simulator.names``, which still re-exports it.)
 
 Design decisions
 ----------------
 * ``grlab --help`` must be fast, so the defaults it shows cannot come from
   ``simulator.experiments`` (which imports torch and scipy to build its catalogue). The names
-  live here, in a module that imports nothing heavy: the experiment keys and the arms of
+  live here, in a module that imports nothing heavy: the experiment keys and the curves of
   ``grlab compare``'s default comparison. The setting names have their torch-free home in
   ``simulator.schedule.SETTINGS``. ``tests/test_cli_robustness.py`` checks that these tuples
   agree with the catalogue (``EXPERIMENTS``, ``FIGURES``, ``DEFAULT_COMPARE_ARMS``), so a key
@@ -29,7 +32,7 @@ EXPERIMENT_KEYS: tuple[str, ...] = (
     "E2", "E3", "E4", "E5", "E6", "E7",
 )
 
-# `grlab compare`'s losses: E1's arms plus OPMD, AsymRE and RED-Weight (keys of ARMS)
+# `grlab compare`'s losses: E1's curves plus OPMD, AsymRE and RED-Weight (keys of ARMS)
 DEFAULT_COMPARE_ARMS: tuple[str, ...] = (
     "reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide",
     "opmd-kimi", "asymre", "red-weight",
