@@ -41,8 +41,8 @@ EXACT_VALIDATION = "tests/test_exact_validation.py"
 EXACT_SIM = "tests/test_simulators_exact.py"
 EXACT_SUFFICIENT = "tests/test_exact_sufficient.py"
 COVARIANCE = "tests/test_gradient_covariance.py"
-THEORY_OFFPOLICY = "theory_tests/test_offpolicy_corrections.py"
-THEORY_REINFORCE = "theory_tests/test_reinforce_dynamics.py"
+THEORY_OFFPOLICY = "theory_tests/test_offpolicy.py"
+THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
@@ -463,7 +463,7 @@ _EXACT_MUTANTS = [
        "return env.sequence_probs(logits.detach().to(torch.float64))",
        "return env.sequence_probs(logits.to(torch.float64))",
        "the on-policy behaviour differentiated through the group probabilities",
-       f"{THEORY_REINFORCE}::test_on_policy_reinforce_and_mirror_descent_converge_to_the_optimal_arm"),
+       f"{THEORY_REINFORCE}::test_claim_5b_on_policy_reinforce_and_mirror_descent_converge_to_the_optimal_arm"),
     _m("sufficient-coefficient-off-by-one", SUFFICIENT,
        "self.log_coef = math.lgamma(k) - torch.lgamma(",
        "self.log_coef = math.lgamma(k + 1) - torch.lgamma(",
