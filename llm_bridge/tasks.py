@@ -46,6 +46,7 @@ __all__ = [
     "GSM8K",
     "TASKS",
     "Arithmetic",
+    "Problem",
     "TaskItem",
     "TreeTask",
     "encode_prompt",
@@ -65,6 +66,9 @@ class TaskItem:
     text: str
     answer: str
     key: int = 0
+
+
+Problem = TaskItem  # the name before TaskItem (the lab's Problem is a family of testbeds)
 
 
 def parse_number(text: str) -> Fraction | None:

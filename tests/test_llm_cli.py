@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 
@@ -30,12 +32,35 @@ def test_the_cli_default_model_is_the_loaders_default():
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
 
 
+# what the command decides itself: 'auto' picks the device, it always writes a folder and
+# shows its progress
+DECIDED = {"device", "out", "progress"}
+
+
+def test_every_setting_is_a_flag_and_no_flags_build_train_configs_defaults(tmp_path, grlab):
+    """``grlab train-llm --help`` lists every TrainConfig field as a flag, and the config the
+    command builds from no flags is TrainConfig() on every field it does not decide itself."""
+    from llm_bridge.config import TrainConfig
+
+    code, out = grlab("train-llm", "--help")
+    assert code == 0
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in DECIDED]
+    missing = [n for n in names if not re.search(rf"--{n.replace('_', '-')}[\s,]", out)]
+    assert not missing
+    cfg, _, _ = cli._prepare(cli._arguments({"out": tmp_path, "device": "cpu"}), world_size=1)
+    default = TrainConfig()
+    assert {n: getattr(cfg, n) for n in names} == {n: getattr(default, n) for n in names}
+    assert (cfg.device, cfg.out, cfg.progress) == ("cpu", tmp_path, True)
+
+
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"model": "/nonexistent/model.gguf"}, FileNotFoundError, "does not exist"),
     ({"model": "/nonexistent/folder"}, FileNotFoundError, "offline"),
     ({"task": "gsm8k"}, ValueError, "data"),
     ({"loss": "grpoo"}, KeyError, "grpo"),
     ({"group_size": 0}, ValueError, "group_size"),
+    ({"advantage": "mean-sd"}, ValueError, "advantage"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):

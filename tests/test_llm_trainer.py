@@ -23,6 +23,7 @@ from llm_bridge.trainer import (
     train,
 )
 from simulator import losses as sim_losses
+from simulator.advantages import shaped_advantages
 from simulator.aggregation import AGGREGATIONS, aggregate, normaliser
 from simulator.exact import expected_loss
 
@@ -105,6 +106,34 @@ def test_the_bridge_loss_is_the_simulators_loss(stale_batch, loss):
         assert abs(metrics[name] - float(ref.metrics[name])) < 1e-6
     assert float(bridge.abs().max()) > 1e-3
     torch.testing.assert_close(bridge, _grad(model), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "kind"), [("grpo", "mean"), ("rec-oneside-nois", "loo")])
+def test_the_advantage_override_is_the_kind_the_loss_is_fed(stale_batch, loss, kind):
+    """advantage=KIND (``--advantage``): the loss sees KIND's advantages of the group rewards,
+    not the preset's own kind."""
+    batch, model = stale_batch
+    cfg = TrainConfig(loss=loss, advantage=kind, group_size=4, prompts_per_step=2,
+                      max_new_tokens=6, temperature=1.3, micro_batch=3)
+    assert sim_losses.LOSSES[loss].advantage != kind
+    got = accumulate_gradients(model, batch, cfg)["loss"]
+    preset = accumulate_gradients(model, batch, TrainConfig(loss=loss, group_size=4,
+                                  prompts_per_step=2, max_new_tokens=6, temperature=1.3))
+    rollout = batch.rollout
+    adv, keep = shaped_advantages(batch.rewards, kind,
+                                  drop_uniform_groups=sim_losses.LOSSES[loss].drop_uniform_groups)
+    with torch.no_grad():
+        logp = naive_selected_logprobs(model, rollout.input_ids, rollout.attention_mask,
+                                       temperature=1.3, first_target=rollout.prompt_width)
+    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behavior, adv.reshape(-1).float(),
+                                 rollout.response_mask & keep.reshape(-1, 1))
+    assert abs(got - float(ref.loss)) < 1e-6
+    assert abs(got - preset["loss"]) > 1e-4  # the override changed what the loss was fed
+
+
+def test_an_unknown_advantage_kind_is_refused_naming_it():
+    with pytest.raises(ValueError, match="advantage"):
+        TrainConfig(advantage="mean-sd")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +236,21 @@ def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_inte
                 torch.cat([p.flatten() for p in snapshots[b].parameters()]),
                 torch.cat([p.flatten() for p in snapshots[t].parameters()]))), (t, s, gap)
         assert (abs(row["approx_kl"]) < 1e-6) == (t == b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("sync_interval", "on_cuda"), [(1, [True] * 4),
+                                                        (2, [True, False, True, False])])
+def test_only_a_batch_that_waits_for_a_later_step_goes_to_the_cpu(tok, sync_interval, on_cuda):
+    """A batch used at the step that samples it stays on the device; one sampled for a later
+    step (sync_interval 2: step 1's batch is sampled at step 0) waits on the CPU."""
+    task = TreeTask.random(prompts=2, vocab=3, depth=3, eos=True, seed=3)
+    cfg = TrainConfig(sync_interval=sync_interval, steps=4, group_size=3, prompts_per_step=2,
+                      max_new_tokens=3, eval_every=100, eval_prompts=2, device="cuda")
+    seen = []
+    train(cfg, tiny_model(tok, init_std=0.3, seed=3), tok, task,
+          on_step=lambda row, batch: batch is None or seen.append(batch.rollout.input_ids.is_cuda))
+    assert seen == on_cuda
 
 
 # --------------------------------------------------------------------------------------------
