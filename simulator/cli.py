@@ -66,6 +66,16 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
+# The flags that compare and experiment share, written once.
+ImportFlag = Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
+    name="import", metavar="MODULE",
+    help="import these modules first (a name on the Python path, the current folder "
+         "included, or a path to a .py file), so the losses they register with "
+         "@register_loss can be used")]
+ThreadsFlag = Annotated[int | None, tyro.conf.arg(
+    help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
+         "fastest on one")]
+
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
             "replacing a previous run's (with a note when they differ)")
@@ -225,14 +235,8 @@ def compare(
         "results/compare"),
     list: bool = False,
     fresh: bool = False,
-    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
-        name="import", metavar="MODULE",
-        help="import these modules first (a name on the Python path, the current folder "
-             "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used")] = (),
-    threads: Annotated[int | None, tyro.conf.arg(
-        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
-             "fastest on one")] = None,
+    import_: ImportFlag = (),
+    threads: ThreadsFlag = None,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
     write a plot (curves.png) and a table (table.md, table.csv).
@@ -280,14 +284,8 @@ def experiment(
     out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
                                                    f"{OUT_HELP}.")] = None,
     fresh: bool = False,
-    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
-        name="import", metavar="MODULE",
-        help="import these modules first (a name on the Python path, the current folder "
-             "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used")] = (),
-    threads: Annotated[int | None, tyro.conf.arg(
-        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
-             "fastest on one")] = None,
+    import_: ImportFlag = (),
+    threads: ThreadsFlag = None,
 ) -> None:
     """Run one named experiment of the paper's findings and write its plot and table: E1–E5
     and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,

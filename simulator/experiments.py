@@ -25,29 +25,15 @@ from typing import TYPE_CHECKING, Any
 from simulator.dynamics import SETTINGS, BanditProblem, Problem, TreeProblem
 from simulator.lab_names import DEFAULT_COMPARE_ARMS, lookup
 from simulator.pitfall import run_pitfall
-from simulator.reports import (  # re-exported: the lab's runner, cache and tables
-    CACHE_FORMAT,
-    COLLAPSE_DROP,
-    NO_INTERVAL,
-    STEPS_TO_90,
-    Report,
-    Row,
-    fingerprint,
-    markdown_table,
-    pivot,
-    run_experiment,
-    summarise,
-    write_report,
-)
+from simulator.reports import Report, Row, fingerprint, run_experiment, summarise, write_report
 from simulator.validation import Registry, require_int, require_positive
 
 if TYPE_CHECKING:
     from simulator.groups import LossSetup
 
-__all__ = ["ARMS", "CACHE_FORMAT", "COLLAPSE_DROP", "EXPERIMENTS", "FIGURES", "LOG_LINEAR",
-           "NO_INTERVAL", "STEPS_TO_90", "TREE", "Arm", "Curve", "Experiment", "Report", "Row",
-           "arm", "default_comparison", "experiment_names", "markdown_table", "pivot",
-           "run_experiment", "summarise", "write_report"]
+__all__ = ["ARMS", "EXPERIMENTS", "FIGURES", "LOG_LINEAR", "TREE", "Arm", "Curve", "Experiment",
+           "Report", "Row", "arm", "default_comparison", "experiment_names", "run_experiment",
+           "summarise", "write_report"]
 
 
 @dataclasses.dataclass(frozen=True)
