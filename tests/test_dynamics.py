@@ -205,3 +205,33 @@ def test_sampled_at_lists_the_steps_whose_data_a_sync_produces():
     assert Schedule().sampled_at(7) == [7]
     with pytest.raises(ValueError, match="offline"):
         Schedule(offline=True).sampled_at(0)
+
+
+def test_a_problem_is_a_bandit_or_a_tree_each_with_its_own_fields():
+    """``Problem(env=...)`` builds the member of the pair ``env`` names; a bandit has no tree
+    fields and a tree no ``responses``, so a field of the other kind is refused by name."""
+    from simulator.dynamics import BanditProblem, TreeProblem
+
+    bandit, tree = Problem(responses=5), Problem(env="tree", vocab=2, depth=2)
+    assert type(bandit) is BanditProblem and bandit == BanditProblem(responses=5)
+    assert type(tree) is TreeProblem and tree.num_responses == TreeProblem(
+        vocab=2, depth=2).num_responses == 3
+    assert not hasattr(bandit, "vocab") and not hasattr(tree, "responses")
+    with pytest.raises(TypeError, match="responses"):
+        TreeProblem(responses=4)
+    with pytest.raises(ValueError, match="env"):
+        BanditProblem(env="tree")
+
+
+def test_simulate_takes_a_built_loss_setup_as_it_takes_a_name_and_keywords():
+    """The lab builds a curve's ``LossSetup`` once and hands it over: the same trajectory as
+    the registered name with its keywords."""
+    from simulator.groups import loss_setup
+
+    common = {"seeds": [0, 1], "schedules": [Schedule(sync_interval=3)], "steps": 5,
+              "lrs": [0.5]}
+    named = simulate(SMALL, "rec", eps_high=0.3, advantage="mean", **common)
+    built = simulate(SMALL, loss_setup("rec", {"eps_high": 0.3, "advantage": "mean"}), **common)
+    assert named.loss == built.loss == "rec"
+    for key, values in named.metrics.items():
+        assert torch.equal(built.metrics[key], values), key
