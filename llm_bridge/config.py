@@ -6,9 +6,10 @@ Design decisions
 ----------------
 * A field's docstring is its flag's help: the default and the text that explains it sit on
   adjacent lines, and nothing else repeats them.
-* The loss is described as the loss layer describes it (``setup``: ``simulator.groups.LossSetup``
-  with the advantage override and the aggregation), so the trainer, the exact engines and the
-  integrations resolve the advantage kind and the aggregation the same way.
+* The loss is described as the loss layer describes it (``setup``: ``simulator.losses.LossSetup``
+  with the advantage override, its options and the aggregation), so the trainer, the exact
+  engines and the integrations resolve the advantage kind, the aggregation and ``norm_len``
+  (``LossSetup.length_for`` the longest response) by one rule.
 * Checks that need no model are here (``__post_init__``, ``check_processes``), so the command
   reports a bad setting before anything slow happens.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_bridge.tasks import task_fingerprint
-from simulator.groups import LossSetup
+from simulator.losses import LossSetup
 from simulator.schedule import Schedule
 from simulator.validation import require_int, require_positive
 
@@ -36,6 +37,9 @@ class TrainConfig:
     """any name of `grlab losses` (a loss or a preset such as grpo, rec-oneside-nois)."""
     advantage: str | None = None
     """advantage kind instead of the loss's own (`grlab losses --name LOSS` shows it)."""
+    advantage_kwargs: dict[str, float] | None = None
+    """options of the advantage kind (e.g. --advantage-kwargs tau 0.5); with --advantage
+    they replace the preset's, without it they update them."""
     agg: str | None = None
     """aggregation mode instead of the loss's own (token-mean, seq-mean-token-mean, ...)."""
     sync_interval: int = 1
@@ -120,7 +124,8 @@ class TrainConfig:
     @property
     def setup(self) -> LossSetup:
         """The loss as the loss layer feeds it: advantage override and aggregation."""
-        return LossSetup(self.loss, advantage=self.advantage, agg=self.agg)
+        return LossSetup(self.loss, advantage=self.advantage,
+                         advantage_kwargs=self.advantage_kwargs, agg=self.agg)
 
     @property
     def schedule(self) -> Schedule:
@@ -138,9 +143,8 @@ class TrainConfig:
 
     @property
     def norm_len(self) -> float | None:
-        """The constant length of seq-mean-token-sum-norm: the longest response."""
-        return float(self.max_new_tokens) \
-            if self.aggregation == "seq-mean-token-sum-norm" else None
+        """``norm_len`` in force: the loss layer's rule for the longest response."""
+        return self.setup.length_for(self.max_new_tokens)
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it continues (``steps`` may grow)."""

@@ -67,10 +67,9 @@ from llm_bridge.logprobs import logprobs_and_entropy
 from llm_bridge.rollout import Batch, Rollout, generate, pad_rows
 from llm_bridge.runs import Progress, Resumed, TrainingInterrupted
 from simulator import kl
-from simulator.advantages import shaped_advantages
 from simulator.aggregation import normaliser
 from simulator.files import atomic_write_text
-from simulator.losses import LOSSES, policy_loss
+from simulator.losses import LOSSES, policy_loss  # noqa: F401 (LOSSES: the zoo, re-exported)
 
 __all__ = ["Batch", "TrainConfig", "TrainResult", "TrainingInterrupted", "accumulate_gradients",
            "check_processes", "evaluate", "make_batch", "micro_batched_loss", "process_rows",
@@ -124,10 +123,7 @@ def process_rows(batch: Batch, cfg: TrainConfig, processes: Processes,
     """The advantages of this process's rows. They need whole groups, and batch-level kinds
     the whole batch: they are computed on every process's rewards."""
     rewards = processes.gather_rows(batch.rewards)
-    kind, options = cfg.setup.advantage_kind()
-    advantages, keep = shaped_advantages(
-        rewards, kind, generator=generator,
-        drop_uniform_groups=LOSSES[cfg.loss].drop_uniform_groups, **options)
+    advantages, keep = cfg.setup.advantages(rewards, generator)
     groups = processes.share(rewards.shape[0])
     if tuple(rewards[groups].shape) != tuple(batch.rewards.shape):
         raise ValueError("batch must hold this process's share of the groups "

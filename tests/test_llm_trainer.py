@@ -108,19 +108,20 @@ def test_the_bridge_loss_is_the_simulators_loss(stale_batch, loss):
     torch.testing.assert_close(bridge, _grad(model), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("loss", "kind"), [("grpo", "mean"), ("rec-oneside-nois", "loo")])
-def test_the_advantage_override_is_the_kind_the_loss_is_fed(stale_batch, loss, kind):
-    """advantage=KIND (``--advantage``): the loss sees KIND's advantages of the group rewards,
-    not the preset's own kind."""
+@pytest.mark.parametrize(("loss", "kind", "options"), [
+    ("grpo", "mean", {}), ("rec-oneside-nois", "loo", {}), ("grpo", "logavgexp", {"tau": 0.5})])
+def test_the_advantage_override_is_the_kind_the_loss_is_fed(stale_batch, loss, kind, options):
+    """advantage=KIND (``--advantage``, options ``--advantage-kwargs``): the loss sees KIND's
+    advantages of the group rewards, not the preset's own kind."""
     batch, model = stale_batch
-    cfg = TrainConfig(loss=loss, advantage=kind, group_size=4, prompts_per_step=2,
-                      max_new_tokens=6, temperature=1.3, micro_batch=3)
+    cfg = TrainConfig(loss=loss, advantage=kind, advantage_kwargs=options, group_size=4,
+                      prompts_per_step=2, max_new_tokens=6, temperature=1.3, micro_batch=3)
     assert sim_losses.LOSSES[loss].advantage != kind
     got = accumulate_gradients(model, batch, cfg)["loss"]
     preset = accumulate_gradients(model, batch, TrainConfig(loss=loss, group_size=4,
                                   prompts_per_step=2, max_new_tokens=6, temperature=1.3))
     rollout = batch.rollout
-    adv, keep = shaped_advantages(batch.rewards, kind,
+    adv, keep = shaped_advantages(batch.rewards, kind, **options,
                                   drop_uniform_groups=sim_losses.LOSSES[loss].drop_uniform_groups)
     with torch.no_grad():
         logp = naive_selected_logprobs(model, rollout.input_ids, rollout.attention_mask,
