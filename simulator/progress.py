@@ -7,7 +7,7 @@ Design decisions
   shared by the lab and the bridge's trainer.
 * A live bar redraws one line with terminal control codes; written to a pipe, a log file or CI
   it shows nothing until the end. ``PartProgress`` is what the lab's commands use for a job made
-  of named parts (an experiment's arms, the theory catalogue's claims): on a terminal it drives
+  of named parts (an experiment's curves, the theory catalogue's claims): on a terminal it drives
   the bar; otherwise it prints one plain line when a part finishes and one every ``LINE_EVERY``
   (50) steps inside a long part — deterministic lines, so a log reads the same on every run.
 * Progress goes to the console it is given; the lab passes its stderr console, so

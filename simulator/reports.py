@@ -72,8 +72,8 @@ STEPS_TO_90 = ("median steps to 90% of the optimum J* (the first step with J −
                "fewer than half the seeds got there)")
 NO_INTERVAL = "± n/a: one seed, and a 95% interval over seeds needs at least two."
 # Bump when a change to the simulator changes what a cached run holds. 3: tensors and plain
-# values only (format 2 pickled Schedule objects and needed weights_only=False). 4: the metric
-# kl_behaviour is spelled kl_behavior.
+# values only (format 2 pickled Schedule objects and needed weights_only=False). 4: metric
+# names take the lab's one spelling (kl_behavior).
 CACHE_FORMAT = 4
 
 

@@ -347,3 +347,18 @@ def test_the_simulator_import_graph_has_no_cycle():
     assert "simulator.plots" in graph["simulator.reports"]  # a lazy one too
     assert _import_cycle(graph) is None, " → ".join(_import_cycle(graph))
     assert _import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_pitfall_figure_checks_its_folder_like_every_other_writer(tmp_path, monkeypatch):
+    """``run_pitfall`` makes its folder with ``files.output_dir``: a file in the way is a
+    ``ValueError`` naming it, before any path is computed."""
+    import simulator.pitfall
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed before the folder was checked")
+
+    monkeypatch.setattr(simulator.pitfall, "pitfall_paths", refuse)
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="must be a folder"):
+        run_pitfall(blocker)
