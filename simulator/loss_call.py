@@ -10,9 +10,10 @@ Design decisions
 * The loss is named by a string or given as a ``LossSetup`` (``simulator.loss_registry``): the
   call's own options (``agg``, ``norm_len``, ``rows``, ``denominator``, ``token_weights``,
   ``validate``) are explicit, and a loss keyword can never share their names (``RESERVED``).
-* The zoo (``simulator.losses``) fills ``LOSSES`` when imported; this module imports it at its
-  end, so importing either module first gives a full registry. Both re-export each other's
-  public names through ``simulator.losses``, the public face.
+* Imports point one way: the zoo (``simulator.losses``) imports this module and re-exports its
+  names, never the reverse. ``LOSSES`` is filled when the zoo is imported, so callers import
+  these names from ``simulator.losses``, the public face (every module of grlab does); this
+  module alone, imported by nothing but the zoo, needs none of the zoo at import.
 """
 
 from __future__ import annotations
@@ -246,8 +247,3 @@ def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tenso
     a_bar = (weights * a).sum(dim=1, keepdim=True) / total.clamp(min=torch.finfo(a.dtype).tiny)
     per_group = total.squeeze(1) * (weights * (a - a_bar) ** 2).sum(dim=1) / rewards.shape[1] ** 2
     return per_group.mean()
-
-
-# The zoo registers every loss into LOSSES on import: import it here, after this module's names
-# exist (``simulator.losses`` imports them back), so no caller ever sees an empty registry.
-import simulator.losses  # noqa: E402, F401

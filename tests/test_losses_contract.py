@@ -351,14 +351,17 @@ def test_the_norm_len_rule():
     assert LossSetup("grpo", agg="seq-mean-token-sum-norm", norm_len=3.0).length_for(16) == 3.0
 
 
-def test_the_call_layer_imported_first_sees_the_whole_zoo():
-    """LOSSES is filled by simulator.losses; simulator.loss_call imports it, so a process that
-    imports the call layer first still finds every loss."""
+def test_the_call_layer_needs_no_zoo_at_import_and_the_public_face_has_it_all():
+    """simulator.loss_call imports without the zoo (imports point one way: the zoo imports the
+    call layer); imported first, the public face simulator.losses still fills LOSSES and
+    exports the call layer's names and LossSetup."""
     import subprocess
     import sys
 
-    code = ("import simulator.loss_call as c, simulator.loss_registry as r; "
-            "print(len(c.LOSSES), c.LOSSES is r.LOSSES, 'grpo' in r.LOSSES)")
+    code = ("import sys, simulator.loss_call as c; zoo = 'simulator.losses' in sys.modules; "
+            "import simulator.losses as z; "
+            "print(zoo, len(z.LOSSES), z.policy_loss is c.policy_loss, "
+            "z.group_losses is c.group_losses, z.LossSetup is c.LossSetup)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert int(out[0]) == len(LOSSES) and out[1:] == ["True", "True"]
+    assert out == ["False", str(len(LOSSES)), "True", "True", "True"]
