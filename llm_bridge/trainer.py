@@ -17,7 +17,7 @@ Design decisions
 * ``TrainConfig`` (``llm_bridge.config``) is the one home of the trainer's defaults and of
   its flags' help (each field's docstring); ``grlab train-llm`` builds its flags from it.
 * Off-policyness is the simulator's ``Schedule``: the data trained on at step t were sampled
-  by θ_{b(t)}, b = ``Schedule.behaviour_step``. At step s the rollout copy is synced to θ_s and
+  by θ_{b(t)}, b = ``Schedule.behavior_step``. At step s the rollout copy is synced to θ_s and
   samples every future step u with b(u) = s — however long the run, so ``--resume --steps``
   can extend a finished run (at most ``sync_interval + sync_offset − 1`` batches past the end
   are sampled for nothing) — and they wait on the CPU in a queue of *pending stale rollouts*

@@ -206,7 +206,7 @@ def test_gradient_accumulation_equals_the_full_batch(stale_batch, mode, loss):
 def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_interval,
                                                                   sync_offset, offline):
     """For each step t the batch's behaviour log-probs are exactly log π_{θ_b}(tokens) at the
-    rollout temperature with b = Schedule.behaviour_step(t) (checked against parameter
+    rollout temperature with b = Schedule.behavior_step(t) (checked against parameter
     snapshots), staleness is t − b, and approx_kl is 0 exactly when the data are fresh."""
     task = TreeTask.random(prompts=2, vocab=3, depth=3, eos=True, seed=3)
     model = tiny_model(tok, init_std=0.3, seed=3)
@@ -224,7 +224,7 @@ def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_inte
 
     train(cfg, model, tok, task, on_step=on_step)
     for t, (row, batch) in enumerate(seen):
-        b = cfg.schedule.behaviour_step(t)
+        b = cfg.schedule.behavior_step(t)
         assert (row["behavior_step"], row["staleness"]) == (b, t - b)
         r = batch.rollout
         for s, snapshot in ((b, snapshots[b]), (t, snapshots[t])):
