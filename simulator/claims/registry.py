@@ -3,7 +3,7 @@
 Design decisions
 ----------------
 * A claim is a check function ``check(generator, **sizes) -> Check`` plus metadata: a key (the
-  issue's catalogue number, with a letter for sub-claims), the claim's name (the theory test
+  catalogue number, with a letter for sub-claims), the claim's name (the theory test
   is named after it), its source, and integer size ranges. ``grlab verify`` draws sizes and a
   seed from a ``torch.Generator``; the hypothesis tests draw the same sizes and seeds through
   strategies built from the same ranges. The check itself is written once.

@@ -235,7 +235,8 @@ def weighted_one_step(generator: torch.Generator, vocab: int, depth: int, k: int
     """∇[(1/K²)·Σ_{i<j} w_i w_j (a_i − a_j)²] at θ_t = −(2τ/K²)·W·Σ_i w_i (r_i − r̄_w)·∇log π(y_i),
     W = Σ_i w_i, r̄_w the w-weighted mean of the rewards.
 
-    The issue states −2τ·W·Σ …; with the surrogate's 1/K² prefactor the factor is 2τ/K².
+    The factor is 2τ/K², not 2τ (as −2τ·W·Σ … is sometimes written): the surrogate's own 1/K²
+    prefactor carries through.
     """
     env, theta_t, groups, tau = _group_instance(generator, vocab, depth, k)
     weights = torch.rand(groups.shape, generator=generator, dtype=torch.float64)
