@@ -13,9 +13,14 @@ Design decisions
   Ctrl-C aborts the step; the line then says which checkpoint the resume continues from.
 * A write that fails in ``--out`` (a full disk) is one line, exit 2: the folder, the reason,
   and the command that resumes from the last complete checkpoint (``write_failed_line``).
-* The defaults of the flags are ``TrainConfig``'s (tested), so the command and the Python API
-  run the same experiment. ``--threads``: the trainer's default is 1 (measured, see the
-  flag's help); ``--threads`` and ``OMP_NUM_THREADS`` override it (``simulator.threads``).
+* The flags are not written out here: they are ``CommandArgs``'s fields (what only the
+  command decides: model, task, data, device, folder, threads, rendezvous) and every other
+  ``TrainConfig`` field, each with its default and its docstring as help (``flags``).
+  ``train_llm`` carries them as its signature and ``Args:``, which ``grlab.cli`` hands to
+  tyro; the config is built from the parsed values by name. So the command and the Python API
+  run the same experiment (tested field by field). The command always shows progress.
+* ``--threads``: the trainer's default is 1 (measured, see the flag's help); ``--threads``
+  and ``OMP_NUM_THREADS`` override it (``simulator.threads``).
 """
 
 from __future__ import annotations
@@ -32,8 +37,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from llm_bridge.config import TrainConfig, check_processes, run_fingerprint
-from llm_bridge.models import DEFAULT_MODEL
+from llm_bridge.config import DEFAULT_MODEL, TrainConfig, check_processes, run_fingerprint
 
 DEFAULT_THREADS = 1  # measured: see CommandArgs.threads
 

@@ -10,6 +10,8 @@ Design decisions
   with the advantage override, its options and the aggregation), so the trainer, the exact
   engines and the integrations resolve the advantage kind, the aggregation and ``norm_len``
   (``LossSetup.length_for`` the longest response) by one rule.
+* Importing this module imports no torch (``grlab --help`` builds the flags from it at once):
+  the loss layer is imported when a config is made.
 * Checks that need no model are here (``__post_init__``, ``check_processes``), so the command
   reports a bad setting before anything slow happens.
 """
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llm_bridge.tasks import task_fingerprint
-from simulator.losses import LossSetup
 from simulator.schedule import Schedule
 from simulator.validation import require_int, require_positive
 
-__all__ = ["TrainConfig", "check_processes", "run_fingerprint"]
+if TYPE_CHECKING:
+    from simulator.losses import LossSetup
+
+__all__ = ["DEFAULT_MODEL", "TrainConfig", "check_processes", "run_fingerprint"]
+
+DEFAULT_MODEL = "smollm2"  # the model a run loads unless told (llm_bridge.models.load_model)
 
 
 @dataclasses.dataclass
@@ -124,6 +129,8 @@ class TrainConfig:
     @property
     def setup(self) -> LossSetup:
         """The loss as the loss layer feeds it: advantage override and aggregation."""
+        from simulator.losses import LossSetup  # the loss layer (torch) only when a run is set up
+
         return LossSetup(self.loss, advantage=self.advantage,
                          advantage_kwargs=self.advantage_kwargs, agg=self.agg)
 
@@ -163,4 +170,6 @@ def check_processes(prompts_per_step: int, world_size: int) -> None:
 def run_fingerprint(cfg: TrainConfig, task: Any) -> dict[str, Any]:
     """What a resumed run must share with the run it continues: the config's fingerprint and
     the task's (``llm_bridge.tasks.task_fingerprint``: task, data hash, prompts, rewards)."""
+    from llm_bridge.tasks import task_fingerprint
+
     return {**cfg.fingerprint(), **task_fingerprint(task)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,13 @@ def test_train_llm_runs_end_to_end_and_writes_metrics_checkpoint_and_plot(tmp_pa
 
 
 def test_the_cli_default_model_is_the_loaders_default():
+    """One home: the command's --model default and load_model's are the same name, written
+    once in llm_bridge (a second copy could drift)."""
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
+    package = Path(models.__file__).parent
+    homes = [path.name for path in package.rglob("*.py")
+             if re.search(r"^DEFAULT_MODEL\s*=", path.read_text(), re.MULTILINE)]
+    assert homes == ["config.py"]
 
 
 # what the command decides itself: 'auto' picks the device, it always writes a folder and
