@@ -37,9 +37,6 @@ class Schedule:
             return 0
         return (max(step - self.sync_offset, 0) // self.sync_interval) * self.sync_interval
 
-    # The British spelling, for callers written before the lab chose one (llm_bridge).
-    behaviour_step = behavior_step
-
     def sampled_at(self, step: int) -> list[int]:
         """The steps u ≥ ``step`` whose data the parameters of ``step`` produce: b(u) = step.
 
