@@ -4,7 +4,7 @@ What is measured
 ----------------
 For every point of a grid — environment (softmax bandit; binary tree MDP of depth log₂ N
 without EOS), N responses, group size K, reward kind (binary: ⌈N/4⌉ correct answers; three
-grades {0, ½, 1}; continuous U[0, 1)) — one off-policy problem (logits θ ∼ N(0, 1), behaviour
+grades {0, ½, 1}; continuous U[0, 1)) — one off-policy problem (logits θ ∼ N(0, 1), behavior
 μ = softmax of θ plus N(0, ½²) noise, loss ``--loss``, default GRPO):
 
 1. *exact*: wall time of ``simulator.exact.expected_gradient(..., method=M)``. ``cold`` is the
@@ -130,7 +130,7 @@ def draw_rewards(kind: str, shape: tuple[int, int], g: torch.Generator) -> torch
 
 def make_problem(env_kind: str, n: int, reward: str, prompts: int, seed: int
                  ) -> tuple[ResponseSpace, torch.Tensor, torch.Tensor] | None:
-    """(testbed, logits θ, behaviour μ [P, N]), or None when the shape does not exist (a tree
+    """(testbed, logits θ, behavior μ [P, N]), or None when the shape does not exist (a tree
     needs N = 2^depth)."""
     g = torch.Generator().manual_seed(seed)
     rewards = draw_rewards(reward, (prompts, n), g)

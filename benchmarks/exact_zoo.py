@@ -3,7 +3,7 @@
 What is measured
 ----------------
 The time of one exact expected gradient (value and gradient, ``simulator.exact.ExpectedLoss``
-then autograd, float64) on a softmax bandit with one prompt and an off-policy behaviour, for
+then autograd, float64) on a softmax bandit with one prompt and an off-policy behavior, for
 every registered loss (RED-Drop is refused: its drops are random, its expectation is sampled):
 
 * binary rewards (⌈N/4⌉ correct answers), N = 1,024 responses, K = 64 — far beyond
@@ -53,7 +53,7 @@ class Args:
     target_s: float = 1.0
     """the target time per exact gradient."""
     seed: int = 0
-    """seed of the rewards, logits and behaviour."""
+    """seed of the rewards, logits and behavior."""
     out: Path = RESULTS
     """output folder for exact_zoo.json."""
     smoke: bool = False
@@ -64,7 +64,7 @@ SMOKE = {"binary_n": 64, "binary_k": 8, "generic_n": 8, "generic_k": 4, "repeats
 
 
 def problem(n: int, rewards: str, seed: int) -> tuple[SoftmaxBandit, torch.Tensor, torch.Tensor]:
-    """(testbed, logits, behaviour) with one prompt; the behaviour is another softmax."""
+    """(testbed, logits, behavior) with one prompt; the behavior is another softmax."""
     g = torch.Generator().manual_seed(seed)
     r = draw_rewards(rewards, (1, n), g)
     logits = torch.randn(1, n, generator=g, dtype=torch.float64)

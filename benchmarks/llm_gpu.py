@@ -59,7 +59,7 @@ def synthetic_batch(vocab: int, prompts: int, k: int, prompt_len: int, response_
     logp_old = -torch.rand(rows, response_len, generator=generator) * 3 * response_mask
     rewards = (torch.rand(prompts, k, generator=generator) < 0.5).double()
     rollout = Rollout(ids, attention.long(), response_mask, logp_old, prompt_len)
-    return Batch(rollout, rewards, behaviour_step=0)
+    return Batch(rollout, rewards, behavior_step=0)
 
 
 def logprob_routes(model, args, device: str) -> dict[str, float]:

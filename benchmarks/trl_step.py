@@ -59,7 +59,7 @@ from _results import RESULTS, report
 
 from llm_bridge.memory import peak_bytes
 from llm_bridge.models import char_tokenizer, tiny_model
-from llm_bridge.tasks import Problem, parse_number
+from llm_bridge.tasks import TaskItem, parse_number
 from llm_bridge.trainer import TrainConfig, accumulate_gradients, make_batch
 
 
@@ -116,9 +116,9 @@ def model_and_tokenizer(args: Args):
     return model.to(args.device), tokenizer
 
 
-def problems(count: int) -> list[Problem]:
+def problems(count: int) -> list[TaskItem]:
     """"a+b=" problems in a fixed order (both sides see them in this order)."""
-    return [Problem(f"{i % 17}+{(5 * i) % 13}=", str(i % 17 + (5 * i) % 13), i)
+    return [TaskItem(f"{i % 17}+{(5 * i) % 13}=", str(i % 17 + (5 * i) % 13), i)
             for i in range(count)]
 
 
@@ -133,18 +133,18 @@ class InOrder:
 
     name = "arithmetic-in-order"
 
-    def __init__(self, items: list[Problem]) -> None:
+    def __init__(self, items: list[TaskItem]) -> None:
         self.items, self.cursor = items, 0
 
-    def train_problems(self, n: int, generator: torch.Generator) -> list[Problem]:
+    def train_problems(self, n: int, generator: torch.Generator) -> list[TaskItem]:
         out = [self.items[(self.cursor + i) % len(self.items)] for i in range(n)]
         self.cursor += n
         return out
 
-    def prompt_ids(self, problem: Problem, tokenizer) -> list[int]:
+    def prompt_ids(self, problem: TaskItem, tokenizer) -> list[int]:
         return tokenizer(problem.text)["input_ids"]
 
-    def reward(self, problem: Problem, response_ids, tokenizer) -> float:
+    def reward(self, problem: TaskItem, response_ids, tokenizer) -> float:
         return exact_answer(tokenizer.decode(list(response_ids), skip_special_tokens=True),
                             problem.answer)
 

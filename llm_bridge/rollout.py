@@ -8,7 +8,7 @@ Design decisions
   distribution it was drawn from.
 * Temperature and top-p — the classic source of wrong ratios. The sampling distribution at each
   position is μ = top-p-truncate(softmax(logits / T)), renormalised over the kept tokens.
-  ``logp_behaviour`` is log μ(sampled token): the tempered, truncated, renormalised
+  ``logp_behavior`` is log μ(sampled token): the tempered, truncated, renormalised
   distribution that actually produced the data (not the raw softmax(logits), which is what a
   peer gets by reading log-probs from an untempered forward pass).
   The trainer's π_θ is softmax(logits / T) with the *same* T (``llm_bridge.logprobs``), so
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from llm_bridge.logprobs import forward_accepts, position_ids
-from simulator.validation import require_nonnegative
+from simulator.validation import require_int, require_nonnegative
 
 __all__ = ["Batch", "Rollout", "generate", "pad_rows", "sampling_logprobs"]
 
@@ -45,13 +45,13 @@ __all__ = ["Batch", "Rollout", "generate", "pad_rows", "sampling_logprobs"]
 @dataclasses.dataclass
 class Rollout:
     """B sampled responses: ``input_ids``/``attention_mask`` [B, P + R] (prompt then response),
-    ``response_mask`` [B, R] (bool, True on sampled tokens incl. EOS), ``logp_behaviour``
+    ``response_mask`` [B, R] (bool, True on sampled tokens incl. EOS), ``logp_behavior``
     [B, R] (float32, log μ of each sampled token; 0 at padding), ``prompt_width`` P."""
 
     input_ids: Tensor
     attention_mask: Tensor
     response_mask: Tensor
-    logp_behaviour: Tensor
+    logp_behavior: Tensor
     prompt_width: int
 
     @property
@@ -61,11 +61,11 @@ class Rollout:
     def rows(self, index: Tensor | slice) -> Rollout:
         """The rollout of a subset of rows (a micro-batch)."""
         return Rollout(self.input_ids[index], self.attention_mask[index],
-                       self.response_mask[index], self.logp_behaviour[index], self.prompt_width)
+                       self.response_mask[index], self.logp_behavior[index], self.prompt_width)
 
     def to(self, device: torch.device | str) -> Rollout:
         return Rollout(self.input_ids.to(device), self.attention_mask.to(device),
-                       self.response_mask.to(device), self.logp_behaviour.to(device),
+                       self.response_mask.to(device), self.logp_behavior.to(device),
                        self.prompt_width)
 
     def state(self) -> dict[str, Any]:
@@ -84,23 +84,23 @@ class Batch:
 
     rollout: Rollout
     rewards: Tensor
-    behaviour_step: int
+    behavior_step: int
 
     def groups(self, index: slice) -> Batch:
         """The batch of groups ``index`` (a process's share)."""
         k = self.rewards.shape[1]
         start, stop, _ = index.indices(self.rewards.shape[0])
         rows = slice(start * k, stop * k)
-        return Batch(self.rollout.rows(rows), self.rewards[index], self.behaviour_step)
+        return Batch(self.rollout.rows(rows), self.rewards[index], self.behavior_step)
 
     def state(self) -> dict[str, Any]:
         return {"rollout": self.rollout.state(), "rewards": self.rewards,
-                "behaviour_step": self.behaviour_step}
+                "behavior_step": self.behavior_step}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Batch:
         return cls(Rollout.from_state(state["rollout"]), state["rewards"],
-                   state["behaviour_step"])
+                   state["behavior_step"])
 
 
 
@@ -123,9 +123,7 @@ def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: f
            top_p: float) -> None:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    require_int("max_new_tokens", max_new_tokens, 1)
     require_nonnegative("temperature", temperature)
     if not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")

@@ -58,9 +58,9 @@ from typing import IO, Any
 from simulator.files import CorruptFileError, atomic_write, load_torch, output_dir
 
 __all__ = ["CHECKPOINT", "METRICS", "PLOT", "PREVIOUS", "RUN_FILES", "Progress", "Resumed",
-           "RunWriteError", "check_out", "check_resumable", "check_tensors", "clear_run",
-           "find_checkpoint", "jsonable", "load_model_state", "progress_text", "save_checkpoint",
-           "writing"]
+           "RunWriteError", "TrainingInterrupted", "check_out", "check_resumable",
+           "check_tensors", "clear_run", "find_checkpoint", "jsonable", "load_model_state",
+           "progress_text", "save_checkpoint", "writing"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -115,6 +115,15 @@ class RunWriteError(OSError):
     def __init__(self, folder: Path, reason: str) -> None:
         super().__init__(f"cannot write to {folder}: {reason}")
         self.folder, self.reason = folder, reason
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``train`` after ``step`` steps; the run folder's checkpoint continues
+    from ``checkpoint_step`` (None: no checkpoint was written)."""
+
+    def __init__(self, step: int, checkpoint_step: int | None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint_step = step, checkpoint_step
 
 
 class _Recording:
@@ -295,13 +304,13 @@ def jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
-def progress_text(row: dict[str, float], *, behaviour: bool) -> str:
+def progress_text(row: dict[str, float], *, behavior: bool) -> str:
     """What a progress line shows of a metric row: the metrics that move. The batch reward
     and entropy always; the KL to the initial model (``kl_ref``) when it is computed; the clip
     fraction and approx. KL to the behaviour policy only when they can differ from 0
-    (``behaviour``: stale data or top-p < 1 — on-policy at θ = θ_old they are exactly 0)."""
+    (``behavior``: stale data or top-p < 1 — on-policy at θ = θ_old they are exactly 0)."""
     text = f"reward {row['reward']:.2f} ent {row['entropy']:.3f}"
-    if behaviour:
+    if behavior:
         text += f" clip {row['clipfrac']:.3f} kl_behav {row['approx_kl']:+.4f}"
     if "kl_ref" in row:
         text += f" kl_ref {row['kl_ref']:.4f}"
@@ -312,12 +321,12 @@ def progress_text(row: dict[str, float], *, behaviour: bool) -> str:
 
 class Progress:
     """The display of ``train(progress=True)`` on process 0 (see the module docstring); rows
-    are the trainer's metric rows (``progress_text``). ``behaviour``: show the clip fraction
+    are the trainer's metric rows (``progress_text``). ``behavior``: show the clip fraction
     and KL to the behaviour policy (off-policy runs)."""
 
     def __init__(self, label: str, steps: int, start: int, *, enabled: bool,
-                 behaviour: bool = True) -> None:
-        self.enabled, self.label, self.steps, self.behaviour = enabled, label, steps, behaviour
+                 behavior: bool = True) -> None:
+        self.enabled, self.label, self.steps, self.behavior = enabled, label, steps, behavior
         self.every, self.first, self.last_line = max(1, steps // 20), start + 1, 0.0
         self.bar: Any = None
         if enabled and sys.stdout.isatty():
@@ -330,7 +339,7 @@ class Progress:
     def update(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        text = f"{self.label} {progress_text(row, behaviour=self.behaviour)}"
+        text = f"{self.label} {progress_text(row, behavior=self.behavior)}"
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], description=text)
         elif (row["step"] in (self.first, self.steps) or row["step"] % self.every == 0

@@ -2,7 +2,7 @@
 
 Design decisions
 ----------------
-* A task hands out ``Problem``s (a prompt text, a gold answer, a key) and scores a decoded
+* A task hands out ``TaskItem``s (a prompt text, a gold answer, a key) and scores a decoded
   response with an exact, deterministic reward in {0, 1} (arithmetic, GSM8K) or the tree's
   leaf reward. Held-out problems are a fixed split that training never draws from.
 * Prompts are encoded by ``encode_prompt``: through the tokenizer's chat template when it has
@@ -40,12 +40,14 @@ import torch
 from torch import Tensor
 
 from simulator.tree import TreeMDP
+from simulator.validation import require_int
 
 __all__ = [
     "GSM8K",
     "TASKS",
     "Arithmetic",
     "Problem",
+    "TaskItem",
     "TreeTask",
     "encode_prompt",
     "make_task",
@@ -58,12 +60,15 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
-class Problem:
+class TaskItem:
     """One prompt: ``text`` (before any chat template), ``answer`` (gold, as text), ``key``."""
 
     text: str
     answer: str
     key: int = 0
+
+
+Problem = TaskItem  # the name before TaskItem (the lab's Problem is a family of testbeds)
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -116,24 +121,24 @@ class _ExactAnswerTask:
     """Shared by arithmetic and GSM8K: problems, a held-out split, reward = parsed == gold."""
 
     name = ""
-    problems: list[Problem]
+    problems: list[TaskItem]
     train_index: list[int]
     eval_index: list[int]
 
     def allowed_tokens(self, tokenizer: Any) -> Tensor | None:
         return None
 
-    def prompt_ids(self, problem: Problem, tokenizer: Any) -> list[int]:
+    def prompt_ids(self, problem: TaskItem, tokenizer: Any) -> list[int]:
         return encode_prompt(self.prompt_text(problem, tokenizer), tokenizer)
 
-    def prompt_text(self, problem: Problem, tokenizer: Any) -> str:
+    def prompt_text(self, problem: TaskItem, tokenizer: Any) -> str:
         return problem.text
 
-    def train_problems(self, n: int, generator: torch.Generator) -> list[Problem]:
+    def train_problems(self, n: int, generator: torch.Generator) -> list[TaskItem]:
         draws = torch.randint(len(self.train_index), (n,), generator=generator).tolist()
         return [self.problems[self.train_index[i]] for i in draws]
 
-    def eval_problems(self) -> list[Problem]:
+    def eval_problems(self) -> list[TaskItem]:
         return [self.problems[i] for i in self.eval_index]
 
     def fingerprint(self) -> dict[str, str]:
@@ -143,7 +148,7 @@ class _ExactAnswerTask:
                 "problems": _digest([problems, self.train_index, self.eval_index]),
                 "reward": _digest([_source(type(self).reward), _source(parse_number)])}
 
-    def reward(self, problem: Problem, response_ids: Sequence[int], tokenizer: Any) -> float:
+    def reward(self, problem: TaskItem, response_ids: Sequence[int], tokenizer: Any) -> float:
         text = tokenizer.decode(list(response_ids), skip_special_tokens=True)
         parsed = parse_number(text)
         return float(parsed is not None and parsed == parse_number(problem.answer))
@@ -162,10 +167,9 @@ class Arithmetic(_ExactAnswerTask):
                  seed: int = 0) -> None:
         if not ops or set(ops) - {"+", "*"}:
             raise ValueError(f"ops must be a non-empty string of '+' and '*', got {ops!r}")
-        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1:
-            raise ValueError(f"max_operand must be an int >= 1, got {max_operand!r}")
+        require_int("max_operand", max_operand, 1)
         self.problems = [
-            Problem(f"{a}{op}{b}=", str(a + b if op == "+" else a * b), key)
+            TaskItem(f"{a}{op}{b}=", str(a + b if op == "+" else a * b), key)
             for key, (op, a, b) in enumerate((op, a, b) for op in ops
                                              for a in range(max_operand + 1)
                                              for b in range(max_operand + 1))
@@ -174,7 +178,7 @@ class Arithmetic(_ExactAnswerTask):
             raise ValueError(f"n_eval must be in [1, {len(self.problems)}), got {n_eval}")
         self.train_index, self.eval_index = _split(len(self.problems), n_eval, seed)
 
-    def prompt_text(self, problem: Problem, tokenizer: Any) -> str:
+    def prompt_text(self, problem: TaskItem, tokenizer: Any) -> str:
         if getattr(tokenizer, "chat_template", None):
             return f"What is {problem.text[:-1]}? Reply with only the number."
         return problem.text
@@ -200,7 +204,7 @@ class GSM8K(_ExactAnswerTask):
                 raise ValueError(f"{path}:{line_no}: expected question and answer fields with "
                                  "the answer after '####'")
             gold = record["answer"].rsplit("####", 1)[1].strip()
-            self.problems.append(Problem(record["question"], gold, len(self.problems)))
+            self.problems.append(TaskItem(record["question"], gold, len(self.problems)))
         if len(self.problems) < 2:
             raise ValueError(f"{path} must hold at least 2 problems, got {len(self.problems)}")
         n_eval = max(1, len(self.problems) // 5) if n_eval is None else n_eval
@@ -210,7 +214,7 @@ class GSM8K(_ExactAnswerTask):
         data = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
         return {**super().fingerprint(), "data_sha256": data}
 
-    def prompt_text(self, problem: Problem, tokenizer: Any) -> str:
+    def prompt_text(self, problem: TaskItem, tokenizer: Any) -> str:
         if getattr(tokenizer, "chat_template", None):
             return f"{problem.text}\nEnd your reply with '#### ' and the final number."
         return f"Q: {problem.text}\nA:"
@@ -260,16 +264,16 @@ class TreeTask:
             ids.append(encoded[0])
         return torch.tensor(ids, dtype=torch.long)
 
-    def prompt_ids(self, problem: Problem, tokenizer: Any) -> list[int]:
+    def prompt_ids(self, problem: TaskItem, tokenizer: Any) -> list[int]:
         return encode_prompt(problem.text, tokenizer, chat=False)
 
-    def _problem(self, p: int) -> Problem:
-        return Problem(f"p{p}:", "", p)
+    def _problem(self, p: int) -> TaskItem:
+        return TaskItem(f"p{p}:", "", p)
 
-    def train_problems(self, n: int, generator: torch.Generator) -> list[Problem]:
+    def train_problems(self, n: int, generator: torch.Generator) -> list[TaskItem]:
         return [self._problem(i % self.tree.num_prompts) for i in range(n)]
 
-    def eval_problems(self) -> list[Problem]:
+    def eval_problems(self) -> list[TaskItem]:
         return [self._problem(p) for p in range(self.tree.num_prompts)]
 
     def actions(self, response_ids: Sequence[int], tokenizer: Any) -> tuple[int, ...]:
@@ -281,7 +285,7 @@ class TreeTask:
                 break
         return tuple(actions)
 
-    def reward(self, problem: Problem, response_ids: Sequence[int], tokenizer: Any) -> float:
+    def reward(self, problem: TaskItem, response_ids: Sequence[int], tokenizer: Any) -> float:
         actions = self.actions(response_ids, tokenizer)
         if actions not in self.index:
             raise ValueError(f"response {actions} is not a complete response of the tree")

@@ -1,21 +1,28 @@
 """The bridge's trainer: any loss of the zoo on a Hugging Face causal LM, off-policy, on one
 process or several (``torchrun`` / ``accelerate launch``).
 
-One step (CleanRL/nanochat style, top to bottom in ``train``):
-prompts → K samples each from the rollout copy → exact rewards → group advantages
-(``LOSSES[loss].advantages``, the preset's kind) → ``policy_loss`` over micro-batches →
-AdamW with gradient clipping.
+One step reads top to bottom in ``train``, in ruled sections: sample (or pop the pending
+batch sampled earlier by an older θ) → advantages of the global batch (``process_rows``: the
+loss's kind, or ``TrainConfig.advantage``) → the loss over micro-batches
+(``micro_batched_loss``) → gradient clipping and the AdamW step → evaluation, the metric row
+and the checkpoint when due. ``_Run`` is the state (models, optimiser, generators, pending
+batches, history) and writes and restores it as a checkpoint.
 
 Design decisions
 ----------------
-* The losses and advantages are ``simulator.losses`` / ``simulator.advantages``, unchanged:
-  the trainer only supplies [B, T] log-probs, behaviour log-probs, advantages and a mask.
+* The losses and advantages are ``simulator.losses`` / ``simulator.advantages``, unchanged,
+  fed through the loss layer's ``LossSetup`` (the loss, the advantage override, the
+  aggregation): the trainer only supplies [B, T] log-probs, behavior log-probs, advantages and
+  a mask.
+* ``TrainConfig`` (``llm_bridge.config``) is the one home of the trainer's defaults and of
+  its flags' help (each field's docstring); ``grlab train-llm`` builds its flags from it.
 * Off-policyness is the simulator's ``Schedule``: the data trained on at step t were sampled
-  by θ_{b(t)}, b = ``Schedule.behaviour_step``. At step s the rollout copy is synced to θ_s and
+  by θ_{b(t)}, b = ``Schedule.behavior_step``. At step s the rollout copy is synced to θ_s and
   samples every future step u with b(u) = s — however long the run, so ``--resume --steps``
   can extend a finished run (at most ``sync_interval + sync_offset − 1`` batches past the end
-  are sampled for nothing) — and they wait in a queue of *pending stale rollouts* (part of a
-  checkpoint) until step u, as with an asynchronous rollout engine. ``offline``: the rollout
+  are sampled for nothing) — and they wait on the CPU in a queue of *pending stale rollouts*
+  (part of a checkpoint) until step u, as with an asynchronous rollout engine. A batch used at
+  the step that samples it (on-policy, offline) stays on the device. ``offline``: the rollout
   copy is θ_0 for ever and each batch is drawn when due (the draws of drawing all at step 0).
 * Exact micro-batching: every aggregation mode is Σ(row-local terms)/N with N a count of the
   whole batch (``simulator.aggregation.normaliser``), and every per-token loss of the zoo is
@@ -32,7 +39,7 @@ Design decisions
 * bf16 autocast on CUDA (log-probs in fp32 from the hidden states); float32 on CPU. Every
   random draw has its own checkpointed ``torch.Generator``: ``resume`` continues to exactly the
   parameters of an uninterrupted run. Ctrl-C is answered at once and stops at the end of the
-  step with a checkpoint (``TrainingInterrupted``); a second one aborts the step (the last
+  step with a checkpoint (``runs.TrainingInterrupted``); a second one aborts the step (the last
   checkpoint stands).
 * Process 0 writes curves.png at every checkpoint (atomically), so an interrupted or failed
   run has the figure of what it did; a write that fails in the run folder (a full disk) is
@@ -41,121 +48,34 @@ Design decisions
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from llm_bridge import runs
-from llm_bridge.distributed import (
-    SINGLE,
-    Generators,
-    LogProbs,
-    Processes,
-    StopOnInterrupt,
-    TrainingInterrupted,
-    current,
-)
+from llm_bridge.config import TrainConfig, check_processes, run_fingerprint
+from llm_bridge.distributed import SINGLE, Generators, LogProbs, Processes, StopOnInterrupt, current
 from llm_bridge.logprobs import logprobs_and_entropy
 from llm_bridge.rollout import Batch, Rollout, generate, pad_rows
-from llm_bridge.runs import Progress, Resumed
-from llm_bridge.tasks import task_fingerprint
+from llm_bridge.runs import Progress, Resumed, TrainingInterrupted
 from simulator import kl
-from simulator.aggregation import AGGREGATIONS, normaliser
+from simulator.aggregation import normaliser
 from simulator.files import atomic_write_text
-from simulator.losses import LOSSES, policy_loss
-from simulator.schedule import Schedule
-from simulator.validation import require_choice, require_int, require_positive
+from simulator.losses import LOSSES, policy_loss  # noqa: F401 (LOSSES: the zoo, re-exported)
 
 __all__ = ["Batch", "TrainConfig", "TrainResult", "TrainingInterrupted", "accumulate_gradients",
-           "evaluate", "make_batch", "run_fingerprint", "supervised_warmup", "train"]
+           "check_processes", "evaluate", "make_batch", "micro_batched_loss", "process_rows",
+           "run_fingerprint", "supervised_warmup", "train"]
 
 TOKEN_METRICS = ("clipfrac", "approx_kl", "ratio_mean", "entropy", "kl_ref")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that decides a run (the CLI's flags; see ``llm_bridge.cli.train_llm``, whose
-    defaults are these — tested)."""
-
-    loss: str = "grpo"
-    agg: str | None = None
-    sync_interval: int = 1
-    sync_offset: int = 0
-    offline: bool = False
-    group_size: int = 4
-    prompts_per_step: int = 2
-    micro_batch: int = 8
-    max_new_tokens: int = 12
-    temperature: float = 1.0
-    top_p: float = 1.0
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    steps: int = 20
-    eval_every: int = 10
-    eval_prompts: int = 20
-    checkpoint_every: int = 10
-    seed: int = 0
-    chunk_size: int | None = None
-    ref_kl: bool = True
-    device: str = "cpu"
-    out: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = False
-    plot: bool = True
-    keep_previous: bool = True
-
-    def __post_init__(self) -> None:
-        LOSSES[self.loss]  # unknown loss: KeyError listing the valid names
-        if self.agg is not None:
-            require_choice("agg", self.agg, AGGREGATIONS)
-        Schedule(self.sync_interval, self.sync_offset, self.offline)  # checks the knobs
-        for name in ("group_size", "prompts_per_step", "micro_batch", "max_new_tokens", "steps",
-                     "eval_every", "eval_prompts", "checkpoint_every"):
-            require_int(name, getattr(self, name), 1)
-        for name in ("temperature", "lr", "max_grad_norm"):
-            require_positive(name, getattr(self, name))
-        if not 0.0 < require_positive("top_p", self.top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if (self.resume or self.overwrite) and self.out is None:
-            raise ValueError("resume and overwrite need out= (the run folder)")
-        if self.resume and self.overwrite:
-            raise ValueError("resume (--resume) continues the run in out and overwrite "
-                             "(--overwrite) replaces it: pass one of them")
-
-    @property
-    def schedule(self) -> Schedule:
-        return Schedule(self.sync_interval, self.sync_offset, self.offline)
-
-    @property
-    def behaviour_gap(self) -> bool:
-        """Whether π_θ can differ from the behaviour policy on a batch (stale data, or top-p
-        truncation); otherwise clipfrac and approx_kl are exactly 0 and not worth showing."""
-        return self.offline or self.sync_interval > 1 or self.sync_offset > 0 or self.top_p < 1
-
-    @property
-    def aggregation(self) -> str:
-        return self.agg or LOSSES[self.loss].agg
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues (``steps`` may grow)."""
-        skip = {"resume", "overwrite", "progress", "plot", "out", "device", "eval_every",
-                "checkpoint_every", "steps", "keep_previous"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-
-def run_fingerprint(cfg: TrainConfig, task: Any) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues: the config's fingerprint and
-    the task's (``llm_bridge.tasks.task_fingerprint``: task, data hash, prompts, rewards)."""
-    return {**cfg.fingerprint(), **task_fingerprint(task)}
 
 
 @dataclasses.dataclass
@@ -171,9 +91,11 @@ def _valid_ids(rollout: Rollout, row: int) -> list[int]:
 
 def make_batch(rollout_model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, *,
                data_generator: torch.Generator, sample_generator: torch.Generator,
-               behaviour_step: int = 0, processes: Processes = SINGLE) -> Batch:
-    """Sample ``prompts_per_step`` problems, K responses each, and score them. With several
-    processes every one draws the same problems and samples its share of the groups."""
+               behavior_step: int = 0, processes: Processes = SINGLE,
+               store: torch.device | str = "cpu") -> Batch:
+    """Sample ``prompts_per_step`` problems, K responses each, and score them; the rollout is
+    kept on ``store``. With several processes every one draws the same problems and samples
+    its share of the groups."""
     problems = task.train_problems(cfg.prompts_per_step, data_generator)
     problems = problems[processes.share(len(problems))]
     k = cfg.group_size
@@ -181,24 +103,27 @@ def make_batch(rollout_model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, 
     rollout = generate(rollout_model, prompts, max_new_tokens=cfg.max_new_tokens,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        generator=sample_generator, temperature=cfg.temperature, top_p=cfg.top_p,
-                       allowed_tokens=task.allowed_tokens(tokenizer)).to("cpu")
+                       allowed_tokens=task.allowed_tokens(tokenizer)).to(store)
     rewards = torch.tensor([task.reward(problems[row // k], _valid_ids(rollout, row), tokenizer)
                             for row in range(len(prompts))], dtype=torch.float64)
-    return Batch(rollout, rewards.reshape(len(problems), k), behaviour_step)
+    return Batch(rollout, rewards.reshape(len(problems), k), behavior_step)
 
 
-def _micro_batches(n_rows: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+class Rows(NamedTuple):
+    """This process's rows of a step, ready for the loss."""
+
+    rollout: Rollout  # on the device
+    advantages: Tensor  # [B_r] float32
+    mask: Tensor  # [B_r, R]: valid tokens of the rows the advantage kind keeps
+    everyone: Tensor  # [B, R]: the global batch's mask (its count is N)
 
 
-def _this_process_rows(batch: Batch, cfg: TrainConfig, processes: Processes,
-                       advantage_generator: torch.Generator | None, device: torch.device | str
-                       ) -> tuple[Rollout, Tensor, Tensor, Tensor]:
-    """(rollout, advantages [B_r], mask [B_r, R]) of this process's rows, and the global
-    batch's mask [B, R] (its count is N). Advantages need whole groups, and batch-level kinds
+def process_rows(batch: Batch, cfg: TrainConfig, processes: Processes,
+                 generator: torch.Generator | None, device: torch.device | str) -> Rows:
+    """The advantages of this process's rows. They need whole groups, and batch-level kinds
     the whole batch: they are computed on every process's rewards."""
     rewards = processes.gather_rows(batch.rewards)
-    advantages, keep = LOSSES[cfg.loss].advantages(rewards, generator=advantage_generator)
+    advantages, keep = cfg.setup.advantages(rewards, generator)
     groups = processes.share(rewards.shape[0])
     if tuple(rewards[groups].shape) != tuple(batch.rewards.shape):
         raise ValueError("batch must hold this process's share of the groups "
@@ -206,39 +131,30 @@ def _this_process_rows(batch: Batch, cfg: TrainConfig, processes: Processes,
     rollout = batch.rollout.to(device)
     adv = advantages[groups].reshape(-1).to(device=device, dtype=torch.float32)
     mask = rollout.response_mask & keep[groups].reshape(-1, 1).to(device)
-    return rollout, adv, mask, processes.gather_rows(mask)
+    return Rows(rollout, adv, mask, processes.gather_rows(mask))
 
 
-def accumulate_gradients(model: Any, batch: Batch, cfg: TrainConfig, *,
-                         advantage_generator: torch.Generator | None = None,
-                         allowed_tokens: Tensor | None = None, ref_model: Any = None,
-                         device: torch.device | str = "cpu", processes: Processes = SINGLE
-                         ) -> dict[str, float]:
-    """Add ∇θ of the full batch's ``policy_loss`` into ``.grad``, one micro-batch at a time.
-
-    ``model``: the causal LM, or ``processes.wrap(model)`` (DDP) with several processes, each
-    holding its share of the step's groups in ``batch``. Returns the full-batch metrics: loss,
-    the token-weighted ``policy_loss`` metrics, entropy and (with ``ref_model``) kl_ref =
-    masked mean of k3(log π_θ, log π_ref) on the batch.
-    """
-    mode = cfg.aggregation
-    policy = model if isinstance(model, torch.nn.parallel.DistributedDataParallel | LogProbs) \
-        else LogProbs(model)
-    rollout, adv, mask, everyone = _this_process_rows(batch, cfg, processes,
-                                                      advantage_generator, device)
-    norm_len = float(cfg.max_new_tokens) if mode == "seq-mean-token-sum-norm" else None
+def micro_batched_loss(policy: Any, rows: Rows, cfg: TrainConfig, *,
+                       allowed_tokens: Tensor | None = None, ref_model: Any = None,
+                       processes: Processes = SINGLE) -> dict[str, float]:
+    """Add ∇θ of the full batch's ``policy_loss`` into ``.grad``, one micro-batch at a time;
+    return the full-batch metrics: loss, the token-weighted ``policy_loss`` metrics, entropy
+    and (with ``ref_model``) kl_ref = masked mean of k3(log π_θ, log π_ref)."""
+    rollout, adv, mask, everyone = rows
+    mode, norm_len = cfg.aggregation, cfg.norm_len
     total, total_tokens = normaliser(everyone, mode), everyone.sum().clamp(min=1)
     forward = {"chunk_size": cfg.chunk_size, "temperature": cfg.temperature,
                "first_target": rollout.prompt_width, "allowed_tokens": allowed_tokens}
     sums = dict.fromkeys(("loss", *TOKEN_METRICS), 0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rollout.input_ids.is_cuda)
-    parts = _micro_batches(mask.shape[0], cfg.micro_batch)
-    for i, rows in enumerate(parts):
-        micro_mask, last = mask[rows], i == len(parts) - 1
+    parts = [slice(start, start + cfg.micro_batch)
+             for start in range(0, mask.shape[0], cfg.micro_batch)]
+    for i, part_rows in enumerate(parts):
+        micro_mask, last = mask[part_rows], i == len(parts) - 1
         empty = not bool(micro_mask.any())
         if empty and not (last and processes.distributed and bool(everyone.any())):
             continue  # nothing valid: contributes 0 to every aggregation
-        part = rollout.rows(rows)
+        part = rollout.rows(part_rows)
         with processes.sync_gradients(policy, sync=last):
             with autocast:
                 logp, entropy = policy(part.input_ids, part.attention_mask, **forward)
@@ -246,7 +162,7 @@ def accumulate_gradients(model: Any, batch: Batch, cfg: TrainConfig, *,
                 torch.where(micro_mask, logp, logp.new_zeros(())).sum().mul(0.0).backward()
                 continue
             # divided by the global batch's count: the parts' losses sum to the batch's loss
-            out = policy_loss(cfg.loss, logp, part.logp_behaviour, adv[rows], micro_mask,
+            out = policy_loss(cfg.loss, logp, part.logp_behavior, adv[part_rows], micro_mask,
                               agg=mode, norm_len=norm_len, denominator=total)
             # DDP averages the W processes' gradients; × W makes it their sum (exact for W = 1)
             (out.loss * processes.world_size).backward()
@@ -263,6 +179,23 @@ def accumulate_gradients(model: Any, batch: Batch, cfg: TrainConfig, *,
     if ref_model is None:
         del sums["kl_ref"]
     return dict(zip(sums, processes.sum(list(sums.values())), strict=True))
+
+
+def accumulate_gradients(model: Any, batch: Batch, cfg: TrainConfig, *,
+                         advantage_generator: torch.Generator | None = None,
+                         allowed_tokens: Tensor | None = None, ref_model: Any = None,
+                         device: torch.device | str = "cpu", processes: Processes = SINGLE
+                         ) -> dict[str, float]:
+    """``process_rows`` then ``micro_batched_loss``: the loss part of one step on ``batch``.
+
+    ``model``: the causal LM, or ``processes.wrap(model)`` (DDP) with several processes, each
+    holding its share of the step's groups in ``batch``.
+    """
+    policy = model if isinstance(model, torch.nn.parallel.DistributedDataParallel | LogProbs) \
+        else LogProbs(model)
+    rows = process_rows(batch, cfg, processes, advantage_generator, device)
+    return micro_batched_loss(policy, rows, cfg, allowed_tokens=allowed_tokens,
+                              ref_model=ref_model, processes=processes)
 
 
 @torch.no_grad()
@@ -290,8 +223,9 @@ def evaluate(model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, device: An
 
 def supervised_warmup(model: Any, tokenizer: Any, task: Any, *, steps: int, lr: float = 3e-3,
                       batch_size: int = 32, seed: int = 0, device: Any = "cpu") -> list[float]:
-    """A short supervised warm-up: cross-entropy of the gold answer (+ EOS) after the prompt,
-    on training problems only. Returns the loss per step."""
+    """Not part of the RL loop: a short supervised warm-up, cross-entropy of the gold answer
+    (+ EOS) after the prompt, on training problems only; returns the loss per step. It gives a
+    randomly initialised tiny model a start the RL loop can improve on (the learning test)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
@@ -328,14 +262,12 @@ def _param_fingerprint(model: Any) -> float:
 
 class _Run:
     """The state of one run: the policy, its rollout and reference copies, the optimiser, the
-    generators, the pending stale rollouts and the metric history (all of it checkpointed)."""
+    generators, the pending stale rollouts and the metric history; ``checkpoint`` writes it
+    all and ``restore`` reads it back."""
 
     def __init__(self, cfg: TrainConfig, model: Any, tokenizer: Any, task: Any,
                  processes: Processes, resumed: Resumed | None) -> None:
-        if cfg.prompts_per_step < processes.world_size:
-            raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be at least the "
-                             f"number of processes ({processes.world_size}): each samples whole "
-                             "groups")
+        check_processes(cfg.prompts_per_step, processes.world_size)
         self.cfg, self.tokenizer, self.task, self.processes = cfg, tokenizer, task, processes
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device).eval()  # eval: no dropout, π_θ at θ_old = sampler
@@ -416,53 +348,13 @@ class _Run:
                 self.history, self.folder / runs.PLOT,
                 title=f"{self.cfg.loss} on {getattr(self.task, 'name', '')}")
 
-    def sample(self, behaviour_step: int) -> Batch:
-        return make_batch(self.rollout_model, self.tokenizer, self.task, self.cfg,
-                          data_generator=self.generators.data,
-                          sample_generator=self.generators.sample,
-                          behaviour_step=behaviour_step, processes=self.processes)
 
-    def batch_for(self, step: int) -> Batch:
-        """The data of step t, sampled by θ_{b(t)}: at step s, sync the rollout copy and sample
-        every future step u with b(u) = s; they wait in ``pending`` until their step."""
-        schedule = self.cfg.schedule
-        if schedule.offline:  # the rollout copy is θ_0 for ever
-            return self.sample(behaviour_step=0)
-        due = [u for u in schedule.sampled_at(step) if u not in self.pending]
-        if due:
-            self.rollout_model.load_state_dict(self.model.state_dict())
-            for u in due:
-                self.pending[u] = self.sample(behaviour_step=step)
-        return self.pending.pop(step)
-
-    def data_metrics(self, batch: Batch) -> dict[str, float]:
-        """Mean reward and response length of the step's (global) batch."""
-        rewards = self.processes.gather_rows(batch.rewards)
-        lengths = self.processes.gather_rows(batch.rollout.response_mask.sum(-1))
-        return {"reward": float(rewards.mean()), "response_len": float(lengths.double().mean())}
-
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One optimiser step on ``batch``: accumulated gradients, clipping, AdamW."""
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics = accumulate_gradients(
-            self.policy, batch, self.cfg, advantage_generator=self.generators.advantage,
-            allowed_tokens=self.allowed, ref_model=self.ref_model, device=self.device,
-            processes=self.processes)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   self.cfg.max_grad_norm)
-        self.optimizer.step()
-        return {"grad_norm": float(grad_norm), **metrics}
-
-    def evaluate(self) -> float:
-        return evaluate(self.model, self.tokenizer, self.task, self.cfg, self.device,
-                        self.processes)
+OnStep = Callable[[dict[str, float], Batch | None], None]
 
 
 def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
           processes: Processes | None = None, resumed: Resumed | None = None,
-          stop_after: int | None = None,
-          on_step: Callable[[dict[str, float], Batch | None], None] | None = None
-          ) -> TrainResult:
+          stop_after: int | None = None, on_step: OnStep | None = None) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps (or ``stop_after`` steps of this call,
     which simulates an interruption); process 0 writes metrics.jsonl, checkpoint.pt and
     curves.png under ``cfg.out``. ``processes``: default, the group already started
@@ -472,19 +364,51 @@ def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
     run = _Run(cfg, model, tokenizer, task, processes, resumed)
     end = cfg.steps if stop_after is None else min(cfg.steps, run.start + stop_after)
     progress = Progress(cfg.loss, cfg.steps, run.start, enabled=cfg.progress and processes.is_main,
-                        behaviour=cfg.behaviour_gap)
+                        behavior=cfg.behavior_gap)
+    with _stopping(run, progress) as interrupt:
+        if run.start == 0 and not run.history:
+            _record(run, {"step": 0, "eval_reward": _evaluate(run)}, None, on_step)
+        for step in range(run.start, end):
+            if processes.any(interrupt.requested):  # every process stops at this step
+                if run.saved_step != step:
+                    run.checkpoint(step)
+                raise TrainingInterrupted(step, run.saved_step)
+            tic = time.perf_counter()
+            # ---- sample, or pop the batch θ_b(step) sampled earlier -----------------------
+            batch = _batch_for(run, step)
+            # ---- advantages, on the global batch ------------------------------------------
+            rows = process_rows(batch, cfg, processes, run.generators.advantage, run.device)
+            # ---- the loss, micro-batch by micro-batch: the full batch's gradient ----------
+            run.optimizer.zero_grad(set_to_none=True)
+            metrics = micro_batched_loss(run.policy, rows, cfg, allowed_tokens=run.allowed,
+                                         ref_model=run.ref_model, processes=processes)
+            # ---- clip and step ------------------------------------------------------------
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            run.optimizer.step()
+            # ---- evaluate, record, checkpoint ---------------------------------------------
+            row = {"step": step + 1, "behavior_step": batch.behavior_step,
+                   "staleness": step - batch.behavior_step, **_data_metrics(batch, processes),
+                   "grad_norm": float(grad_norm), **metrics}
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                row["eval_reward"] = _evaluate(run)
+            row["seconds"] = time.perf_counter() - tic
+            _record(run, row, batch, on_step)
+            run.done = step + 1
+            progress.update(row)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                run.checkpoint(step + 1)
+    if "metrics" in run.files and cfg.plot and (run.folder / runs.PLOT).is_file():
+        run.files.setdefault("plot", run.folder / runs.PLOT)
+    return TrainResult(model, run.history, run.files)
+
+
+@contextlib.contextmanager
+def _stopping(run: _Run, progress: Progress) -> Iterator[StopOnInterrupt]:
+    """Ctrl-C answered at once (stop at the end of the step); a second Ctrl-C or a failed
+    write ends the run saying which checkpoint stands."""
     try:
-        with StopOnInterrupt(announce=processes.is_main) as interrupt:
-            if run.start == 0 and not run.history:
-                _record(run, {"step": 0, "eval_reward": run.evaluate()}, None, on_step)
-            for step in range(run.start, end):
-                if processes.any(interrupt.requested):  # every process stops at this step
-                    if run.saved_step != step:
-                        run.checkpoint(step)
-                    raise TrainingInterrupted(step, run.saved_step)
-                _step(run, step, progress, on_step)
-                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-                    run.checkpoint(step + 1)
+        with StopOnInterrupt(announce=run.processes.is_main) as interrupt:
+            yield interrupt
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:  # a second Ctrl-C cut a step short: the last checkpoint stands
@@ -494,29 +418,43 @@ def train(cfg: TrainConfig, model: Any, tokenizer: Any, task: Any, *,
         raise
     finally:
         progress.close()
-    if "metrics" in run.files and cfg.plot and (run.folder / runs.PLOT).is_file():
-        run.files.setdefault("plot", run.folder / runs.PLOT)
-    return TrainResult(model, run.history, run.files)
 
 
-def _step(run: _Run, step: int, progress: Progress,
-          on_step: Callable[[dict[str, float], Batch | None], None] | None) -> None:
-    """One training step: its batch, the update, evaluation when due, the metric row."""
-    tic = time.perf_counter()
-    batch = run.batch_for(step)
-    row = {"step": step + 1, "behaviour_step": batch.behaviour_step,
-           "staleness": step - batch.behaviour_step, **run.data_metrics(batch),
-           **run.update(batch)}
-    if (step + 1) % run.cfg.eval_every == 0 or step + 1 == run.cfg.steps:
-        row["eval_reward"] = run.evaluate()
-    row["seconds"] = time.perf_counter() - tic
-    _record(run, row, batch, on_step)
-    run.done = step + 1
-    progress.update(row)
+def _batch_for(run: _Run, step: int) -> Batch:
+    """The data of step t, sampled by θ_{b(t)}: at step s, sync the rollout copy and sample
+    every future step u with b(u) = s; they wait in ``run.pending``, on the CPU, until their
+    step (a batch used at once stays on the device)."""
+    schedule = run.cfg.schedule
+    if schedule.offline:  # the rollout copy is θ_0 for ever
+        return _sample(run, behavior_step=0, store=run.device)
+    due = [u for u in schedule.sampled_at(step) if u not in run.pending]
+    if due:
+        run.rollout_model.load_state_dict(run.model.state_dict())
+        for u in due:
+            run.pending[u] = _sample(run, behavior_step=step,
+                                     store=run.device if u == step else "cpu")
+    return run.pending.pop(step)
+
+
+def _sample(run: _Run, *, behavior_step: int, store: torch.device | str) -> Batch:
+    return make_batch(run.rollout_model, run.tokenizer, run.task, run.cfg,
+                      data_generator=run.generators.data, sample_generator=run.generators.sample,
+                      behavior_step=behavior_step, processes=run.processes, store=store)
+
+
+def _data_metrics(batch: Batch, processes: Processes) -> dict[str, float]:
+    """Mean reward and response length of the step's (global) batch."""
+    rewards = processes.gather_rows(batch.rewards)
+    lengths = processes.gather_rows(batch.rollout.response_mask.sum(-1))
+    return {"reward": float(rewards.mean()), "response_len": float(lengths.double().mean())}
+
+
+def _evaluate(run: _Run) -> float:
+    return evaluate(run.model, run.tokenizer, run.task, run.cfg, run.device, run.processes)
 
 
 def _record(run: _Run, row: dict[str, float], batch: Batch | None,
-            on_step: Callable[[dict[str, float], Batch | None], None] | None) -> None:
+            on_step: OnStep | None) -> None:
     run.history.append(row)
     if "metrics" in run.files:  # a line cut short by a full disk is rewritten on resume
         with runs.writing(run.folder), run.files["metrics"].open("a") as handle:

@@ -29,14 +29,28 @@ verl 0.9.1 (``compute_grpo_outcome_advantage``) and Trinity's GRPO advantage use
 
 ``red_drop`` is data shaping (paper §6): it balances a group's negatives against its positives
 by dropping random negatives, then re-centres on the kept samples.
+
+Design decisions
+----------------
+* ``ADVANTAGES`` (a ``validation.Registry``) is the one list of kinds a loss may name: each
+  entry says how it is computed and what it needs (``needs_generator``: random draws;
+  ``group_local``: a group's advantages depend on that group alone, not on the batch;
+  ``exact``: the exact engines can take its expectation). Callers ask the entry, never a name.
+* "All rewards of a group are equal" is ``is_uniform``, decided by exact equality; both the
+  zero-advantage rule and DAPO's drop read it. DAPO's filter is one keep-mask step at the end
+  of ``shaped_advantages``, switched on by the loss preset (``LossSpec.drop_uniform_groups``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from simulator.validation import (
+    Registry,
     require_choice,
     require_finite,
     require_float_tensor,
@@ -48,8 +62,7 @@ from simulator.validation import (
 
 ADVANTAGE_KINDS: tuple[str, ...] = ("none", "mean", "mean-std", "mean-batch-std", "loo",
                                    "logavgexp")
-GROUP_LOCAL_KINDS: tuple[str, ...] = ("none", "mean", "mean-std", "loo", "logavgexp")
-"""The kinds whose advantages in one group depend on that group alone (not ``mean-batch-std``)."""
+"""The baseline kinds of ``group_advantages``; ``ADVANTAGES`` holds these and ``red-drop``."""
 STD_KINDS: tuple[str, ...] = ("population", "sample")
 
 
@@ -96,8 +109,12 @@ def group_advantages(
     # A group whose rewards are all equal carries no signal. Decide that by exact equality:
     # r̄ of (0.1, 0.1, 0.1) is 0.10000000000000002, and dividing that round-off by an equally
     # tiny σ would turn "no signal" into advantages of ±1.
-    uniform = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
-    return torch.where(uniform, torch.full_like(advantages, shift), advantages)
+    return torch.where(is_uniform(rewards), torch.full_like(advantages, shift), advantages)
+
+
+def is_uniform(rewards: Tensor) -> Tensor:
+    """[G, 1] bool: True for a group whose rewards are all exactly equal (no signal)."""
+    return (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
 
 
 def _baseline_and_scale(rewards: Tensor, kind: str, *, std: str, eps: float, tau: float
@@ -170,6 +187,56 @@ def red_drop(rewards: Tensor, generator: torch.Generator, *, mask_dropped: bool 
     return advantages, (kept if mask_dropped else torch.ones_like(kept))
 
 
+@dataclasses.dataclass(frozen=True)
+class AdvantageKind:
+    """An entry of ``ADVANTAGES``: how a kind is computed and what it needs.
+
+    ``compute(rewards [G, K], generator, **options) -> (advantages [G, K], keep [G, K])``.
+    """
+
+    name: str
+    compute: Callable[..., tuple[Tensor, Tensor]]
+    needs_generator: bool = False
+    group_local: bool = True
+    exact: bool = True
+
+
+ADVANTAGES: Registry = Registry("advantage kind")
+
+
+def _baseline_kind(kind: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    def compute(rewards: Tensor, generator: torch.Generator | None, **options: float | str
+                ) -> tuple[Tensor, Tensor]:
+        advantages = group_advantages(rewards, kind, **options)  # type: ignore[arg-type]
+        return advantages, torch.ones_like(advantages, dtype=torch.bool)
+    return compute
+
+
+def _red_drop(rewards: Tensor, generator: torch.Generator | None, **options: bool
+              ) -> tuple[Tensor, Tensor]:
+    if set(options) - {"mask_dropped"}:
+        raise TypeError(f"kind='red-drop' takes only mask_dropped=, got {sorted(options)}")
+    return red_drop(rewards, generator, **options)  # type: ignore[arg-type]
+
+
+for _kind in ADVANTAGE_KINDS:
+    ADVANTAGES[_kind] = AdvantageKind(_kind, _baseline_kind(_kind),
+                                      group_local=_kind != "mean-batch-std")
+ADVANTAGES["red-drop"] = AdvantageKind("red-drop", _red_drop, needs_generator=True, exact=False)
+
+
+def advantage_kind(kind: object, name: str = "kind") -> AdvantageKind:
+    """The ``ADVANTAGES`` entry of ``kind``; an unknown kind is a ValueError naming ``name``."""
+    return ADVANTAGES[require_choice(name, kind, ADVANTAGES)]
+
+
+def require_exact(kind: str) -> None:
+    """Refuse a kind whose exact expectation the exact engines do not compute."""
+    if not advantage_kind(kind, "advantage").exact:
+        raise ValueError(f"advantage {kind!r} drops samples at random: its exact expectation "
+                         "is not computed; use sample_groups with a generator")
+
+
 def shaped_advantages(
     rewards: Tensor,
     kind: str,
@@ -178,23 +245,19 @@ def shaped_advantages(
     drop_uniform_groups: bool = False,
     **kwargs: float | str,
 ) -> tuple[Tensor, Tensor]:
-    """Advantages and a keep mask for any kind a loss preset may name.
+    """Advantages and a keep mask for any kind of ``ADVANTAGES``.
 
-    ``kind`` is one of ``ADVANTAGE_KINDS`` or ``"red-drop"`` (which needs ``generator``).
-    ``drop_uniform_groups`` (DAPO's dynamic-sampling filter) marks every sample of a group whose
-    rewards are all equal as not kept: such groups carry no signal and would only dilute a
-    token-mean. Callers drop ``~keep`` samples from the loss mask.
+    ``generator`` is used by the kinds that draw (``needs_generator``: ``red-drop``, for which
+    it is required) and ignored by the others. ``drop_uniform_groups`` (DAPO's
+    dynamic-sampling filter) marks every sample of a group whose rewards are all equal as not
+    kept: such groups carry no signal and would only dilute a token-mean. Callers drop ``~keep``
+    samples from the loss mask.
     """
-    if kind == "red-drop":
-        if generator is None:
-            raise ValueError("kind='red-drop' needs a torch.Generator in generator=")
-        if set(kwargs) - {"mask_dropped"}:
-            raise TypeError(f"kind='red-drop' takes only mask_dropped=, got {sorted(kwargs)}")
-        advantages, keep = red_drop(rewards, generator, **kwargs)  # type: ignore[arg-type]
-    else:
-        advantages = group_advantages(rewards, kind, **kwargs)  # type: ignore[arg-type]
-        keep = torch.ones_like(advantages, dtype=torch.bool)
+    entry = advantage_kind(kind)
+    if entry.needs_generator and generator is None:
+        raise ValueError(f"kind={kind!r} needs a torch.Generator in generator=")
+    advantages, keep = entry.compute(rewards, generator if entry.needs_generator else None,
+                                     **kwargs)
     if drop_uniform_groups:
-        uniform = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
-        keep = keep & ~uniform
+        keep = keep & ~is_uniform(rewards)
     return advantages, keep

@@ -65,6 +65,16 @@ def check_options(mode: str, norm_len: float | None, rows: str = "all") -> None:
         raise ValueError(f"norm_len only applies to agg='seq-mean-token-sum-norm', not {mode!r}")
 
 
+def norm_len_for(mode: str, max_len: float, norm_len: float | None = None) -> float | None:
+    """``norm_len`` in force: under ``seq-mean-token-sum-norm`` the caller's, else the maximum
+    completion length ``max_len`` (Dr.GRPO's and TRL's constant; never the padded width of one
+    batch); under any other mode the caller's (None unless given, which ``check_options``
+    refuses there)."""
+    if mode != "seq-mean-token-sum-norm" or norm_len is not None:
+        return norm_len
+    return float(max_len)
+
+
 def row_terms(per_token: Tensor, mask: Tensor, mode: str, *, norm_len: float | None = None
               ) -> Tensor:
     """The row-local terms of ``mode``: [..., B, T] -> [..., B] (before dividing by N).

@@ -8,9 +8,9 @@ Design decisions
 ----------------
 * Light at import: this module loads neither torch, scipy nor matplotlib, so ``grlab --help``
   answers at once. The defaults ``--help`` shows come from torch-free homes (setting names
-  from ``simulator.schedule``, experiment keys and the default arms from ``simulator.names``);
-  each command imports the lab when it runs.
-* Every argument is checked before any training (``default_comparison``, ``simulator.names.
+  from ``simulator.schedule``, experiment keys and the default curves from
+  ``simulator.lab_names``); each command imports the lab when it runs.
+* Every argument is checked before any training (``default_comparison``, ``simulator.lab_names.
   lookup``, ``simulator.files.output_dir``): a user error is one line on stderr and exit 2
   (printed by ``grlab.cli``).
 * What is kept in ``--out``: the cache ``OUT/runs`` is the result (one file per loss and
@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from simulator.names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
+from simulator.lab_names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
 from simulator.schedule import SETTINGS
 
 if TYPE_CHECKING:
@@ -65,6 +65,16 @@ def _stderr() -> Console:
     """A console on stderr as it is now (progress, notes)."""
     return Console(stderr=True)
 
+
+# The flags that compare and experiment share, written once.
+ImportFlag = Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
+    name="import", metavar="MODULE",
+    help="import these modules first (a name on the Python path, the current folder "
+         "included, or a path to a .py file), so the losses they register with "
+         "@register_loss can be used")]
+ThreadsFlag = Annotated[int | None, tyro.conf.arg(
+    help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
+         "fastest on one")]
 
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
@@ -164,13 +174,13 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     """Run an experiment with progress, write its files, print the table and the paths."""
     from rich.table import Table
 
-    from simulator.experiments import pivot, run_experiment, write_report
     from simulator.files import output_dir
     from simulator.progress import PartProgress, table_or_list
+    from simulator.reports import pivot, run_experiment, write_report
 
     out = output_dir(out, what="--out")
     previous = _read_text(out / "table.md")
-    labels = [arm.label for arm in exp.arms]
+    labels = [curve.label for curve in exp.arms]
     try:
         with PartProgress(_stderr(), exp.key, labels, exp.steps) as progress:
             def on_arm(label: str, source: str) -> None:
@@ -190,12 +200,12 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     table.add_column("loss")
     for setting in settings:
         table.add_column(setting)
-    for arm, values in rows:
-        table.add_row(escape(arm), *values)
+    for label, values in rows:
+        table.add_row(escape(label), *values)
     out_console = _stdout()
     out_console.print(table_or_list(table, out_console.width, per_line=True))
     if exp.seeds < 2:
-        from simulator.experiments import NO_INTERVAL
+        from simulator.reports import NO_INTERVAL
 
         _note(NO_INTERVAL)
     for kind, path in paths.items():  # a path is never broken across lines
@@ -225,14 +235,8 @@ def compare(
         "results/compare"),
     list: bool = False,
     fresh: bool = False,
-    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
-        name="import", metavar="MODULE",
-        help="import these modules first (a name on the Python path, the current folder "
-             "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used")] = (),
-    threads: Annotated[int | None, tyro.conf.arg(
-        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
-             "fastest on one")] = None,
+    import_: ImportFlag = (),
+    threads: ThreadsFlag = None,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
     write a plot (curves.png) and a table (table.md, table.csv).
@@ -280,14 +284,8 @@ def experiment(
     out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
                                                    f"{OUT_HELP}.")] = None,
     fresh: bool = False,
-    import_: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(
-        name="import", metavar="MODULE",
-        help="import these modules first (a name on the Python path, the current folder "
-             "included, or a path to a .py file), so the losses they register with "
-             "@register_loss can be used")] = (),
-    threads: Annotated[int | None, tyro.conf.arg(
-        help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
-             "fastest on one")] = None,
+    import_: ImportFlag = (),
+    threads: ThreadsFlag = None,
 ) -> None:
     """Run one named experiment of the paper's findings and write its plot and table: E1–E5
     and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,

@@ -30,15 +30,15 @@ import math
 import torch
 from torch import Tensor
 
-from simulator.validation import require_float_tensor, require_positive
+from simulator.validation import require_float_tensor, require_int, require_positive
 
 __all__ = [
     "asymre_effective_baseline",
     "asymre_fixed_point",
-    "expected_pairwise_surrogate",
     "grpo_std_factor",
     "kl_regularized_optimum",
     "mirror_descent_iterates",
+    "pairwise_surrogate_closed_form",
     "reinforce_expected_logit_gradient",
     "simplex_projection",
     "soft_bellman_policy",
@@ -114,8 +114,7 @@ def asymre_effective_baseline(mu: Tensor, r: Tensor, beta: float, K: int) -> Ten
     = (1 − 1/K)·[μ⊙(r − V) − π·(E_μ r − V)] with V = E_μ r − β·K/(K − 1).
     """
     mu, r = _pair("mu", mu, "r", r)
-    if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-        raise ValueError(f"K must be an int >= 2, got {K!r}")
+    K = require_int("K", K, 2)
     return (mu * r).sum(dim=-1) - beta * K / (K - 1)
 
 
@@ -176,7 +175,7 @@ def mirror_descent_iterates(pi_0: Tensor, r: Tensor, tau: float, steps: int) -> 
     return torch.softmax(torch.log(pi_0) + t * r / tau, dim=-1)
 
 
-def expected_pairwise_surrogate(mu: Tensor, a: Tensor, K: int) -> Tensor:
+def pairwise_surrogate_closed_form(mu: Tensor, a: Tensor, K: int) -> Tensor:
     """E over K i.i.d. draws from μ of (1/K²)·Σ_{i<j} (a_i − a_j)² = ((K − 1)/K)·Var_μ(a).
 
     a(y) = r(y) − τ·(log π(y) − log π_t(y)) per response; shapes [..., N]. Zero exactly when a
@@ -198,8 +197,7 @@ def softmax_pg_rate_constant(r: Tensor, lr: float, K: int) -> Tensor:
     """
     r = require_float_tensor("r", r)
     lr = require_positive("lr", lr)
-    if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-        raise ValueError(f"K must be an int >= 2, got {K!r}")
+    K = require_int("K", K, 2)
     best = r.max(dim=-1, keepdim=True).values
     m = (r < best).sum(dim=-1).to(r.dtype)
     return m / ((m + 1) * lr * (1 - 1 / K))

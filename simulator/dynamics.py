@@ -4,9 +4,9 @@ Design decisions
 ----------------
 * A *run* is (seed, schedule, learning rate) for one loss. Runs that share the loss advance
   together: R runs × P prompts become one testbed of R·P prompts, so a single call of
-  ``exact.ExpectedLoss`` (exact mode) or ``exact.batch_terms`` (sampled mode) computes every
-  run's update — no Python loop over runs. Prompts never interact inside a loss (each group is
-  its own batch), so run r's gradient is exactly R·∂(mean loss)/∂θ_r.
+  ``exact.ExpectedLoss`` (``groups="expected"``) or ``exact.batch_terms`` (``"sampled"``)
+  computes every run's update — no Python loop over runs. Prompts never interact inside a
+  loss (each group is its own batch), so run r's gradient is exactly R·∂(mean loss)/∂θ_r.
 * The schedule says which parameters produced the data trained on at step t (``Schedule``):
   the paper's ``sync_interval`` m (the rollout model is refreshed every m steps),
   ``sync_offset`` d (rollouts run d steps ahead, so data are about d updates old) and
@@ -16,6 +16,8 @@ Design decisions
   rate; Adam is elementwise, so this is exactly one ``torch.optim.Adam`` per run (tested).
 * A run whose gradient or parameters become non-finite is *diverged*: it is frozen at its last
   finite parameters, its step is recorded, and it stays in every average (never dropped).
+* A testbed family is a ``BanditProblem`` (one-token answers) or a ``TreeProblem`` (token
+  sequences), each holding only its own fields; ``Problem(env=...)`` builds either.
 * Policies: ``tabular`` (θ = logits) or ``log-linear`` (logits = Φ·w with random features
   shared across prompts and responses, so an update for one prompt moves the others — the
   generalisation an LLM has and a table lacks).
@@ -32,60 +34,58 @@ import torch
 from torch import Tensor
 
 from simulator.bandit import ResponseSpace, SoftmaxBandit
-from simulator.exact import ExpectedLoss, LossSetup, batch_terms, sample_groups
-from simulator.groups import loss_setup
+from simulator.exact import ExpectedLoss, batch_terms, sample_groups
+from simulator.groups import LossSetup, loss_setup
 from simulator.schedule import SETTINGS, Schedule
 from simulator.tree import TreeMDP
 from simulator.validation import require_choice, require_int, require_positive
 
-__all__ = ["SETTINGS", "Problem", "Schedule", "Trajectory", "simulate"]
+__all__ = ["SETTINGS", "BanditProblem", "Problem", "Schedule", "Trajectory", "TreeProblem",
+           "simulate"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A family of testbeds; ``instantiate(seeds)`` draws one instance per seed.
+    """A family of testbeds; ``instantiate(seeds)`` draws one instance per seed. The fields
+    every testbed has; ``BanditProblem`` and ``TreeProblem`` add their own.
 
-    env: "bandit" (``responses`` one-token answers) or "tree" (``vocab``, ``depth``, ``eos``).
     reward: "binary" (``correct`` right answers per prompt, the rest 0) or "graded" (U[0, 1)).
     policy: "tabular" or "log-linear" (``features`` shared features, N(0, 1)).
     init_scale: the initial logits (tabular) or weights (log-linear) are init_scale·N(0, 1).
+    ``Problem(env=..., ...)`` builds the pair's member that ``env`` names ("bandit" or "tree").
     """
 
     env: str = "bandit"
     prompts: int = 8
-    responses: int = 8
-    vocab: int = 3
-    depth: int = 3
-    eos: bool = True
     reward: str = "binary"
     correct: int = 1
     policy: str = "tabular"
     features: int = 6
     init_scale: float = 1.0
 
+    def __new__(cls, *args: Any, **fields: Any) -> Problem:
+        if cls is Problem:  # the old single class: dispatch on env
+            cls = _ENVS[require_choice("env", fields.get("env", "bandit"), tuple(_ENVS))]
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
-        require_choice("env", self.env, ("bandit", "tree"))
+        require_choice("env", self.env, (_KINDS[type(self)],))
         require_choice("reward", self.reward, ("binary", "graded"))
         require_choice("policy", self.policy, ("tabular", "log-linear"))
         require_int("prompts", self.prompts, 1)
         require_int("features", self.features, 1)
         require_int("correct", self.correct, 1)
         require_positive("init_scale", self.init_scale)
-        if self.env == "bandit":
-            require_int("responses", self.responses, 2)
         if self.correct >= self.num_responses:
             raise ValueError(f"correct must be < the number of responses "
                              f"{self.num_responses}, got {self.correct}")
 
     @property
     def num_responses(self) -> int:
-        return self.responses if self.env == "bandit" else TreeMDP.count(
-            self.vocab, self.depth, self.eos)
+        raise NotImplementedError
 
     def make_env(self, rewards: Tensor) -> ResponseSpace:
-        if self.env == "bandit":
-            return SoftmaxBandit(rewards)
-        return TreeMDP(rewards, self.vocab, self.depth, self.eos)
+        raise NotImplementedError
 
     def draw_rewards(self, generator: torch.Generator) -> Tensor:
         """[P, N] rewards for one instance."""
@@ -96,13 +96,53 @@ class Problem:
         return (order < self.correct).to(torch.float64)
 
 
+@dataclasses.dataclass(frozen=True)
+class BanditProblem(Problem):
+    """One-token answers: ``responses`` per prompt (a ``SoftmaxBandit``)."""
+
+    responses: int = 8
+
+    def __post_init__(self) -> None:
+        require_int("responses", self.responses, 2)
+        super().__post_init__()
+
+    @property
+    def num_responses(self) -> int:
+        return self.responses
+
+    def make_env(self, rewards: Tensor) -> ResponseSpace:
+        return SoftmaxBandit(rewards)
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeProblem(Problem):
+    """Token sequences: a tree of ``vocab`` tokens, ``depth`` deep, token 0 ending a response
+    when ``eos`` (a ``TreeMDP``)."""
+
+    env: str = "tree"
+    vocab: int = 3
+    depth: int = 3
+    eos: bool = True
+
+    @property
+    def num_responses(self) -> int:
+        return TreeMDP.count(self.vocab, self.depth, self.eos)
+
+    def make_env(self, rewards: Tensor) -> ResponseSpace:
+        return TreeMDP(rewards, self.vocab, self.depth, self.eos)
+
+
+_ENVS: dict[str, type[Problem]] = {"bandit": BanditProblem, "tree": TreeProblem}
+_KINDS = {cls: env for env, cls in _ENVS.items()}
+
+
 @dataclasses.dataclass
 class Trajectory:
     """Per-step metrics of R runs: ``metrics[name]`` is [steps + 1, R] (step 0 = initial).
 
     ``runs`` lists (seed, schedule, lr) per run; ``diverged_at`` [R] is the step at which a run
     diverged (−1 if never); ``params`` [R, ...] the final parameters (logits or weights).
-    Metric names: reward, optimum, subopt, entropy, kl_behaviour, kl_init, best_share,
+    Metric names: reward, optimum, subopt, entropy, kl_behavior, kl_init, best_share,
     grad_norm, staleness, clipfrac (the expected share of tokens whose gradient clipping
     switched off, averaged over the step's updates; 0 at step 0).
     """
@@ -190,7 +230,7 @@ def _metrics(runs: _Runs, pi: Tensor, mu: Tensor, pi0: Tensor) -> dict[str, Tens
         "optimum": optimum,
         "subopt": optimum - reward,
         "entropy": entropy.mean(-1),
-        "kl_behaviour": _kl(pi, mu).mean(-1),
+        "kl_behavior": _kl(pi, mu).mean(-1),
         "kl_init": _kl(pi, pi0).mean(-1),
         "best_share": (pi * best).sum(-1).mean(-1),
     }
@@ -198,14 +238,14 @@ def _metrics(runs: _Runs, pi: Tensor, mu: Tensor, pi0: Tensor) -> dict[str, Tens
 
 def simulate(
     problem: Problem,
-    loss: str | LossSetup,
+    setup: LossSetup | str,
     *,
     seeds: Sequence[int],
     schedules: Sequence[Schedule] = (Schedule(),),
     lrs: Sequence[float] = (0.1,),
     steps: int = 200,
     group_size: int = 4,
-    mode: str = "expected",
+    groups: str = "expected",
     groups_per_prompt: int = 1,
     optimizer: str = "sgd",
     updates_per_batch: int = 1,
@@ -217,11 +257,11 @@ def simulate(
 
     Args:
         problem: the testbed family; each seed draws its own rewards and initial parameters.
-        loss: a registered loss name or a full ``exact.LossSetup``; ``hparams`` are the loss's
+        setup: a full ``LossSetup``, or a registered loss name; then ``hparams`` are the loss's
             keywords, plus LossSetup's own fields by name (``advantage``, ``advantage_kwargs``,
             ``agg``, ``norm_len``) to override how the loss is fed.
-        mode: "expected" (the exact expected update over groups of ``group_size`` drawn from
-            the behaviour policy) or "sampled" (``groups_per_prompt`` groups per prompt and
+        groups: "expected" (the exact expected update over groups of ``group_size`` drawn from
+            the behavior policy) or "sampled" (``groups_per_prompt`` groups per prompt and
             step, drawn with a generator seeded by ``sample_seed``).
         optimizer: "sgd" or "adam"; ``updates_per_batch`` optimiser steps on each batch.
         on_step: called with the step index after each step (progress bars).
@@ -229,7 +269,7 @@ def simulate(
         a ``Trajectory`` with metrics [steps + 1, R]; runs ordered seed-major, then schedule,
         then learning rate.
     """
-    require_choice("mode", mode, ("expected", "sampled"))
+    require_choice("groups", groups, ("expected", "sampled"))
     require_int("steps", steps, 1)
     require_int("group_size", group_size, 1)
     require_int("groups_per_prompt", groups_per_prompt, 1)
@@ -238,63 +278,85 @@ def simulate(
         raise ValueError("seeds, schedules and lrs must each hold at least one value")
     for lr in lrs:
         require_positive("lr", lr)
-    setup = loss if isinstance(loss, LossSetup) else loss_setup(loss, hparams)
+    setup = setup if isinstance(setup, LossSetup) else loss_setup(setup, hparams)
     grid = [(s, sch, lr) for s in range(len(seeds)) for sch in schedules for lr in lrs]
     runs = _Runs(problem, seeds, torch.tensor([g[0] for g in grid]))
-    lr = torch.tensor([g[2] for g in grid], dtype=torch.float64)
-    opt = _Optimizer(optimizer, lr)
-    generator = torch.Generator().manual_seed(sample_seed)
-    expected = ExpectedLoss(runs.env, setup, group_size)
+    lab = _Training(
+        runs, setup, [sch for _, sch, _ in grid], group_size,
+        groups_per_prompt if groups == "sampled" else None, updates_per_batch,
+        _Optimizer(optimizer, torch.tensor([g[2] for g in grid], dtype=torch.float64)),
+        torch.Generator().manual_seed(sample_seed))
+    for step in range(steps):
+        _train_step(lab, step)
+        if on_step is not None:
+            on_step(step)
+    metrics = {key: torch.stack(values) for key, values in lab.records.items()}
+    return Trajectory(setup.loss, [(seeds[s], sch, lr) for s, sch, lr in grid], metrics,
+                      lab.diverged_at, lab.theta.detach())
 
-    theta = runs.theta0.clone()
-    pi0 = runs.response_probs(theta)
-    history = {0: theta}
-    diverged_at = torch.full((runs.r,), -1, dtype=torch.long)
-    records: dict[str, list[Tensor]] = {}
 
-    def record(pi: Tensor, mu: Tensor, grad_norm: Tensor, staleness: Tensor, clipfrac: Tensor
-               ) -> None:
-        row = _metrics(runs, pi, mu, pi0)
+class _Training:
+    """What the steps of one ``simulate`` call share: the runs, how each update is computed,
+    the optimiser, θ, the snapshots of θ some run's schedule may still sample from, and the
+    metrics recorded so far (step 0's at construction)."""
+
+    def __init__(self, runs: _Runs, setup: LossSetup, schedules: list[Schedule],
+                 group_size: int, sampled_groups: int | None, updates_per_batch: int,
+                 opt: _Optimizer, generator: torch.Generator) -> None:
+        self.runs, self.setup, self.schedules = runs, setup, schedules
+        self.group_size, self.sampled_groups = group_size, sampled_groups
+        self.updates_per_batch, self.opt, self.generator = updates_per_batch, opt, generator
+        self.expected = ExpectedLoss(runs.env, setup, group_size)
+        self.theta = runs.theta0.clone()
+        self.pi0 = runs.response_probs(self.theta)
+        self.history = {0: self.theta}
+        self.diverged_at = torch.full((runs.r,), -1, dtype=torch.long)
+        self.records: dict[str, list[Tensor]] = {}
+        zero = torch.zeros(runs.r, dtype=torch.float64)
+        self.record(self.pi0, self.pi0, zero, zero, zero)
+
+    def record(self, pi: Tensor, mu: Tensor, grad_norm: Tensor, staleness: Tensor,
+               clipfrac: Tensor) -> None:
+        row = _metrics(self.runs, pi, mu, self.pi0)
         row.update(grad_norm=grad_norm, staleness=staleness.to(torch.float64),
                    clipfrac=clipfrac)
         for key, value in row.items():
-            records.setdefault(key, []).append(value.detach())
+            self.records.setdefault(key, []).append(value.detach())
 
-    zero = torch.zeros(runs.r, dtype=torch.float64)
-    record(pi0, pi0, zero, zero, zero)
-    for step in range(steps):
-        behaviour = [sch.behaviour_step(step) for _, sch, _ in grid]
-        theta_b = torch.stack([history[b][i] for i, b in enumerate(behaviour)])
-        mu = runs.response_probs(theta_b).detach()
-        mu_flat = mu.reshape(runs.env.rewards.shape)
-        batch = (sample_groups(mu_flat, group_size, groups_per_prompt, generator)
-                 if mode == "sampled" else None)
-        clipfrac = torch.zeros(runs.r, dtype=torch.float64)
-        for _ in range(updates_per_batch):
-            leaf = theta.detach().requires_grad_(True)
-            logits = runs.logits(leaf)
-            if batch is None:
-                value, clipped = expected.terms(logits, mu_flat)
-            else:
-                value, clipped = batch_terms(runs.env, logits, batch, mu_flat, setup,
-                                             generator=generator)
-            clipfrac += clipped.reshape(runs.r, -1).mean(1) / updates_per_batch
-            (grad,) = torch.autograd.grad(value * runs.r, leaf)
-            theta = _guarded_step(opt, theta, grad, diverged_at, step + 1)
-        grad_norm = grad.flatten(1).norm(dim=1)
-        record(runs.response_probs(theta), mu,
-               torch.where(torch.isfinite(grad_norm), grad_norm, torch.full_like(grad_norm,
-                                                                               math.inf)),
-               torch.tensor([step - b for b in behaviour]), clipfrac)
-        history[step + 1] = theta.detach()
-        needed = min(sch.behaviour_step(step + 1) for _, sch, _ in grid)
-        for old in [key for key in history if key < needed]:
-            del history[old]
-        if on_step is not None:
-            on_step(step)
-    metrics = {key: torch.stack(values) for key, values in records.items()}
-    return Trajectory(setup.loss, [(seeds[s], sch, lr) for s, sch, lr in grid], metrics,
-                      diverged_at, theta.detach())
+    def update_value(self, logits: Tensor, mu_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        """(loss, clipfrac) of one update: exact over all groups, or on the sampled batch."""
+        if batch is None:
+            return self.expected.terms(logits, mu_flat)
+        return batch_terms(self.runs.env, logits, batch, mu_flat, self.setup,
+                           generator=self.generator)
+
+
+def _train_step(lab: _Training, step: int) -> None:
+    """One step of every run: the data of each run's behavior policy θ_{b(step)}, then
+    ``updates_per_batch`` guarded optimiser steps on them, then the step's metrics."""
+    runs = lab.runs
+    behavior = [sch.behavior_step(step) for sch in lab.schedules]
+    theta_b = torch.stack([lab.history[b][i] for i, b in enumerate(behavior)])
+    mu = runs.response_probs(theta_b).detach()
+    mu_flat = mu.reshape(runs.env.rewards.shape)
+    batch = (None if lab.sampled_groups is None else sample_groups(
+        mu_flat, lab.group_size, lab.sampled_groups, lab.generator))
+    clipfrac = torch.zeros(runs.r, dtype=torch.float64)
+    for _ in range(lab.updates_per_batch):
+        leaf = lab.theta.detach().requires_grad_(True)
+        value, clipped = lab.update_value(runs.logits(leaf), mu_flat, batch)
+        clipfrac += clipped.reshape(runs.r, -1).mean(1) / lab.updates_per_batch
+        (grad,) = torch.autograd.grad(value * runs.r, leaf)
+        lab.theta = _guarded_step(lab.opt, lab.theta, grad, lab.diverged_at, step + 1)
+    grad_norm = grad.flatten(1).norm(dim=1)
+    lab.record(runs.response_probs(lab.theta), mu,
+               torch.where(torch.isfinite(grad_norm), grad_norm,
+                           torch.full_like(grad_norm, math.inf)),
+               torch.tensor([step - b for b in behavior]), clipfrac)
+    lab.history[step + 1] = lab.theta.detach()
+    needed = min(sch.behavior_step(step + 1) for sch in lab.schedules)
+    for old in [key for key in lab.history if key < needed]:
+        del lab.history[old]
 
 
 def _guarded_step(opt: _Optimizer, theta: Tensor, grad: Tensor, diverged_at: Tensor,

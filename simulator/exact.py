@@ -23,12 +23,16 @@ Design decisions
   C(N + K − 1, K)·K rows). Tests check every engine against enumeration to 1e-12 for every
   registered loss.
 * Batches of groups, enumerated or sampled, become a loss through one function,
-  ``groups.batch_terms`` (re-exported here with the rest of that module's public names).
-* Refused, with a ValueError naming the reason: RED-Drop (random drops: use sampling) and any
-  advantage kind that couples prompts or depends on order (a batch statistic), detected by a
-  probe (``sufficient.require_group_local``) rather than a list of names.
-* The behaviour is never differentiated: gradients are E_{groups∼μ}[∇_logits loss], the
-  quantity an optimiser follows. ``logp_old`` is the behaviour's per-token log-prob unless an
+  ``groups.batch_terms``. This module re-exports the names of ``simulator.groups`` that its
+  callers use (``__all__``); the rest are imported from ``simulator.groups``.
+* A loss is named with keywords (sorted by ``LossSetup.from_keywords``) or given as a whole
+  ``LossSetup``; ``method`` is each function's own keyword, never a loss keyword.
+* Refused, with a ValueError naming the reason: a kind the advantage registry marks as not
+  exact (RED-Drop's random drops: use sampling) and any advantage kind that couples prompts or
+  depends on order (a batch statistic), detected by a probe
+  (``sufficient.require_group_local``) rather than trusted from a list of names.
+* The behavior is never differentiated: gradients are E_{groups∼μ}[∇_logits loss], the
+  quantity an optimiser follows. ``logp_old`` is the behavior's per-token log-prob unless an
   ``anchor`` distribution is given (theory sometimes separates the two).
 * Every public function validates what it is given and names the public argument (K, logits,
   behavior, anchor, method, ...) with the checks of ``simulator.groups``.
@@ -45,14 +49,10 @@ import torch
 from torch import Tensor
 
 from simulator.aggregation import normaliser, row_terms
-from simulator.bandit import ResponseSpace
 from simulator.groups import (
     CHUNK_ELEMENTS,
-    MAX_GROUPS,
-    MAX_MATERIALISED,
     Behavior,
     GroupBatch,
-    LossSetup,
     accumulate,
     batch_advantages,
     batch_loss,
@@ -60,17 +60,16 @@ from simulator.groups import (
     check_batch,
     check_logits,
     enumerate_groups,
-    loss_setup,
     multiset_chunks,
     multisets,
     old_table,
     ordered_tuples,
-    per_group_losses,
     prepare,
     resolve_behavior,
     sample_groups,
 )
-from simulator.losses import LOSSES, pairwise_surrogate, policy_loss
+from simulator.losses import LossSetup, group_losses, pairwise_surrogate, policy_loss
+from simulator.responses import ResponseSpace
 from simulator.sufficient import MAX_STATES, SufficientStats, require_group_local, sufficient_cost
 from simulator.validation import (
     require_choice,
@@ -82,8 +81,6 @@ from simulator.validation import (
 )
 
 __all__ = [
-    "MAX_GROUPS",
-    "MAX_MATERIALISED",
     "METHODS",
     "ExpectedLoss",
     "GroupBatch",
@@ -97,13 +94,14 @@ __all__ = [
     "expected_pairwise_surrogate",
     "gradient_covariance",
     "group_gradients",
+    "group_losses",
     "iterate_expected_update",
     "multiset_chunks",
     "multisets",
     "ordered_tuples",
-    "per_group_losses",
     "sample_groups",
     "sampled_gradient",
+    "setup_of",
 ]
 
 METHODS: tuple[str, ...] = ("auto", "closed-form", "sufficient", "enumerate", "ordered")
@@ -119,7 +117,7 @@ class _ClosedForm(NamedTuple):
 
 def _closed_form(env: ResponseSpace, setup: LossSetup, k: int) -> _ClosedForm | None:
     """The closed form's constants when it applies, else None (see module docstring)."""
-    spec = LOSSES[setup.loss]
+    spec = setup.spec
     kind, kwargs = setup.advantage_kind()
     if spec.base not in ("reinforce", "asymre") or spec.drop_uniform_groups:
         return None
@@ -170,17 +168,17 @@ def _choose(env: ResponseSpace, k: int) -> str:
 
 
 class ExpectedLoss:
-    """(logits, behaviour) ↦ E_{groups of K ∼ μ}[loss], exact, for many calls on one testbed.
+    """(logits, behavior) ↦ E_{groups of K ∼ μ}[loss], exact, for many calls on one testbed.
 
-    A training loop calls it once per step with a new behaviour: what depends on neither — the
+    A training loop calls it once per step with a new behavior: what depends on neither — the
     engine's choice, the multisets or count vectors, their rewards, advantages and masks — is
     built on the first call and reused. ``method`` as in ``expected_loss``; ``self.method`` is
     the engine in use ("closed-form", "sufficient", "enumerate" or "ordered").
     """
 
-    def __init__(self, env: ResponseSpace, setup: LossSetup, k: int, method: str = "auto"
+    def __init__(self, env: ResponseSpace, setup: LossSetup, K: int, method: str = "auto"
                  ) -> None:
-        self.k = require_int("K", k, 1)
+        self.k = require_int("K", K, 1)
         require_choice("method", method, METHODS)
         if not isinstance(setup, LossSetup):
             raise TypeError(f"setup must be a LossSetup, got {type(setup).__name__}")
@@ -219,8 +217,7 @@ class ExpectedLoss:
                 self._stats = SufficientStats(env, setup, self.k)
             return self._stats.terms(logits, mu, old_table(env, mu, setup))
         if not self._checked:
-            kind, kwargs = setup.advantage_kind()
-            require_group_local(kind, kwargs, LOSSES[setup.loss].drop_uniform_groups)
+            require_group_local(setup)
             self._checked = True
         if self.method == "ordered":
             batch = enumerate_groups(mu, self.k, ordered=True)
@@ -267,37 +264,47 @@ class ExpectedLoss:
         return batch_terms(self.env, logits, batch, mu, self.setup)
 
 
-def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, k: int, *,
-                  method: str = "auto", **options: Any) -> Tensor:
+def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str | LossSetup,
+                  K: int, *, method: str = "auto", **options: Any) -> Tensor:
     """E_{groups of K ∼ μ}[loss], exact and differentiable in ``logits`` (μ held fixed).
 
     ``method``: one of ``METHODS`` — "auto" (closed form where it applies, else the cheaper of
     "sufficient" and "enumerate"), "closed-form" (error if it does not apply), "sufficient",
     "enumerate", "ordered" (naive twin: ordered tuples, looped losses). ``options``:
     ``anchor``, ``advantage``, ``advantage_kwargs``, ``agg``, ``norm_len`` (see
-    ``LossSetup``), everything else goes to the loss as a keyword.
+    ``LossSetup``), everything else goes to the loss as a keyword; or ``loss`` is a whole
+    ``LossSetup`` and ``options`` is empty.
     """
-    return _loss_fn(env, behavior, loss, k, method, options)(logits)
+    return _loss_fn(env, behavior, setup_of(loss, options), K, method)(logits)
 
 
-def _loss_fn(env: ResponseSpace, behavior: Behavior, loss: str, k: int, method: str,
-             options: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
+def setup_of(loss: str | LossSetup, options: Mapping[str, Any]) -> LossSetup:
+    """``loss`` itself when it is a ``LossSetup``, else ``LossSetup.from_keywords``."""
+    if not isinstance(loss, LossSetup):
+        return LossSetup.from_keywords(loss, **options)
+    if options:
+        raise TypeError(f"loss is a LossSetup: give its keywords and options in it, not as "
+                        f"keywords ({sorted(options)})")
+    return loss
+
+
+def _loss_fn(env: ResponseSpace, behavior: Behavior, setup: LossSetup, K: int, method: str
+             ) -> Callable[[Tensor], Tensor]:
     """logits ↦ exact E[loss], with everything that does not depend on logits resolved once."""
-    value = ExpectedLoss(env, loss_setup(loss, options), k, method)
+    value = ExpectedLoss(env, setup, K, method)
     return lambda logits: value(logits, behavior)
 
 
-def expected_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, K: int,
-                      **hparams: Any) -> Tensor:
+def expected_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior,
+                      loss: str | LossSetup, K: int, *, method: str = "auto",
+                      **options: Any) -> Tensor:
     """∇_logits E_{groups of K i.i.d. ∼ behavior}[loss]: exact, same shape as ``logits``.
 
     ``behavior``: [P, N] response probabilities (float64), ``"on-policy"`` (π_θ itself,
-    detached) or a callable logits ↦ probs. ``hparams``: the loss's keywords plus the options
-    of ``expected_loss`` (``method``, ``anchor``, ``advantage``, ``advantage_kwargs``, ``agg``,
-    ``norm_len``).
+    detached) or a callable logits ↦ probs. ``method`` and ``options`` as in ``expected_loss``.
     """
-    method = hparams.pop("method", "auto")
-    return _gradient(_loss_fn(env, behavior, loss, K, method, hparams), env, logits)
+    value = _loss_fn(env, behavior, setup_of(loss, options), K, method)
+    return _gradient(value, env, logits)
 
 
 def _gradient(value: Callable[[Tensor], Tensor], env: ResponseSpace, logits: Tensor) -> Tensor:
@@ -307,15 +314,15 @@ def _gradient(value: Callable[[Tensor], Tensor], env: ResponseSpace, logits: Ten
     return grad
 
 
-def expected_hessian(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, k: int,
-                     **hparams: Any) -> Tensor:
+def expected_hessian(env: ResponseSpace, logits: Tensor, behavior: Behavior,
+                     loss: str | LossSetup, K: int, *, method: str = "auto",
+                     **options: Any) -> Tensor:
     """∇²_logits E[loss] [*shape, *shape], reverse-over-reverse ``torch.func.jacrev`` (the
-    forward-mode ``torch.func.hessian`` warns from inside torch); behaviour held fixed.
+    forward-mode ``torch.func.hessian`` warns from inside torch); behavior held fixed.
     Problems small enough for one piece only (``accumulate`` carries first derivatives)."""
     logits = check_logits(env, logits).detach()
     mu = resolve_behavior(env, behavior, logits)
-    method = hparams.pop("method", "auto")
-    value = ExpectedLoss(env, loss_setup(loss, hparams), k, method)
+    value = ExpectedLoss(env, setup_of(loss, options), K, method)
     # one plain call first: what the engine caches (multisets, advantages, tables) must be
     # built outside the transforms, or a later call finds tensors of a finished transform
     value._terms(logits, mu)
@@ -323,14 +330,14 @@ def expected_hessian(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
 
 
 def group_gradients(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
-                    loss: str, *, generator: torch.Generator | None = None,
+                    loss: str | LossSetup, *, generator: torch.Generator | None = None,
                     advantages: Tensor | None = None, **options: Any) -> Tensor:
     """∇_logits loss(group g) for every group of ``batch``: [G, *logits.shape].
 
     ``vmap`` over groups of ``grad`` of one group's ``policy_loss`` (O(G); a ``jacrev`` of the
     vector of group losses would cost O(G²)). ``options`` as in ``expected_loss``.
     """
-    setup = loss_setup(loss, options)
+    setup = setup_of(loss, options)
     logits = check_logits(env, logits).detach()
     mu = resolve_behavior(env, behavior, logits)
     prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages)
@@ -339,18 +346,17 @@ def group_gradients(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behav
             mask: Tensor) -> Tensor:
         flat = env.token_logprobs(z).flatten(0, 1)  # [P·N, H]; a 0-d batched index would sync
         logp = flat[prompt * env.num_responses + responses]
-        return policy_loss(setup.loss, logp, logp_old, adv, mask, agg=setup.agg,
-                           norm_len=setup.length(env), validate=False,
-                           **setup.hparams).loss
+        return policy_loss(setup.loss, logp, logp_old, adv, mask, validate=False,
+                           **setup.call_options(env.horizon)).loss
 
     per_group = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0, 0, 0))
     return per_group(logits, batch.prompt, batch.responses, prepared.logp_old,
                      prepared.advantages, prepared.mask)
 
 
-def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, k: int,
-                     num_groups: int, generator: torch.Generator, **options: Any
-                     ) -> tuple[Tensor, Tensor]:
+def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior,
+                     loss: str | LossSetup, K: int, num_groups: int, generator: torch.Generator,
+                     **options: Any) -> tuple[Tensor, Tensor]:
     """Monte Carlo twin of ``expected_gradient`` from S = ``num_groups`` groups per prompt.
 
     Returns (mean, standard error), both of ``logits``' shape: the per-group gradients come
@@ -358,7 +364,7 @@ def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
     (ddof 1) over prompt p's groups (the prompts' estimates are independent); 0 when S = 1.
     """
     logits = check_logits(env, logits).detach()
-    batch = sample_groups(resolve_behavior(env, behavior, logits), k, num_groups, generator)
+    batch = sample_groups(resolve_behavior(env, behavior, logits), K, num_groups, generator)
     grads = group_gradients(env, logits, batch, behavior, loss, generator=generator, **options)
     per_prompt = grads.reshape(env.num_prompts, num_groups, *logits.shape)
     mean = per_prompt.mean(dim=1).sum(dim=0) / env.num_prompts
@@ -368,22 +374,24 @@ def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior, los
     return mean, stderr
 
 
-def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str, K: int,
-                        **hparams: Any) -> Tensor:
+def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior,
+                        loss: str | LossSetup, K: int, *, method: str = "auto",
+                        **options: Any) -> Tensor:
     """The exact covariance of one group's gradient: [D, D] for one prompt, [P, D, D] for P.
 
     For prompt p, g = ∇_{θ_p} loss(group) is the gradient of the loss of one group of K i.i.d.
     draws from ``behavior`` (the group is its own batch), θ_p the prompt's logits flattened to
     D entries; Cov_p = Σ_g w_g·g gᵀ − m mᵀ with m = Σ_g w_g·g = E[g] over every multiset of
     the enumeration (weights w_g summing to 1). A batch of S independent groups of that prompt
-    has covariance Cov_p/S. ``hparams`` as in ``expected_gradient`` (``method`` is ignored:
-    the covariance needs every group's gradient, so it enumerates).
+    has covariance Cov_p/S. ``options`` as in ``expected_gradient`` (``method`` is accepted
+    and ignored: the covariance needs every group's gradient, so it enumerates).
     """
-    hparams.pop("method", None)
+    del method  # accepted for the common signature; the covariance always enumerates
+    setup = setup_of(loss, options)
     logits = check_logits(env, logits).detach()
     mu = resolve_behavior(env, behavior, logits)
     batch = enumerate_groups(mu, require_int("K", K, 1))
-    grads = group_gradients(env, logits, batch, mu, loss, **hparams)  # [G, P, ...]
+    grads = group_gradients(env, logits, batch, mu, setup)  # [G, P, ...]
     d = logits[0].numel()
     own = grads.reshape(len(batch.weight), env.num_prompts, d)[
         torch.arange(len(batch.weight)), batch.prompt]  # [G, D]: a group moves its own prompt
@@ -398,17 +406,17 @@ def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior, 
     return out[0] if env.num_prompts == 1 else out
 
 
-def iterate_expected_update(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str,
-                            k: int, *, lr: float, steps: int, record_every: int = 1,
-                            **hparams: Any) -> Tensor:
+def iterate_expected_update(env: ResponseSpace, logits: Tensor, behavior: Behavior,
+                            loss: str | LossSetup, K: int, *, lr: float, steps: int,
+                            record_every: int = 1, method: str = "auto",
+                            **options: Any) -> Tensor:
     """Exact gradient descent θ ← θ − lr·∇E[loss], ``steps`` times; returns the logits at
     steps 0, r, 2r, … (r = ``record_every``) and the last step: [R, *shape]."""
     lr = require_number("lr", lr)
     steps, record_every = require_int("steps", steps, 0), require_int("record_every",
                                                                        record_every, 1)
     theta = check_logits(env, logits).detach()
-    method = hparams.pop("method", "auto")
-    value = _loss_fn(env, behavior, loss, k, method, hparams)
+    value = _loss_fn(env, behavior, setup_of(loss, options), K, method)
     record = [theta]
     for step in range(1, steps + 1):
         theta = theta - lr * _gradient(value, env, theta)
@@ -418,7 +426,7 @@ def iterate_expected_update(env: ResponseSpace, logits: Tensor, behavior: Behavi
 
 
 def expected_pairwise_surrogate(env: ResponseSpace, logits: Tensor, anchor_logits: Tensor,
-                                behavior: Behavior, k: int, tau: float) -> Tensor:
+                                behavior: Behavior, K: int, tau: float) -> Tensor:
     """E_{groups of K ∼ μ}[L̂] through ``losses.pairwise_surrogate``, one group at a time.
 
     a_i = r_i − τ·(log π_θ(y_i) − log π_t(y_i)) with π_t given by ``anchor_logits``;
@@ -432,7 +440,7 @@ def expected_pairwise_surrogate(env: ResponseSpace, logits: Tensor, anchor_logit
     require_finite("anchor_logits", anchor_logits)
     tau = require_positive("tau", tau)
     mu = resolve_behavior(env, behavior, logits)
-    batch = enumerate_groups(mu, k)
+    batch = enumerate_groups(mu, K)
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     seq_logp = env.sequence_logprobs(logits)[rows]
     seq_anchor = env.sequence_logprobs(anchor_logits.detach().to(torch.float64))[rows]

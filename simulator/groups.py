@@ -4,7 +4,7 @@ Design decisions
 ----------------
 * One type, ``GroupBatch``: G groups, each a prompt and K response indices, with a weight.
   ``enumerate_groups`` lists every multiset of K responses with its probability
-  K!/Π_j c_j! · Π_j μ(j)^{c_j} under i.i.d. draws from the behaviour μ (weights sum to 1 per
+  K!/Π_j c_j! · Π_j μ(j)^{c_j} under i.i.d. draws from the behavior μ (weights sum to 1 per
   prompt); ``sample_groups`` draws S groups per prompt from a ``torch.Generator`` (weights 1/S).
   Groups are multisets because every advantage kind and aggregation is symmetric in the group's
   order; ``ordered_tuples`` is the naive twin (N^K ordered groups, weight Π μ).
@@ -27,12 +27,11 @@ Design decisions
   (twice differentiable, ``torch.func``-traceable).
 * Inputs are checked here, once, naming the public argument: K an int ≥ 1 — before any cache
   is consulted, since ``lru_cache`` keys compare ``True == 1`` —, logits finite and computed in
-  float64, behaviour and anchor float64 tables of distributions (``require_table``).
+  float64, behavior and anchor float64 tables of distributions (``require_table``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -42,11 +41,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.aggregation import AGGREGATIONS
-from simulator.bandit import ResponseSpace, check_probs
-from simulator.losses import LOSSES, GroupLosses, group_losses, policy_loss
-from simulator.validation import require_choice, require_finite, require_float_tensor, require_int
+from simulator.advantages import require_exact
+from simulator.losses import GroupLosses, LossSetup, group_losses, policy_loss
+from simulator.responses import ResponseSpace, check_probs
+from simulator.validation import require_finite, require_float_tensor, require_int
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -85,7 +83,7 @@ class GroupBatch(NamedTuple):
 
 
 def require_table(name: str, probs: object, shape: tuple[int, int]) -> Tensor:
-    """A float64 [P, N] table of distributions (``bandit.check_probs``). Exact work is float64:
+    """A float64 [P, N] table of distributions (``responses.check_probs``). Exact work is float64:
     a float32 table is refused here, naming ``name``, rather than deep inside a loss."""
     probs = check_probs(name, probs, shape)
     if probs.dtype != torch.float64:
@@ -212,43 +210,6 @@ def sample_groups(behavior: Tensor, k: int, num_groups: int, generator: torch.Ge
     return GroupBatch(prompt, draws.reshape(p * num_groups, k), weight, exact=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSetup:
-    """Which loss and how it is fed: name, keywords, advantage override, aggregation, anchor."""
-
-    loss: str
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    advantage: str | None = None
-    advantage_kwargs: Mapping[str, Any] | None = None
-    agg: str | None = None
-    norm_len: float | None = None
-    anchor: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        LOSSES[self.loss].resolve(self.hparams)  # unknown loss or keyword fails here
-        if self.advantage is not None:
-            require_choice("advantage", self.advantage, (*ADVANTAGE_KINDS, "red-drop"))
-        if self.agg is not None:
-            require_choice("agg", self.agg, AGGREGATIONS)
-
-    def aggregation(self) -> str:
-        """The aggregation mode in force: the caller's ``agg``, else the loss's own."""
-        return self.agg or LOSSES[self.loss].agg
-
-    def length(self, env: ResponseSpace) -> float | None:
-        """``norm_len`` of ``seq-mean-token-sum-norm``: the caller's, else the testbed's longest
-        response H (the analogue of an LLM run's maximum completion length); None otherwise."""
-        if self.aggregation() != "seq-mean-token-sum-norm":
-            return self.norm_len
-        return float(env.horizon) if self.norm_len is None else self.norm_len
-
-    def advantage_kind(self) -> tuple[str, dict[str, Any]]:
-        spec = LOSSES[self.loss]
-        kind = self.advantage or spec.advantage
-        base = dict(spec.advantage_kwargs) if self.advantage is None else {}
-        return kind, {**base, **(self.advantage_kwargs or {})}
-
-
 def check_logits(env: ResponseSpace, logits: object) -> Tensor:
     """Logits of the testbed's shape, finite, as float64 (differentiably)."""
     logits = env.check_logits(logits)
@@ -257,7 +218,7 @@ def check_logits(env: ResponseSpace, logits: object) -> Tensor:
 
 
 def old_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup) -> Tensor:
-    """Per-token log-probs [P, N, H] of the behaviour, or of ``anchor`` when one is given."""
+    """Per-token log-probs [P, N, H] of the behavior, or of ``anchor`` when one is given."""
     if setup.anchor is None:
         return env.token_logprobs_of(behavior)
     shape = (env.num_prompts, env.num_responses)
@@ -278,7 +239,7 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
             generator: torch.Generator | None, advantages: Tensor | None,
             shaped: tuple[Tensor, Tensor] | None = None) -> Prepared:
     """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
-    depend on the behaviour, only on which groups the batch holds)."""
+    depend on the behavior, only on which groups the batch holds)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
     table = old_table(env, behavior, setup)  # [P, N, H]
     logp_old = table[rows]
@@ -288,7 +249,7 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
     # checked on the small table first: only a response of probability 0 can give −inf
     if (not bool(torch.isfinite(table).logical_or(~env.mask).all())
             and not bool(torch.isfinite(logp_old).logical_or(~mask).all())):
-        raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 to a "
+        raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 to a "
                          "response in the batch")
     return Prepared(rows, logp_old, advantages, mask, batch.weight)
 
@@ -300,13 +261,9 @@ def batch_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: Los
     mask = env.mask[rows[1]]
     if advantages is not None:
         return advantages, mask
-    kind, kwargs = setup.advantage_kind()
-    if kind == "red-drop" and exact:
-        raise ValueError("red-drop drops samples at random: its exact expectation is not "
-                         "enumerated; use sample_groups with a generator")
-    advantages, keep = shaped_advantages(
-        env.rewards[rows], kind, generator=generator,
-        drop_uniform_groups=LOSSES[setup.loss].drop_uniform_groups, **kwargs)
+    if exact:
+        require_exact(setup.advantage_kind()[0])
+    advantages, keep = setup.advantages(env.rewards[rows], generator)
     return advantages, mask & keep.unsqueeze(-1)
 
 
@@ -334,7 +291,7 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: Prepared, set
     ``policy_loss`` once per group."""
     logp = env.token_logprobs(logits)[prepared.rows]
     args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
-    options = {"agg": setup.agg, "norm_len": setup.length(env), **setup.hparams}
+    options = setup.call_options(env.horizon)
     if not looped:
         return group_losses(setup.loss, *args, **options)
     outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()), **options)
@@ -367,7 +324,7 @@ def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: 
 
 
 def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:
-    """Behaviour probabilities [P, N]: a table, ``"on-policy"`` (π_θ, detached) or a callable."""
+    """Behavior probabilities [P, N]: a table, ``"on-policy"`` (π_θ, detached) or a callable."""
     if isinstance(behavior, str):
         if behavior != "on-policy":
             raise ValueError(f"behavior must be [P, N] probabilities, 'on-policy' or a callable, "
@@ -379,11 +336,8 @@ def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> 
 
 
 def loss_setup(loss: str, options: Mapping[str, Any]) -> LossSetup:
-    """A ``LossSetup`` from keyword options: its own fields by name, the rest loss keywords."""
-    names = {f.name for f in dataclasses.fields(LossSetup)} - {"loss", "hparams"}
-    known = {key: value for key, value in options.items() if key in names}
-    hparams = {key: value for key, value in options.items() if key not in names}
-    return LossSetup(loss, hparams, **known)
+    """``LossSetup.from_keywords(loss, **options)`` (kept for callers of the mapping form)."""
+    return LossSetup.from_keywords(loss, **options)
 
 
 class _Accumulated(torch.autograd.Function):

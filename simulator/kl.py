@@ -12,16 +12,20 @@ and the log-ratio log r = logp_ref − logp:
 Used as a *loss* with samples from π_θ (and no importance weight), their expected gradients are
 not what their values suggest: k1 has zero expected gradient, k2 gives ∇KL(π_θ‖π_ref), and k3
 gives ∇KL(π_ref‖π_θ) (``theory_tests`` pin all three exactly).
+
+Design decisions
+----------------
+* ``KL_ESTIMATORS`` is a ``validation.Registry`` like every named collection; ``kl_penalty``
+  answers an unknown name with its message as a ``ValueError`` (a bad value of the
+  ``estimator`` argument), not the registry's ``KeyError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from simulator.validation import unknown_name_message
+from simulator.validation import Registry
 
 
 def k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
@@ -47,22 +51,24 @@ def k3_clamped(logp: Tensor, logp_ref: Tensor, *, log_ratio_clamp: float = 20.0,
     return (torch.expm1(log_r) - log_r).clamp(-value_clamp, value_clamp)
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+KL_ESTIMATORS: Registry = Registry("KL estimator", {
     "k1": k1,
     "k2": k2,
     "k3": k3,
     "k3-clamped": k3_clamped,
-}
+})
 
 
 def kl_penalty(logp: Tensor, logp_ref: Tensor, estimator: str = "k3") -> Tensor:
     """Per-token KL estimate [B, T] by name (one of ``KL_ESTIMATORS``); an unknown name is a
     ``ValueError`` listing the estimators, with a "did you mean" when one is close."""
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(unknown_name_message("KL estimator", estimator, KL_ESTIMATORS))
+    try:
+        fn = KL_ESTIMATORS[estimator]
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
     if logp.shape != logp_ref.shape:
         raise ValueError(
             f"logp_ref must have the shape of logp {tuple(logp.shape)}, "
             f"got {tuple(logp_ref.shape)}"
         )
-    return KL_ESTIMATORS[estimator](logp, logp_ref)
+    return fn(logp, logp_ref)

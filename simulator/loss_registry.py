@@ -1,8 +1,20 @@
 """The registry of the loss zoo: names bound to per-token functions and the data that make a
-named algorithm (advantage kind, aggregation, bound keywords, the peer each name follows).
+named algorithm (advantage kind, aggregation, bound keywords, the peer each name follows), and
+``LossSetup``, how one run feeds a named loss.
 
 The losses themselves live in ``simulator.losses`` (the only place a loss is defined); this
-module is the plain dict they are registered in, verl's pattern without its config objects.
+module is the registry they are registered in, verl's pattern without its config objects.
+
+Design decisions
+----------------
+* ``LossSpec`` is what a name means; ``LossSetup`` is what one run feeds it (keywords, an
+  advantage override, aggregation, ``norm_len``, anchor). ``LossSetup.from_keywords`` is the
+  one place that sorts a flat keyword mapping into setup fields and loss keywords, and
+  ``LossSetup`` answers the questions every front-end asks: the advantage kind in force, the
+  advantages themselves, the aggregation, and ``norm_len`` (the ``norm_len_for`` rule).
+* A loss keyword may never be named like a setup field or a call option (``RESERVED``):
+  ``register_loss`` refuses it, so a keyword can always be told from an option by its name.
+* ``LOSSES`` is filled when ``simulator.losses`` is imported; import it from there.
 """
 
 from __future__ import annotations
@@ -15,12 +27,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.aggregation import AGGREGATIONS
-from simulator.validation import require_choice, unknown_name_message
+from simulator.advantages import advantage_kind, shaped_advantages
+from simulator.aggregation import AGGREGATIONS, norm_len_for
+from simulator.validation import Registry, require_choice, unknown_name_message
 
-__all__ = ["LOSSES", "LossFn", "LossOutput", "LossRegistry", "LossSpec", "TokenLoss",
-           "register_loss", "register_preset"]
+__all__ = ["LOSSES", "RESERVED", "LossFn", "LossOutput", "LossRegistry", "LossSetup", "LossSpec",
+           "TokenLoss", "register_loss", "register_preset"]
+
+SETUP_FIELDS: tuple[str, ...] = ("advantage", "advantage_kwargs", "agg", "norm_len", "anchor")
+"""``LossSetup``'s fields besides the loss name and its keywords."""
+RESERVED: frozenset[str] = frozenset((
+    *SETUP_FIELDS, "loss", "name", "hparams", "rows", "denominator", "token_weights",
+    "validate", "method", "generator", "advantages", "looped", "logp", "logp_old", "mask"))
+"""Names a loss keyword may not take: ``LossSetup``'s fields and the options of
+``policy_loss``, ``group_losses`` and the exact engines, which share a call with the keywords."""
 
 
 class TokenLoss(NamedTuple):
@@ -86,37 +106,107 @@ class LossSpec:
                  **hparams: Any) -> TokenLoss:
         return self.fn(logp, logp_old, adv, mask, **self.resolve(hparams))
 
-    def advantages(self, rewards: Tensor, generator: torch.Generator | None = None
+    def advantages(self, rewards: Tensor, generator: torch.Generator | None = None, *,
+                   kind: str | None = None, options: Mapping[str, Any] | None = None
                    ) -> tuple[Tensor, Tensor]:
-        """(advantages [G, K], keep [G, K]) from rewards [G, K], as this loss's preset says."""
+        """(advantages [G, K], keep [G, K]) from rewards [G, K], as this loss's preset says
+        (``kind``/``options``: another kind with its options; DAPO's filter still applies)."""
         return shaped_advantages(
-            rewards, self.advantage, generator=generator,
-            drop_uniform_groups=self.drop_uniform_groups, **self.advantage_kwargs,
+            rewards, self.advantage if kind is None else kind, generator=generator,
+            drop_uniform_groups=self.drop_uniform_groups,
+            **(self.advantage_kwargs if options is None else options),
         )
 
 
-class LossRegistry(dict):
-    """name -> LossSpec. Rejects duplicate names; an unknown name lists the valid ones."""
+class LossRegistry(Registry):
+    """name -> LossSpec: a ``validation.Registry`` of kind "loss"."""
 
-    def __missing__(self, key: str) -> LossSpec:
-        raise KeyError(unknown_name_message("loss", key, self))
-
-    def __setitem__(self, key: str, value: LossSpec) -> None:
-        if key in self:
-            raise ValueError(f"a loss named {key!r} is already registered")
-        super().__setitem__(key, value)
+    def __init__(self) -> None:
+        super().__init__("loss")
 
 
 LOSSES: LossRegistry = LossRegistry()
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSetup:
+    """Which loss and how one run feeds it: the loss's keywords (``hparams``), an advantage
+    override with its options, the aggregation, ``norm_len`` and an anchor policy (the exact
+    engines' ``logp_old`` source). ``None`` means the loss preset's own choice."""
+
+    loss: str
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    advantage: str | None = None
+    advantage_kwargs: Mapping[str, Any] | None = None
+    agg: str | None = None
+    norm_len: float | None = None
+    anchor: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        LOSSES[self.loss].resolve(self.hparams)  # unknown loss or keyword fails here
+        if self.advantage is not None:
+            advantage_kind(self.advantage, "advantage")
+        if self.agg is not None:
+            require_choice("agg", self.agg, AGGREGATIONS)
+
+    @classmethod
+    def from_keywords(cls, loss: str, /, **options: Any) -> LossSetup:
+        """The one sorter of a flat keyword mapping: ``SETUP_FIELDS`` by name, the rest are the
+        loss's keywords (a name no loss may take, ``RESERVED``, so nothing is ambiguous)."""
+        known = {key: value for key, value in options.items() if key in SETUP_FIELDS}
+        hparams = {key: value for key, value in options.items() if key not in SETUP_FIELDS}
+        return cls(loss, hparams, **known)
+
+    @property
+    def spec(self) -> LossSpec:
+        return LOSSES[self.loss]
+
+    def aggregation(self) -> str:
+        """The aggregation mode in force: the caller's ``agg``, else the loss's own."""
+        return self.agg or self.spec.agg
+
+    def length_for(self, max_len: float) -> float | None:
+        """``norm_len`` in force when the longest possible completion has ``max_len`` tokens."""
+        return norm_len_for(self.aggregation(), max_len, self.norm_len)
+
+    def length(self, env: Any) -> float | None:
+        """``length_for`` the testbed's longest response H (``env.horizon``)."""
+        return self.length_for(env.horizon)
+
+    def advantage_kind(self) -> tuple[str, dict[str, Any]]:
+        """(kind, options) in force: the override with its options, else the preset's kind
+        with the preset's options updated by ``advantage_kwargs``."""
+        base = dict(self.spec.advantage_kwargs) if self.advantage is None else {}
+        return self.advantage or self.spec.advantage, {**base, **(self.advantage_kwargs or {})}
+
+    def advantages(self, rewards: Tensor, generator: torch.Generator | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """(advantages [G, K], keep [G, K]) from rewards [G, K] under ``advantage_kind``."""
+        kind, options = self.advantage_kind()
+        return self.spec.advantages(rewards, generator, kind=kind, options=options)
+
+    def call_options(self, max_len: float) -> dict[str, Any]:
+        """``policy_loss``'s ``agg``, ``norm_len`` and the loss keywords, as one mapping."""
+        return {"agg": self.agg, "norm_len": self.length_for(max_len), **self.hparams}
+
+
+def _refuse_reserved(name: str, fn: LossFn) -> None:
+    taken = sorted(p.name for p in inspect.signature(fn).parameters.values()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in RESERVED)
+    if taken:
+        raise ValueError(f"loss {name!r} has keyword(s) {taken} named like a setup field or a "
+                         f"call option of policy_loss and the exact engines; rename them "
+                         f"(reserved: {sorted(RESERVED)})")
+
+
 def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean",
                   summary: str = "", follows: str = "") -> Callable[[LossFn], LossFn]:
     """Decorator: register a per-token loss function under ``name``."""
-    require_choice("advantage", advantage, (*ADVANTAGE_KINDS, "red-drop"))
+    advantage_kind(advantage, "advantage")
     require_choice("agg", agg, AGGREGATIONS)
 
     def decorate(fn: LossFn) -> LossFn:
+        _refuse_reserved(name, fn)
         first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         LOSSES[name] = LossSpec(name=name, fn=fn, advantage=advantage, agg=agg, base=name,
                                 summary=summary or first_line, follows=follows)
@@ -134,7 +224,7 @@ def register_preset(name: str, base: str, *, summary: str, follows: str = "",
     parent = LOSSES[base]
     parent.resolve(hparams)  # unknown keywords fail here, at import, not at first use
     if advantage is not None:
-        require_choice("advantage", advantage, (*ADVANTAGE_KINDS, "red-drop"))
+        advantage_kind(advantage, "advantage")
     if agg is not None:
         require_choice("agg", agg, AGGREGATIONS)
     spec = dataclasses.replace(

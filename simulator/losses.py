@@ -4,8 +4,9 @@ Design decisions
 ----------------
 * A loss is a pure per-token function ``fn(logp, logp_old, adv, mask, *, hparams) -> TokenLoss``
   on [B, T] tensors: no ``.item()``, no Python branch on tensor values, no in-place edits, so
-  ``torch.func`` can trace it. ``policy_loss`` wraps it: checks, per-token loss, aggregation
-  (``simulator.aggregation``), then metrics.
+  ``torch.func`` can trace it. ``policy_loss`` (``simulator.loss_call``, re-exported here)
+  wraps it: checks, per-token loss, aggregation (``simulator.aggregation``), then metrics.
+  This module is the zoo only: shared loss math, the losses, the presets.
 * The registry ``LOSSES`` (``simulator.loss_registry``) maps a name to a ``LossSpec``: the
   function, bound keyword values, the advantage kind that travels with it (``grpo`` divides by
   the group std, ``rec-*`` does not), its default aggregation, and the peer or paper the name
@@ -21,7 +22,7 @@ Design decisions
   come back in float32 (float64 for float64 inputs) and the gradient in the input's dtype,
   saturated. Finite for every finite input; equal to the plain math wherever that is finite.
 
-Symbols: π = π_θ (``logp``, with gradient), π_old = behaviour/rollout policy (``logp_old``),
+Symbols: π = π_θ (``logp``, with gradient), π_old = behavior/rollout policy (``logp_old``),
 ρ = π/π_old per token, δ = log ρ, A = advantage (``advantages``: [B] per sequence or [B, T]),
 M = clipping mask, sg = stop-gradient, ε = ``eps_low``/``eps_high``. Sequence quantities use the
 valid tokens of the row only. Paper: Yao et al., "Group-Relative REINFORCE Is Secretly an
@@ -30,47 +31,36 @@ Off-Policy Algorithm" (arXiv 2509.24203), §2–§6; friends as cited per loss.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import torch
 from torch import Tensor
 
 from simulator import numerics
-from simulator.aggregation import (
-    aggregate,
-    check_options,
-    masked_mean,
-    sequence_mean,
-    sequence_sum,
-    spread_over_tokens,
-)
+from simulator.aggregation import sequence_mean, sequence_sum, spread_over_tokens
+from simulator.loss_call import GroupLosses, group_losses, pairwise_surrogate, policy_loss
 from simulator.loss_registry import (
     LOSSES,
     LossOutput,
+    LossSetup,
     LossSpec,
     TokenLoss,
     register_loss,
     register_preset,
 )
-from simulator.numerics import finite, mul
+from simulator.numerics import PEER_LOG_RATIO_CLAMP, finite, mul
+from simulator.numerics import log_ratio as _log_ratio
 from simulator.validation import (
-    as_bool_mask,
     require_choice,
-    require_finite,
-    require_float_tensor,
-    require_ndim,
     require_nonnegative,
     require_number,
     require_positive,
-    require_same_device,
-    require_same_dtype,
-    require_tensor,
 )
 
 __all__ = [
     "LOSSES",
+    "PEER_LOG_RATIO_CLAMP",
     "GroupLosses",
     "LossOutput",
+    "LossSetup",
     "LossSpec",
     "TokenLoss",
     "group_losses",
@@ -83,16 +73,10 @@ __all__ = [
 TRINITY = "Trinity-RFT 0.6.0"
 VERL = "verl 0.9.1"
 TRL = "TRL 1.16"
-PEER_LOG_RATIO_CLAMP = 20.0  # verl's and Trinity-RFT's clamp of δ before e^δ (keyword only)
 
 # --------------------------------------------------------------------------------------------
 # Small shared pieces of loss math
 # --------------------------------------------------------------------------------------------
-
-
-def _log_ratio(logp: Tensor, logp_old: Tensor) -> Tensor:
-    """δ = log π − log π_old (saturated: two huge float64 log-probs cannot make it inf)."""
-    return finite(logp - logp_old)
 
 
 def _ratio(logp: Tensor, logp_old: Tensor, clamp: float | None = None) -> Tensor:
@@ -181,7 +165,7 @@ def reinforce(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor) -> Toke
     """REINFORCE: ℓ = −A·log π.
 
     With group-mean advantages this is the paper's group-relative REINFORCE (§2, step 5):
-    one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behaviour policy.
+    one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behavior policy.
     """
     return TokenLoss(mul(-adv, logp), _no_clip(mask), {})
 
@@ -500,203 +484,3 @@ register_preset("luspo", "gspo", agg="seq-mean-token-sum",
 register_preset("rloo", "reinforce", advantage="loo",
                 follows="Ahmadian et al. 2024 (RLOO)",
                 summary="RLOO: REINFORCE with the leave-one-out mean baseline")
-
-
-# --------------------------------------------------------------------------------------------
-# The public entry point
-# --------------------------------------------------------------------------------------------
-
-
-def _prepare_inputs(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
-                    validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Check shapes, dtypes and devices; broadcast A to [B, T]; zero the masked positions;
-    detach the constants; float64 for the math (``simulator.numerics``)."""
-    logp = require_float_tensor("logp", logp)
-    logp_old = require_float_tensor("logp_old", logp_old)
-    advantages = require_float_tensor("advantages", advantages)
-    require_ndim("logp", logp, (2,), "a [B, T] tensor of per-token log-probs")
-    if logp_old.shape != logp.shape:
-        raise ValueError(f"logp_old must have the shape of logp {tuple(logp.shape)}, "
-                         f"got {tuple(logp_old.shape)}")
-    if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages must have shape [B] = {tuple(logp.shape[:1])} or "
-                         f"[B, T] = {tuple(logp.shape)}, got {tuple(advantages.shape)}")
-    require_same_device(logp=logp, logp_old=logp_old, advantages=advantages,
-                        mask=require_tensor("mask", mask))
-    require_same_dtype(logp=logp, logp_old=logp_old, advantages=advantages)
-    mask = as_bool_mask("mask", mask, tuple(logp.shape))
-    if advantages.ndim == 1:
-        advantages = advantages.unsqueeze(-1).expand_as(logp)
-    if validate:
-        if not bool(mask.any()):
-            raise ValueError("mask has no valid token: there is nothing to compute a loss on")
-        require_finite("logp", logp, mask)
-        require_finite("logp_old", logp_old, mask)
-        require_finite("advantages", advantages, mask)
-    zero = logp.new_zeros(())
-    logp = numerics.upcast(torch.where(mask, logp, zero))
-    logp_old = torch.where(mask, logp_old.detach(), zero).to(torch.float64)
-    advantages = torch.where(mask, advantages.detach(), zero).to(torch.float64)
-    return logp, logp_old, advantages, mask
-
-
-def _metrics(out: TokenLoss, logp: Tensor, logp_old: Tensor, mask: Tensor,
-             dtype: torch.dtype) -> dict[str, Tensor]:
-    """grlab's metrics and verl's (docs/conventions.md), as detached scalars of ``dtype``."""
-    with torch.no_grad():
-        log_ratio = _log_ratio(logp.detach(), logp_old)
-        dual = out.extras.get("dual_clipped", torch.zeros_like(out.clipped))
-        values = {
-            "clipfrac": out.clipped,
-            "pg_clipfrac": out.clipped & ~dual,
-            "pg_clipfrac_lower": dual,
-            "approx_kl": -log_ratio,
-            "ppo_kl": -log_ratio.clamp(-PEER_LOG_RATIO_CLAMP, PEER_LOG_RATIO_CLAMP),
-            "ratio_mean": numerics.exp(log_ratio),
-        }
-        values.update((k, v) for k, v in out.extras.items() if k != "dual_clipped")
-        return {key: numerics.downcast(masked_mean(value.to(torch.float64), mask), dtype)
-                for key, value in values.items()}
-
-
-def policy_loss(
-    name: str,
-    logp: Tensor,
-    logp_old: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    agg: str | None = None,
-    norm_len: float | None = None,
-    rows: str = "all",
-    denominator: float | Tensor | None = None,
-    token_weights: Tensor | None = None,
-    validate: bool = True,
-    **hparams: Any,
-) -> LossOutput:
-    """The loss ``name`` on a batch of sequences, aggregated to a scalar, with metrics.
-
-    Args:
-        name: a key of ``LOSSES`` (a base loss or a preset); unknown names raise ``KeyError``.
-        logp: [B, T] log π_θ of the sampled tokens, with gradient.
-        logp_old: [B, T] log-probs under the behaviour (rollout) policy; constants (detached).
-        advantages: [B] (one per sequence) or [B, T]; already computed (see
-            ``LOSSES[name].advantages(rewards)`` for the kind this loss expects); constants.
-        mask: [B, T] bool or 0/1; False marks padding. Masked values never matter.
-        agg: an aggregation mode of ``simulator.aggregation``; ``None`` means the loss's own
-            default; an explicit value wins.
-        norm_len: the constant length of ``seq-mean-token-sum-norm`` (required there: the
-            maximum completion length, as Dr.GRPO and TRL; never the padded width).
-        rows: "all" (divide per-sequence modes by B, as TRL and Trinity-RFT) or "valid" (by
-            the rows with a valid token, verl's single-process ``agg_loss``).
-        denominator: divide by this count instead of the batch's own (the global number of
-            valid tokens or rows when this batch is a micro-batch or one process's share).
-        token_weights: [B, T] non-negative constants multiplying each token's loss before
-            aggregation (verl's ``rollout_is_weights``, TRL's vLLM importance-sampling
-            correction); the normaliser is unchanged, as in those engines.
-        validate: check values (NaN/inf, empty mask). Set False inside ``torch.func`` transforms;
-            shapes, dtypes and devices are always checked.
-        **hparams: the loss's keywords (see ``LOSSES[name].defaults()``); a typo is a TypeError.
-
-    Returns:
-        ``LossOutput(loss, metrics)``: the loss in float32 (float64 for float64 inputs); metrics
-        ``clipfrac`` (share of valid tokens whose policy-gradient term a clip removed, dual clip
-        included), ``pg_clipfrac`` and ``pg_clipfrac_lower`` (verl's: the PPO clip and the dual
-        clip apart), ``approx_kl`` (mean of log π_old − log π), ``ppo_kl`` (verl's: the same with
-        δ clamped to ±20), ``ratio_mean``, plus loss-specific ones, all detached scalars.
-    """
-    spec = LOSSES[name]
-    mode = spec.agg if agg is None else agg
-    check_options(mode, norm_len, rows)  # before any work: a missing norm_len fails here
-    dtype = numerics.output_dtype(require_float_tensor("logp", logp).dtype)
-    logp, logp_old, advantages, mask = _prepare_inputs(logp, logp_old, advantages, mask, validate)
-    out = spec(logp, logp_old, advantages, mask, **hparams)
-    per_token = finite(out.loss)
-    if token_weights is not None:
-        per_token = mul(per_token, _check_token_weights(token_weights, mask, validate))
-    loss = aggregate(per_token, mask, mode, norm_len=norm_len, rows=rows,
-                     denominator=denominator)
-    return LossOutput(numerics.downcast(loss, dtype), _metrics(out, logp, logp_old, mask, dtype))
-
-
-def _check_token_weights(weights: Tensor, mask: Tensor, validate: bool) -> Tensor:
-    """[B, T] float64 constants (detached, masked positions 0); negative or non-finite valid
-    entries are a ValueError when ``validate``."""
-    weights = require_float_tensor("token_weights", weights)
-    if tuple(weights.shape) != tuple(mask.shape):
-        raise ValueError(f"token_weights must have the shape of logp {tuple(mask.shape)}, "
-                         f"got {tuple(weights.shape)}")
-    require_same_device(token_weights=weights, mask=mask)
-    weights = torch.where(mask, weights.detach(), weights.new_zeros(())).to(torch.float64)
-    if validate:
-        require_finite("token_weights", weights, mask)
-        if bool((weights < 0).any()):
-            raise ValueError("token_weights must be >= 0")
-    return weights
-
-
-class GroupLosses(NamedTuple):
-    """Per-group values: ``loss`` [G] (with gradient) and ``clipfrac`` [G] (detached: the
-    share of the group's valid tokens whose gradient the loss's clipping switched off)."""
-
-    loss: Tensor
-    clipfrac: Tensor
-
-
-def group_losses(name: str, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
-                 *, agg: str | None = None, norm_len: float | None = None, rows: str = "all",
-                 **hparams: Any) -> GroupLosses:
-    """``policy_loss(name, ...)`` of every group at once: [G, K, T] inputs give [G] values.
-
-    Group g's loss is exactly what ``policy_loss`` returns on the [K, T] batch of group g
-    (every loss is computed row by row, and ``aggregate`` reduces each group on its own), and
-    its clip fraction is that call's ``clipfrac`` metric; the other metrics and the value
-    checks are skipped, which is what makes the exact simulator's enumeration of thousands of
-    groups per step cheap. ``advantages`` is [G, K] or [G, K, T]. Values are float64.
-    """
-    spec = LOSSES[name]
-    require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
-    mode = spec.agg if agg is None else agg
-    check_options(mode, norm_len, rows)
-    shape = logp.shape
-    flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
-    logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
-    out = spec(logp, logp_old, advantages, mask, **hparams)
-    mask = mask.reshape(shape)
-    loss = aggregate(finite(out.loss).reshape(shape), mask, mode, norm_len=norm_len, rows=rows)
-    clipped = out.clipped.detach().reshape(shape).to(torch.float64)
-    return GroupLosses(loss, aggregate(clipped, mask, "token-mean"))
-
-
-def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,
-                       weights: Tensor | None = None) -> Tensor:
-    """The paper's pairwise surrogate L̂ (§2 step 4; §3 weighted form), averaged over groups.
-
-    a_i = r_i − τ·(log π_θ(y_i) − log π_t(y_i)),
-    L̂ = (1/K²)·Σ_{i<j} w_i·w_j·(a_i − a_j)²  (w ≡ 1 when ``weights`` is None),
-    computed in O(K) as (1/K²)·W·Σ_i w_i·(a_i − ā_w)², W = Σ_i w_i, ā_w the w-weighted mean.
-    At θ = θ_t its gradient is −(2τ/K²)·W·Σ_i w_i·(r_i − r̄_w)·∇log π(y_i), which for w ≡ 1 is
-    −(2τ/K)·Σ_i (r_i − r̄)·∇log π(y_i): group-relative REINFORCE.
-
-    Args: rewards, seq_logp (with gradient), seq_logp_anchor, weights: [G, K]; tau > 0.
-    Returns: a scalar, the mean of L̂ over the G groups.
-    """
-    rewards = require_float_tensor("rewards", rewards)
-    require_ndim("rewards", rewards, (2,), "a [G, K] tensor")
-    for arg, value in (("seq_logp", seq_logp), ("seq_logp_anchor", seq_logp_anchor)):
-        if require_float_tensor(arg, value).shape != rewards.shape:
-            raise ValueError(f"{arg} must have the shape of rewards {tuple(rewards.shape)}, "
-                             f"got {tuple(value.shape)}")
-    tau = require_positive("tau", tau)
-    if weights is None:
-        weights = torch.ones_like(rewards)
-    elif require_float_tensor("weights", weights).shape != rewards.shape:
-        raise ValueError(f"weights must have the shape of rewards {tuple(rewards.shape)}, "
-                         f"got {tuple(weights.shape)}")
-    elif bool((weights < 0).any()):
-        raise ValueError("weights must be >= 0")
-    a = rewards - tau * (seq_logp - seq_logp_anchor)
-    total = weights.sum(dim=1, keepdim=True)
-    a_bar = (weights * a).sum(dim=1, keepdim=True) / total.clamp(min=torch.finfo(a.dtype).tiny)
-    per_group = total.squeeze(1) * (weights * (a - a_bar) ** 2).sum(dim=1) / rewards.shape[1] ** 2
-    return per_group.mean()

@@ -37,19 +37,25 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["LOG_MAX", "MAX", "downcast", "exp", "finite", "mul", "output_dtype", "safe_sum",
-           "upcast"]
+__all__ = ["LOG_MAX", "MAX", "PEER_LOG_RATIO_CLAMP", "downcast", "exp", "finite", "log_ratio",
+           "mul", "output_dtype", "safe_sum", "upcast"]
 
 MAX = torch.finfo(torch.float64).max
 LOG_MAX = math.log(MAX)  # 709.78…: e^LOG_MAX is the largest finite float64 exponential
 _SCALE_DOWN = 2.0**-64  # exact in binary floating point; 2^64 saturated terms still sum finitely
 _SCALE_UP = 2.0**64
+PEER_LOG_RATIO_CLAMP = 20.0  # verl's and Trinity-RFT's clamp of δ before e^δ (keyword only)
 
 
 def finite(x: Tensor) -> Tensor:
     """x with ±inf replaced by ±max of its dtype (finite values unchanged; NaN stays NaN)."""
     limit = torch.finfo(x.dtype).max
     return x.clamp(-limit, limit)
+
+
+def log_ratio(logp: Tensor, logp_old: Tensor) -> Tensor:
+    """δ = log π − log π_old (saturated: two huge float64 log-probs cannot make it inf)."""
+    return finite(logp - logp_old)
 
 
 def mul(a: Tensor | float, b: Tensor | float) -> Tensor:

@@ -1,6 +1,6 @@
 """E6: the paper's Pitfall 1 as a picture — off-policy REINFORCE drifts to the wrong arm.
 
-Three-armed bandit, rewards r = [0, 0.8, 1], data always drawn from the fixed behaviour
+Three-armed bandit, rewards r = [0, 0.8, 1], data always drawn from the fixed behavior
 μ = [0.3, 0.6, 0.1] (the offline setting, with π_0 = μ). The exact expected REINFORCE update
 is the constant (1 − 1/K)·μ⊙(r − E_μ r) = (1 − 1/K)·[−0.174, 0.132, 0.042], so π_t goes to
 arm 2 (reward 0.8). Mirror descent on the same data — what minimising the paper's pairwise
@@ -12,7 +12,6 @@ stops where its clipping mask closes, near μ. Every curve is exact (no sampling
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch import Tensor
 from simulator.bandit import SoftmaxBandit
 from simulator.closed_forms import mirror_descent_iterates
 from simulator.exact import iterate_expected_update
-from simulator.files import atomic_write_text
+from simulator.files import atomic_write_text, output_dir
 
 MU = (0.3, 0.6, 0.1)
 REWARDS = (0.0, 0.8, 1.0)
@@ -44,8 +43,8 @@ def pitfall_paths(config: PitfallConfig = PitfallConfig()) -> dict[str, Tensor]:
     theta0 = torch.log(mu)
     common = {"lr": config.lr, "steps": config.steps}
 
-    def probs(behaviour: Tensor | str, loss: str, **hparams: object) -> Tensor:
-        path = iterate_expected_update(env, theta0, behaviour, loss, config.k, **common,
+    def probs(behavior: Tensor | str, loss: str, **hparams: object) -> Tensor:
+        path = iterate_expected_update(env, theta0, behavior, loss, config.k, **common,
                                        **hparams)
         return torch.softmax(path[:, 0], dim=-1)
 
@@ -62,8 +61,9 @@ def run_pitfall(out_dir: Path, config: PitfallConfig = PitfallConfig()
                 ) -> tuple[str, dict[str, Path]]:
     """Compute the paths, write pitfall.png and table.md under ``out_dir``; return the
     markdown table and the paths."""
-    from simulator.plots import plot_pitfall
+    from simulator.plots import plot_pitfall  # matplotlib only when the figure is drawn
 
+    out_dir = output_dir(out_dir)  # a folder that cannot be written fails before the work
     paths = pitfall_paths(config)
     rewards = torch.tensor(REWARDS, dtype=torch.float64)
     lines = [
@@ -82,15 +82,8 @@ def run_pitfall(out_dir: Path, config: PitfallConfig = PitfallConfig()
     lines += ["", "The off-policy REINFORCE update is the constant (1 − 1/K)·μ⊙(r − E_μ r) = "
               f"{1 - 1 / config.k:.2f}·[{', '.join(f'{x:.3f}' for x in g)}]: its largest "
               "component is arm 2's, whatever θ is."]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out_dir / "table.md", "plot": out_dir / "pitfall.png"}
     text = "\n".join(lines) + "\n"
     atomic_write_text(files["markdown"], text)
     plot_pitfall(paths, rewards, files["plot"], title=f"E6: Pitfall 1 (K = {config.k})")
     return text, files
-
-
-def simplex_xy(pi: Tensor) -> tuple[Tensor, Tensor]:
-    """Barycentric → 2-D: arm 1 at (0, 0), arm 2 at (1, 0), arm 3 at (½, √3/2)."""
-    return pi[..., 1] + 0.5 * pi[..., 2], pi[..., 2] * math.sqrt(3) / 2

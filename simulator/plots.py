@@ -4,9 +4,9 @@ Design decisions
 ----------------
 * The figure must carry the message the tables and the README state, so what a mean curve
   hides is drawn: each seed's run is a thin line behind the mean (reward row), and a run that
-  collapsed by the tables' definition (final reward more than ``COLLAPSE_DROP`` below its own
-  peak, or diverged) is marked × at its end. The KL row keeps the 95% band: it carries no
-  collapse claim and 40 thin lines there would hide the means.
+  collapsed by the tables' definition (``reports.collapsed_runs``: final reward more than
+  ``COLLAPSE_DROP`` below its own peak, or diverged) is marked × at its end. The KL row keeps
+  the 95% band: it carries no collapse claim and 40 thin lines there would hide the means.
 * Curves that are identical in a panel (every seed, every step, reward and KL, to 1e-9:
   ``coinciding_groups``) would otherwise merge into one colour with no word said — on-policy
   most losses have the same gradient (ρ = 1). They are drawn once, in black, the panel is
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from simulator.experiments import Report
+    from simulator.reports import Report
 
 ROWS = (("reward", "expected reward"), ("kl_init", "KL(π_θ ‖ π_0)"))
 MAX_BANDS = 8  # with more curves than this the 95% bands hide the means: lines only
@@ -122,12 +122,6 @@ def hidden_under(means: Mapping[str, torch.Tensor], order: Sequence[str], near: 
     return hidden
 
 
-def collapsed_runs(reward: torch.Tensor, diverged: torch.Tensor, drop: float) -> torch.Tensor:
-    """[S] bool: runs (columns of ``reward`` [T+1, S]) that diverged or ended more than
-    ``drop`` below their own peak — the tables' collapse (``experiments.summarise``)."""
-    return diverged | (reward.max(0).values - reward[-1] > drop)
-
-
 def plot_curves(report: Report, path: Path) -> None:
     """``curves_figure`` saved atomically as a PNG."""
     fig = curves_figure(report)
@@ -138,7 +132,7 @@ def plot_curves(report: Report, path: Path) -> None:
 
 
 class _Column(NamedTuple):
-    """How one column is drawn: arms in drawing order with their colour (a label, or ``SAME``)
+    """How one column is drawn: curves in drawing order with their colour (a label, or ``SAME``)
     and z-order, the short tag of each identical group for the panel, and the notes."""
 
     order: list[tuple[str, str, int]]
@@ -148,7 +142,7 @@ class _Column(NamedTuple):
 
 def _plan_column(per_seed: Mapping[str, Mapping[str, torch.Tensor]], labels: Sequence[str],
                  setting: str, j: int) -> _Column:
-    """Find the identical groups of column ``j`` and decide how each arm is drawn: losses of
+    """Find the identical groups of column ``j`` and decide how each curve is drawn: losses of
     their own first, then each group once on top (the largest in black, others in the colour
     of their first member). Notes name each group and every loss whose mean reward lies
     within ``NEAR`` of a line drawn over it."""
@@ -174,9 +168,9 @@ def _plan_column(per_seed: Mapping[str, Mapping[str, torch.Tensor]], labels: Seq
 
 
 def curves_figure(report: Report) -> Figure:
-    """Rows: reward and KL to the initial policy; columns: settings; per arm the mean over
+    """Rows: reward and KL to the initial policy; columns: settings; per curve the mean over
     seeds (thick), each seed (thin, reward row) and the 95% Student-t band (KL row, at most
-    ``MAX_BANDS`` arms); identical curves drawn once, tagged in the panel and named in notes
+    ``MAX_BANDS`` curves); identical curves drawn once, tagged in the panel and named in notes
     under the panels."""
     exp = report.experiment
     n_cols = len(exp.settings)
@@ -185,8 +179,7 @@ def curves_figure(report: Report) -> Figure:
     colours[SAME] = SAME
     per_seed = {label: {m: t.metrics[m].reshape(-1, exp.seeds, n_cols) for m, _ in ROWS}
                 for label, t in report.trajectories.items()}
-    diverged = {label: (t.diverged_at >= 0).reshape(exp.seeds, n_cols)
-                for label, t in report.trajectories.items()}
+    collapsed = {label: report.collapsed(label) for label in labels}  # [S, X], the tables'
     plans = [_plan_column(per_seed, labels, setting, j)
              for j, setting in enumerate(exp.settings)]
     width = 3.6 * n_cols + LEGEND_WIDTH
@@ -200,8 +193,9 @@ def curves_figure(report: Report) -> Figure:
     shown: set[str] = set()
     for j, plan in enumerate(plans):
         for label, colour, zorder in plan.order:
-            _draw_arm(axes[:, j], exp, label, colours[colour], per_seed[label],
-                      diverged[label][:, j], j, shown, zorder=zorder, slot=labels.index(label))
+            _draw_curve(axes[:, j], exp, label, colours[colour], per_seed[label],
+                        collapsed[label][:, j], j, shown, zorder=zorder,
+                        slot=labels.index(label))
         _tag_panel(axes[0][j], plan.tags)
         shown.update({"same"} if plan.tags else set())
     if notes:
@@ -216,14 +210,13 @@ def reward_mean(per_seed: Mapping[str, Mapping[str, torch.Tensor]], label: str, 
     return per_seed[label]["reward"][:, :, j].mean(1)
 
 
-def _draw_arm(column: Sequence[Axes], exp: Any, label: str, colour: Any,
-              metrics: Mapping[str, torch.Tensor], diverged: torch.Tensor, j: int,
-              shown: set[str], zorder: int = 3, slot: int = 0) -> None:
-    """One arm in one column: mean, per-seed lines and collapse marks (reward), band (KL).
-    ``slot`` (the arm's index) shifts its × marks left by 1.5% of the steps per arm, so the
-    marks of runs that end at the same reward do not hide each other."""
-    from simulator.experiments import COLLAPSE_DROP
-
+def _draw_curve(column: Sequence[Axes], exp: Any, label: str, colour: Any,
+                metrics: Mapping[str, torch.Tensor], fell: torch.Tensor, j: int,
+                shown: set[str], zorder: int = 3, slot: int = 0) -> None:
+    """One curve in one column: mean, per-seed lines and collapse marks (reward), band (KL).
+    ``fell`` [S] marks the runs that collapsed (``Report.collapsed``). ``slot`` (the curve's
+    index) shifts its × marks left by 1.5% of the steps per curve, so the marks of runs that
+    end at the same reward do not hide each other."""
     style = "--" if "(0.6, 2.0)" in label else "-"
     t_factor = (stats.t.ppf(0.975, exp.seeds - 1) / math.sqrt(exp.seeds)
                 if exp.seeds > 1 else 0.0)
@@ -233,7 +226,6 @@ def _draw_arm(column: Sequence[Axes], exp: Any, label: str, colour: Any,
         mean = curve.mean(1)
         ax.plot(steps, mean, style, color=colour, lw=1.7, zorder=zorder)
         if metric == "reward" and exp.seeds > 1:
-            fell = collapsed_runs(curve, diverged, COLLAPSE_DROP)
             ax.plot(steps, curve[:, ~fell], "-", color=colour, lw=0.5, alpha=0.2,
                     zorder=zorder - 1)
             shown.add("seeds")
@@ -302,11 +294,14 @@ def _integer_steps(ax: Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
+def simplex_xy(pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentric → 2-D: arm 1 at (0, 0), arm 2 at (1, 0), arm 3 at (½, √3/2)."""
+    return pi[..., 1] + 0.5 * pi[..., 2], pi[..., 2] * math.sqrt(3) / 2
+
+
 def plot_pitfall(paths: dict[str, torch.Tensor], rewards: torch.Tensor, path: Path,
                  title: str) -> None:
     """Left: each method's π_t on the probability simplex of three arms; right: E_π r."""
-    from simulator.pitfall import simplex_xy
-
     fig, (tri, curve) = plt.subplots(1, 2, figsize=(11, 4.6),
                                      gridspec_kw={"width_ratios": [1.0, 1.25]})
     corners = torch.eye(3, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Policy parametrisations and behaviour policies for the exact testbeds.
+"""Policy parametrisations and behavior policies for the exact testbeds.
 
 Design decisions
 ----------------
@@ -7,7 +7,7 @@ Design decisions
   ``LogLinearPolicy`` is logits = Φ·w with shared features Φ [*logits_shape, d], so responses
   generalise to each other as they do in an LLM (a tabular policy cannot). Gradients with
   respect to w come from autograd through that map.
-* A behaviour policy μ is a distribution over complete responses, ``probs`` [P, N]: a fixed
+* A behavior policy μ is a distribution over complete responses, ``probs`` [P, N]: a fixed
   table, an older parameter vector, a mixture, a tempered policy — one representation, and the
   testbed recovers its per-token log-probs (``env.token_logprobs_of``). All are detached: the
   sampling distribution is never differentiated.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from simulator.bandit import ResponseSpace, check_probs
+from simulator.responses import ResponseSpace, check_probs
 from simulator.validation import require_float_tensor, require_positive
 
 __all__ = [

@@ -7,11 +7,15 @@ Design decisions
   shared by the lab and the bridge's trainer.
 * A live bar redraws one line with terminal control codes; written to a pipe, a log file or CI
   it shows nothing until the end. ``PartProgress`` is what the lab's commands use for a job made
-  of named parts (an experiment's arms, the theory catalogue's claims): on a terminal it drives
+  of named parts (an experiment's curves, the theory catalogue's claims): on a terminal it drives
   the bar; otherwise it prints one plain line when a part finishes and one every ``LINE_EVERY``
   (50) steps inside a long part — deterministic lines, so a log reads the same on every run.
 * Progress goes to the console it is given; the lab passes its stderr console, so
-  ``grlab compare > table.txt`` keeps the results clean and still shows the bar.
+  ``grlab compare > table.txt`` keeps the results clean and still shows the bar. This module
+  is the one home of progress: a single long job (the bridge's ``train-llm``) is a
+  ``PartProgress`` of one part, whose ``step(part, i, text)`` carries the job's own words (its
+  metrics) into the bar and the lines, and ``note(part, text)`` forces a line (an
+  evaluation).
 * A table is never squeezed until words break: rich's own shrinking ignores word lengths, and
   ``overflow="fold"`` cuts "instances" into "instanc"/"es". ``fit_table`` fixes every
   column's width at least at its longest word (header included) and shares the room left
@@ -78,21 +82,30 @@ class PartProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def step(self, part: str, step: int) -> None:
-        self._advance(part, step + 1)
+    def step(self, part: str, step: int, text: str = "") -> None:
+        """Step ``step`` (0-based) of ``part`` is done; ``text`` (the job's metrics, say)
+        follows the part's name in the bar and in the line printed every ``every`` steps."""
+        self._advance(part, step + 1, text)
         if self.bar is None and (step + 1) % self.every == 0 and step + 1 < self.steps:
-            self._line(part, f"step {step + 1}/{self.steps}")
+            self._line(part, " ".join(filter(None, (f"step {step + 1}/{self.steps}", text))))
 
     def done(self, part: str, note: str) -> None:
         self._advance(part, self.steps)
         if self.bar is None:
             self._line(part, note)
 
-    def _advance(self, part: str, completed: int) -> None:
+    def note(self, part: str, text: str) -> None:
+        """A line now, off a terminal (an evaluation's result); on a terminal, the bar's text."""
+        if self.bar is None:
+            self._line(part, text)
+        else:
+            self._advance(part, self.completed.get(part, 0), text)
+
+    def _advance(self, part: str, completed: int, text: str = "") -> None:
         self.completed[part] = completed
         if self.bar is not None:
             self.bar.update(self.task, completed=sum(self.completed.values()),
-                            description=f"{self.title}: {part}")
+                            description=" ".join(filter(None, (f"{self.title}: {part}", text))))
 
     def _line(self, part: str, text: str) -> None:
         where = f"[{self.index.get(part, -1) + 1}/{len(self.index)}]"

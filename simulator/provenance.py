@@ -45,12 +45,13 @@ __all__ = ["ENGINE_MODULES", "code_digest", "engine_digest", "function_digest",
            "import_modules"]
 
 # The simulator modules that determine a trajectory (tests/test_experiments.py checks that
-# this covers every simulator module `simulator.dynamics` imports); `experiments` maps an arm
-# onto `simulate`'s arguments.
+# this covers every simulator module `simulator.dynamics` imports); `experiments` and `reports`
+# map a curve onto `simulate`'s arguments.
 ENGINE_MODULES: tuple[str, ...] = (
     "advantages", "aggregation", "bandit", "dynamics", "exact", "experiments", "groups", "kl",
-    "loss_registry", "losses", "numerics", "policies", "schedule", "sufficient", "tree",
-    "validation",
+    "loss_call", "loss_registry", "losses", "numerics", "policies", "responses", "schedule",
+    "sufficient", "tree",
+    "reports", "validation",
 )
 
 _SIMULATOR = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ __all__ = ["SETTINGS", "Schedule"]
 class Schedule:
     """Which policy produced the data used at training step t (t = 0, 1, …).
 
-    behaviour_step(t) = 0 when ``offline``, else ⌊max(t − d, 0)/m⌋·m with m = ``sync_interval``
+    behavior_step(t) = 0 when ``offline``, else ⌊max(t − d, 0)/m⌋·m with m = ``sync_interval``
     and d = ``sync_offset``: the rollout model holds the trainer's weights of the last sync
     (every m steps) and runs d steps ahead. On-policy is m = 1, d = 0. The paper's settings:
     m = 20 (staleness cycles 0..19), d = 10 (data 10 updates old), offline.
@@ -32,7 +32,7 @@ class Schedule:
         require_int("sync_interval", self.sync_interval, 1)
         require_int("sync_offset", self.sync_offset, 0)
 
-    def behaviour_step(self, step: int) -> int:
+    def behavior_step(self, step: int) -> int:
         if self.offline:
             return 0
         return (max(step - self.sync_offset, 0) // self.sync_interval) * self.sync_interval
@@ -46,8 +46,8 @@ class Schedule:
         if self.offline:
             raise ValueError("an offline schedule samples every step from step 0's policy")
         found, u = [], step
-        while self.behaviour_step(u) <= step:
-            if self.behaviour_step(u) == step:
+        while self.behavior_step(u) <= step:
+            if self.behavior_step(u) == step:
                 found.append(u)
             u += 1
         return found

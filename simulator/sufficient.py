@@ -40,7 +40,7 @@ Design decisions
   with N the group's valid-token count: it is computed alongside, with the token-mean
   normaliser, whatever the loss's own aggregation.
 * Rows with μ(y) = 0 or with a count vector of probability 0 are left out (never multiplied by
-  0: their logp_old is −inf). The behaviour is never differentiated.
+  0: their logp_old is −inf). The behavior is never differentiated.
 * Rows are evaluated in pieces of bounded size (``simulator.groups.accumulate``).
 """
 
@@ -55,14 +55,15 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from simulator.advantages import shaped_advantages
+from simulator.advantages import require_exact, shaped_advantages
 from simulator.aggregation import normaliser
 from simulator.groups import CHUNK_ELEMENTS, accumulate
-from simulator.losses import LOSSES, group_losses
+from simulator.losses import group_losses
+from simulator.validation import require_int
 
 if TYPE_CHECKING:
-    from simulator.bandit import ResponseSpace
-    from simulator.groups import LossSetup
+    from simulator.loss_registry import LossSetup
+    from simulator.responses import ResponseSpace
 
 __all__ = ["MAX_STATES", "SufficientStats", "compositions", "require_group_local",
            "reward_classes", "sufficient_cost"]
@@ -108,11 +109,7 @@ def _compositions(total: int, parts: int) -> Tensor:
 def compositions(total: int, parts: int) -> Tensor:
     """Every c ∈ ℕ^parts with Σ c = total, [C, parts], C = C(total + parts − 1, parts − 1)
     (stars and bars). Cached; do not modify the result."""
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-        raise ValueError(f"total must be an int >= 0, got {total!r}")
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"parts must be an int >= 1, got {parts!r}")
-    return _compositions(total, parts)
+    return _compositions(require_int("total", total, 0), require_int("parts", parts, 1))
 
 
 def sufficient_cost(env: ResponseSpace, k: int) -> tuple[int, int]:
@@ -147,16 +144,18 @@ def _probe(shaper: Callable[..., tuple[Tensor, Tensor]], kind: str, options: tup
             and torch.allclose(together, permuted, rtol=1e-12, atol=1e-12))
 
 
-def require_group_local(kind: str, kwargs: dict, drop_uniform_groups: bool) -> None:
+def require_group_local(setup: LossSetup) -> None:
     """Refuse an advantage kind whose value depends on other groups or on the group's order.
 
     Probe: two groups advantaged together must equal each advantaged alone, and permuting a
     group must permute its advantages. A batch statistic (a std over every prompt's groups)
-    fails the first; exact expectations over one prompt's groups do not exist for it.
+    fails the first; exact expectations over one prompt's groups do not exist for it. The
+    probe runs ``shaped_advantages`` itself rather than trusting ``ADVANTAGES``' declared
+    ``group_local``, so a kind declared wrongly is caught too.
     """
-    if kind == "red-drop":
-        raise ValueError("advantage 'red-drop' drops samples at random: its exact expectation "
-                         "is not computed; use sample_groups with a generator")
+    kind, kwargs = setup.advantage_kind()
+    drop_uniform_groups = setup.spec.drop_uniform_groups
+    require_exact(kind)
     try:
         local = _probe(shaped_advantages, kind, tuple(sorted(kwargs.items())),
                        drop_uniform_groups)
@@ -205,9 +204,8 @@ class SufficientStats:
     """
 
     def __init__(self, env: ResponseSpace, setup: LossSetup, k: int) -> None:
+        require_group_local(setup)
         kind, kwargs = setup.advantage_kind()
-        drop = LOSSES[setup.loss].drop_uniform_groups
-        require_group_local(kind, kwargs, drop)
         rows, _ = sufficient_cost(env, k)
         if rows > MAX_STATES:
             raise ValueError(f"the statistics engine would hold {rows} candidate rows "
@@ -218,7 +216,8 @@ class SufficientStats:
         v = self.classes.values.shape[1]
         self.comps = compositions(k - 1, v)  # [C, V]
         self.log_coef = math.lgamma(k) - torch.lgamma(self.comps.to(torch.float64) + 1).sum(1)
-        self.advantage, self.keep = self._advantages(kind, kwargs, drop)
+        self.advantage, self.keep = self._advantages(kind, kwargs,
+                                                     setup.spec.drop_uniform_groups)
         lengths = env.lengths
         self.lmin, self.spread = int(lengths.min()), int(lengths.max() - lengths.min())
         masks = _group_masks(k, self.lmin, self.spread, env.horizon)
@@ -298,8 +297,8 @@ class SufficientStats:
         old = logp_old[rows.prompt, rows.response]
         mask = self.env.mask[rows.response] & rows.keep.unsqueeze(-1)
         if not bool(torch.isfinite(old).logical_or(~mask).all()):
-            raise ValueError("logp_old = −inf: the behaviour (or anchor) gives probability 0 "
-                             "to a response the behaviour samples")
+            raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 "
+                             "to a response the behavior samples")
         size = max(1, CHUNK_ELEMENTS // self.env.horizon)
         spans = [(s, min(s + size, len(rows.prompt))) for s in range(0, len(rows.prompt), size)]
         pieces = (functools.partial(self._piece, rows=rows, old=old, mask=mask, span=span)
@@ -313,8 +312,8 @@ class SufficientStats:
         logp = env.token_logprobs(logits)[rows.prompt[part], rows.response[part]]
         one_row = mask[part].unsqueeze(1)  # each row is a group of one
         out = group_losses(setup.loss, logp.unsqueeze(1), old[part].unsqueeze(1),
-                           rows.advantage[part].unsqueeze(1), one_row, agg=setup.agg,
-                           norm_len=setup.length(env), **setup.hparams)
+                           rows.advantage[part].unsqueeze(1), one_row,
+                           **setup.call_options(env.horizon))
         row_terms = out.loss * normaliser(one_row, setup.aggregation())
         clipped = out.clipfrac * normaliser(one_row, "token-mean")
         value = (rows.weight[part] * row_terms).sum() / env.num_prompts

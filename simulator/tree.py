@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simulator.bandit import ResponseSpace
-from simulator.validation import require_finite, require_float_tensor, require_ndim
+from simulator.responses import ResponseSpace
+from simulator.validation import require_finite, require_float_tensor, require_int, require_ndim
 
 __all__ = ["EOS", "TreeMDP"]
 
@@ -91,11 +91,8 @@ class TreeMDP(ResponseSpace):
 
     @staticmethod
     def _check_structure(vocab: object, depth: object, eos: object) -> tuple[int, int]:
-        for name, value, low in (("vocab", vocab, 2), ("depth", depth, 1)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        require_int("vocab", vocab, 2)
+        require_int("depth", depth, 1)
         if not isinstance(eos, bool):
             raise TypeError(f"eos must be a bool, got {type(eos).__name__}")
         return int(vocab), int(depth)  # type: ignore[arg-type]

@@ -197,3 +197,52 @@ def test_shaped_advantages_marks_uniform_groups_when_asked():
 def test_bad_input_raises_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_the_advantage_registry_declares_what_each_kind_needs():
+    """Every kind a loss may name is in ADVANTAGES; only RED-Drop draws (and is therefore not
+    exact), only mean-batch-std is batch-wide; an unknown kind is a ValueError naming it."""
+    from simulator.advantages import ADVANTAGES, advantage_kind
+
+    assert set(ADVANTAGES) == {*ADVANTAGE_KINDS, "red-drop"}
+    assert [k for k, e in ADVANTAGES.items() if e.needs_generator] == ["red-drop"]
+    assert [k for k, e in ADVANTAGES.items() if not e.exact] == ["red-drop"]
+    assert [k for k, e in ADVANTAGES.items() if not e.group_local] == ["mean-batch-std"]
+    with pytest.raises(ValueError, match="advantage must be one of"):
+        advantage_kind("mean_std", "advantage")
+
+
+@pytest.mark.parametrize("kind", ["none", "mean", "mean-std", "mean-batch-std", "loo",
+                                  "logavgexp"])
+def test_declared_group_locality_agrees_with_the_exact_engines_probe(kind):
+    """The registry's group_local and the sufficient engine's probe (which computes) agree."""
+    from simulator.advantages import ADVANTAGES
+    from simulator.losses import LossSetup
+    from simulator.sufficient import require_group_local
+
+    setup = LossSetup("reinforce", advantage=kind)
+    if ADVANTAGES[kind].group_local:
+        require_group_local(setup)
+    else:
+        with pytest.raises(ValueError, match="couples prompts"):
+            require_group_local(setup)
+
+
+def test_is_uniform_is_exact_equality_per_group():
+    from simulator.advantages import is_uniform
+
+    rewards = torch.tensor([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1 + 1e-17 + 1e-16], [2.0, 2.0, 2.0]],
+                           dtype=torch.float64)
+    assert is_uniform(rewards).squeeze(1).tolist() == [True, False, True]
+
+
+def test_a_generator_is_ignored_by_kinds_that_do_not_draw():
+    """Adapters pass their generator whatever the kind: a kind that does not draw neither
+    needs nor consumes it."""
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    rewards = torch.tensor([[0.0, 1.0, 1.0]], dtype=torch.float64)
+    with_g = shaped_advantages(rewards, "mean-std", generator=g)
+    assert torch.equal(g.get_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(with_g, shaped_advantages(rewards, "mean-std"),
+                                                 strict=True))

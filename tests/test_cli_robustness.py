@@ -21,8 +21,9 @@ import torch
 import llm_bridge.models
 import simulator.claims.report
 import simulator.experiments
+import simulator.reports
 from simulator.kl import kl_penalty
-from simulator.names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS
+from simulator.lab_names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS
 
 TINY = ("--settings", "on-policy", "--seeds", "2", "--steps", "2")
 
@@ -34,21 +35,22 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("slow work started before the user error was reported")
 
-    monkeypatch.setattr(simulator.experiments, "simulate", refuse)
+    monkeypatch.setattr(simulator.reports, "simulate", refuse)
     monkeypatch.setattr(simulator.claims.report, "run_claim", refuse)
 
 
 @pytest.fixture
 def count_runs(monkeypatch):
-    """Count the arms that are trained (``simulate`` calls), training them for real."""
+    """Count the curves that are trained (``simulate`` calls, each given the curve's built
+    ``LossSetup``), training them for real."""
     calls: list[str] = []
-    real = simulator.experiments.simulate
+    real = simulator.reports.simulate
 
-    def counting(problem, loss, **kwargs):
-        calls.append(loss)
-        return real(problem, loss, **kwargs)
+    def counting(problem, setup, **kwargs):
+        calls.append(setup.loss)
+        return real(problem, setup, **kwargs)
 
-    monkeypatch.setattr(simulator.experiments, "simulate", counting)
+    monkeypatch.setattr(simulator.reports, "simulate", counting)
     return calls
 
 
@@ -158,7 +160,7 @@ def test_an_os_error_shows_its_reason_and_path_not_its_errno(grlab_split, monkey
     def denied(report, out_dir):
         raise PermissionError(13, "Permission denied", str(out_dir / "table.md"))
 
-    monkeypatch.setattr(simulator.experiments, "write_report", denied)
+    monkeypatch.setattr(simulator.reports, "write_report", denied)
     code, out, err = grlab_split("compare", "--losses", "reinforce", *TINY, "--out",
                                  str(tmp_path))
     assert code == 2 and "Traceback" not in out + err  # after the progress line, one error
@@ -189,7 +191,7 @@ def test_ctrl_c_in_a_lab_command_is_one_line_and_exit_130(grlab_split, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulator.experiments, "simulate", interrupted)
+    monkeypatch.setattr(simulator.reports, "simulate", interrupted)
     code, out, err = grlab_split("compare", "--losses", "reinforce", *TINY, "--out",
                                  str(tmp_path))
     assert code == 130 and "Traceback" not in out + err

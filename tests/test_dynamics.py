@@ -1,4 +1,4 @@
-"""The off-policy lab: schedule semantics, batching, optimisers, modes, divergence, reports."""
+"""The off-policy lab: schedules, batching, optimisers, expected and sampled groups, reports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from simulator.dynamics import SETTINGS, Problem, Schedule, _Optimizer, simulate
-from simulator.experiments import Arm, Experiment, run_experiment, write_report
+from simulator.experiments import Curve, Experiment, run_experiment, write_report
 
 SMALL = Problem(env="bandit", prompts=2, responses=4, reward="binary", correct=1,
                 policy="tabular")
@@ -22,13 +22,13 @@ SMALL = Problem(env="bandit", prompts=2, responses=4, reward="binary", correct=1
     (Schedule(offline=True), [0] * 12),
 ])
 def test_which_policy_produced_the_data_at_each_step(schedule, expected):
-    """behaviour_step(t) = ⌊max(t − d, 0)/m⌋·m: with m = 20 the staleness cycles 0..19, with
+    """behavior_step(t) = ⌊max(t − d, 0)/m⌋·m: with m = 20 the staleness cycles 0..19, with
     d = 10 data are 10 updates old (the first 10 steps use the initial policy)."""
-    assert [schedule.behaviour_step(t) for t in range(12)] == expected
+    assert [schedule.behavior_step(t) for t in range(12)] == expected
 
 
 def test_the_paper_settings_have_the_paper_staleness():
-    staleness = {name: [t - s.behaviour_step(t) for t in range(60)]
+    staleness = {name: [t - s.behavior_step(t) for t in range(60)]
                  for name, s in SETTINGS.items()}
     assert set(staleness["on-policy"]) == {0}
     assert staleness["sync-interval-20"][:40] == list(range(20)) * 2
@@ -40,16 +40,16 @@ def test_the_simulated_staleness_metric_follows_the_schedule():
     schedules = [Schedule(), Schedule(sync_interval=3), Schedule(sync_offset=2)]
     traj = simulate(SMALL, "reinforce", seeds=[0], schedules=schedules, steps=7)
     got = traj.metrics["staleness"][1:].T.tolist()
-    assert got == [[t - s.behaviour_step(t) for t in range(7)] for s in schedules]
+    assert got == [[t - s.behavior_step(t) for t in range(7)] for s in schedules]
 
 
 def test_stale_data_really_come_from_the_old_policy():
-    """With sync_interval = 5 the KL to the behaviour policy is 0 at the first step of each
-    cycle's data (step 0 → θ_1 vs θ_0 is not 0, but the behaviour at step 5 is θ_5)."""
+    """With sync_interval = 5 the KL to the behavior policy is 0 at the first step of each
+    cycle's data (step 0 → θ_1 vs θ_0 is not 0, but the behavior at step 5 is θ_5)."""
     traj = simulate(SMALL, "reinforce", seeds=[0], schedules=[Schedule(sync_interval=5)],
                     steps=10, lrs=[0.5])
-    kl = traj.metrics["kl_behaviour"][1:, 0]  # after step t, KL(π_{t+1} ‖ μ_t)
-    # within a cycle the policy drifts away from the fixed behaviour: KL grows
+    kl = traj.metrics["kl_behavior"][1:, 0]  # after step t, KL(π_{t+1} ‖ μ_t)
+    # within a cycle the policy drifts away from the fixed behavior: KL grows
     assert bool((kl[1:5] > kl[0:4]).all()) and bool((kl[6:10] > kl[5:9]).all())
     assert float(kl[5]) < float(kl[4])  # the refresh at step 5
 
@@ -90,13 +90,13 @@ def test_the_batched_optimiser_is_torch_optim_per_run(kind):
 
 
 @pytest.mark.parametrize("loss", ["grpo", "rec-ring-nois", "red-weight"])
-def test_sampled_mode_agrees_with_expected_mode_within_monte_carlo_error(loss):
+def test_sampled_groups_agree_with_expected_groups_within_monte_carlo_error(loss):
     """One SGD step from θ_0: θ_1 − θ_0 = −lr·g is linear in the gradient, so the mean of θ_1
     over 1000 independent sampled runs (the same instance repeated as 1000 runs of one batched
     call, each drawing its own groups) must match the exact expected θ_1 within 5 standard
     errors in every coordinate; the standard errors are measured from the runs themselves."""
     exact = simulate(SMALL, loss, seeds=[0], steps=1, lrs=[1.0]).params[0]
-    samples = simulate(SMALL, loss, seeds=[0] * 1000, steps=1, lrs=[1.0], mode="sampled",
+    samples = simulate(SMALL, loss, seeds=[0] * 1000, steps=1, lrs=[1.0], groups="sampled",
                        groups_per_prompt=2).params
     mean = samples.mean(0)
     stderr = samples.std(0, correction=1) / math.sqrt(len(samples))
@@ -105,11 +105,11 @@ def test_sampled_mode_agrees_with_expected_mode_within_monte_carlo_error(loss):
     assert float(z) < 5.0, float(z)
 
 
-def test_sampled_mode_detects_a_wrong_expectation():
+def test_sampled_groups_detect_a_wrong_expectation():
     """The same check has power: against the exact update of a different loss (REINFORCE
     instead of GRPO's std-normalised advantages) it fails by far more than 5 errors."""
     wrong = simulate(SMALL, "reinforce", seeds=[0], steps=1, lrs=[1.0]).params[0]
-    samples = simulate(SMALL, "grpo", seeds=[0] * 1000, steps=1, lrs=[1.0], mode="sampled",
+    samples = simulate(SMALL, "grpo", seeds=[0] * 1000, steps=1, lrs=[1.0], groups="sampled",
                        groups_per_prompt=2).params
     stderr = samples.std(0, correction=1) / math.sqrt(len(samples))
     assert float(((samples.mean(0) - wrong).abs() / stderr.clamp(min=1e-12)).max()) > 10
@@ -151,8 +151,8 @@ def test_bad_arguments_are_named():
         Problem(responses=4, correct=4)
     with pytest.raises(ValueError, match="lr"):
         simulate(SMALL, "reinforce", seeds=[0], lrs=[0.0], steps=1)
-    with pytest.raises(ValueError, match="mode"):
-        simulate(SMALL, "reinforce", seeds=[0], steps=1, mode="exact")
+    with pytest.raises(ValueError, match="groups"):
+        simulate(SMALL, "reinforce", seeds=[0], steps=1, groups="exact")
     with pytest.raises(KeyError, match="did you mean"):
         simulate(SMALL, "reinforse", seeds=[0], steps=1)
     with pytest.raises(TypeError, match="eps_hgih"):
@@ -160,8 +160,8 @@ def test_bad_arguments_are_named():
 
 
 def test_a_report_is_written_and_an_interrupted_run_resumes_from_its_cache(tmp_path):
-    exp = Experiment("T", "tiny", "none", (Arm.of("reinforce", "REINFORCE"),
-                                          Arm.of("grpo", "GRPO")),
+    exp = Experiment("T", "tiny", "none", (Curve.of("reinforce", "REINFORCE"),
+                                          Curve.of("grpo", "GRPO")),
                      problem=SMALL, settings=("on-policy", "offline"), seeds=2, steps=5)
     report = run_experiment(exp, tmp_path)
     paths = write_report(report, tmp_path)
@@ -205,3 +205,33 @@ def test_sampled_at_lists_the_steps_whose_data_a_sync_produces():
     assert Schedule().sampled_at(7) == [7]
     with pytest.raises(ValueError, match="offline"):
         Schedule(offline=True).sampled_at(0)
+
+
+def test_a_problem_is_a_bandit_or_a_tree_each_with_its_own_fields():
+    """``Problem(env=...)`` builds the member of the pair ``env`` names; a bandit has no tree
+    fields and a tree no ``responses``, so a field of the other kind is refused by name."""
+    from simulator.dynamics import BanditProblem, TreeProblem
+
+    bandit, tree = Problem(responses=5), Problem(env="tree", vocab=2, depth=2)
+    assert type(bandit) is BanditProblem and bandit == BanditProblem(responses=5)
+    assert type(tree) is TreeProblem and tree.num_responses == TreeProblem(
+        vocab=2, depth=2).num_responses == 3
+    assert not hasattr(bandit, "vocab") and not hasattr(tree, "responses")
+    with pytest.raises(TypeError, match="responses"):
+        TreeProblem(responses=4)
+    with pytest.raises(ValueError, match="env"):
+        BanditProblem(env="tree")
+
+
+def test_simulate_takes_a_built_loss_setup_as_it_takes_a_name_and_keywords():
+    """The lab builds a curve's ``LossSetup`` once and hands it over: the same trajectory as
+    the registered name with its keywords."""
+    from simulator.groups import loss_setup
+
+    common = {"seeds": [0, 1], "schedules": [Schedule(sync_interval=3)], "steps": 5,
+              "lrs": [0.5]}
+    named = simulate(SMALL, "rec", eps_high=0.3, advantage="mean", **common)
+    built = simulate(SMALL, loss_setup("rec", {"eps_high": 0.3, "advantage": "mean"}), **common)
+    assert named.loss == built.loss == "rec"
+    for key, values in named.metrics.items():
+        assert torch.equal(built.metrics[key], values), key

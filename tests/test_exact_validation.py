@@ -274,3 +274,32 @@ def test_sampled_standard_error_uses_the_sample_variance():
     torch.testing.assert_close(stderr, (var / s).sqrt() / p, **TOL)
     torch.testing.assert_close(mean, grads.mean(1).sum(0) / p, **TOL)
     assert float(stderr.max()) > 1e-3  # the check has something to compare
+
+
+def test_a_loss_setup_and_the_same_keywords_give_the_same_expectations():
+    """Every exact path takes a loss as name + keywords or as one LossSetup (K by keyword
+    too); a LossSetup with keywords beside it is ambiguous and refused."""
+    c = case()
+    setup = LossSetup.from_keywords("rec", clip="two-side", advantage="loo")
+    args = (c.env, c.logits, c.behavior)
+    pairs = [
+        (expected_loss(*args, "rec", K=3, clip="two-side", advantage="loo"),
+         expected_loss(*args, setup, K=3)),
+        (expected_gradient(*args, "rec", 3, method="enumerate", clip="two-side",
+                           advantage="loo"),
+         expected_gradient(*args, setup, 3, method="enumerate")),
+        (expected_hessian(*args, "rec", K=2, clip="two-side", advantage="loo"),
+         expected_hessian(*args, setup, K=2)),
+        (ExpectedLoss(c.env, setup, K=2)(c.logits, c.behavior),
+         expected_loss(*args, setup, 2)),
+    ]
+    for by_name, by_setup in pairs:
+        torch.testing.assert_close(by_name, by_setup, **TOL)
+    with pytest.raises(TypeError, match="loss is a LossSetup"):
+        expected_gradient(*args, setup, 2, clip="one-side")
+
+
+def test_method_is_an_option_of_the_call_never_a_loss_keyword():
+    c = case()
+    with pytest.raises(ValueError, match="method must be one of"):
+        expected_gradient(c.env, c.logits, c.behavior, "grpo", 2, method="exact")

@@ -16,7 +16,7 @@ from simulator.dynamics import SETTINGS, Problem, simulate
 from simulator.experiments import (
     EXPERIMENTS,
     FIGURES,
-    Arm,
+    Curve,
     Experiment,
     experiment_names,
     run_experiment,
@@ -28,7 +28,7 @@ from simulator.provenance import ENGINE_MODULES, function_digest, import_modules
 @pytest.mark.parametrize("key", sorted(EXPERIMENTS))
 def test_every_arm_of_every_experiment_takes_a_finite_step(key):
     """A smoke test with teeth: one step of each arm (one seed, every setting) must give finite
-    metrics — a typo in a keyword, an unknown loss or a mode that cannot run fails here, not
+    metrics — a typo in a keyword, an unknown loss or groups that cannot run fails here, not
     five minutes into ``grlab experiment``."""
     exp = EXPERIMENTS[key]
     problem = dataclasses.replace(exp.problem, prompts=1)
@@ -36,7 +36,7 @@ def test_every_arm_of_every_experiment_takes_a_finite_step(key):
         traj = simulate(problem, arm.loss, seeds=[0], schedules=[SETTINGS[s] for s in
                                                                  exp.settings],
                         lrs=[exp.lr * arm.lr_scale], steps=2, group_size=exp.group_size,
-                        mode=arm.mode, groups_per_prompt=2, optimizer=exp.optimizer,
+                        groups=arm.groups, groups_per_prompt=2, optimizer=exp.optimizer,
                         **dict(arm.hparams))
         assert bool(torch.isfinite(traj.metrics["reward"]).all()), arm.label
         assert int((traj.diverged_at >= 0).sum()) == 0, arm.label
@@ -128,7 +128,7 @@ def test_a_changed_loss_body_is_recomputed_not_loaded_from_the_cache(user_code, 
     """Before: the key hashed the arm's repr and the settings only, so a loss whose body changed
     (here to a zero gradient) was 'loaded from the cache' with the old numbers."""
     import_modules([str(user_code("userloss_v1", "tmp-user-loss", 1.0))])
-    exp = Experiment("T", "tiny", "none", (Arm.of("tmp-user-loss", "user"),),
+    exp = Experiment("T", "tiny", "none", (Curve.of("tmp-user-loss", "user"),),
                      problem=TINY_PROBLEM, settings=("on-policy",), seeds=2, steps=4)
     sources: list[str] = []
     first = run_experiment(exp, tmp_path, on_arm=lambda label, source: sources.append(source))
@@ -149,7 +149,7 @@ def test_the_key_covers_the_registry_entry_and_code_without_source(user_code):
     """A changed keyword default of the entry, or a body that has no source file (exec'd),
     changes the key; identical code gives the identical key."""
     import_modules([str(user_code("userloss_key", "tmp-key-loss", 1.0))])
-    exp = Experiment("T", "tiny", "none", (Arm.of("tmp-key-loss", "k"),), problem=TINY_PROBLEM)
+    exp = Experiment("T", "tiny", "none", (Curve.of("tmp-key-loss", "k"),), problem=TINY_PROBLEM)
     key = exp.fingerprint(exp.arms[0])
     assert exp.fingerprint(exp.arms[0]) == key
     from simulator.losses import LOSSES
@@ -171,7 +171,7 @@ def test_every_simulator_module_a_run_imports_is_part_of_the_engine_digest():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     imported = set(json.loads(result.stdout))
-    lab_only = {"files", "names", "pitfall", "provenance", "closed_forms"}  # no trajectory
+    lab_only = {"files", "lab_names", "pitfall", "provenance", "closed_forms"}  # no trajectory
     assert imported - lab_only <= set(ENGINE_MODULES), imported - set(ENGINE_MODULES)
 
 
@@ -217,8 +217,8 @@ def test_a_user_module_that_raises_is_one_line_naming_the_flag(grlab_split, tmp_
 def test_steps_to_90_of_an_arm_do_not_change_when_another_arm_is_added(tmp_path):
     """Before: the reference was the best reward any arm of the run reached, so adding a fast
     arm (REINFORCE at a 10× learning rate) moved GRPO's number."""
-    grpo = Arm.of("grpo", "GRPO")
-    fast = Arm.of("reinforce", "fast", lr_scale=10.0)
+    grpo = Curve.of("grpo", "GRPO")
+    fast = Curve.of("reinforce", "fast", lr_scale=10.0)
     common = {"problem": TINY_PROBLEM, "settings": ("on-policy", "offline"), "seeds": 3,
               "steps": 40}
     alone = run_experiment(Experiment("T", "t", "n", (grpo,), **common))
@@ -244,7 +244,7 @@ def test_steps_to_90_is_the_first_step_within_10_percent_of_the_optimum_gap(
     """Recomputed from the rewards the problem draws (not the run's 'optimum' metric):
     J* = mean over prompts of max r; first t with J_t − J_0 ≥ 0.9·(J* − J_0), median over
     seeds, "never" unless more than half the seeds got there."""
-    exp = Experiment("T", "t", "n", (Arm.of(loss, "L"),), problem=problem,
+    exp = Experiment("T", "t", "n", (Curve.of(loss, "L"),), problem=problem,
                      settings=(setting,), seeds=3, steps=60)
     report = run_experiment(exp)
     reward = report.trajectories["L"].metrics["reward"]  # [T+1, 3]
@@ -286,3 +286,79 @@ def test_a_loss_digest_is_the_same_in_every_process(tmp_path):
                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
                for seed in range(4)}
     assert len(digests) == 1, digests
+
+
+def _simulator_import_graph(root: Path) -> dict[str, set[str]]:
+    """module ↦ the simulator modules it imports anywhere in its file — at the top or inside a
+    function (a lazy import still makes the modules depend on each other) — except under
+    ``if TYPE_CHECKING:``, which never runs."""
+    import ast
+
+    files = {".".join(path.relative_to(root.parent).with_suffix("").parts): path
+             for path in root.rglob("*.py")}
+    files = {name.removesuffix(".__init__"): path for name, path in files.items()}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test).endswith("TYPE_CHECKING")
+                   for stmt in block.body for node in ast.walk(stmt)}
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {f"{node.module}.{alias.name}" for alias in node.names} | {
+                    node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[name] = {t for t in targets if t in files and t != name and t != "simulator"}
+    return graph
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path (first node repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_the_simulator_import_graph_has_no_cycle():
+    """Every import inside ``simulator/`` points one way: no module reaches itself again
+    through others, not even through an import made inside a function."""
+    import simulator
+
+    graph = _simulator_import_graph(Path(simulator.__file__).parent)
+    assert {"simulator.experiments", "simulator.reports", "simulator.plots"} <= set(graph)
+    assert "simulator.reports" in graph["simulator.experiments"]  # edges are seen
+    assert "simulator.plots" in graph["simulator.reports"]  # a lazy one too
+    assert _import_cycle(graph) is None, " → ".join(_import_cycle(graph))
+    assert _import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_pitfall_figure_checks_its_folder_like_every_other_writer(tmp_path, monkeypatch):
+    """``run_pitfall`` makes its folder with ``files.output_dir``: a file in the way is a
+    ``ValueError`` naming it, before any path is computed."""
+    import simulator.pitfall
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed before the folder was checked")
+
+    monkeypatch.setattr(simulator.pitfall, "pitfall_paths", refuse)
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="must be a folder"):
+        run_pitfall(blocker)

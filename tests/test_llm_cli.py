@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +30,34 @@ def test_train_llm_runs_end_to_end_and_writes_metrics_checkpoint_and_plot(tmp_pa
 
 
 def test_the_cli_default_model_is_the_loaders_default():
+    """One home: the command's --model default and load_model's are the same name, written
+    once in llm_bridge (a second copy could drift)."""
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
+    package = Path(models.__file__).parent
+    homes = [path.name for path in package.rglob("*.py")
+             if re.search(r"^DEFAULT_MODEL\s*=", path.read_text(), re.MULTILINE)]
+    assert homes == ["config.py"]
+
+
+# what the command decides itself: 'auto' picks the device, it always writes a folder and
+# shows its progress
+DECIDED = {"device", "out", "progress"}
+
+
+def test_every_setting_is_a_flag_and_no_flags_build_train_configs_defaults(tmp_path, grlab):
+    """``grlab train-llm --help`` lists every TrainConfig field as a flag, and the config the
+    command builds from no flags is TrainConfig() on every field it does not decide itself."""
+    from llm_bridge.config import TrainConfig
+
+    code, out = grlab("train-llm", "--help")
+    assert code == 0
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in DECIDED]
+    missing = [n for n in names if not re.search(rf"--{n.replace('_', '-')}[\s,]", out)]
+    assert not missing
+    cfg, _, _ = cli._prepare(cli._arguments({"out": tmp_path, "device": "cpu"}), world_size=1)
+    default = TrainConfig()
+    assert {n: getattr(cfg, n) for n in names} == {n: getattr(default, n) for n in names}
+    assert (cfg.device, cfg.out, cfg.progress) == ("cpu", tmp_path, True)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
@@ -36,6 +66,8 @@ def test_the_cli_default_model_is_the_loaders_default():
     ({"task": "gsm8k"}, ValueError, "data"),
     ({"loss": "grpoo"}, KeyError, "grpo"),
     ({"group_size": 0}, ValueError, "group_size"),
+    ({"advantage": "mean-sd"}, ValueError, "advantage"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):

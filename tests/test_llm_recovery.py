@@ -358,8 +358,8 @@ def test_the_help_states_the_checkpoint_size_and_the_thread_choice(grlab):
     assert "--threads" in text and "--rendezvous-timeout" in text
 
 
-def _line(behaviour: bool, row: dict, capsys) -> str:
-    progress = runs.Progress("grpo", 10, 0, enabled=True, behaviour=behaviour)
+def _line(behavior: bool, row: dict, capsys) -> str:
+    progress = runs.Progress("grpo", 10, 0, enabled=True, behavior=behavior)
     progress.update(row)
     return capsys.readouterr().out
 
@@ -378,10 +378,10 @@ def test_the_console_shows_the_metrics_that_move(capsys):
     assert "clip 0.250" in line and "kl_behav +0.0020" in line and "kl_ref" not in line
 
 
-def test_the_off_policy_settings_decide_the_behaviour_columns():
-    assert not TrainConfig().behaviour_gap
-    assert TrainConfig(sync_interval=2).behaviour_gap and TrainConfig(offline=True).behaviour_gap
-    assert TrainConfig(sync_offset=1).behaviour_gap and TrainConfig(top_p=0.9).behaviour_gap
+def test_the_off_policy_settings_decide_the_behavior_columns():
+    assert not TrainConfig().behavior_gap
+    assert TrainConfig(sync_interval=2).behavior_gap and TrainConfig(offline=True).behavior_gap
+    assert TrainConfig(sync_offset=1).behavior_gap and TrainConfig(top_p=0.9).behavior_gap
 
 
 def test_threads_sets_torchs_thread_count(grlab, tmp_path, monkeypatch):

@@ -41,9 +41,9 @@ def test_on_policy_the_ratio_is_one_at_temperature_not_one(setup):
     (the classic bug) is far off."""
     rollout = _rollout(setup, temperature=0.7)
     mask = rollout.response_mask
-    gap = (_training_logprobs(setup, rollout, 0.7) - rollout.logp_behaviour)[mask]
+    gap = (_training_logprobs(setup, rollout, 0.7) - rollout.logp_behavior)[mask]
     assert float(gap.detach().abs().max()) < 1e-5
-    wrong = (_training_logprobs(setup, rollout, 1.0) - rollout.logp_behaviour)[mask]
+    wrong = (_training_logprobs(setup, rollout, 1.0) - rollout.logp_behavior)[mask]
     assert float(wrong.detach().abs().max()) > 0.05
 
 
@@ -65,7 +65,7 @@ def test_with_top_p_the_behaviour_logprob_is_the_truncated_renormalised_one(setu
             kept, mass = 0.0, 0
             while kept < 0.6:  # the smallest prefix of the sorted probabilities reaching 0.6
                 kept, mass = kept + probs[mass], mass + 1
-            gap = float(rollout.logp_behaviour[row, t] - logp[row, t])
+            gap = float(rollout.logp_behavior[row, t] - logp[row, t])
             assert math.isclose(gap, -math.log(kept), abs_tol=1e-5)
 
 
@@ -94,7 +94,7 @@ def test_layout_eos_is_part_of_the_response_and_padding_follows(setup):
         assert mask[row].tolist() == [True] * len(valid) + [False] * (12 - len(valid))
         assert tok.eos_token_id not in valid[:-1]  # EOS can only be the last valid token
         assert bool((resp[row][~mask[row]] == tok.pad_token_id).all())
-        assert bool((rollout.logp_behaviour[row][~mask[row]] == 0).all())
+        assert bool((rollout.logp_behavior[row][~mask[row]] == 0).all())
     torch.testing.assert_close(rollout.attention_mask[:, rollout.prompt_width:].bool(), mask)
 
 
@@ -107,7 +107,7 @@ def test_sampling_is_reproducible_from_the_generator(setup):
 def test_greedy_decoding_is_the_argmax_with_log_prob_zero(setup):
     rollout = _rollout(setup, temperature=0.0, max_new_tokens=3)
     logp = _training_logprobs(setup, rollout, 1e-4)  # T → 0: the argmax has log-prob → 0
-    assert bool((rollout.logp_behaviour == 0).all())
+    assert bool((rollout.logp_behavior == 0).all())
     assert float(logp[rollout.response_mask].abs().max()) < 1e-3
 
 

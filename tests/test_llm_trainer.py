@@ -23,6 +23,7 @@ from llm_bridge.trainer import (
     train,
 )
 from simulator import losses as sim_losses
+from simulator.advantages import shaped_advantages
 from simulator.aggregation import AGGREGATIONS, aggregate, normaliser
 from simulator.exact import expected_loss
 
@@ -59,7 +60,7 @@ def stale_arithmetic_batch(tok, *, groups: int, k: int, lengths: list[int]):
     r = batch.rollout
     for row, cut in enumerate(lengths):
         r.response_mask[row, cut:] = False
-        r.logp_behaviour[row, cut:] = 0.0
+        r.logp_behavior[row, cut:] = 0.0
         r.input_ids[row, r.prompt_width + cut:] = tok.pad_token_id
         r.attention_mask[row, r.prompt_width + cut:] = 0
     batch.rewards = torch.rand(batch.rewards.shape, generator=torch.Generator().manual_seed(3),
@@ -97,7 +98,7 @@ def test_the_bridge_loss_is_the_simulators_loss(stale_batch, loss):
     model.zero_grad()
     logp = naive_selected_logprobs(model, rollout.input_ids, rollout.attention_mask,
                                    temperature=1.3, first_target=rollout.prompt_width)
-    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behaviour, adv.reshape(-1).float(),
+    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behavior, adv.reshape(-1).float(),
                                  rollout.response_mask & keep.reshape(-1, 1))
     ref.loss.backward()
     assert abs(metrics["loss"] - float(ref.loss.detach())) < 1e-6
@@ -110,6 +111,35 @@ def test_the_bridge_loss_is_the_simulators_loss(stale_batch, loss):
     # entries of 15, where one ulp is 1e-6; a fixed atol of 1e-6 failed there by 2e-6).
     atol = 16 * torch.finfo(torch.float32).eps * float(bridge.abs().max())
     torch.testing.assert_close(bridge, _grad(model), rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize(("loss", "kind", "options"), [
+    ("grpo", "mean", {}), ("rec-oneside-nois", "loo", {}), ("grpo", "logavgexp", {"tau": 0.5})])
+def test_the_advantage_override_is_the_kind_the_loss_is_fed(stale_batch, loss, kind, options):
+    """advantage=KIND (``--advantage``, options ``--advantage-kwargs``): the loss sees KIND's
+    advantages of the group rewards, not the preset's own kind."""
+    batch, model = stale_batch
+    cfg = TrainConfig(loss=loss, advantage=kind, advantage_kwargs=options, group_size=4,
+                      prompts_per_step=2, max_new_tokens=6, temperature=1.3, micro_batch=3)
+    assert sim_losses.LOSSES[loss].advantage != kind
+    got = accumulate_gradients(model, batch, cfg)["loss"]
+    preset = accumulate_gradients(model, batch, TrainConfig(loss=loss, group_size=4,
+                                  prompts_per_step=2, max_new_tokens=6, temperature=1.3))
+    rollout = batch.rollout
+    adv, keep = shaped_advantages(batch.rewards, kind, **options,
+                                  drop_uniform_groups=sim_losses.LOSSES[loss].drop_uniform_groups)
+    with torch.no_grad():
+        logp = naive_selected_logprobs(model, rollout.input_ids, rollout.attention_mask,
+                                       temperature=1.3, first_target=rollout.prompt_width)
+    ref = sim_losses.policy_loss(loss, logp, rollout.logp_behavior, adv.reshape(-1).float(),
+                                 rollout.response_mask & keep.reshape(-1, 1))
+    assert abs(got - float(ref.loss)) < 1e-6
+    assert abs(got - preset["loss"]) > 1e-4  # the override changed what the loss was fed
+
+
+def test_an_unknown_advantage_kind_is_refused_naming_it():
+    with pytest.raises(ValueError, match="advantage"):
+        TrainConfig(advantage="mean-sd")
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +194,7 @@ def test_gradient_accumulation_equals_the_full_batch(stale_batch, mode, loss):
         part = batch.rollout.rows(rows)
         logp = naive_selected_logprobs(model, part.input_ids, part.attention_mask,
                                        temperature=1.3, first_target=part.prompt_width)
-        out = sim_losses.policy_loss(loss, logp, part.logp_behaviour,
+        out = sim_losses.policy_loss(loss, logp, part.logp_behavior,
                                      adv.reshape(-1)[rows].float(), part.response_mask,
                                      agg=mode, norm_len=6.0 if mode.endswith("norm") else None)
         (out.loss / 3).backward()
@@ -181,7 +211,7 @@ def test_gradient_accumulation_equals_the_full_batch(stale_batch, mode, loss):
 def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_interval,
                                                                   sync_offset, offline):
     """For each step t the batch's behaviour log-probs are exactly log π_{θ_b}(tokens) at the
-    rollout temperature with b = Schedule.behaviour_step(t) (checked against parameter
+    rollout temperature with b = Schedule.behavior_step(t) (checked against parameter
     snapshots), staleness is t − b, and approx_kl is 0 exactly when the data are fresh."""
     task = TreeTask.random(prompts=2, vocab=3, depth=3, eos=True, seed=3)
     model = tiny_model(tok, init_std=0.3, seed=3)
@@ -199,19 +229,34 @@ def test_the_data_of_step_t_were_sampled_by_theta_of_the_schedule(tok, sync_inte
 
     train(cfg, model, tok, task, on_step=on_step)
     for t, (row, batch) in enumerate(seen):
-        b = cfg.schedule.behaviour_step(t)
-        assert (row["behaviour_step"], row["staleness"]) == (b, t - b)
+        b = cfg.schedule.behavior_step(t)
+        assert (row["behavior_step"], row["staleness"]) == (b, t - b)
         r = batch.rollout
         for s, snapshot in ((b, snapshots[b]), (t, snapshots[t])):
             with torch.no_grad():
                 logp = naive_selected_logprobs(snapshot, r.input_ids, r.attention_mask,
                                                temperature=1.2, first_target=r.prompt_width,
                                                allowed_tokens=task.allowed_tokens(tok))
-            gap = float((logp - r.logp_behaviour)[r.response_mask].abs().max())
+            gap = float((logp - r.logp_behavior)[r.response_mask].abs().max())
             assert (gap < 1e-5) == (s == b or torch.equal(
                 torch.cat([p.flatten() for p in snapshots[b].parameters()]),
                 torch.cat([p.flatten() for p in snapshots[t].parameters()]))), (t, s, gap)
         assert (abs(row["approx_kl"]) < 1e-6) == (t == b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("sync_interval", "on_cuda"), [(1, [True] * 4),
+                                                        (2, [True, False, True, False])])
+def test_only_a_batch_that_waits_for_a_later_step_goes_to_the_cpu(tok, sync_interval, on_cuda):
+    """A batch used at the step that samples it stays on the device; one sampled for a later
+    step (sync_interval 2: step 1's batch is sampled at step 0) waits on the CPU."""
+    task = TreeTask.random(prompts=2, vocab=3, depth=3, eos=True, seed=3)
+    cfg = TrainConfig(sync_interval=sync_interval, steps=4, group_size=3, prompts_per_step=2,
+                      max_new_tokens=3, eval_every=100, eval_prompts=2, device="cuda")
+    seen = []
+    train(cfg, tiny_model(tok, init_std=0.3, seed=3), tok, task,
+          on_step=lambda row, batch: batch is None or seen.append(batch.rollout.input_ids.is_cuda))
+    assert seen == on_cuda
 
 
 # --------------------------------------------------------------------------------------------

@@ -301,3 +301,67 @@ def test_token_weights_multiply_each_tokens_loss_before_the_normaliser():
         policy_loss("reinforce", logp, logp_old, adv, mask, token_weights=-weights)
     with pytest.raises(ValueError, match="token_weights must have the shape"):
         policy_loss("reinforce", logp, logp_old, adv, mask, token_weights=weights[:, :1])
+
+
+@pytest.mark.parametrize("keyword", ["agg", "norm_len", "rows", "denominator", "token_weights",
+                                     "validate", "method", "advantage", "advantage_kwargs",
+                                     "anchor"])
+def test_a_loss_keyword_named_like_a_call_option_is_refused_at_registration(keyword):
+    """A keyword sharing a name with policy_loss's or the exact engines' own options (or a
+    LossSetup field) could never be passed to the loss: registration refuses it."""
+    namespace: dict = {}
+    exec(f"def fn(logp, logp_old, adv, mask, *, {keyword}=1.0):\n    return None", namespace)
+    with pytest.raises(ValueError, match=rf"loss 'clash-test' has keyword\(s\) \['{keyword}'\]"):
+        register_loss("clash-test")(namespace["fn"])
+    assert "clash-test" not in LOSSES
+
+
+def test_loss_setup_sorts_keywords_once_and_feeds_policy_loss():
+    """from_keywords: setup fields by name, the rest loss keywords; policy_loss given the
+    LossSetup equals the same call by name and keywords, and an explicit option still wins."""
+    from simulator.losses import LossSetup
+
+    setup = LossSetup.from_keywords("dr-grpo", eps_high=0.3, advantage="loo", norm_len=6.0)
+    assert (setup.loss, dict(setup.hparams), setup.advantage, setup.norm_len) == (
+        "dr-grpo", {"eps_high": 0.3}, "loo", 6.0)
+    logp, logp_old, adv, mask = tiny()
+    by_name = policy_loss("dr-grpo", logp, logp_old, adv, mask, norm_len=6.0, eps_high=0.3)
+    by_setup = policy_loss(setup, logp, logp_old, adv, mask)
+    assert torch.equal(by_name.loss, by_setup.loss)
+    other = policy_loss(setup, logp, logp_old, adv, mask, norm_len=2.0, eps_high=0.1)
+    assert torch.equal(other.loss, policy_loss("dr-grpo", logp, logp_old, adv, mask,
+                                               norm_len=2.0, eps_high=0.1).loss)
+    assert not torch.equal(other.loss, by_setup.loss)
+    with pytest.raises(TypeError, match="keyword for loss 'dr-grpo'"):
+        LossSetup.from_keywords("dr-grpo", eps_hihg=0.3)
+
+
+def test_the_norm_len_rule():
+    """Under seq-mean-token-sum-norm: the caller's norm_len, else the maximum completion
+    length; under any other mode the caller's value passes through (policy_loss refuses it)."""
+    from simulator.aggregation import norm_len_for
+    from simulator.losses import LossSetup
+
+    assert norm_len_for("seq-mean-token-sum-norm", 12) == 12.0
+    assert norm_len_for("seq-mean-token-sum-norm", 12, 5.0) == 5.0
+    assert norm_len_for("token-mean", 12) is None
+    assert norm_len_for("token-mean", 12, 5.0) == 5.0
+    assert LossSetup("dr-grpo").length_for(16) == 16.0
+    assert LossSetup("dr-grpo", agg="token-mean").length_for(16) is None
+    assert LossSetup("grpo", agg="seq-mean-token-sum-norm", norm_len=3.0).length_for(16) == 3.0
+
+
+def test_the_call_layer_needs_no_zoo_at_import_and_the_public_face_has_it_all():
+    """simulator.loss_call imports without the zoo (imports point one way: the zoo imports the
+    call layer); imported first, the public face simulator.losses still fills LOSSES and
+    exports the call layer's names and LossSetup."""
+    import subprocess
+    import sys
+
+    code = ("import sys, simulator.loss_call as c; zoo = 'simulator.losses' in sys.modules; "
+            "import simulator.losses as z; "
+            "print(zoo, len(z.LOSSES), z.policy_loss is c.policy_loss, "
+            "z.group_losses is c.group_losses, z.LossSetup is c.LossSetup)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", str(len(LOSSES)), "True", "True", "True"]

@@ -61,6 +61,8 @@ def trinity_rec(logp, old, adv, mask, *, clip_mode, weight, regularizer="none", 
     return _mm(losses, mask), {"pg_clipfrac": _mm((~keep).to(logp.dtype), mask)}
 
 
+# Deliberately a twin of the other peer's transcription (test_parity_trinity/_verl): each
+# parity test must stand on its own peer's code, so neither imports the other.
 def trinity_ppo(logp, old, adv, mask, *, low=0.2, high=0.2, c=3.0):
     """ppo_policy_loss.py PPOPolicyLossFn: δ clamped to ±20, dual clip c always on."""
     a = adv.unsqueeze(-1).expand_as(logp)

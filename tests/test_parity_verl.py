@@ -57,6 +57,8 @@ def verl_agg_loss(loss_mat, mask, mode, *, dp_size=1, batch_num_tokens=None,
     return loss
 
 
+# Deliberately a twin of the other peer's transcription (test_parity_trinity/_verl): each
+# parity test must stand on its own peer's code, so neither imports the other.
 def verl_vanilla(logp, old, adv, mask, mode, *, low=0.2, high=0.2, c=3.0, **agg):
     """compute_policy_loss_vanilla: δ clamped to ±20, dual clip c always on."""
     a = adv.unsqueeze(-1).expand_as(logp)

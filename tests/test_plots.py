@@ -12,16 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from simulator.dynamics import Problem, Schedule, Trajectory
-from simulator.experiments import COLLAPSE_DROP, Arm, Experiment, Report
+from simulator.experiments import Curve, Experiment
 from simulator.plots import (
     SAME,
     coincidence_note,
     coinciding_groups,
-    collapsed_runs,
     curves_figure,
     hidden_under,
     plot_curves,
 )
+from simulator.reports import COLLAPSE_DROP, Report, collapsed_runs
 
 SETTINGS = ("on-policy", "offline")
 SEEDS = 2
@@ -50,7 +50,7 @@ def _trajectory(label: str, kl_scale: float) -> Trajectory:
 
 
 def _report() -> Report:
-    exp = Experiment("T", "test", "none", tuple(Arm.of(k, k, "reinforce") for k in REWARD),
+    exp = Experiment("T", "test", "none", tuple(Curve.of(k, k, "reinforce") for k in REWARD),
                      problem=Problem(), settings=SETTINGS, seeds=SEEDS, steps=3)
     # offline KL grows 10× faster than on-policy: a shared y axis must show both
     trajectories = {"A": _trajectory("A", 10.0), "B": _trajectory("B", 9.0),

@@ -266,9 +266,9 @@ def test_group_gradients_agree_with_jacobian_of_group_losses():
 
 
 def test_population_surrogate_closed_form_agrees_with_enumeration():
-    """closed_forms.expected_pairwise_surrogate ((K−1)/K·Var_μ a) vs the enumerated groups
+    """closed_forms.pairwise_surrogate_closed_form ((K−1)/K·Var_μ a) vs the enumerated groups
     through losses.pairwise_surrogate."""
-    from simulator.closed_forms import expected_pairwise_surrogate as closed_form
+    from simulator.closed_forms import pairwise_surrogate_closed_form as closed_form
     from simulator.exact import expected_pairwise_surrogate
 
     env, theta, mu, g = instance(12, tree=True)

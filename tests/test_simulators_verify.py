@@ -1,13 +1,23 @@
-"""``grlab verify``: the table, the JSON, the exit codes (a subset of claims, to stay fast)."""
+"""``grlab verify``: the table, the JSON, the exit codes (a subset of claims, to stay fast);
+the catalogue as a registry; the theory tests generated from it (one per claim, in the file of
+its family)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import pytest
+from hypothesis import is_hypothesis_test
 
 from simulator.claims import CATALOGUE, CLAIMS, assert_claim
-from simulator.claims.registry import Check, Claim
+from simulator.claims.registry import Check, Claim, register_claim
+from theory_tests.strategies import claim_test, claim_tests, examples
+
+ROOT = Path(__file__).resolve().parents[1]
+# the modules of simulator/claims that hold no claims
+CLAIM_MACHINERY = {"__init__", "instances", "registry", "report"}
 
 
 def test_verify_prints_the_table_and_writes_the_same_rows_as_json(grlab, tmp_path):
@@ -46,6 +56,16 @@ def test_a_crashing_claim_is_reported_as_failed_not_raised(grlab, monkeypatch):
 def test_an_unknown_claim_is_a_clear_error(grlab):
     code, out = grlab("verify", "--only", "42")
     assert code == 2 and "unknown claim" in out
+    code, out = grlab("verify", "--only", "13f")
+    assert code == 2 and len(out.strip().splitlines()) == 1 and "did you mean '13'" in out
+
+
+def test_the_catalogue_refuses_a_registered_key_and_suggests_a_close_one():
+    with pytest.raises(ValueError, match="claim named '4' is already registered"):
+        register_claim("4", "a_second_claim_4", "test")(lambda generator: Check(0.0, 1.0, ""))
+    assert CLAIMS["4"].name == "expected_group_reinforce_gradient_is_independent_of_theta"
+    with pytest.raises(KeyError, match="unknown claim '13f'; did you mean '13'"):
+        CLAIMS["13f"]
 
 
 def test_every_claim_of_the_issue_catalogue_is_registered():
@@ -53,14 +73,59 @@ def test_every_claim_of_the_issue_catalogue_is_registered():
     assert numbers == set(range(1, 16))
 
 
-@pytest.mark.parametrize("key", CATALOGUE)
-def test_every_claim_has_a_theory_test_named_after_it(key):
-    import pathlib
+def test_each_claims_module_has_a_theory_test_file_of_the_same_stem_with_its_claims_only():
+    """simulator/claims/<family>.py ↔ theory_tests/test_<family>.py, and the file's generated
+    tests are exactly its family's claims (no claim tested twice, none forgotten)."""
+    families = {p.stem for p in (ROOT / "simulator" / "claims").glob("*.py")} - CLAIM_MACHINERY
+    assert {CLAIMS[key].family for key in CATALOGUE} == families
+    for family in families:
+        module = importlib.import_module(f"theory_tests.test_{family}")
+        generated = {name for name in vars(module) if name.startswith("test_claim_")}
+        assert generated == {f"test_claim_{key}_{CLAIMS[key].name}" for key in CATALOGUE
+                             if CLAIMS[key].family == family}
 
-    folder = pathlib.Path(__file__).resolve().parents[1] / "theory_tests"
-    sources = "".join(p.read_text() for p in folder.glob("test_*.py"))
-    assert f"def test_{CLAIMS[key].name}(" in sources
-    assert f'assert_claim("{key}"' in sources
+
+@pytest.mark.parametrize("key", CATALOGUE)
+def test_every_claim_has_a_generated_theory_test_named_after_it(key):
+    claim = CLAIMS[key]
+    module = importlib.import_module(f"theory_tests.test_{claim.family}")
+    test = getattr(module, f"test_claim_{key}_{claim.name}")
+    assert is_hypothesis_test(test)
+    assert claim.statement in test.__doc__ and claim.source in test.__doc__
+
+
+def _counting_claim(monkeypatch, key: str, slow: int, passes: bool = True) -> list[int]:
+    seen: list[int] = []
+
+    def check(generator, n):
+        seen.append(n)
+        return Check(0.0 if passes else 1.0, 0.5, "a claim that counts its instances")
+
+    monkeypatch.setitem(CLAIMS, key, Claim(key, f"counting_claim_{key}", "test", {"n": (1, 9)},
+                                           check, 2, slow))
+    return seen
+
+
+def test_a_generated_theory_test_fails_when_its_claim_is_false(monkeypatch):
+    _counting_claim(monkeypatch, "99", 1, passes=False)
+    test = claim_test("99")
+    assert test.__name__ == "test_claim_99_counting_claim_99"
+    with pytest.raises(AssertionError, match=r"claim 99 \(counting_claim_99\) failed"):
+        test()
+
+
+def test_a_generated_theory_test_runs_both_ends_of_the_sizes_and_a_share_for_a_slow_claim(
+        monkeypatch):
+    fast, slow = _counting_claim(monkeypatch, "97", 1), _counting_claim(monkeypatch, "96", 10)
+    claim_test("97")()
+    claim_test("96")()
+    assert {1, 9} <= set(fast) and {1, 9} <= set(slow)  # claim_examples: smallest, largest
+    assert len(slow) <= examples(10) + 2 < len(fast)
+
+
+def test_an_unknown_family_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown claim family 'reinforc'; did you mean"):
+        claim_tests("reinforc", __name__)
 
 
 def test_verify_runs_on_one_torch_thread_unless_told_otherwise(grlab_split, monkeypatch):

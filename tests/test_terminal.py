@@ -271,3 +271,27 @@ def test_the_comparison_table_fits_80_and_60_columns_and_breaks_no_word(grlab_at
         assert_fits(narrow, wide, columns)
         assert "    plot: out/curves.png" in narrow.splitlines()
     assert "sync-interval-20:" in narrow and "REC-OneSide-NoIS (0.6, 2.0)" in narrow
+
+
+def test_one_job_with_its_own_words_is_a_part_progress_of_one_part():
+    """The bridge's single long job: ``step(part, i, text)`` puts the job's metrics in the
+    plain lines (every ``every`` steps) and in the bar; ``note`` forces a line."""
+    import io
+
+    from rich.console import Console
+
+    from simulator.progress import PartProgress
+
+    plain = Console(file=io.StringIO(), width=200)
+    with PartProgress(plain, "train-llm", ["run"], 4, every=2) as progress:
+        for i in range(4):
+            progress.step("run", i, f"reward {i / 10:.1f}")
+        progress.note("run", "eval_reward 0.7")
+    lines = plain.file.getvalue().splitlines()
+    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+        "train-llm [1/1] run: step 2/4 reward 0.1", "train-llm [1/1] run: eval_reward 0.7"]
+    live = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with PartProgress(live, "train-llm", ["run"], 4) as progress:
+        progress.step("run", 0, "reward 0.3")
+        assert progress.bar.tasks[0].description == "train-llm: run reward 0.3"
+        assert progress.bar.tasks[0].completed == 1

@@ -1,4 +1,5 @@
-"""Hypothesis strategies shared by the theory and contract tests: random loss inputs.
+"""Hypothesis strategies shared by the theory and contract tests: random loss inputs, and the
+theory tests of the claim catalogue, generated from it.
 
 A ``LossCase`` is a batch of B sequences of T tokens (float64): current log-probs, behaviour
 log-probs at a chosen log-ratio scale, advantages per sequence or per token, and a mask with at
@@ -10,6 +11,11 @@ profile runs (``@example``, in the explicit phase, before any random draw):
 A > 0, A < 0 and A = 0; ragged rows with a fully masked row; equal lengths with the zero
 advantages of a uniform group), attached by ``boundary_examples``; and ``claim_examples``,
 which runs a claim at the smallest and the largest sizes it declares (K = 1 where allowed).
+
+Every claim of ``simulator.claims`` gets one test, ``claim_test``: named
+``test_claim_<key>_<name>``, its docstring the claim's statement and source, drawing a seed and
+the claim's sizes. ``theory_tests/test_<family>.py`` adds its family's tests with
+``claim_tests``, so a claim is written once, in ``simulator/claims/<family>.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from hypothesis import example
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 
@@ -71,8 +77,6 @@ def sizes(key: str) -> st.SearchStrategy[dict[str, int]]:
 
 def examples(divisor: int) -> int:
     """A share of the active profile's example count, for the slower claims."""
-    from hypothesis import settings
-
     return max(2, settings.default.max_examples // divisor)
 
 
@@ -177,3 +181,38 @@ def claim_examples(key: str) -> Callable:
         return example(seed=0, size=low)(example(seed=1, size=high)(test))
 
     return decorate
+
+
+def claim_test(key: str) -> Callable[[], None]:
+    """The theory test of claim ``key``: ``assert_claim`` on a seed and the claim's sizes drawn
+    by hypothesis, its ``claim_examples`` first, and 1/``slow`` of the profile's examples (at
+    least 2) for a slow claim. Named ``test_claim_<key>_<name>`` (``pytest -k`` finds it by key
+    or name); its docstring is the claim's statement and source."""
+    from simulator.claims import CLAIMS, assert_claim
+
+    claim = CLAIMS[key]
+
+    def test(seed: int, size: dict[str, int]) -> None:
+        assert_claim(key, seed, **size)
+
+    test.__name__ = test.__qualname__ = f"test_claim_{key}_{claim.name}"
+    test.__doc__ = f"Claim {key}: {claim.statement}\n\nSource: {claim.source}."
+    test = given(seed=SEEDS, size=sizes(key))(claim_examples(key)(test))
+    return test if claim.slow == 1 else settings(max_examples=examples(claim.slow))(test)
+
+
+def claim_tests(family: str, module: str) -> dict[str, Callable[[], None]]:
+    """The ``claim_test`` of every claim of ``simulator/claims/<family>.py``, in catalogue order,
+    by name, for the theory test module ``module`` to add to its namespace (an unknown family
+    is a ``KeyError`` naming the families)."""
+    from simulator.claims import CATALOGUE, CLAIMS
+    from simulator.names import lookup
+
+    lookup("claim family", family, {claim.family for claim in CLAIMS.values()})
+    tests = {}
+    for key in CATALOGUE:
+        if CLAIMS[key].family == family:
+            test = claim_test(key)
+            test.__module__ = module
+            tests[test.__name__] = test
+    return tests

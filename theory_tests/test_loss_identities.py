@@ -1,9 +1,14 @@
-"""Identities between losses of the zoo, over random inputs (hypothesis).
+"""Loss-level identities between losses of the zoo, on raw token batches (hypothesis): not
+catalogue claims.
 
-Each test is one claim; its docstring states the claim and where it comes from. The two sides
+The catalogue (``simulator.claims``, tested in ``test_<family>.py`` and by ``grlab verify``)
+checks its claims on exact bandits and trees. The tests here check identities of the loss
+functions themselves, on batches of per-token log-probs: where one touches a claim, its name
+and docstring say what it checks beyond the claim (ratios exactly on the clip edges, ragged and
+fully masked rows, per-token advantages, every aggregation, loss values by hand). The two sides
 are computed by different routes (a different loss, or a hand-written formula with autograd, or
 an analytic gradient), so agreement is evidence, not tautology. Tolerances are float64 round-off
-(1e-10 relative) because every claim here is an exact algebraic identity.
+(1e-10 relative) because every identity here is exact algebra.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ def loss_and_grad(name: str, case: LossCase, *, adv=None, **kwargs):
 
 @given(case=loss_cases(max_log_ratio=1.0))
 @boundary_examples()
-def test_rec_one_side_is_has_exactly_the_gradient_of_ppo_clip(case):
-    """∇ REC-OneSide-IS = ∇ PPO-clip (no dual clip), for any ratios (paper §4).
+def test_rec_oneside_is_and_token_mean_grpo_equal_ppo_on_token_batches_at_the_clip_edges(case):
+    """∇ REC-OneSide-IS = ∇ PPO-clip (no dual clip) = ∇ GRPO with token-mean aggregation, on raw
+    token batches (claim 6 checks the first equality per group on exact trees; this adds
+    per-token advantages, ragged and fully masked rows, ratios exactly on 1 ± ε, and GRPO).
 
     PPO: ℓ = max(−ρA, −clip(ρ)A); REC: ℓ = −M·sg(ρ)·A·log π with M the one-side mask.
     Ratios are drawn in e^{±1}, so many tokens fall outside the 0.2 band and both the clipped
@@ -58,9 +65,10 @@ def test_rec_one_side_is_has_exactly_the_gradient_of_ppo_clip(case):
     torch.testing.assert_close(g_grpo, g_ppo, **EXACT)
 
 
-def test_rec_one_side_is_differs_from_ppo_once_dual_clip_is_active():
-    """The REC = PPO identity needs 'no dual clip': with A < 0 and ρ > c, dual-clip PPO drops
-    the gradient while REC-OneSide-IS keeps −ρA∇log π."""
+def test_dual_clip_zeroes_a_negative_token_above_c_that_rec_oneside_is_keeps_at_weight_rho():
+    """The REC = PPO identity needs 'no dual clip', by hand on one token (claim 6c checks that
+    the expected gradients differ): with A = −1 and ρ = e² > c = 3, dual-clip PPO's gradient is
+    exactly 0 while REC-OneSide-IS keeps −ρA∇log π = e²."""
     logp = torch.tensor([[-0.1]], dtype=torch.float64)
     case = LossCase(logp, logp - 2.0, torch.tensor([-1.0], dtype=torch.float64),
                     torch.ones(1, 1, dtype=torch.bool))  # ρ = e² ≈ 7.39 > c = 3
@@ -84,10 +92,12 @@ ON_POLICY_SAME_AS_REINFORCE = [
 @pytest.mark.parametrize(("name", "kwargs"), ON_POLICY_SAME_AS_REINFORCE)
 @given(case=loss_cases(on_policy=True, per_token_adv=False), agg=st.sampled_from(AGGREGATIONS))
 @boundary_examples(on_policy=True, per_token_adv=False, agg=AGGREGATIONS)
-def test_at_theta_old_every_clipped_variant_has_the_reinforce_gradient(name, kwargs, case, agg):
+def test_at_theta_old_every_clipped_or_penalised_loss_is_reinforce_under_every_aggregation(
+        name, kwargs, case, agg):
     """With log π = log π_old (ρ = 1, δ = 0), every REC variant, PPO/GRPO without the std
-    (advantages are passed in, so the same A), CISPO, TOPR, OPMD's δ² penalty and GSPO have
-    exactly REINFORCE's gradient −A·∇log π, under every aggregation (paper §4)."""
+    (advantages are passed in, so the same A), DAPO, dual clip, CISPO, TOPR, OPMD's δ² penalty
+    and GSPO have exactly REINFORCE's gradient −A·∇log π, under every aggregation, on raw token
+    batches (claim 6b checks the rec-* presets with their own aggregation on exact trees)."""
     _, expected = loss_and_grad("reinforce", case, agg=agg)
     _, got = loss_and_grad(name, case, agg=agg, **kwargs)
     torch.testing.assert_close(got, expected, **EXACT)
@@ -110,7 +120,8 @@ def test_at_theta_old_sppo_and_opmd_trinity_are_rescaled_reinforce(case, eta, ta
        agg=st.sampled_from(AGGREGATIONS))
 @boundary_examples(beta=[-1.0, 0.7], agg=AGGREGATIONS)
 def test_asymre_is_reinforce_minus_beta_times_log_pi(case, beta, agg):
-    """AsymRE(β) = REINFORCE − β·Σ log π, value and gradient, under every aggregation (§5)."""
+    """AsymRE(β) = REINFORCE − β·Σ log π, value and gradient, under every aggregation
+    (Arnal et al. 2025)."""
     loss_a, g_a = loss_and_grad("asymre", case, beta=beta, agg=agg)
     loss_r, g_r = loss_and_grad("reinforce", case, agg=agg)
     logp = case.leaf()
@@ -148,9 +159,11 @@ def test_asymre_equals_reinforce_on_shifted_advantages(rewards, k, beta, uniform
 
 @given(case=loss_cases(max_log_ratio=1.0), tau=st.floats(0.05, 5.0))
 @boundary_examples(tau=[0.5])
-def test_opmd_kimi_gradient_is_reinforce_plus_half_tau_grad_delta_squared(case, tau):
+def test_opmd_kimi_gradient_by_hand_for_sequence_and_per_token_delta_on_token_batches(case, tau):
     """OPMD (Kimi): ∇ℓ = −A·∇log π(y) + (τ/2)·∇δ², δ = log π(y) − log π_old(y) over the whole
-    sequence (level="sequence") or per token (level="token", Trinity's k2) (paper §5)."""
+    sequence (level="sequence") or per token (level="token", Trinity's k2), against the formula
+    written out with autograd (claim 7 checks the sequence δ on exact trees; this adds the
+    per-token δ and per-token advantages)."""
     agg = "seq-mean-token-sum"  # recovers Σ_i [−A_i·log π(y_i) + (τ/2)δ_i²] / B exactly
     for level in ("sequence", "token"):
         _, got = loss_and_grad("opmd-kimi", case, tau=tau, level=level, agg=agg)
@@ -164,9 +177,10 @@ def test_opmd_kimi_gradient_is_reinforce_plus_half_tau_grad_delta_squared(case, 
         torch.testing.assert_close(got, expected, **EXACT)
 
 
-def test_opmd_kimi_sequence_and_token_penalties_differ_beyond_one_token():
-    """Kimi's (Σ_t δ_t)² and Trinity's Σ_t δ_t² agree for one token and differ for two:
-    δ = (0.5, −0.5) gives 0 against 0.5."""
+def test_opmd_kimi_penalty_values_by_hand_on_two_tokens_with_opposite_deltas():
+    """Kimi's (Σ_t δ_t)² and Trinity's Σ_t δ_t² differ on two tokens, by hand (claim 15b compares
+    their expected gradients on trees): δ = (0.5, −0.5), A = 0 and τ = 1 give the loss 0
+    against (τ/2)·(0.25 + 0.25)."""
     logp = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
     case = LossCase(logp, logp - torch.tensor([[0.5, -0.5]], dtype=torch.float64),
                     torch.zeros(1, dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool))
@@ -180,11 +194,12 @@ def test_opmd_kimi_sequence_and_token_penalties_differ_beyond_one_token():
 @given(case=loss_cases(per_token_adv=False, max_log_ratio=0.01),
        agg=st.sampled_from(AGGREGATIONS), eps=st.sampled_from([(3e-4, 4e-4), (0.2, 0.2)]))
 @boundary_examples(per_token_adv=False, agg=AGGREGATIONS, eps=[(3e-4, 4e-4), (0.2, 0.2)])
-def test_gspo_and_gspo_token_agree_when_advantages_are_constant_along_each_sequence(
+def test_gspo_and_gspo_token_have_equal_values_and_gradients_under_every_aggregation(
         case, agg, eps):
-    """GSPO-token with A_it = A_i has GSPO's value and gradient (Zheng et al. 2025, §4.3), under
-    every aggregation; log-ratios up to 0.01 put some sequences inside and some outside the
-    tiny 3e-4/4e-4 band."""
+    """GSPO-token with A_it = A_i has GSPO's value and gradient (Zheng et al. 2025), under every
+    aggregation and for two clip bands (claim 15 checks per-group gradients with the preset's
+    aggregation on exact trees); log-ratios up to 0.01 put some sequences inside and some
+    outside the tiny 3e-4/4e-4 band."""
     loss_s, g_s = loss_and_grad("gspo", case, agg=agg, eps_low=eps[0], eps_high=eps[1])
     loss_t, g_t = loss_and_grad("gspo-token", case, agg=agg, eps_low=eps[0], eps_high=eps[1])
     torch.testing.assert_close(loss_s, loss_t, **EXACT)
@@ -223,32 +238,11 @@ def _softmax_grad_log_pi(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(y, logits.numel()).to(pi.dtype) - pi
 
 
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 6), k=st.integers(1, 8),
-       tau=st.floats(0.05, 10.0), uniform=st.booleans())
-@example(seed=0, n=2, k=1, tau=1.0, uniform=False)
-@example(seed=1, n=3, k=4, tau=0.5, uniform=True)
-def test_one_step_of_pairwise_surrogate_is_group_relative_reinforce(seed, n, k, tau, uniform):
-    """At θ = θ_t: ∇L̂ = −(2τ/K)·Σ_i (r_i − r̄)·∇log π(y_i), for any group however sampled
-    (paper §2, step 5). Tabular softmax, responses y_i drawn from an arbitrary other policy;
-    the right side uses the analytic ∇log π = e_y − π."""
-    gen = torch.Generator().manual_seed(seed)
-    theta = torch.randn(n, generator=gen, dtype=torch.float64).requires_grad_(True)
-    behaviour = torch.softmax(3 * torch.randn(n, generator=gen, dtype=torch.float64), -1)
-    y = torch.multinomial(behaviour, k, replacement=True, generator=gen)
-    r = torch.rand(1, k, generator=gen, dtype=torch.float64)
-    if uniform:  # a uniform group: both sides are exactly 0
-        r = r[:, :1].expand(1, k).contiguous()
-    seq_logp = torch.log_softmax(theta, -1)[y].unsqueeze(0)
-    (grad,) = torch.autograd.grad(
-        pairwise_surrogate(r, seq_logp, seq_logp.detach(), tau), theta)
-    expected = -(2 * tau / k) * ((r[0] - r.mean()).unsqueeze(1)
-                                 * _softmax_grad_log_pi(theta.detach(), y)).sum(0)
-    torch.testing.assert_close(grad, expected, **EXACT)
-
-
-def test_pairwise_surrogate_gradient_is_not_reinforce_away_from_the_anchor():
-    """The REINFORCE form needs θ = θ_t: away from the anchor the gradient also carries the
-    τ²-term −(2τ/K)·Σ_i (−τ)(δ_i − δ̄)·∇log π(y_i) of §2 step 7 (here δ = (0.5, 0))."""
+def test_away_from_the_anchor_the_surrogate_gradient_by_hand_departs_from_reinforce():
+    """The REINFORCE form needs θ = θ_t, by hand on a two-response tabular softmax (claim 2b
+    checks the expansion by autograd on trees): with δ = (0.5, 0) the gradient is
+    −(2τ/K)·Σ_i (a_i − ā)·(e_{y_i} − π), a = r − τδ (analytic score), and differs from the
+    REINFORCE part by more than 0.1."""
     theta = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 1])
     r = torch.tensor([[1.0, 0.0]], dtype=torch.float64)

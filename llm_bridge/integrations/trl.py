@@ -9,7 +9,7 @@ Design decisions
 ----------------
 * Three small overrides, each calling TRL first: ``_calculate_rewards`` keeps the rewards of
   every process; ``_generate_and_score_completions`` replaces TRL's advantages with grlab's
-  (``LossSpec`` kind and options, or ``grlab_advantage``) and adds a per-sample keep mask
+  (``LossSetup.advantages``: the preset's kind, or ``grlab_advantage``) and adds a keep mask
   (RED-Drop's dropped samples, DAPO's uniform groups), which the loss removes from its mask;
   ``_compute_loss`` is grlab's loss. TRL computes advantages inline in a 600-line method, so
   recomputing them after it is the smallest override that does not copy TRL's code.
@@ -51,9 +51,9 @@ from torch import Tensor
 
 from llm_bridge.integrations import common_dtype, import_engine
 from simulator import kl, numerics
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
+from simulator.advantages import advantage_kind
 from simulator.aggregation import AGGREGATIONS, aggregate
-from simulator.losses import LOSSES, policy_loss
+from simulator.losses import LOSSES, LossSetup, policy_loss
 from simulator.validation import require_choice
 
 trl = import_engine("trl", "trl")
@@ -111,9 +111,9 @@ class GrlabGRPOConfig(trl.GRPOConfig):
         self.grlab_loss_kwargs = _as_dict("grlab_loss_kwargs", self.grlab_loss_kwargs)
         self.grlab_advantage_kwargs = _as_dict("grlab_advantage_kwargs",
                                                self.grlab_advantage_kwargs)
-        spec = LOSSES[self.grlab_loss]  # an unknown name is a KeyError listing the valid ones
+        LOSSES[self.grlab_loss]  # an unknown name is a KeyError listing the valid ones
         if self.grlab_advantage is not None:
-            require_choice("grlab_advantage", self.grlab_advantage, (*ADVANTAGE_KINDS, "red-drop"))
+            advantage_kind(self.grlab_advantage, "grlab_advantage")
         if self.grlab_agg is not None:
             require_choice("grlab_agg", self.grlab_agg, AGGREGATIONS)
         for field, use_instead in _REPLACED.items():
@@ -123,7 +123,7 @@ class GrlabGRPOConfig(trl.GRPOConfig):
         if self.use_vllm and self.vllm_importance_sampling_correction:
             raise ValueError("vllm_importance_sampling_correction=True weights TRL's per-token "
                              "loss, which GrlabGRPOTrainer replaces; set it to False")
-        spec.resolve(self.grlab_keywords())  # a typo in grlab_loss_kwargs fails here
+        self.grlab_setup()  # a typo in grlab_loss_kwargs fails here
 
     def grlab_keywords(self) -> dict[str, Any]:
         """The loss keywords: TRL's ε where changed from TRL's defaults, then grlab_loss_kwargs."""
@@ -141,14 +141,15 @@ class GrlabGRPOConfig(trl.GRPOConfig):
             keywords[keyword] = float(value)
         return {**keywords, **self.grlab_loss_kwargs}
 
+    def grlab_setup(self) -> LossSetup:
+        """The grlab loss and how this run feeds it (keywords, advantage override, agg)."""
+        return LossSetup(self.grlab_loss, self.grlab_keywords(), advantage=self.grlab_advantage,
+                         advantage_kwargs=self.grlab_advantage_kwargs, agg=self.grlab_agg)
+
     def grlab_advantage_options(self) -> tuple[str, dict[str, Any], bool]:
-        """(kind, options, drop_uniform_groups): the preset's unless ``grlab_advantage`` is set
-        (then the preset's options, which belong to its own kind, are not carried over)."""
-        spec = LOSSES[self.grlab_loss]
-        if self.grlab_advantage is None:
-            return spec.advantage, {**spec.advantage_kwargs, **self.grlab_advantage_kwargs}, \
-                spec.drop_uniform_groups
-        return self.grlab_advantage, dict(self.grlab_advantage_kwargs), spec.drop_uniform_groups
+        """(kind, options, drop_uniform_groups) in force (``LossSetup.advantage_kind``)."""
+        setup = self.grlab_setup()
+        return (*setup.advantage_kind(), setup.spec.drop_uniform_groups)
 
 
 def _or(value: Any, fallback: Any) -> Any:
@@ -182,7 +183,7 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
         if self.aux_loss_enabled:
             raise ValueError("GrlabGRPOTrainer does not add a MoE router aux loss; set "
                              "router_aux_loss_coef=0.0")
-        self._grlab_keywords = config.grlab_keywords()
+        self._grlab_setup = config.grlab_setup()
         self._grlab_generator = torch.Generator().manual_seed(config.seed)
         self._grlab_rewards: Tensor | None = None
 
@@ -205,10 +206,8 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
             raise ValueError("every reward function returned None for some completion: grlab's "
                              "group advantages need a reward for every completion")
         rewards = (rewards_per_func * weights).nansum(dim=1).to(torch.float64)
-        kind, options, drop = self.args.grlab_advantage_options()
-        generator = self._grlab_generator if kind == "red-drop" else None
-        adv, keep = shaped_advantages(rewards.view(-1, num_generations), kind,
-                                      generator=generator, drop_uniform_groups=drop, **options)
+        adv, keep = self._grlab_setup.advantages(rewards.view(-1, num_generations),
+                                                 self._grlab_generator)
         return adv.flatten(), keep.flatten()
 
     def _generate_and_score_completions(self, inputs):
@@ -242,14 +241,14 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
 
     def _grlab_aggregation(self, inputs: Mapping[str, Any], mask: Tensor, train: bool
                            ) -> dict[str, Any]:
-        agg = self.args.grlab_agg or LOSSES[self.args.grlab_loss].agg
+        agg = self._grlab_setup.aggregation()
         num_items = inputs.get("grlab_num_items", inputs.get("num_items_in_batch"))
         denominator = trl_denominator(
             agg, rows=mask.shape[0], num_items=float(num_items),
             grad_accum=self.current_gradient_accumulation_steps,
             steps_per_generation=self.args.steps_per_generation,
             num_processes=self.accelerator.num_processes, train=train)
-        norm_len = self.max_completion_length if agg == "seq-mean-token-sum-norm" else None
+        norm_len = self._grlab_setup.length_for(self.max_completion_length)
         return {"agg": agg, "norm_len": norm_len, "denominator": denominator}
 
     def _compute_loss(self, model, inputs):
@@ -267,8 +266,8 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
         old = logps.detach() if old is None else old  # TRL's rule: on-policy, ratio 1
         dtype = common_dtype(logps, old, inputs["advantages"])
         options = self._grlab_aggregation(inputs, mask, train=mode == "train")
-        out = policy_loss(self.args.grlab_loss, logps.to(dtype), old.to(dtype),
-                          inputs["advantages"].to(dtype), mask, **options, **self._grlab_keywords)
+        out = policy_loss(self._grlab_setup, logps.to(dtype), old.to(dtype),
+                          inputs["advantages"].to(dtype), mask, **options)
         loss = out.loss
         if self.beta != 0.0:  # TRL's KL term, aggregated like the loss (aggregation is linear)
             per_token_kl = self._kl_term(logps, old, inputs["ref_per_token_logps"])

@@ -54,8 +54,9 @@ import torch
 from torch import Tensor
 
 from llm_bridge.integrations import common_dtype, import_engine
-from simulator.advantages import ADVANTAGE_KINDS, shaped_advantages
-from simulator.losses import LOSSES, policy_loss
+from simulator.advantages import ADVANTAGES, shaped_advantages
+from simulator.aggregation import norm_len_for
+from simulator.losses import LOSSES, LossSetup, policy_loss
 
 core_algos = import_engine("verl.trainer.ppo.core_algos", "verl")
 verl_config = import_engine("verl.workers.config", "verl")
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 PREFIX = "grlab/"
-ADVANTAGE_KINDS_VERL: tuple[str, ...] = (*ADVANTAGE_KINDS, "red-drop")
+ADVANTAGE_KINDS_VERL: tuple[str, ...] = tuple(ADVANTAGES)  # every kind, as verl estimators
 # verl's ActorConfig field -> (grlab keyword, how verl resolves the field's effective value)
 _CLIP_FIELDS: tuple[tuple[str, str, str | None], ...] = (
     ("eps_low", "clip_ratio_low", "clip_ratio"),
@@ -166,9 +167,10 @@ def aggregation_options(loss_agg_mode: str, mask: Tensor, global_batch_info: Map
                          f"config.global_batch_info[{what!r}] (verl's engines set it)")
     if count is not None and (dp_size > 1 or loss_agg_mode != "token-sum"):
         options["denominator"] = float(count) / dp_size
-    if loss_agg_mode == "seq-mean-token-sum-norm":
+    if loss_agg_mode == "seq-mean-token-sum-norm":  # verl reads loss_scale_factor only here
         scale = global_batch_info.get("loss_scale_factor")
-        options["norm_len"] = float(mask.shape[-1] if scale is None else scale)
+        options["norm_len"] = norm_len_for(loss_agg_mode, mask.shape[-1],
+                                           None if scale is None else float(scale))
     return options
 
 
@@ -223,7 +225,6 @@ def _log_once(name: str, keywords: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 _generators: dict[int, torch.Generator] = {}
-_BATCH_KINDS = ("mean-batch-std",)  # kinds whose scale is a statistic of the whole batch
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -251,7 +252,7 @@ def grlab_advantages(scores: Tensor, index: Any, kind: str, *, drop_uniform_grou
     values = scores.detach().to(torch.float64)
     out = torch.zeros_like(values)
     sizes = sorted({len(g) for g in groups})
-    if len(sizes) > 1 and kind in _BATCH_KINDS:
+    if len(sizes) > 1 and not ADVANTAGES[kind].group_local:
         raise ValueError(f"kind {kind!r} normalises over the whole batch: it needs groups of one "
                          f"size, got sizes {sizes}")
     for size in sizes:
@@ -270,22 +271,27 @@ def _make_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
         if index is None:
             raise ValueError(f"grlab/{name} groups responses by prompt: it needs verl's index "
                              "(the uid of each response's prompt)")
-        options = dict(_get(config, "grlab_advantage_kwargs", None) or {})
-        if name in LOSSES:
-            spec = LOSSES[name]
-            kind, drop = spec.advantage, spec.drop_uniform_groups
-            options = {**spec.advantage_kwargs, **options}
-        else:
-            kind, drop = name, False
-        # only RED-Drop draws random numbers; a seed for another kind is a TypeError below
-        generator = _generator(int(options.pop("seed", 0))) if kind == "red-drop" else None
+        setup = _advantage_setup(name, _get(config, "grlab_advantage_kwargs", None) or {})
+        kind, options = setup.advantage_kind()
+        # only a kind that draws takes a seed; a seed for another kind is a TypeError below
+        generator = (_generator(int(options.pop("seed", 0)))
+                     if ADVANTAGES[kind].needs_generator else None)
         adv = grlab_advantages(token_level_rewards.sum(dim=-1), index, kind,
-                               drop_uniform_groups=drop, generator=generator, **options)
+                               drop_uniform_groups=setup.spec.drop_uniform_groups,
+                               generator=generator, **options)
         per_token = adv.unsqueeze(-1) * response_mask
         return per_token, per_token
 
     grlab_estimator.__name__ = f"grlab_advantage_{name.replace('-', '_')}"
     return grlab_estimator
+
+
+def _advantage_setup(name: str, options: Mapping[str, Any]) -> LossSetup:
+    """The estimator ``grlab/<name>`` as a ``LossSetup``: a loss preset's advantage, or the
+    kind ``name`` overriding plain REINFORCE's (no DAPO filter), with ``options``."""
+    if name in LOSSES:
+        return LossSetup(name, advantage_kwargs=dict(options))
+    return LossSetup("reinforce", advantage=name, advantage_kwargs=dict(options))
 
 
 def _register_estimator(name: str, fn: Callable[..., Any]) -> None:

@@ -1,9 +1,10 @@
-"""The theory catalogue of issue 3: every claim, checked by one function, registered once.
+"""The theory catalogue: every claim, checked by one function, registered once.
 
-``CLAIMS`` maps a key (the catalogue number, a letter for sub-claims and conditions) to a
-``Claim``; ``theory_tests/test_*.py`` run each under hypothesis and ``grlab verify`` runs each
-on fresh random instances. Families: ``surrogate`` (1, 2, 3, 9), ``reinforce`` (4, 5, 8, 10),
-``offpolicy`` (6, 7, 11, 12, 15), ``trees`` (13, 14).
+``CLAIMS`` (a ``simulator.validation.Registry``) maps a key (the catalogue number, a letter for
+sub-claims and conditions) to a ``Claim``; ``grlab verify`` runs each on fresh random instances,
+and ``theory_tests/test_<family>.py`` runs each under hypothesis, one test per claim generated
+from its entry. A family is a module of this package: ``surrogate`` (1, 2, 3, 9), ``reinforce``
+(4, 5, 8, 10, 14), ``offpolicy`` (6, 7, 11, 12, 15), ``trees`` (13).
 """
 
 from simulator.claims import offpolicy, reinforce, surrogate, trees

@@ -74,8 +74,8 @@ def _live(grads: Tensor) -> Check:
     return Check(0.0 if share > 0 else 1.0, 0.5, f"groups with a nonzero gradient: {share:.0%}")
 
 
-@register_claim("6", "rec_oneside_is_has_the_gradient_of_ppo_clip", PAPER + ", §4",
-                vocab=(2, 3), depth=(1, 3), k=(2, 4))
+@register_claim("6", "rec_oneside_is_has_the_gradient_of_ppo_clip",
+                PAPER + " (the REC family)", vocab=(2, 3), depth=(1, 3), k=(2, 4))
 def rec_is_ppo(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """For every group and any ratios: ∇ rec-oneside-is = ∇ PPO-clip (no dual clip), both with
     ε = 0.2/0.2 and mean-baseline advantages A, and again with −A (θ_old = θ + 0.5·ξ so ratios
@@ -91,7 +91,8 @@ def rec_is_ppo(generator: torch.Generator, vocab: int, depth: int, k: int) -> Ch
                        "per-group ∇ rec-oneside-is vs ∇ ppo (advantages A and −A)"), _live(ppo))
 
 
-@register_claim("6c", "with_dual_clip_ppo_is_no_longer_rec_oneside_is", PAPER + ", §4, §8",
+@register_claim("6c", "with_dual_clip_ppo_is_no_longer_rec_oneside_is",
+                "our derivation (condition of claim 6; dual clip: Ye et al. 2020)",
                 vocab=(2, 3), depth=(1, 3), k=(2, 4))
 def dual_clip_differs(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """Condition of claim 6 (no dual clip): PPO with dual clip c = 3 zeroes the gradient of
@@ -114,8 +115,8 @@ def dual_clip_differs(generator: torch.Generator, vocab: int, depth: int, k: int
     return Check(1e-6 / max(diff, 1e-300), 1.0, f"1e-6/difference (relative {diff:.3e})")
 
 
-@register_claim("6b", "every_rec_variant_is_reinforce_at_theta_old", PAPER + ", §4",
-                vocab=(2, 3), depth=(1, 3), k=(1, 4))
+@register_claim("6b", "every_rec_variant_is_reinforce_at_theta_old",
+                PAPER + " (the REC family)", vocab=(2, 3), depth=(1, 3), k=(1, 4))
 def rec_at_theta_old(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """θ = θ_old (ρ ≡ 1): every REC preset's per-group gradient equals REINFORCE's."""
     env, theta, _ = _stale_tree(generator, vocab, depth, 0.0)
@@ -133,7 +134,8 @@ def _opmd_options(b: float, tau: float, anchor: Tensor | None = None) -> dict:
 
 
 @register_claim("7", "opmd_gradient_is_tau_times_reinforce_plus_half_tau_delta_squared",
-                "Kimi k1.5 (2025); " + PAPER + ", §5", vocab=(2, 3), depth=(1, 3), k=(1, 4))
+                "Kimi k1.5 (2025); " + PAPER + ", Sec. 4.2", vocab=(2, 3), depth=(1, 3),
+                k=(1, 4))
 def opmd_gradient(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """∇ (1/K)·Σ_i ½(r_i − b − τδ_i)² = τ·∇ opmd-kimi with A = r − b, sequence δ, token-sum."""
     env, theta, mu = _stale_tree(generator, vocab, depth, 0.5)
@@ -158,7 +160,7 @@ def _opmd_population(generator: torch.Generator, vocab: int, depth: int
 
 
 @register_claim("7b", "opmd_with_soft_baseline_is_minimised_at_kl_optimum_for_every_behavior",
-                "Kimi k1.5 (2025); " + PAPER + ", §5", vocab=(2, 3), depth=(1, 3))
+                "Kimi k1.5 (2025); " + PAPER + ", Sec. 4.2", vocab=(2, 3), depth=(1, 3))
 def opmd_soft_baseline(generator: torch.Generator, vocab: int, depth: int) -> Check:
     """b = τ·log Z (Z = E_{π_t} e^{r/τ}), any full-support μ: the exact population gradient of
     opmd-kimi (anchor π_t, K = 1) vanishes at the soft-Bellman π*, where ½E_μ(r − b − τδ)² = 0."""
@@ -175,7 +177,8 @@ def opmd_soft_baseline(generator: torch.Generator, vocab: int, depth: int) -> Ch
 
 
 @register_claim("7c", "opmd_with_mean_baseline_has_a_behavior_dependent_minimiser",
-                "Kimi k1.5 (2025); " + PAPER + ", §5", instances=3, n=(3, 5))
+                "our derivation (Kimi k1.5's mean baseline)", instances=3, slow=20,
+                n=(3, 5))
 def opmd_mean_baseline(generator: torch.Generator, n: int) -> Check:
     """b = E_μ r: the minimiser of E_μ[opmd-kimi] (Newton on the exact loss code) satisfies
     μ(k)·e(k) = π(k)·E_μ e, e = r − b − τδ; for two behaviours the minimisers differ (by far
@@ -243,7 +246,8 @@ def _kl_gradients(env: object, theta: Tensor, ref: Tensor) -> tuple[Tensor, Tens
 
 
 @register_claim("11", "kl_estimators_as_losses_k1_zero_k2_forward_k3_reverse",
-                "Schulman 2020 (k1/k2/k3); " + PAPER + ", §8", vocab=(2, 3), depth=(1, 3))
+                "Schulman 2020 (k1/k2/k3); their gradients as losses: our derivation",
+                vocab=(2, 3), depth=(1, 3))
 def kl_estimators(generator: torch.Generator, vocab: int, depth: int) -> Check:
     """Samples y ∼ π_θ, estimator of the sequence log-ratio used as a loss:
     E[∇k1] = 0, E[∇k2] = ∇KL(π_θ‖π_ref), E[∇k3] = ∇KL(π_ref‖π_θ)."""
@@ -259,7 +263,7 @@ def kl_estimators(generator: torch.Generator, vocab: int, depth: int) -> Check:
 
 
 @register_claim("11b", "per_token_k2_and_k3_are_not_sequence_kl_gradients_on_deep_trees",
-                "derived here (condition of claim 11: sequence-level log-ratio)", vocab=(2, 3),
+                "our derivation (condition of claim 11: sequence-level log-ratio)", vocab=(2, 3),
                 depth=(2, 3))
 def kl_per_token(generator: torch.Generator, vocab: int, depth: int) -> Check:
     """On trees of depth ≥ 2, summing k2 (k3) per token gives an expected gradient that is NOT
@@ -296,7 +300,7 @@ def _is_gradients(generator: torch.Generator, vocab: int, depth: int
 
 
 @register_claim("12", "sequence_level_importance_sampling_is_unbiased",
-                "importance sampling; " + PAPER + ", §4", vocab=(2, 3), depth=(1, 3))
+                "importance sampling (standard)", vocab=(2, 3), depth=(1, 3))
 def sequence_is(generator: torch.Generator, vocab: int, depth: int) -> Check:
     """E_{y∼μ}[(π(y)/μ(y))·r(y)·∇log π(y)] = ∇E_π r (``reinforce`` with A = sg(π/μ)·r)."""
     on_policy, seq_is, _ = _is_gradients(generator, vocab, depth)
@@ -304,7 +308,7 @@ def sequence_is(generator: torch.Generator, vocab: int, depth: int) -> Check:
 
 
 @register_claim("12b", "per_token_importance_ratios_are_biased_on_deep_trees",
-                "importance sampling; " + PAPER + ", §4", vocab=(2, 3), depth=(1, 3))
+                "our derivation (per-token importance ratios)", vocab=(2, 3), depth=(1, 3))
 def token_is(generator: torch.Generator, vocab: int, depth: int) -> Check:
     """E_μ[Σ_l ρ_l·r·∇log π(y^l|y^<l)] (``rec`` clip none, weight is) equals ∇E_π r when
     depth = 1 and is biased when depth ≥ 2 (it uses μ's state distribution). Passes when the
@@ -333,7 +337,8 @@ def gspo_token(generator: torch.Generator, vocab: int, depth: int, k: int) -> Ch
 
 
 @register_claim("15b", "kimi_sequence_penalty_and_token_k2_differ_on_deep_trees",
-                "Kimi k1.5 (2025); Trinity-RFT; " + PAPER + ", §5", vocab=(2, 3), depth=(1, 3),
+                "Kimi k1.5 (2025); Trinity-RFT (k2); " + PAPER + ", Sec. 4.2", vocab=(2, 3),
+                depth=(1, 3),
                 k=(1, 3))
 def kimi_vs_token(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
     """opmd-kimi level=sequence ((τ/2)(Σ_l δ_l)²) vs level=token ((τ/2)Σ_l δ_l²): equal

@@ -3,7 +3,7 @@
 Design decisions
 ----------------
 * A claim is a check function ``check(generator, **sizes) -> Check`` plus metadata: a key (the
-  issue's catalogue number, with a letter for sub-claims), the claim's name (the theory test
+  catalogue number, with a letter for sub-claims), the claim's name (the theory test
   is named after it), its source, and integer size ranges. ``grlab verify`` draws sizes and a
   seed from a ``torch.Generator``; the hypothesis tests draw the same sizes and seeds through
   strategies built from the same ranges. The check itself is written once.
@@ -14,12 +14,18 @@ Design decisions
 * A claim that needs a condition is registered twice: the claim, and the statement that it
   fails without the condition (e.g. "3b: without coverage the minimiser is not unique"). Both
   are positive statements that pass when true.
+* ``CLAIMS`` is a ``simulator.validation.Registry``: a key registered twice is refused, an
+  unknown key is a ``KeyError`` with the valid keys and a "did you mean". A claim's family is
+  the module its check is written in (``simulator/claims/<family>.py``); its theory test is
+  generated from the entry in ``theory_tests/test_<family>.py``, so the name, the statement
+  (the check's docstring), the sizes and the example budget are written once, here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from simulator.validation import Registry, require_int
 
 __all__ = [
     "CLAIMS",
@@ -114,20 +122,32 @@ class Claim:
     sizes: Mapping[str, tuple[int, int]]
     check: Callable[..., Check]
     instances: int = 16  # how many fresh instances `grlab verify` tries
+    slow: int = 1  # its theory test draws 1/slow of the hypothesis profile's examples (≥ 2)
+
+    @property
+    def family(self) -> str:
+        """The module of ``simulator/claims`` that holds the check (``reinforce``, ...)."""
+        return self.check.__module__.rsplit(".", 1)[-1]
+
+    @property
+    def statement(self) -> str:
+        """What the claim says: its check's docstring, as one paragraph per blank line."""
+        return inspect.cleandoc(self.check.__doc__ or self.name.replace("_", " "))
 
 
-CLAIMS: dict[str, Claim] = {}
+CLAIMS: Registry = Registry("claim")
 
 
-def register_claim(key: str, name: str, source: str, instances: int = 16,
+def register_claim(key: str, name: str, source: str, instances: int = 16, slow: int = 1,
                    **sizes: tuple[int, int]) -> Callable[[Callable[..., Check]],
                                                            Callable[..., Check]]:
-    """Decorator: register ``check(generator, **sizes) -> Check`` as claim ``key``."""
+    """Decorator: register ``check(generator, **sizes) -> Check`` as claim ``key`` (a key
+    registered twice is a ``ValueError``)."""
+    require_int("instances", instances, 1)
+    require_int("slow", slow, 1)
 
     def decorate(check: Callable[..., Check]) -> Callable[..., Check]:
-        if key in CLAIMS:
-            raise ValueError(f"claim {key!r} is already registered")
-        CLAIMS[key] = Claim(key, name, source, dict(sizes), check, instances)
+        CLAIMS[key] = Claim(key, name, source, dict(sizes), check, instances, slow)
         return check
 
     return decorate

@@ -1,4 +1,5 @@
-"""Claims about expected REINFORCE-type gradients on softmax bandits (catalogue 4, 5, 8, 10, 14).
+"""Claims about expected REINFORCE-type gradients and their dynamics (catalogue 4, 4b, 5, 8,
+10, 14): on softmax bandits, and on trees where claim 4 needs its condition (4b).
 
 Every expectation goes through ``simulator.exact`` (the ordinary loss code on enumerated
 groups) and is compared with ``simulator.closed_forms`` (derived on paper) and, where stated,
@@ -6,6 +7,8 @@ with the Monte Carlo estimator at 5 standard errors.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -15,6 +18,7 @@ from simulator.claims.instances import (
     newton_minimise,
     random_bandit,
     random_behavior,
+    random_tree,
     uniform,
     well_sampled,
 )
@@ -34,6 +38,7 @@ from simulator.closed_forms import (
     grpo_std_factor,
     mirror_descent_iterates,
     reinforce_expected_logit_gradient,
+    softmax_pg_rate_constant,
 )
 from simulator.exact import (
     expected_gradient,
@@ -47,7 +52,8 @@ PAPER = "Yao et al. 2025"
 
 
 @register_claim("4", "expected_group_reinforce_gradient_is_independent_of_theta",
-                PAPER + ", §3 Pitfall 1", prompts=(1, 3), n=(2, 5), k=(1, 4))
+                PAPER + " (Pitfall 1); the factor 1 − 1/K: our derivation",
+                prompts=(1, 3), n=(2, 5), k=(1, 4))
 def reinforce_gradient(generator: torch.Generator, prompts: int, n: int, k: int) -> Check:
     """E[(1/K)·Σ_i (r_i − r̄)·∇_θ log π(y_i)] = (1 − 1/K)·μ⊙(r − E_μ r) at two random θ
     (enumeration through the ``reinforce`` loss vs the closed form), and the Monte Carlo
@@ -70,6 +76,22 @@ def reinforce_gradient(generator: torch.Generator, prompts: int, n: int, k: int)
     return worst(*checks)
 
 
+@register_claim("4b", "on_deep_trees_the_expected_reinforce_gradient_depends_on_theta",
+                "our derivation (condition of claim 4: one softmax over whole responses)",
+                vocab=(2, 3), depth=(2, 3), k=(2, 3))
+def tree_theta_dependence(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
+    """Claim 4's θ-independence needs a single softmax over responses. With per-node softmaxes
+    (depth ≥ 2), ∇_{θ_s} log π(y) = e_{y^l} − π(·|s) keeps its π(·|s) term, weighted by
+    Σ_{y through s} μ(y)(r(y) − E_μ r) ≠ 0: the expected gradient moves with θ. Passes when
+    two random θ give expected gradients differing by more than 1e-6 (relative)."""
+    env = random_tree(generator, 1, vocab, depth)
+    mu = random_behavior(env, generator)
+    first, second = (expected_gradient(env, random_logits(env, generator), mu, "reinforce", k,
+                                       agg="seq-mean-token-sum") for _ in range(2))
+    diff = relative_error(first, second)
+    return Check(1e-6 / max(diff, 1e-300), 1.0, f"1e-6/difference (relative {diff:.3e})")
+
+
 PITFALL_MU = (0.3, 0.6, 0.1)
 PITFALL_R = (0.0, 0.8, 1.0)
 PITFALL_GRADIENT = (-0.174, 0.132, 0.042)  # μ⊙(r − E_μ r), by hand: E_μ r = 0.58
@@ -81,7 +103,7 @@ def _pitfall_env() -> tuple[SoftmaxBandit, Tensor]:
 
 
 @register_claim("5", "off_policy_reinforce_on_fixed_behavior_converges_to_a_suboptimal_arm",
-                PAPER + ", §3 Pitfall 1", instances=3, k=(2, 8))
+                PAPER + " (Pitfall 1)", instances=3, slow=20, k=(2, 8))
 def pitfall_off_policy(generator: torch.Generator, k: int) -> Check:
     """μ = [0.3, 0.6, 0.1], r = [0, 0.8, 1]: the expected update is the constant
     (1 − 1/K)·[−0.174, 0.132, 0.042], so θ_t = θ_0 + t·η·(1 − 1/K)·g exactly and π_t → e_2
@@ -101,7 +123,7 @@ def pitfall_off_policy(generator: torch.Generator, k: int) -> Check:
 
 
 @register_claim("5b", "on_policy_reinforce_and_mirror_descent_converge_to_the_optimal_arm",
-                PAPER + ", §3 Pitfall 1", instances=3, k=(2, 8))
+                PAPER + " (Pitfall 1)", instances=3, slow=20, k=(2, 8))
 def pitfall_on_policy(generator: torch.Generator, k: int) -> Check:
     """Same bandit: on-policy exact REINFORCE (μ = π_θ) and mirror descent π_t ∝ π_0·e^{t·r/τ}
     both put their mass on arm 3. Checked: argmax π_T = arm 3 for both after T = 1500 steps
@@ -124,7 +146,8 @@ def pitfall_on_policy(generator: torch.Generator, k: int) -> Check:
 
 
 @register_claim("5c", "iterated_surrogate_minimisation_off_policy_is_mirror_descent",
-                PAPER + ", §2–§3", instances=3, k=(2, 3))
+                "our derivation (Eq. 4 and 6 of " + PAPER + ", on Pitfall 1's bandit)",
+                instances=3, slow=20, k=(2, 3))
 def pitfall_surrogate(generator: torch.Generator, k: int) -> Check:
     """Same bandit, fixed off-policy μ = [0.3, 0.6, 0.1]: minimising the exact population
     surrogate E_μ[L̂(θ; π_t)] (Newton) and re-anchoring, three times, reproduces mirror
@@ -193,8 +216,8 @@ def asymre_kkt_checks(env: SoftmaxBandit, mu: Tensor, k: int, beta: float, pi: T
 
 
 @register_claim("8", "asymre_dynamics_converge_to_the_projected_fixed_point_when_v_below_mean",
-                "Arnal et al. 2025; " + PAPER + ", §5", instances=3, prompts=(1, 4), n=(2, 5),
-                k=(2, 4))
+                "Arnal et al. 2025 (AsymRE); the fixed point: our derivation", instances=3, slow=20,
+                prompts=(1, 4), n=(2, 5), k=(2, 4))
 def asymre_fixed_point_claim(generator: torch.Generator, prompts: int, n: int, k: int) -> Check:
     """AsymRE (β > 0 ⇔ V = E_μ r − β·K/(K−1) < E_μ r) under fixed μ: the exact expected
     dynamics (``asymre`` loss, fast path, checked against enumeration here) come to rest at
@@ -224,8 +247,8 @@ def asymre_fixed_point_claim(generator: torch.Generator, prompts: int, n: int, k
 
 
 @register_claim("8b", "asymre_support_collapses_when_v_at_or_above_mean",
-                "Arnal et al. 2025; " + PAPER + ", §5", instances=3, prompts=(1, 4), n=(2, 5),
-                k=(2, 4))
+                "Arnal et al. 2025 (AsymRE); the collapse: our derivation", instances=3, slow=20,
+                prompts=(1, 4), n=(2, 5), k=(2, 4))
 def asymre_collapse(generator: torch.Generator, prompts: int, n: int, k: int) -> Check:
     """β ≤ 0 (V ≥ E_μ r): θ̇ = (1−1/K)·μ⊙(r − E_μ r) + β·(μ − π) has no interior limit and
     the policy collapses onto one response. Error: 1 − max_a π_T(a) after T = 3000 steps
@@ -240,8 +263,8 @@ def asymre_collapse(generator: torch.Generator, prompts: int, n: int, k: int) ->
 
 
 @register_claim("10", "grpo_std_normalisation_reweights_prompts_by_difficulty",
-                "Yao et al. 2025, §8 (GRPO); derived in closed_forms.grpo_std_factor",
-                n=(2, 5), k=(1, 5))
+                "Shao et al. 2024 (GRPO's std); c_K(p): our derivation "
+                "(closed_forms.grpo_std_factor)", n=(2, 5), k=(1, 5))
 def grpo_std(generator: torch.Generator, n: int, k: int) -> Check:
     """Binary rewards, on-policy, θ = θ_old: E[Σ_i (r_i − r̄)/σ·∇log π(y_i)] = c_K(p)·∇p with
     c_K(p) = E_{m∼Bin(K,p)}[√(m(K−m))]/(p(1−p)); mean baseline: (K − 1)·∇p. Checked through
@@ -270,3 +293,92 @@ def grpo_std(generator: torch.Generator, n: int, k: int) -> Check:
                  Check(relative_error(mean, -(k - 1) / k * grad_p), EXACT_TOL,
                        "reinforce vs −(K−1)/K·∇p"),
                  Check(mc_z_error(est, stderr, expected_std), MC_Z, "Monte Carlo |z|"))
+
+
+def _on_policy_gaps(r: Tensor, theta: Tensor, lr: float, k: int, checkpoints: list[int]
+                    ) -> Tensor:
+    """r* − E_{π_t} r at the checkpoints [C, P], iterating θ ← θ + η(1 − 1/K)·π⊙(r − E_π r)."""
+    out, step_size = [], lr * (1 - 1 / k)
+    for t in range(1, checkpoints[-1] + 1):
+        pi = torch.softmax(theta, -1)
+        theta = theta + step_size * pi * (r - (pi * r).sum(-1, keepdim=True))
+        if t in checkpoints:
+            pi = torch.softmax(theta, -1)
+            out.append(r.max(-1).values - (pi * r).sum(-1))
+    return torch.stack(out)
+
+
+def rate_correction(r: Tensor, lr: float, k: int, t: float) -> Tensor:
+    """ε(t) = 2·A₁·log(η't)/(η't) per prompt, η' = η(1 − 1/K), A₁ = Σ_a 1/((m + 1)·Δ_a) over
+    the m sub-optimal arms (Δ_a = r* − r(a)): the first correction of t·gap(t)/G − 1.
+
+    Derivation (continuous time s = η't, u_a = π*/π_a): du_a/ds = π*·(g·u_a − g + Δ_a) with
+    g = Σ_a π_a·Δ_a. Expanding u_a = α_a·s + β_a·log s + γ_a + o(1): the O(s) terms give
+    α_a = (m + 1)·Δ_a and G = m/((m + 1)η') (``closed_forms.softmax_pg_rate_constant``); the
+    O(log s) and O(1) terms force β_a = −2·A₁·α_a; then s·g/G = 1 + 2A₁·log(s)/s + c/s, where
+    the constant c depends on θ_0 through the γ_a. With two arms this is the exact solution
+    u + 2·log u − 1/u = 2η'Δt + const. The discrete iteration changes only c (its per-step
+    error is O(1/t²)).
+    """
+    best = r.max(dim=-1, keepdim=True).values
+    m = (r < best).sum(dim=-1).to(r.dtype)
+    a1 = torch.where(r < best, 1.0 / (best - r).clamp(min=1e-300), 0.0).sum(dim=-1) / (m + 1)
+    s = lr * (1 - 1 / k) * t
+    return 2 * a1 * math.log(s) / s
+
+
+def rate_checks(gaps: Tensor, horizon: int, constant: Tensor, correction: Tensor
+                ) -> tuple[Check, Check]:
+    """(exponent, constant) of a measured gap(t) against gap = G/t·(1 + a(t)), |a| ≤ 2ε(t).
+
+    ``gaps`` [2, P]: gap(T/2), gap(T); ``correction`` [2, P]: ε(T/2), ε(T) (``rate_correction``).
+    The tolerance is twice the leading correction: the O(1/t) term c/s it leaves out depends on
+    θ_0 (seen up to 1.6·ε on 60 instances). Exponent p = log₂(gap(T/2)/gap(T)) must be 1 within
+    (−log(1 − 2ε(T/2)) − log(1 − 2ε(T)))/log 2, the most that two factors 1 + a can move it;
+    and T·gap(T)/G within 2ε(T) of 1. A t^{−½} law has p = ½; G off by 25% misses by 0.25.
+    """
+    bound = 2 * correction
+    if bool((bound >= 1).any()):
+        raise ValueError("the horizon is too short for the asymptotic bound (2ε(T) ≥ 1)")
+    exponent = torch.log(gaps[0] / gaps[1]) / math.log(2)
+    exponent_tol = -(torch.log1p(-bound[0]) + torch.log1p(-bound[1])) / math.log(2)
+    scaled = horizon * gaps[1] / constant - 1
+    return (Check(float(((exponent - 1).abs() / exponent_tol).max()), 1.0,
+                  f"|p − 1|/tolerance, p = log₂(gap(T/2)/gap(T)) "
+                  f"(p = {[round(x, 4) for x in exponent.tolist()]})"),
+            Check(float((scaled.abs() / bound[1]).max()), 1.0,
+                  f"|T·gap/G − 1|/2ε(T) (T·gap/G − 1 = {[f'{x:.2e}' for x in scaled.tolist()]},"
+                  f" 2ε(T) = {[f'{x:.2e}' for x in bound[1].tolist()]})"))
+
+
+@register_claim("14", "on_policy_softmax_policy_gradient_converges_at_rate_one_over_t",
+                "Mei et al. 2020, Thm 2 and 10; the constant: our derivation (closed_forms)",
+                instances=2, slow=30, prompts=(2, 6), n=(2, 5), k=(2, 4))
+def mei_rate(generator: torch.Generator, prompts: int, n: int, k: int) -> Check:
+    """Exact on-policy REINFORCE (mean baseline; its expected update is the closed form of
+    claim 4, re-checked here) has gap(t) = r* − E_{π_t} r = G/t·(1 + a(t)) with
+    G = m/((m+1)·η·(1 − 1/K)) and a(t) = O(log t/t) (``rate_correction``): the rate is exactly
+    1/t. Checked at T/2 and T, T = 20000, η = 0.4: the exponent of the decay is 1 and T·gap/G
+    is 1, each within the derived correction (``rate_checks``; at most a few percent here,
+    where a t^{−½} law would be off by ½ in the exponent).
+    Condition: T ≫ the transient, which grows as 1/(η'·Δ_min²) and as the initial mass of
+    the best arm shrinks (Mei et al.'s constant has inf_t π_t(a*)); so rewards are drawn with
+    gaps ≥ 0.5/n (levels (perm(n) + U[0, ½))/n) and θ_0 ∼ 0.3·N(0, 1). With near-tied arms or
+    a near-zero π_0(a*), t·gap is still far above G at T = 20000 (seen: 972·G).
+    """
+    levels = torch.randperm(n, generator=generator).unsqueeze(0).expand(prompts, n)
+    jitter = 0.5 * torch.rand(prompts, n, generator=generator, dtype=torch.float64)
+    env = SoftmaxBandit((levels + jitter) / n)
+    theta = random_logits(env, generator, scale=0.3)
+    lr, horizon = 0.4, 20000
+    loss_code = expected_gradient(env, theta, "on-policy", "reinforce", k, method="enumerate")
+    pi = torch.softmax(theta, -1)
+    same = relative_error(-loss_code * prompts, pi * (env.rewards - (pi * env.rewards).sum(
+        -1, keepdim=True)) * (1 - 1 / k))
+    gaps = _on_policy_gaps(env.rewards, theta, lr, k, [horizon // 2, horizon])
+    correction = torch.stack([rate_correction(env.rewards, lr, k, t)
+                              for t in (horizon // 2, horizon)])
+    exponent, constant = rate_checks(gaps, horizon, softmax_pg_rate_constant(env.rewards, lr, k),
+                                     correction)
+    return worst(Check(same, EXACT_TOL, "loss-code on-policy update vs closed form"),
+                 exponent, constant)

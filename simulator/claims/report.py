@@ -20,9 +20,8 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from simulator.claims.registry import CLAIMS, ClaimReport, catalogue, run_claim
+from simulator.claims.registry import CLAIMS, ClaimReport, run_claim
 from simulator.files import atomic_write_text, output_dir
-from simulator.names import lookup
 from simulator.validation import require_int
 
 __all__ = ["CatalogueRun", "catalogue_json", "catalogue_table", "check_request", "json_target",
@@ -45,7 +44,7 @@ def check_request(keys: Sequence[str], *, seed: int | None = None,
     """Raise before any claim runs: an unknown key (``KeyError`` with the valid keys and a
     "did you mean"), ``instances`` < 1, or a seed outside [0, 2⁶⁴)."""
     for key in keys:
-        lookup("claim", key, catalogue())
+        CLAIMS.lookup(key)
     if instances is not None:
         require_int("instances", instances, 1)
     if seed is not None and require_int("seed", seed, 0) >= 2**64:

@@ -19,6 +19,7 @@ import dataclasses
 __all__ = ["MODULE_TESTS", "MUTANTS", "Mutant", "selected_tests"]
 
 LOSSES = "simulator/losses.py"
+LOSS_CALL = "simulator/loss_call.py"
 AGGREGATION = "simulator/aggregation.py"
 ADVANTAGES = "simulator/advantages.py"
 NUMERICS = "simulator/numerics.py"
@@ -40,8 +41,8 @@ EXACT_VALIDATION = "tests/test_exact_validation.py"
 EXACT_SIM = "tests/test_simulators_exact.py"
 EXACT_SUFFICIENT = "tests/test_exact_sufficient.py"
 COVARIANCE = "tests/test_gradient_covariance.py"
-THEORY_OFFPOLICY = "theory_tests/test_offpolicy_corrections.py"
-THEORY_REINFORCE = "theory_tests/test_reinforce_dynamics.py"
+THEORY_OFFPOLICY = "theory_tests/test_offpolicy.py"
+THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
@@ -49,6 +50,7 @@ _EXACT_TESTS = (EXACT_VALIDATION, EXACT_SIM, EXACT_SUFFICIENT, COVARIANCE, THEOR
                 THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
+    LOSS_CALL: _LOSS_TESTS,
     AGGREGATION: (AGG_VALUES, AGG_PROPS, LOSS_VALUES, CONTRACT, GUARDS),
     ADVANTAGES: (ADV_VALUES, ADV_PROPS, LOSS_VALUES, GUARDS),
     NUMERICS: (FUZZ, CONTRACT, LOSS_VALUES, GUARDS),
@@ -135,7 +137,7 @@ _LOSS_MUTANTS = [
        "PPO's clip(ρ, 1 − ε_low, 1 + ε_high) with the two ε swapped",
        f"{LOSS_VALUES}::test_dapo_keeps_gradient_grpo_clips_between_1_2_and_1_28"),
     # --- ratios, weights, detaching --------------------------------------------------------
-    _m("log-ratio-reversed", LOSSES,
+    _m("log-ratio-reversed", NUMERICS,
        "return finite(logp - logp_old)", "return finite(logp_old - logp)",
        "ρ computed as π_old/π (δ = log π_old − log π)",
        f"{LOSS_VALUES}::test_metrics_approx_kl_and_ratio_mean"),
@@ -159,12 +161,12 @@ _LOSS_MUTANTS = [
        '_sequence_log_ratio(logp, logp_old, mask, "sum")).unsqueeze(-1)',
        "GSPO's sequence ratio from Σ_t δ instead of mean_t δ",
        f"{LOSS_VALUES}::test_gspo_default_eps"),
-    _m("logp-masked-not-zeroed", LOSSES,
+    _m("logp-masked-not-zeroed", LOSS_CALL,
        "logp = numerics.upcast(torch.where(mask, logp, zero))",
        "logp = numerics.upcast(logp)",
        "padded positions of logp reach the loss math (a NaN there poisons the gradient)",
        f"{LOSS_VALUES}::test_gspo_default_eps"),
-    _m("logp-old-not-detached", LOSSES,
+    _m("logp-old-not-detached", LOSS_CALL,
        "logp_old = torch.where(mask, logp_old.detach(), zero)",
        "logp_old = torch.where(mask, logp_old, zero)",
        "logp_old not treated as a constant",
@@ -179,15 +181,15 @@ _LOSS_MUTANTS = [
        'return TokenLoss(loss, removed, {"dual_clipped"',
        "clipfrac misses the tokens the dual clip removed",
        f"{LOSS_VALUES}::test_ppo_dual_clip"),
-    _m("pg-clipfrac-includes-dual", LOSSES,
+    _m("pg-clipfrac-includes-dual", LOSS_CALL,
        '"pg_clipfrac": out.clipped & ~dual,', '"pg_clipfrac": out.clipped,',
        "verl's pg_clipfrac counting the dual-clipped tokens too",
        f"{GUARDS}::test_pg_clipfrac_and_pg_clipfrac_lower_split_the_clip_as_verl_does"),
-    _m("approx-kl-sign", LOSSES,
+    _m("approx-kl-sign", LOSS_CALL,
        '"approx_kl": -log_ratio,', '"approx_kl": log_ratio,',
        "approx_kl = mean(log π − log π_old) instead of log π_old − log π",
        f"{LOSS_VALUES}::test_metrics_approx_kl_and_ratio_mean"),
-    _m("ppo-kl-unclamped", LOSSES,
+    _m("ppo-kl-unclamped", LOSS_CALL,
        '"ppo_kl": -log_ratio.clamp(-PEER_LOG_RATIO_CLAMP, PEER_LOG_RATIO_CLAMP),',
        '"ppo_kl": -log_ratio,',
        "verl's ppo_kl without its ±20 clamp of δ",
@@ -233,11 +235,11 @@ _LOSS_MUTANTS = [
        "keep = (ratio >= 1 / (1 + eps))", "keep = (ratio >= 1 - eps)",
        "sPPO's lower bound 1 − ε instead of 1/(1 + ε)",
        f"{GUARDS}::test_sppo_trinity_keeps_the_band_from_one_over_one_plus_eps"),
-    _m("pairwise-surrogate-over-k", LOSSES,
+    _m("pairwise-surrogate-over-k", LOSS_CALL,
        "/ rewards.shape[1] ** 2", "/ rewards.shape[1]",
        "the pairwise surrogate divided by K instead of K²",
        f"{LOSS_VALUES}::test_pairwise_surrogate_k3_explicit_pairs"),
-    _m("group-clipfrac-in-loss-aggregation", LOSSES,
+    _m("group-clipfrac-in-loss-aggregation", LOSS_CALL,
        'aggregate(clipped, mask, "token-mean")', "aggregate(clipped, mask, mode)",
        "a group's clip fraction aggregated like the loss instead of per valid token",
        f"{EXACT_SIM}::test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation"),
@@ -345,7 +347,7 @@ _ADVANTAGE_MUTANTS = [
        "logavgexp without the max shift (e^{r/τ} overflows for r/τ > 709)",
        f"{ADV_PROPS}::test_logavgexp_tends_to_the_mean_for_large_tau_and_to_the_max_for_small_tau"),
     _m("uniform-group-not-zeroed", ADVANTAGES,
-       "return torch.where(uniform, torch.full_like(advantages, shift), advantages)",
+       "return torch.where(is_uniform(rewards), torch.full_like(advantages, shift), advantages)",
        "return advantages",
        "uniform groups not forced to 0 (round-off/σ becomes ±1 advantages)",
        f"{ADV_VALUES}::test_uniform_group_of_inexact_rewards_mean_std_eps_zero_is_zero"),
@@ -368,7 +370,7 @@ _ADVANTAGE_MUTANTS = [
        "RED-Drop's advantages centred on the full group's mean, not the kept samples'",
        f"{ADV_VALUES}::test_red_drop_one_positive_three_negatives_enumerated"),
     _m("dapo-filter-inverted", ADVANTAGES,
-       "keep = keep & ~uniform", "keep = keep & uniform",
+       "keep = keep & ~is_uniform(rewards)", "keep = keep & is_uniform(rewards)",
        "DAPO's filter keeping only the uniform groups",
        f"{ADV_VALUES}::test_preset_advantage_kind"),
 ]
@@ -461,7 +463,7 @@ _EXACT_MUTANTS = [
        "return env.sequence_probs(logits.detach().to(torch.float64))",
        "return env.sequence_probs(logits.to(torch.float64))",
        "the on-policy behaviour differentiated through the group probabilities",
-       f"{THEORY_REINFORCE}::test_on_policy_reinforce_and_mirror_descent_converge_to_the_optimal_arm"),
+       THEORY_REINFORCE),  # killed by claim 5b's generated test (run.py checks only `def` names)
     _m("sufficient-coefficient-off-by-one", SUFFICIENT,
        "self.log_coef = math.lgamma(k) - torch.lgamma(",
        "self.log_coef = math.lgamma(k + 1) - torch.lgamma(",
