@@ -121,8 +121,9 @@ def _arms(*keys: str) -> tuple[Curve, ...]:
 
 
 # On a bandit every response is one token and the aggregations coincide; on a tree they do not.
-# The seed's GRPO config takes the token mean (REC-OneSide-IS + std, Trinity-RFT): TRL's bnpo.
-SEED_GRPO = Curve.of("grpo-token-mean", "GRPO (seed: token-mean)", "bnpo")
+# The paper's released GRPO config takes the token mean (REC-OneSide-IS + std, Trinity-RFT):
+# TRL's bnpo.
+PAPER_GRPO = Curve.of("grpo-token-mean", "GRPO (paper's config: token mean)", "bnpo")
 
 # The tree testbed (E1-tree, E7): 3 tokens (token 0 ends a response), depth 3 → 15 responses
 # of 1–3 tokens, graded rewards, a log-linear policy over the tree's (node, token) pairs, K = 3.
@@ -133,15 +134,15 @@ TREE = TreeProblem(prompts=4, vocab=3, depth=3, eos=True, reward="graded",
 EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E1", "REINFORCE vs GRPO vs REC-OneSide (IS / NoIS), clip 0.2 and (0.6, 2.0)",
-        "§4 / Fig. 2–3: REINFORCE rises then collapses when data are stale; GRPO and REC "
-        "rise steadily; IS ≈ NoIS; (0.6, 2.0) learns faster.",
+        "the paper's main REC figure (GSM8K): REINFORCE is unstable on stale data; GRPO and "
+        "REC rise steadily; IS ≈ NoIS; (0.6, 2.0) learns faster.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-is-wide",
               "rec-oneside-nois-wide"),
         problem=LOG_LINEAR),
     Experiment(
         "E2", "REC-TwoSide and REC-Ring against REINFORCE, GRPO and REC-OneSide",
-        "§4: every clipping mask (one-side, two-side, ring) stabilises stale training; "
-        "IS ≈ NoIS for each.",
+        "the paper's TwoSide / Ring figure (GSM8K): every clipping mask stabilises stale "
+        "training.",
         (*_arms("reinforce", "grpo", "rec-oneside-nois"),
          Curve.of("rec-twoside-is", "REC-TwoSide-IS"),
          Curve.of("rec-twoside-nois", "REC-TwoSide-NoIS"),
@@ -149,8 +150,9 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
         problem=LOG_LINEAR),
     Experiment(
         "E3", "widened clipping (0.6, 2.0) vs a larger learning rate with clip 0.2",
-        "appendix, as the seed ran it: GRPO and REC-OneSide-NoIS at lr ×1, ×2, ×5, ×10 vs "
-        "the widened clip (0.6, 2.0) at ×1 and ×2 — is the wide clip only a larger step?",
+        "the paper's App. B.4 (learning rate vs clip): GRPO and REC-OneSide-NoIS at lr ×1, ×2, "
+        "×5, ×10 vs the widened clip (0.6, 2.0) at ×1 and ×2 — is the wide clip only a larger "
+        "step?",
         (*(Curve.of(f"{key}-lr{scale:g}", f"{label} lr×{scale:g}", key, lr_scale=scale)
            for key, label in (("grpo", "GRPO"), ("rec-oneside-nois", "REC-OneSide-NoIS"))
            for scale in (1.0, 2.0, 5.0, 10.0)),
@@ -159,35 +161,38 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
         problem=LOG_LINEAR),
     Experiment(
         "E4", "REP: OPMD (Kimi, Trinity) and AsymRE β = 0.1 vs REINFORCE and REC",
-        "§5: OPMD and AsymRE are REINFORCE plus a regulariser; both stabilise stale "
-        "training, AsymRE less robustly.",
+        "the paper's OPMD / AsymRE figure (OPMD's penalty: its Sec. 4.2): REINFORCE plus a "
+        "regulariser; both stay up on stale data where REINFORCE collapses.",
         (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
          Curve.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
          Curve.of("opmd-kimi-tau01", "OPMD (Kimi) τ=0.1", "opmd-kimi", tau=0.1),
          Curve.of("opmd-trinity", "OPMD (Trinity)"),
-         # the seed's released configs (Trinity-RFT examples/rec_gsm8k), named as it names them
-         Curve.of("seed-kimi-opmd", "Kimi's OPMD (seed: REC, k2 0.1, unclipped)", "rec",
+         # the paper's released configs (Trinity-RFT examples/rec_gsm8k), under their names
+         Curve.of("kimi-opmd-config", "Kimi's OPMD (paper's config: REC, k2 0.1, unclipped)",
+                "rec",
                 clip="none", regularizer="k2", reg_coef=0.1),
-         Curve.of("seed-meta-asymre", "Meta's AsymRE (seed: REC, forward-KL 0.1)", "rec",
+         Curve.of("meta-asymre-config", "Meta's AsymRE (paper's config: REC, forward-KL 0.1)",
+                "rec",
                 clip="none", regularizer="forward-kl", reg_coef=0.1)),
         problem=LOG_LINEAR),
     Experiment(
         "E5", "RED: RED-Drop (sampled groups) and RED-Weight vs REC",
-        "§6: shaping the data (dropping surplus negatives, up-weighting high-advantage "
-        "samples) keeps training stable and can speed it up.",
+        "the paper's RED figure (GSM8K, 1.5B): RED-Drop and RED-Weight, unclipped as released, "
+        "stay high at sync_interval = 20 while REINFORCE collapses.",
         (*_arms("rec-oneside-nois", "red-weight", "reinforce"),
          Curve.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
                 groups="sampled"),
-         Curve.of("red-drop", "RED-Drop (seed: unclipped; sampled)", groups="sampled"),
-         # grlab's RED-Drop before it followed the seed: clipped, dropped tokens not counted
+         Curve.of("red-drop", "RED-Drop (as released: unclipped; sampled)", groups="sampled"),
+         # grlab's RED-Drop before it followed the released config: clipped, dropped tokens
+         # not counted
          Curve.of("red-drop-oneside", "RED-Drop + REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
                 groups="sampled", advantage="red-drop", advantage_kwargs={"mask_dropped": True}),
          Curve.of("red-weight-sampled", "RED-Weight (sampled)", "red-weight", groups="sampled")),
         problem=LOG_LINEAR, settings=("on-policy", "sync-interval-20")),
     Experiment(
         "E1-lr", "E1's finding across learning rates: Adam lr 0.03, 0.1, 0.3",
-        "§4: the collapse of stale REINFORCE and the stability of clipping should not hinge "
-        "on one learning rate.",
+        "— (robustness): the collapse of stale REINFORCE and the stability of clipping should "
+        "not hinge on one learning rate.",
         tuple(dataclasses.replace(arm(key), key=f"{key}-lr{scale:g}",
                                   label=f"{arm(key).label} lr {0.1 * scale:g}",
                                   lr_scale=scale)
@@ -196,27 +201,28 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
         problem=LOG_LINEAR),
     Experiment(
         "E1-tabular", "E1 with a tabular policy (no shared parameters between prompts)",
-        "§4: does the collapse need generalisation across prompts?",
+        "— (a condition): does the collapse need generalisation across prompts?",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular")),
     Experiment(
         "E1-tabular-graded", "E1 with a tabular policy and graded rewards U[0, 1)",
-        "§3 Pitfall 1 at scale: off-policy REINFORCE drifts to argmax μ·(r − E_μ r), not to "
-        "argmax r, once rewards are graded.",
+        "the paper's Pitfall 1, at scale: off-policy REINFORCE drifts to argmax μ·(r − E_μ r), "
+        "not to argmax r, once rewards are graded.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular", reward="graded")),
     Experiment(
         "E1-tree", "E1 on the token-level tree (responses of 1–3 tokens, graded rewards)",
-        "§4: the same comparison where ratios are per token and responses differ in length.",
-        (*_arms("reinforce", "grpo"), SEED_GRPO,
+        "the main REC figure on token-level data: ratios per token, responses of unequal "
+        "length.",
+        (*_arms("reinforce", "grpo"), PAPER_GRPO,
          *_arms("rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide")),
         problem=TREE, group_size=3),
     Experiment(
         "E7", "token- vs sequence-level ratios on a tree: GRPO vs GSPO, Kimi sequence vs "
         "token k2",
-        "§5 / §8: GSPO clips the sequence ratio, GRPO each token's; Kimi's OPMD squares the "
-        "sequence log-ratio, Trinity's k2 each token's — the pairs differ off-policy.",
-        (*_arms("reinforce", "grpo"), SEED_GRPO, *_arms("rec-oneside-nois", "opmd-kimi"),
+        "— (not a figure of the paper): GSPO clips the sequence ratio, GRPO each token's; "
+        "Kimi's OPMD squares the sequence log-ratio, Trinity's k2 each token's.",
+        (*_arms("reinforce", "grpo"), PAPER_GRPO, *_arms("rec-oneside-nois", "opmd-kimi"),
          Curve.of("gspo", "GSPO"), Curve.of("gspo-token", "GSPO-token"),
          Curve.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token")),
         problem=TREE, group_size=3),
@@ -248,7 +254,8 @@ def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
     k = (3 if problem.env == "tree" else 4) if group_size is None else group_size
     _check_group_size(k, chosen)
     return Experiment("compare", "the default off-policy comparison",
-                      "§4–§6: which losses stay stable when rollouts are stale.",
+                      "the paper's REC, REP and RED figures: which losses stay stable when "
+                      "rollouts are stale.",
                       chosen, problem=problem, settings=tuple(settings), seeds=seeds,
                       steps=steps, lr=lr, group_size=k)
 

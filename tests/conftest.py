@@ -10,14 +10,14 @@ from grlab import cli
 
 
 @pytest.fixture
-def grlab_split(monkeypatch, capsys):
-    """Run the real ``grlab`` entry point in-process: ``grlab_split("losses", "--name", "grpo")``
-    returns (exit code, stdout, stderr), with a wide terminal so tables are not folded and
-    GRLAB_DEBUG unset (errors are the user's one line, not a traceback)."""
+def grlab_columns(monkeypatch, capsys):
+    """Run the real ``grlab`` entry point in-process on a terminal ``columns`` wide (COLUMNS,
+    which rich and tyro read): ``grlab_columns(80, "losses")`` returns (exit code, stdout,
+    stderr), with GRLAB_DEBUG unset (errors are the user's one line, not a traceback)."""
 
-    def run(*argv: str) -> tuple[int, str, str]:
+    def run(columns: int, *argv: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["grlab", *argv])
-        monkeypatch.setenv("COLUMNS", "200")
+        monkeypatch.setenv("COLUMNS", str(columns))
         monkeypatch.delenv("GRLAB_DEBUG", raising=False)
         code = 0
         try:
@@ -28,6 +28,13 @@ def grlab_split(monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def grlab_split(grlab_columns):
+    """``grlab_split("losses", "--name", "grpo")``: (exit code, stdout, stderr) on a wide
+    terminal (200 columns), so tables are not folded."""
+    return lambda *argv: grlab_columns(200, *argv)
 
 
 @pytest.fixture

@@ -113,23 +113,9 @@ SEPARATORS = {"·", "—", ":"}
 
 
 @pytest.fixture
-def grlab_at(monkeypatch, capsys):
-    """``grlab_at(columns, *argv)``: the real entry point in-process on a terminal ``columns``
-    wide (COLUMNS, which rich and tyro read); returns (exit code, stdout)."""
-    from grlab import cli
-
-    def run(columns: int, *argv: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["grlab", *argv])
-        monkeypatch.setenv("COLUMNS", str(columns))
-        monkeypatch.delenv("GRLAB_DEBUG", raising=False)
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, capsys.readouterr().out
-
-    return run
+def grlab_at(grlab_columns):
+    """``grlab_at(columns, *argv)``: (exit code, stdout) on a terminal ``columns`` wide."""
+    return lambda columns, *argv: grlab_columns(columns, *argv)[:2]
 
 
 def _words(text: str) -> set[str]:
