@@ -9,7 +9,7 @@ Design decisions
   ``simulator.experiments`` (which imports torch and scipy to build its catalogue). The names
   live here, in a module that imports nothing heavy: the experiment keys and the curves of
   ``grlab compare``'s default comparison. The setting names have their torch-free home in
-  ``simulator.schedule.SETTINGS``. ``tests/test_cli_robustness.py`` checks that these tuples
+  ``simulator.schedule.SETTINGS``. ``tests/test_cli.py`` checks that these tuples
   agree with the catalogue (``EXPERIMENTS``, ``FIGURES``, ``DEFAULT_COMPARE_ARMS``), so a key
   added there and forgotten here fails a test instead of silently hiding from ``--help``.
 * ``lookup`` is the one way a user-typed name is resolved (settings, experiments, arms, claim

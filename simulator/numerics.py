@@ -21,7 +21,7 @@ anyway (a negative advantage without dual clip, an IS weight). grlab instead:
    input's dtype (``upcast``'s backward), so a true gradient of 1e6 reaches an fp16 input as
    65504, not inf.
 
-Consequences (tested in tests/test_numerics_fuzz.py over every loss × aggregation × dtype):
+Consequences (tested in tests/test_numerics.py over every loss × aggregation × dtype):
 value, gradient and metrics are finite for every finite input; they equal the unclamped math
 wherever that math is finite, because each bound only acts where the plain computation would
 have produced ±inf (or, for ``exp``, where e^x is not representable in float64); where a bound

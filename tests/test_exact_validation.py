@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from simulator.bandit import SoftmaxBandit
-from simulator.claims.registry import single_threaded
 from simulator.exact import (
     ExpectedLoss,
     LossSetup,
@@ -35,12 +34,6 @@ from simulator.policies import policy_behavior, random_logits
 from simulator.tree import TreeMDP
 
 TOL = {"rtol": 1e-12, "atol": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_threaded():
-        yield
 
 
 @dataclasses.dataclass

@@ -29,32 +29,31 @@ GROUPS = "simulator/groups.py"
 SUFFICIENT = "simulator/sufficient.py"
 
 GUARDS = "tests/test_mutation_guards.py"
-LOSS_VALUES = "tests/test_loss_values.py"
-CONTRACT = "tests/test_losses_contract.py"
+LOSS_VALUES = "tests/test_losses.py"
+CONTRACT = "tests/test_loss_call.py"
 IDENTITIES = "theory_tests/test_loss_identities.py"
-FUZZ = "tests/test_numerics_fuzz.py"
-AGG_VALUES = "tests/test_kl_aggregation_values.py"
-AGG_PROPS = "tests/test_aggregation_kl.py"
-ADV_VALUES = "tests/test_advantage_values.py"
-ADV_PROPS = "tests/test_advantages.py"
+FUZZ = "tests/test_numerics.py"
+AGG_TESTS = "tests/test_aggregation.py"
+KL_TESTS = "tests/test_kl.py"
+ADV_TESTS = "tests/test_advantages.py"
 EXACT_VALIDATION = "tests/test_exact_validation.py"
-EXACT_SIM = "tests/test_simulators_exact.py"
-EXACT_SUFFICIENT = "tests/test_exact_sufficient.py"
-COVARIANCE = "tests/test_gradient_covariance.py"
+EXACT_MAIN = "tests/test_exact.py"
+EXACT_GROUPS = "tests/test_groups.py"
+EXACT_SUFFICIENT = "tests/test_sufficient.py"
 THEORY_OFFPOLICY = "theory_tests/test_offpolicy.py"
 THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
-_EXACT_TESTS = (EXACT_VALIDATION, EXACT_SIM, EXACT_SUFFICIENT, COVARIANCE, THEORY_TREES,
+_EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THEORY_TREES,
                 THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
     LOSS_CALL: _LOSS_TESTS,
-    AGGREGATION: (AGG_VALUES, AGG_PROPS, LOSS_VALUES, CONTRACT, GUARDS),
-    ADVANTAGES: (ADV_VALUES, ADV_PROPS, LOSS_VALUES, GUARDS),
+    AGGREGATION: (AGG_TESTS, LOSS_VALUES, CONTRACT, GUARDS),
+    ADVANTAGES: (ADV_TESTS, LOSS_VALUES, GUARDS),
     NUMERICS: (FUZZ, CONTRACT, LOSS_VALUES, GUARDS),
-    KL: (AGG_VALUES, AGG_PROPS, THEORY_OFFPOLICY),
+    KL: (KL_TESTS, THEORY_OFFPOLICY),
     EXACT: _EXACT_TESTS,
     GROUPS: _EXACT_TESTS,
     SUFFICIENT: _EXACT_TESTS,
@@ -242,7 +241,7 @@ _LOSS_MUTANTS = [
     _m("group-clipfrac-in-loss-aggregation", LOSS_CALL,
        'aggregate(clipped, mask, "token-mean")', "aggregate(clipped, mask, mode)",
        "a group's clip fraction aggregated like the loss instead of per valid token",
-       f"{EXACT_SIM}::test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation"),
+       f"{EXACT_MAIN}::test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregation"),
     # --- presets -------------------------------------------------------------------------
     _m("grpo-preset-token-mean", LOSSES,
        'register_preset("grpo", "ppo", advantage="mean-std", agg="seq-mean-token-mean",',
@@ -266,39 +265,39 @@ _AGGREGATION_MUTANTS = [
        "count = torch.full(mask.shape[:-2], mask.shape[-2] * mask.shape[-1], "
        "device=mask.device)",
        "token-mean's normaliser counting padded positions",
-       f"{AGG_VALUES}::test_aggregation_modes", issue=True),
+       f"{AGG_TESTS}::test_aggregation_modes", issue=True),
     _m("seq-mean-divides-by-valid-rows", AGGREGATION,
        "count = torch.full(mask.shape[:-2], mask.shape[-2], device=mask.device)",
        "count = (mask.sum(dim=-1) > 0).sum(dim=-1)",
        "seq-mean-* dividing by B′ (rows with a valid token) for rows='all'",
-       f"{AGG_VALUES}::test_aggregation_modes"),
+       f"{AGG_TESTS}::test_aggregation_modes"),
     _m("sum-norm-uses-padded-width", AGGREGATION,
        "return row_sum / norm_len", "return row_sum / per_token.shape[-1]",
        "seq-mean-token-sum-norm dividing by the padded width instead of norm_len",
-       f"{AGG_VALUES}::test_aggregation_modes"),
+       f"{AGG_TESTS}::test_aggregation_modes"),
     _m("seq-mean-token-mean-padded-length", AGGREGATION,
        "return row_sum / mask.to(per_token.dtype).sum(dim=-1).clamp(min=1.0)",
        "return row_sum / per_token.shape[-1]",
        "seq-mean-token-mean dividing each row by T instead of its valid length",
-       f"{AGG_VALUES}::test_aggregation_modes"),
+       f"{AGG_TESTS}::test_aggregation_modes"),
     _m("seq-mean-token-mean-empty-row-nan", AGGREGATION,
        "return row_sum / mask.to(per_token.dtype).sum(dim=-1).clamp(min=1.0)",
        "return row_sum / mask.to(per_token.dtype).sum(dim=-1)",
        "an empty row's length 0 not clamped (0/0 = NaN)",
-       f"{AGG_VALUES}::test_aggregation_modes"),
+       f"{AGG_TESTS}::test_aggregation_modes"),
     _m("normaliser-unclamped", AGGREGATION,
        "return count.to(torch.float64).clamp(min=1.0)", "return count.to(torch.float64)",
        "an all-masked batch's normaliser 0 (0/0 = NaN)",
-       f"{AGG_VALUES}::test_aggregation_of_empty_mask_is_exactly_zero"),
+       f"{AGG_TESTS}::test_aggregation_of_empty_mask_is_exactly_zero"),
     _m("masked-mean-over-padding", AGGREGATION,
        "/ mask.to(values.dtype).sum().clamp(\n        min=1.0)", "/ values.numel()",
        "metrics averaged over padded positions too",
-       f"{AGG_VALUES}::test_sequence_helpers"),
+       f"{AGG_TESTS}::test_sequence_helpers"),
     _m("sequence-sum-multiplies-mask", AGGREGATION,
        "return safe_sum(torch.where(mask, values, values.new_zeros(())), dim=-1)",
        "return safe_sum(values * mask, dim=-1)",
        "masking by multiplication: a NaN or inf at a padded position leaks (NaN·0 = NaN)",
-       f"{AGG_VALUES}::test_aggregation_modes"),
+       f"{AGG_TESTS}::test_aggregation_modes"),
     _m("float-denominator-ignored", AGGREGATION,
        'return terms / require_positive("denominator", denominator)',
        "return terms / normaliser(mask, mode, rows=rows).to(per_token.dtype)",
@@ -310,47 +309,47 @@ _ADVANTAGE_MUTANTS = [
     _m("mean-baseline-not-centred", ADVANTAGES,
        "        return mean, 1.0\n", "        return torch.zeros_like(mean), 1.0\n",
        "the group-mean baseline dropped (A = r)",
-       f"{ADV_VALUES}::test_mean_baseline_per_group"),
+       f"{ADV_TESTS}::test_mean_baseline_per_group"),
     _m("std-population-sample-swapped", ADVANTAGES,
        'correction = 0 if std == "population" else 1',
        'correction = 1 if std == "population" else 0',
        "population and sample std swapped (ddof 0 ↔ 1)",
-       f"{ADV_VALUES}::test_mean_std_population_eps_zero"),
+       f"{ADV_TESTS}::test_mean_std_population_eps_zero"),
     _m("eps-under-the-root", ADVANTAGES,
        "torch.where(sigma > 0, sigma + eps, torch.ones_like(sigma))",
        "torch.where(sigma > 0, (sigma**2 + eps).sqrt(), torch.ones_like(sigma))",
        "eps added to the variance instead of the std",
-       f"{ADV_VALUES}::test_mean_std_default_eps_is_added_to_sigma"),
+       f"{ADV_TESTS}::test_mean_std_default_eps_is_added_to_sigma"),
     _m("shift-sign", ADVANTAGES,
        "advantages = (rewards - baseline + shift) / scale",
        "advantages = (rewards - baseline - shift) / scale",
        "the AsymRE shift moving the baseline up",
-       f"{ADV_VALUES}::test_mean_with_shift_is_asymre_baseline"),
+       f"{ADV_TESTS}::test_mean_with_shift_is_asymre_baseline"),
     _m("shift-not-scaled", ADVANTAGES,
        "advantages = (rewards - baseline + shift) / scale",
        "advantages = (rewards - baseline) / scale + shift",
        "the shift added after the std division",
-       f"{ADV_VALUES}::test_mean_std_shift_is_divided_by_sigma"),
+       f"{ADV_TESTS}::test_mean_std_shift_is_divided_by_sigma"),
     _m("loo-divides-by-k", ADVANTAGES,
        "- rewards) / (k - 1), 1.0", "- rewards) / k, 1.0",
        "leave-one-out mean over K instead of K − 1",
-       f"{ADV_VALUES}::test_loo"),
+       f"{ADV_TESTS}::test_loo"),
     _m("logavgexp-no-tau", ADVANTAGES,
        "return top + tau * torch.log(soft), 1.0", "return top + torch.log(soft), 1.0",
        "logavgexp baseline without the τ in front of the log",
-       f"{ADV_VALUES}::test_logavgexp"),
+       f"{ADV_TESTS}::test_logavgexp"),
     _m("logavgexp-overflows", ADVANTAGES,
        "soft = torch.exp((rewards - top) / tau).mean(dim=1, keepdim=True)\n"
        "        return top + tau * torch.log(soft), 1.0",
        "soft = torch.exp(rewards / tau).mean(dim=1, keepdim=True)\n"
        "        return tau * torch.log(soft), 1.0",
        "logavgexp without the max shift (e^{r/τ} overflows for r/τ > 709)",
-       f"{ADV_PROPS}::test_logavgexp_tends_to_the_mean_for_large_tau_and_to_the_max_for_small_tau"),
+       f"{ADV_TESTS}::test_logavgexp_tends_to_the_mean_for_large_tau_and_to_the_max_for_small_tau"),
     _m("uniform-group-not-zeroed", ADVANTAGES,
        "return torch.where(is_uniform(rewards), torch.full_like(advantages, shift), advantages)",
        "return advantages",
        "uniform groups not forced to 0 (round-off/σ becomes ±1 advantages)",
-       f"{ADV_VALUES}::test_uniform_group_of_inexact_rewards_mean_std_eps_zero_is_zero"),
+       f"{ADV_TESTS}::test_uniform_group_of_inexact_rewards_mean_std_eps_zero_is_zero"),
     _m("batch-std-per-group", ADVANTAGES,
        "sigma = rewards.flatten().std(correction=correction).reshape(1, 1)",
        "sigma = rewards.std(dim=1, keepdim=True, correction=correction)",
@@ -359,20 +358,20 @@ _ADVANTAGE_MUTANTS = [
     _m("red-drop-mean-is-negative", ADVANTAGES,
        "negative = rewards - mean < -tol", "negative = rewards - mean < tol",
        "RED-Drop counting a sample at the mean as negative (positives r > r̄, not r ≥ r̄)",
-       f"{ADV_VALUES}::test_red_drop_uniform_group_keeps_all_with_zero_advantage"),
+       f"{ADV_TESTS}::test_red_drop_uniform_group_keeps_all_with_zero_advantage"),
     _m("red-drop-keeps-surplus", ADVANTAGES,
        "n_keep_negative = torch.minimum(", "n_keep_negative = torch.maximum(",
        "RED-Drop keeping every negative",
-       f"{ADV_VALUES}::test_red_drop_one_positive_three_negatives_enumerated"),
+       f"{ADV_TESTS}::test_red_drop_one_positive_three_negatives_enumerated"),
     _m("red-drop-not-recentred", ADVANTAGES,
        "torch.where(signal, rewards - kept_mean, torch.zeros_like(rewards))",
        "torch.where(signal, rewards - mean, torch.zeros_like(rewards))",
        "RED-Drop's advantages centred on the full group's mean, not the kept samples'",
-       f"{ADV_VALUES}::test_red_drop_one_positive_three_negatives_enumerated"),
+       f"{ADV_TESTS}::test_red_drop_one_positive_three_negatives_enumerated"),
     _m("dapo-filter-inverted", ADVANTAGES,
        "keep = keep & ~is_uniform(rewards)", "keep = keep & is_uniform(rewards)",
        "DAPO's filter keeping only the uniform groups",
-       f"{ADV_VALUES}::test_preset_advantage_kind"),
+       f"{ADV_TESTS}::test_preset_advantage_kind"),
 ]
 
 _NUMERICS_MUTANTS = [
@@ -406,11 +405,11 @@ _KL_MUTANTS = [
     _m("kl-k2-no-half", KL,
        "return 0.5 * (logp - logp_ref) ** 2", "return (logp - logp_ref) ** 2",
        "k2 = δ² instead of ½δ²",
-       f"{AGG_VALUES}::test_k2"),
+       f"{KL_TESTS}::test_k2"),
     _m("kl-k3-sign", KL,
        "    return torch.expm1(log_r) - log_r\n", "    return torch.expm1(log_r) + log_r\n",
        "k3 = (r − 1) + log r",
-       f"{AGG_VALUES}::test_k3"),
+       f"{KL_TESTS}::test_k3"),
 ]
 
 _EXACT_MUTANTS = [
@@ -458,7 +457,7 @@ _EXACT_MUTANTS = [
        "return (prepared.weight * groups.loss).sum() / env.num_prompts, clipfrac",
        "return (prepared.weight * groups.loss).sum(), clipfrac",
        "the exact loss summed over prompts instead of averaged",
-       f"{EXACT_SIM}::test_closed_form_fast_path_agrees_with_enumeration"),
+       f"{EXACT_MAIN}::test_closed_form_fast_path_agrees_with_enumeration"),
     _m("on-policy-behaviour-not-detached", GROUPS,
        "return env.sequence_probs(logits.detach().to(torch.float64))",
        "return env.sequence_probs(logits.to(torch.float64))",
@@ -479,22 +478,22 @@ _EXACT_MUTANTS = [
     _m("callable-behaviour-differentiated", GROUPS,
        "behavior = behavior(logits.detach())", "behavior = behavior(logits)",
        "a callable behaviour given differentiable logits (μ not held fixed in the gradient)",
-       f"{EXACT_SIM}::test_a_callable_behaviour_is_held_fixed_while_the_gradient_is_taken"),
+       f"{EXACT_MAIN}::test_a_callable_behaviour_is_held_fixed_while_the_gradient_is_taken"),
     _m("covariance-weights-normalised-over-prompts", EXACT,
        "weight = batch.weight.unsqueeze(-1)",
        "weight = (batch.weight / batch.weight.sum()).unsqueeze(-1)",
        "the covariance's group weights normalised over all prompts instead of per prompt",
-       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       f"{EXACT_MAIN}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
        "_groups"),
     _m("covariance-sums-every-prompts-groups", EXACT,
        "g, w = own[rows], weight[rows]", "g, w = own, weight",
        "each prompt's covariance summed over every prompt's groups",
-       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       f"{EXACT_MAIN}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
        "_groups"),
     _m("covariance-gradient-of-prompt-0", EXACT,
        "torch.arange(len(batch.weight)), batch.prompt]", "torch.arange(len(batch.weight)), 0]",
        "a group's gradient read at prompt 0's logits instead of its own prompt's",
-       f"{COVARIANCE}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
+       f"{EXACT_MAIN}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
        "_groups"),
     _m("sufficient-loss-not-averaged-over-prompts", SUFFICIENT,
        "value = (rows.weight[part] * row_terms).sum() / env.num_prompts",
@@ -505,7 +504,7 @@ _EXACT_MUTANTS = [
        "centred = env.rewards - (mu * env.rewards).sum(-1, keepdim=True)",
        "centred = env.rewards - (mu * env.rewards).sum() / env.num_prompts",
        "the closed form's E_μ r averaged over every prompt instead of taken per prompt",
-       f"{EXACT_SIM}::test_closed_form_fast_path_agrees_with_enumeration"),
+       f"{EXACT_MAIN}::test_closed_form_fast_path_agrees_with_enumeration"),
 ]
 
 MUTANTS: tuple[Mutant, ...] = (*_LOSS_MUTANTS, *_AGGREGATION_MUTANTS, *_ADVANTAGE_MUTANTS,

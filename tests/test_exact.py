@@ -1,10 +1,10 @@
 """Exact expectations: every fast path against its naive twin, the sampler against the exact
-value within its own reported error, and the public contract of ``simulator.exact``."""
+value within its own reported error, the public contract of ``simulator.exact``, and
+``gradient_covariance`` against a brute-force loop over ordered groups."""
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.bandit import SoftmaxBandit
-from simulator.claims.registry import MC_Z, mc_z_error, single_threaded
+from simulator.claims.registry import MC_Z, mc_z_error
 from simulator.exact import (
     GroupBatch,
     LossSetup,
@@ -21,28 +21,21 @@ from simulator.exact import (
     expected_gradient,
     expected_hessian,
     expected_loss,
+    gradient_covariance,
     group_gradients,
     iterate_expected_update,
-    multiset_chunks,
     multisets,
     ordered_tuples,
     sample_groups,
     sampled_gradient,
 )
-from simulator.losses import LOSSES
+from simulator.losses import LOSSES, policy_loss
 from simulator.policies import LogLinearPolicy, policy_behavior, random_logits
 from simulator.tree import TreeMDP
 
 SEEDS = st.integers(0, 2**31 - 1)
 # every loss whose exact expectation is enumerable (red-drop draws at random)
 EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (see ``claims.registry.single_threaded``)."""
-    with single_threaded():
-        yield
 
 
 def instance(seed: int, tree: bool, prompts: int = 2):
@@ -54,38 +47,6 @@ def instance(seed: int, tree: bool, prompts: int = 2):
     theta = random_logits(env, g)
     mu = policy_behavior(env, theta + 0.5 * random_logits(env, g))
     return env, theta, mu, g
-
-
-@pytest.mark.parametrize("n,k", [(1, 1), (3, 1), (3, 4), (5, 3), (15, 2)])
-def test_multisets_count_and_weights_sum_to_one(n, k):
-    outcomes, _log_coef = multisets(n, k)
-    assert outcomes.shape == (math.comb(n + k - 1, k), k)
-    mu = torch.softmax(torch.randn(2, n, dtype=torch.float64), -1)
-    batch = enumerate_groups(mu, k)
-    totals = torch.zeros(2, dtype=torch.float64).index_add_(0, batch.prompt, batch.weight)
-    torch.testing.assert_close(totals, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
-    assert multisets(n, k)[0] is outcomes  # cached
-
-
-@pytest.mark.parametrize("n,k", [(1, 1), (1, 5), (4, 1), (3, 4), (6, 3), (16, 5)])
-def test_multisets_are_itertools_combinations_with_replacement_in_its_order(n, k):
-    """The vectorised builder against its naive twin, the standard library."""
-    expected = torch.tensor(list(itertools.combinations_with_replacement(range(n), k)),
-                            dtype=torch.long).reshape(-1, k)
-    assert torch.equal(multisets(n, k)[0], expected)
-
-
-def test_multiset_probabilities_match_ordered_tuples():
-    """Naive twin: summing ordered-tuple probabilities over each multiset gives its weight."""
-    mu = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
-    ordered = enumerate_groups(mu, 3, ordered=True)
-    merged: dict[tuple[int, ...], float] = {}
-    for group, weight in zip(ordered.responses.tolist(), ordered.weight.tolist(), strict=True):
-        key = tuple(sorted(group))
-        merged[key] = merged.get(key, 0.0) + weight
-    fast = enumerate_groups(mu, 3)
-    for group, weight in zip(fast.responses.tolist(), fast.weight.tolist(), strict=True):
-        assert math.isclose(merged[tuple(group)], weight, rel_tol=1e-12)
 
 
 @settings(max_examples=3, deadline=None)
@@ -164,24 +125,6 @@ def test_hessian_can_be_taken_twice_on_a_fresh_cache():
     first = expected_hessian(env, theta, mu, "grpo", 4, method="enumerate")
     second = expected_hessian(env, theta, mu, "grpo", 4, method="enumerate")
     torch.testing.assert_close(first, second, rtol=0, atol=0)
-
-
-def test_streamed_multisets_equal_the_materialised_ones(monkeypatch):
-    """Above MAX_MATERIALISED the multisets are streamed from itertools in slices: the same
-    outcomes in the same order, with the same coefficients, as the cached tensor."""
-    import simulator.groups as groups
-
-    outcomes, log_coef = multisets(5, 4)
-    monkeypatch.setattr(groups, "MAX_MATERIALISED", 10)
-    chunks = list(multiset_chunks(5, 4, 7))
-    assert [len(c[0]) for c in chunks] == [7] * 10  # C(8, 4) = 70 outcomes
-    torch.testing.assert_close(torch.cat([c[0] for c in chunks]), outcomes, rtol=0, atol=0)
-    torch.testing.assert_close(torch.cat([c[1] for c in chunks]), log_coef, rtol=0, atol=1e-14)
-    counts = torch.zeros(len(outcomes), 5).scatter_add_(1, outcomes, torch.ones(outcomes.shape))
-    by_hand = [math.log(math.factorial(4) / math.prod(math.factorial(int(c)) for c in row))
-               for row in counts]
-    torch.testing.assert_close(log_coef, torch.tensor(by_hand, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
 
 
 def test_iterated_update_is_repeated_gradient_descent():
@@ -372,3 +315,117 @@ def test_a_batch_holding_a_response_of_behaviour_probability_zero_is_an_error_no
     good = GroupBatch(torch.tensor([0, 1]), torch.tensor([[0, 1], [0, 2]]),
                       torch.ones(2, dtype=torch.float64), exact=False)
     assert bool(torch.isfinite(batch_loss(env, theta, good, mu, setup)))
+
+
+# --------------------------------------------------------------------------------------------
+# gradient_covariance: the exact covariance of one group's gradient, against a brute-force
+# loop over ordered groups (autograd on log_softmax written out, no enumeration code), prompt by
+# prompt when there are several, and against the sample covariance of sampled groups.
+# --------------------------------------------------------------------------------------------
+
+
+def brute_force(rewards, logits, mu, loss, k, prompt=0):
+    """Σ over the N^K ordered groups of ``prompt`` (weight Π μ): E[g gᵀ] − E[g] E[g]ᵀ, g the
+    gradient of the group's loss with respect to that prompt's logits."""
+    n = rewards.shape[1]
+    second = torch.zeros(n, n, dtype=torch.float64)
+    first = torch.zeros(n, dtype=torch.float64)
+    for group in itertools.product(range(n), repeat=k):
+        weight = float(torch.prod(mu[prompt, list(group)]))
+        theta = logits[prompt].clone().requires_grad_(True)
+        logp = torch.log_softmax(theta, dim=0)[list(group)].unsqueeze(-1)  # [K, 1]
+        old = torch.log(mu[prompt, list(group)]).unsqueeze(-1)
+        adv, _ = LOSSES[loss].advantages(rewards[prompt, list(group)].unsqueeze(0))
+        value = policy_loss(loss, logp, old, adv[0], torch.ones(k, 1, dtype=torch.bool)).loss
+        (g,) = torch.autograd.grad(value, theta)
+        first += weight * g
+        second += weight * torch.outer(g, g)
+    return second - torch.outer(first, first), first
+
+
+@pytest.mark.parametrize("loss", ["grpo", "rec-oneside-is", "reinforce", "opmd-kimi"])
+def test_the_covariance_is_the_brute_force_sum_over_ordered_groups(loss):
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.rand(1, 4, generator=g, dtype=torch.float64)
+    logits = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    mu = torch.softmax(torch.randn(1, 4, generator=g, dtype=torch.float64), dim=1)
+    env = SoftmaxBandit(rewards)
+    cov = gradient_covariance(env, logits, mu, loss, 3)
+    expected, mean = brute_force(rewards, logits, mu, loss, 3)
+    torch.testing.assert_close(cov, expected, rtol=1e-10, atol=1e-14)
+    # its mean is the expected gradient (of the one-prompt mean loss)
+    torch.testing.assert_close(expected_gradient(env, logits, mu, loss, 3)[0], mean,
+                               rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "rec-oneside-is"])
+def test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered_groups(loss):
+    """Mutants covariance-weights-normalised-over-prompts, covariance-sums-every-prompts-groups,
+    covariance-gradient-of-prompt-0. With P = 3 prompts, Cov_p = Σ_{ordered groups of p} Π μ_p ·
+    g gᵀ − m_p m_pᵀ, g = ∇_{θ_p} loss(group): prompt p's groups only, their weights summing to 1
+    within p (not over all prompts), each gradient taken with respect to p's own logits. The
+    prompts differ (rewards, logits, behaviour), so any mixing shows; one prompt could not."""
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    logits = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    mu = torch.softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), dim=1)
+    cov = gradient_covariance(SoftmaxBandit(rewards), logits, mu, loss, 3)
+    expected = torch.stack([brute_force(rewards, logits, mu, loss, 3, p)[0] for p in range(3)])
+    assert cov.shape == (3, 3, 3)
+    torch.testing.assert_close(cov, expected, rtol=1e-10, atol=1e-14)
+    # the prompts' covariances differ, so the comparison above can tell them apart
+    assert float((expected[0] - expected[1]).abs().max()) > 1e-3
+
+
+def test_a_prompts_covariance_does_not_depend_on_the_other_prompts():
+    """Cov_p of a P-prompt testbed equals the covariance of the one-prompt testbed holding only
+    prompt p (a group moves only its own prompt's logits, and its loss is its own batch), on a
+    tree of unequal lengths with an on-policy behaviour."""
+    g = torch.Generator().manual_seed(6)
+    env = TreeMDP.random(3, 2, 2, True, g)
+    logits = random_logits(env, g)
+    cov = gradient_covariance(env, logits, "on-policy", "grpo", 2)
+    for p in range(3):
+        alone = TreeMDP(env.rewards[p:p + 1], 2, 2, True)
+        torch.testing.assert_close(
+            cov[p], gradient_covariance(alone, logits[p:p + 1], "on-policy", "grpo", 2),
+            rtol=1e-12, atol=1e-14)
+    assert float((cov[0] - cov[1]).abs().max()) > 1e-3
+
+
+def test_the_covariance_is_positive_semidefinite_with_the_softmax_null_direction():
+    """Cov is symmetric PSD, and every gradient of a softmax's logits sums to 0, so the all-ones
+    direction has zero variance; with P prompts the result is [P, D, D]."""
+    env = SoftmaxBandit(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.2]], dtype=torch.float64))
+    logits = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cov = gradient_covariance(env, logits, "on-policy", "grpo", 3)
+    assert cov.shape == (2, 3, 3)
+    torch.testing.assert_close(cov, cov.transpose(1, 2), rtol=0, atol=1e-15)
+    eig = torch.linalg.eigvalsh(cov)
+    assert (eig > -1e-14).all() and (eig[:, -1] > 1e-3).all()
+    ones = torch.ones(3, dtype=torch.float64)
+    assert float((ones @ cov @ ones).abs().max()) < 1e-14
+
+
+def test_the_covariance_matches_the_sample_covariance_of_sampled_groups():
+    """20,000 sampled groups: each entry of the sample covariance within 5 standard errors of
+    the exact one (the standard error of a covariance entry estimated from the fourth moments
+    of the same samples)."""
+    g = torch.Generator().manual_seed(1)
+    env = SoftmaxBandit(torch.tensor([[1.0, 0.0, 0.3, 0.0]], dtype=torch.float64))
+    logits = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    mu = torch.softmax(torch.randn(1, 4, generator=g, dtype=torch.float64), dim=1)
+    exact = gradient_covariance(env, logits, mu, "rec-oneside-nois", 4)
+    batch = sample_groups(mu, 4, 20_000, torch.Generator().manual_seed(2))
+    grads = group_gradients(env, logits, batch, mu, "rec-oneside-nois").reshape(-1, 4)
+    centred = grads - grads.mean(0)
+    products = centred.unsqueeze(2) * centred.unsqueeze(1)  # [S, D, D]
+    sample = products.mean(0)
+    stderr = products.std(0) / len(grads) ** 0.5
+    assert ((sample - exact).abs() <= 5 * stderr + 1e-12).all()
+
+
+def test_bad_group_size_is_a_clear_error():
+    env = SoftmaxBandit(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="K must be"):
+        gradient_covariance(env, torch.zeros(1, 2, dtype=torch.float64), "on-policy", "grpo", 0)

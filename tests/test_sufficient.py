@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from simulator.aggregation import AGGREGATIONS
 from simulator.bandit import SoftmaxBandit
-from simulator.claims.registry import single_threaded
 from simulator.exact import ExpectedLoss, LossSetup, expected_gradient, expected_hessian
 from simulator.groups import accumulate
 from simulator.losses import LOSSES
@@ -31,12 +30,6 @@ from theory_tests.strategies import SEEDS, examples
 EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop")
 REWARDS = ("binary", "grades", "generic", "uniform")
 TOL = {"rtol": 1e-12, "atol": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_threaded():
-        yield
 
 
 def make_rewards(kind: str, shape: tuple[int, int], g: torch.Generator) -> torch.Tensor:
