@@ -89,9 +89,14 @@ def runs(request, tmp_path_factory):
                 if item.module is request.module and hasattr(item, "callspec")
                 and item.get_closest_marker("skip") is None]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # The folders are made here, in one thread: tmp_path_factory creates its base folder on
+    # first use, and two threads racing to do so made two bases ("... is not a normalized and
+    # relative path", seen once in a full run).
+    folders = {p["script"]: tmp_path_factory.mktemp(p["script"].removesuffix(".py"))
+               for p in selected}
 
     def run(script: str, flag: str) -> tuple[subprocess.CompletedProcess, Path]:
-        out = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        out = folders[script]
         done = subprocess.run([sys.executable, str(BENCHMARKS / script), flag, "--out", str(out)],
                               capture_output=True, text=True, timeout=900, check=False, env=env)
         return done, out
