@@ -95,16 +95,19 @@ def _metrics(out: TokenLoss, logp: Tensor, logp_old: Tensor, mask: Tensor,
                 for key, value in values.items()}
 
 
-def _resolve(loss: str | LossSetup, agg: str | None, norm_len: float | None,
-             hparams: dict[str, Any]) -> tuple[LossSpec, str, float | None, dict[str, Any]]:
-    """(spec, aggregation, norm_len, keywords) of a name or a ``LossSetup``; explicit wins."""
+def _resolve(loss: str | LossSetup, agg: str | None, norm_len: float | None, rows: str | None,
+             hparams: dict[str, Any]
+             ) -> tuple[LossSpec, str, float | None, str, dict[str, Any]]:
+    """(spec, aggregation, norm_len, rows, keywords) of a name or a ``LossSetup``; an explicit
+    option wins over the setup's."""
     if isinstance(loss, LossSetup):
         agg = loss.agg if agg is None else agg
         norm_len = loss.norm_len if norm_len is None else norm_len
+        rows = loss.rows if rows is None else rows
         hparams = {**loss.hparams, **hparams}
         loss = loss.loss
     spec = LOSSES[loss]
-    return spec, spec.agg if agg is None else agg, norm_len, hparams
+    return spec, spec.agg if agg is None else agg, norm_len, rows or "all", hparams
 
 
 def policy_loss(
@@ -116,7 +119,7 @@ def policy_loss(
     *,
     agg: str | None = None,
     norm_len: float | None = None,
-    rows: str = "all",
+    rows: str | None = None,
     denominator: float | Tensor | None = None,
     token_weights: Tensor | None = None,
     validate: bool = True,
@@ -137,7 +140,8 @@ def policy_loss(
         norm_len: the constant length of ``seq-mean-token-sum-norm`` (required there: the
             maximum completion length, as Dr.GRPO and TRL; never the padded width).
         rows: "all" (divide per-sequence modes by B, as TRL and Trinity-RFT) or "valid" (by
-            the rows with a valid token, verl's single-process ``agg_loss``).
+            the rows with a valid token, verl's single-process ``agg_loss``); ``None``: the
+            setup's, else "all".
         denominator: divide by this count instead of the batch's own (the global number of
             valid tokens or rows when this batch is a micro-batch or one process's share).
         token_weights: [B, T] non-negative constants multiplying each token's loss before
@@ -154,7 +158,7 @@ def policy_loss(
         clip apart), ``approx_kl`` (mean of log π_old − log π), ``ppo_kl`` (verl's: the same with
         δ clamped to ±20), ``ratio_mean``, plus loss-specific ones, all detached scalars.
     """
-    spec, mode, norm_len, hparams = _resolve(name, agg, norm_len, hparams)
+    spec, mode, norm_len, rows, hparams = _resolve(name, agg, norm_len, rows, hparams)
     check_options(mode, norm_len, rows)  # before any work: a missing norm_len fails here
     dtype = numerics.output_dtype(require_float_tensor("logp", logp).dtype)
     logp, logp_old, advantages, mask = _prepare_inputs(logp, logp_old, advantages, mask, validate)
@@ -193,7 +197,7 @@ class GroupLosses(NamedTuple):
 
 def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantages: Tensor,
                  mask: Tensor, *, agg: str | None = None, norm_len: float | None = None,
-                 rows: str = "all", **hparams: Any) -> GroupLosses:
+                 rows: str | None = None, **hparams: Any) -> GroupLosses:
     """``policy_loss(name, ...)`` of every group at once: [G, K, T] inputs give [G] values.
 
     Group g's loss is exactly what ``policy_loss`` returns on the [K, T] batch of group g
@@ -202,7 +206,7 @@ def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantag
     checks are skipped, which is what makes the exact simulator's enumeration of thousands of
     groups per step cheap. ``advantages`` is [G, K] or [G, K, T]. Values are float64.
     """
-    spec, mode, norm_len, hparams = _resolve(name, agg, norm_len, hparams)
+    spec, mode, norm_len, rows, hparams = _resolve(name, agg, norm_len, rows, hparams)
     require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
     check_options(mode, norm_len, rows)
     shape = logp.shape

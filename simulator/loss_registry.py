@@ -28,13 +28,14 @@ import torch
 from torch import Tensor
 
 from simulator.advantages import advantage_kind, shaped_advantages
-from simulator.aggregation import AGGREGATIONS, norm_len_for
+from simulator.aggregation import AGGREGATIONS, ROW_COUNTS, norm_len_for
 from simulator.validation import Registry, require_choice, unknown_name_message
 
 __all__ = ["LOSSES", "RESERVED", "LossFn", "LossOutput", "LossRegistry", "LossSetup", "LossSpec",
            "TokenLoss", "register_loss", "register_preset"]
 
-SETUP_FIELDS: tuple[str, ...] = ("advantage", "advantage_kwargs", "agg", "norm_len", "anchor")
+SETUP_FIELDS: tuple[str, ...] = ("advantage", "advantage_kwargs", "agg", "norm_len", "rows",
+                                  "anchor")
 """``LossSetup``'s fields besides the loss name and its keywords."""
 RESERVED: frozenset[str] = frozenset((
     *SETUP_FIELDS, "loss", "name", "hparams", "rows", "denominator", "token_weights",
@@ -131,8 +132,10 @@ LOSSES: LossRegistry = LossRegistry()
 @dataclasses.dataclass(frozen=True)
 class LossSetup:
     """Which loss and how one run feeds it: the loss's keywords (``hparams``), an advantage
-    override with its options, the aggregation, ``norm_len`` and an anchor policy (the exact
-    engines' ``logp_old`` source). ``None`` means the loss preset's own choice."""
+    override with its options, the aggregation, ``norm_len``, which rows a per-sequence mode
+    counts (``rows``: "all" or "valid"; on the exact testbeds every response has a token, so
+    the two agree there) and an anchor policy (the exact engines' ``logp_old`` source).
+    ``None`` means the loss preset's own choice ("all" for ``rows``)."""
 
     loss: str
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -140,6 +143,7 @@ class LossSetup:
     advantage_kwargs: Mapping[str, Any] | None = None
     agg: str | None = None
     norm_len: float | None = None
+    rows: str | None = None
     anchor: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -148,6 +152,8 @@ class LossSetup:
             advantage_kind(self.advantage, "advantage")
         if self.agg is not None:
             require_choice("agg", self.agg, AGGREGATIONS)
+        if self.rows is not None:
+            require_choice("rows", self.rows, ROW_COUNTS)
 
     @classmethod
     def from_keywords(cls, loss: str, /, **options: Any) -> LossSetup:
@@ -186,8 +192,10 @@ class LossSetup:
         return self.spec.advantages(rewards, generator, kind=kind, options=options)
 
     def call_options(self, max_len: float) -> dict[str, Any]:
-        """``policy_loss``'s ``agg``, ``norm_len`` and the loss keywords, as one mapping."""
-        return {"agg": self.agg, "norm_len": self.length_for(max_len), **self.hparams}
+        """``policy_loss``'s ``agg``, ``norm_len``, ``rows`` and the loss keywords, as one
+        mapping."""
+        return {"agg": self.agg, "norm_len": self.length_for(max_len),
+                "rows": self.rows or "all", **self.hparams}
 
 
 def _refuse_reserved(name: str, fn: LossFn) -> None:

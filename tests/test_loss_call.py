@@ -336,6 +336,30 @@ def test_loss_setup_sorts_keywords_once_and_feeds_policy_loss():
         LossSetup.from_keywords("dr-grpo", eps_hihg=0.3)
 
 
+def test_loss_setup_carries_which_rows_a_sequence_mode_counts():
+    """rows="valid" divides a per-sequence mode by the rows that have a valid token (verl's
+    single-process agg_loss): with one fully masked row of B, the seq-mean loss is B/(B − 1) of
+    rows="all"'s. A LossSetup carries it to policy_loss and group_losses, an explicit rows
+    wins, and a value other than "all"/"valid" is refused naming rows."""
+    from simulator.losses import LossSetup, group_losses
+
+    logp, logp_old, adv, mask = tiny()
+    mask = mask.clone()
+    mask[-1] = False
+    rows = mask.shape[0]
+    every = policy_loss("grpo", logp, logp_old, adv, mask, rows="all").loss
+    valid = policy_loss("grpo", logp, logp_old, adv, mask, rows="valid").loss
+    assert torch.allclose(valid, every * rows / (rows - 1), rtol=1e-6)
+    setup = LossSetup.from_keywords("grpo", rows="valid")
+    assert setup.rows == "valid" and dict(setup.hparams) == {}
+    assert torch.equal(policy_loss(setup, logp, logp_old, adv, mask).loss, valid)
+    assert torch.equal(policy_loss(setup, logp, logp_old, adv, mask, rows="all").loss, every)
+    grouped = group_losses(setup, logp[None], logp_old[None], adv[None], mask[None]).loss
+    assert torch.allclose(grouped, valid.double(), rtol=1e-6)
+    with pytest.raises(ValueError, match="rows must be one of"):
+        LossSetup("grpo", rows="some")
+
+
 def test_the_norm_len_rule():
     """Under seq-mean-token-sum-norm: the caller's norm_len, else the maximum completion
     length; under any other mode the caller's value passes through (policy_loss refuses it)."""
