@@ -60,3 +60,10 @@ def test_every_relative_link_of_the_readme_exists():
     assert local, "the README links to its docs"
     missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing, f"README links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README))))
+def test_every_python_snippet_of_the_readme_runs(index):
+    """Each ```python block of the README runs as printed, on its own."""
+    block = re.findall(r"```python\n(.*?)```", README, flags=re.S)[index]
+    exec(compile(block, f"README.md python block {index}", "exec"), {})
