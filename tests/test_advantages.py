@@ -123,7 +123,7 @@ def test_logavgexp_tends_to_the_mean_for_large_tau_and_to_the_max_for_small_tau(
 
 
 def looped_red_drop(rewards, scores):
-    """Naive twin of the seed's RED-Drop: per group, positives r ≥ r̄, negatives r < r̄ (at the
+    """Naive twin of the released RED-Drop: per group, positives r ≥ r̄, negatives r < r̄ (at the
     mean within round-off counts as positive); order the negatives by the same random scores,
     keep the first #positives of them, re-centre on the kept samples."""
     adv = torch.zeros_like(rewards)
@@ -465,8 +465,8 @@ def test_red_drop_tie_at_the_mean_changes_how_many_are_dropped():
 
 
 def test_red_drop_keeps_dropped_tokens_in_the_count_by_default():
-    """The seed's RED-Drop sets a dropped sample's advantage to 0 but leaves its action mask:
-    keep is all True unless mask_dropped=True."""
+    """The released RED-Drop (Trinity-RFT) sets a dropped sample's advantage to 0 but leaves
+    its action mask: keep is all True unless mask_dropped=True."""
     r = rewards([[1.0, 0.0, 0.0, 0.0]])
     adv, keep = red_drop(r, torch.Generator().manual_seed(0))
     assert keep.all() and int((adv == 0).sum()) == 2

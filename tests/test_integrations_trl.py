@@ -324,7 +324,7 @@ def test_advantages_follow_the_preset_and_red_drop_masks_dropped_samples(tmp_pat
     kept = torch.nonzero(keep[:4]).flatten()
     torch.testing.assert_close(adv[kept], torch.tensor([0.5, -0.5], dtype=torch.float64))
     assert torch.all(adv[:4][~keep[:4]] == 0)
-    seeds = trainer(tmp_path / "seed", grlab_loss="red-drop")  # the seed's: dropped stay counted
+    seeds = trainer(tmp_path / "seed", grlab_loss="red-drop")  # as released: dropped stay counted
     assert bool(seeds.grlab_advantages(rewards, num_generations=4)[1].all())
     mean_std = trainer(tmp_path / "grpo", grlab_loss="grpo").grlab_advantages(rewards, 4)[0]
     expected = group_advantages(rewards.view(2, 4).double(), "mean-std",

@@ -398,7 +398,7 @@ def test_red_drop_balances_negatives_and_recentres_on_the_kept_samples():
     for group in "abc":
         rows = np.flatnonzero(index == group)
         r, a = scores[rows], per_response[rows]
-        negative = r < r.mean()  # the seed's rule: every other sample counts as positive
+        negative = r < r.mean()  # Trinity's rule: every other sample counts as positive
         kept = (a != 0) | ~negative
         assert int((negative & kept).sum()) == min(int((~negative).sum()), int(negative.sum()))
         if kept.any():

@@ -232,7 +232,7 @@ def test_rec_advantage_weight_temperature():
 
 
 def test_rec_k2_regularizer():
-    """ℓ = −M·A·log π + c·δ² (the seed's k2: Kimi's ½ absorbed into c), one-side NoIS, c = 0.1;
+    """ℓ = −M·A·log π + c·δ² (Trinity's k2: Kimi's ½ absorbed into c), one-side NoIS, c = 0.1;
     the penalty is not masked by the clip (Trinity-RFT 0.6.0, rec_policy_loss.py).
 
     S = (log 4)² + (log 1.5)² + (log 1.1)² + (log 0.5)² + (log 0.25)² per row, two rows:
@@ -250,7 +250,7 @@ def test_rec_k2_regularizer():
 
 
 def test_rec_forward_kl_regularizer():
-    """R = −log π (the seed's forward-kl), c = 0.5: penalty total = −0.5·(log 0.0264 +
+    """R = −log π (Trinity's forward-kl), c = 0.5: penalty total = −0.5·(log 0.0264 +
     log 0.001584) (the rows' Σ log π).
 
     loss = log(1.2)/10 − 0.5·(log 0.0264 + log 0.001584)/10; grad = one-side NoIS grad − 0.5/10
@@ -262,7 +262,7 @@ def test_rec_forward_kl_regularizer():
 
 
 def test_red_drop_preset_loss_is_unclipped_reinforce():
-    """``red-drop`` is the seed's RED-Drop config: unclipped REINFORCE after the drop (its
+    """``red-drop`` is the paper's released RED-Drop config: unclipped REINFORCE after the drop (its
     difference is the advantage kind): −(log 0.0264 − log 0.001584)/10."""
     value, grad, _ = run("red-drop", main_batch())
     assert value == approx(-(log(0.0264) - log(0.001584)) / 10)

@@ -1,4 +1,4 @@
-"""Parity with the seed paper's code, Trinity-RFT 0.6.0 (trinity/algorithm/, read from the wheel).
+"""Parity with the paper's code, Trinity-RFT 0.6.0 (trinity/algorithm/, read from the wheel).
 
 Each ``trinity_*`` function below is a small reference written from Trinity-RFT's own
 definition (the file is named in its docstring), independent of grlab's code path. The tests
@@ -233,7 +233,7 @@ def test_a_lone_response_is_where_grlab_deliberately_differs():
 
 
 def test_red_drop_gives_the_seeds_balance_on_binary_groups():
-    """With binary rewards every negative is a 0, so which negatives the seed drops does not
+    """With binary rewards every negative is a 0, so which negatives Trinity drops does not
     change the numbers: #pos = #(r ≥ r̄), the surplus negatives get A = 0, the kept samples
     r − r̄_kept, and every token stays in the loss's count (action_mask untouched)."""
     rewards = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]],

@@ -122,7 +122,7 @@ def test_trls_scale_rewards_are_grlab_advantage_kinds(scale_rewards):
 
 
 def test_grlabs_default_std_is_not_trls():
-    """grlab's mean-std default (population std + 1e-6, the seed's REC convention) differs
+    """grlab's mean-std default (population std + 1e-6, the paper's REC configs' convention) differs
     from TRL's (sample std + 1e-4): the keyword pair above is needed to match TRL."""
     rewards = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
     assert not torch.allclose(group_advantages(rewards, "mean-std"),

@@ -197,7 +197,7 @@ _LOSS_MUTANTS = [
     _m("k2-regularizer-half", LOSSES,
        "return finite(_log_ratio(logp, logp_old) ** 2)",
        "return finite(0.5 * _log_ratio(logp, logp_old) ** 2)",
-       "REC's k2 regulariser with Kimi's ½ (the seed absorbs it into reg_coef)",
+       "REC's k2 regulariser with Kimi's ½ (Trinity absorbs it into reg_coef)",
        f"{LOSS_VALUES}::test_rec_k2_regularizer"),
     _m("kimi-sequence-penalty-no-half", LOSSES,
        "penalty = spread_over_tokens(mul(0.5 * tau, finite(seq**2)), mask)",
