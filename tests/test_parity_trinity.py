@@ -315,3 +315,49 @@ def test_the_advantage_references_are_trinitys_own():
     torch.testing.assert_close(run(RECGroupedAdvantage(std_normalize=True)),
                                trinity_rec_advantage(rewards.double(), True), rtol=1e-6,
                                atol=1e-7)
+
+
+# ------------------------------------------------ defaults of the same name that differ from grlab
+
+
+def _trinity_rec_default(clip_mode: str | None = None):
+    """Trinity's own RECPolicyLossFn with its defaults (only ``clip_mode`` given, if any):
+    value and gradient on the parity batch."""
+    module = _trinity()
+    fn = module.POLICY_LOSS_FN.get("rec")(**({} if clip_mode is None else
+                                              {"clip_mode": clip_mode}))
+    logp, old, adv, mask = parity_batch()
+    leaf = logp.clone().requires_grad_(True)
+    value, _ = fn(logprob=leaf, old_logprob=old, action_mask=mask.to(logp.dtype),
+                  advantages=adv.unsqueeze(-1).expand_as(logp))
+    return value.detach(), torch.autograd.grad(value, leaf)[0]
+
+
+def _grlab_rec(**keywords):
+    logp, old, adv, mask = parity_batch()
+    leaf = logp.clone().requires_grad_(True)
+    value = policy_loss("rec", leaf, old, adv, mask, agg="token-mean", **keywords).loss
+    return value.detach(), torch.autograd.grad(value, leaf)[0]
+
+
+def test_trinitys_rec_defaults_to_no_clip_and_a_narrow_ring_grlab_keywords_restore_both():
+    """Trinity-RFT 0.6.0 ``RECPolicyLossFn()`` (rec_policy_loss.py) defaults to
+    ``clip_mode="none"`` and ring ε′ = (0.4, 0.4); grlab's ``rec`` defaults to the one-side
+    clip and ring ε′ = (0.6, 2.0) (the paper's widened values). ``clip="none"`` and
+    ``eps_low_prime=0.4, eps_high_prime=0.4`` give Trinity's defaults (docs/conventions.md).
+    The test fails if either side's default changes. Trinity's masked_mean adds 1e-8 to the
+    token count N ≥ 1, so values and gradients agree to a relative 1e-8, not to rounding."""
+    trinity_value, trinity_grad = _trinity_rec_default()
+    ours_value, _ = _grlab_rec()
+    restored_value, restored_grad = _grlab_rec(clip="none")
+    assert float(restored_value) == pytest.approx(float(trinity_value), rel=1e-8)
+    torch.testing.assert_close(restored_grad, trinity_grad, rtol=1e-8, atol=1e-15)
+    assert abs(float(ours_value) - float(trinity_value)) > 1e-3  # the defaults differ
+
+    ring_value, ring_grad = _trinity_rec_default("ring")
+    ours_ring, _ = _grlab_rec(clip="ring")
+    restored_ring, restored_ring_grad = _grlab_rec(clip="ring", eps_low_prime=0.4,
+                                                   eps_high_prime=0.4)
+    assert float(restored_ring) == pytest.approx(float(ring_value), rel=1e-8)
+    torch.testing.assert_close(restored_ring_grad, ring_grad, rtol=1e-8, atol=1e-15)
+    assert abs(float(ours_ring) - float(ring_value)) > 1e-6

@@ -127,3 +127,24 @@ def test_grlabs_default_std_is_not_trls():
     rewards = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
     assert not torch.allclose(group_advantages(rewards, "mean-std"),
                               trl_advantages(rewards, "group"))
+
+
+def test_trls_dapo_clips_at_epsilon_unless_epsilon_high_is_set():
+    """TRL 1.16's ``GRPOConfig`` leaves ``epsilon_high=None`` and the trainer then uses
+    ``epsilon`` (0.2) for the upper clip (grpo_trainer.py: ``args.epsilon_high if ... is not
+    None else args.epsilon``), whatever ``loss_type``; so TRL's default ``loss_type="dapo"``
+    clips at 0.2/0.2. grlab's ``dapo`` follows the DAPO paper, ε_high = 0.28;
+    ``eps_high=0.2`` gives TRL's default (docs/conventions.md). Fails if either default moves."""
+    import dataclasses
+
+    trl = pytest.importorskip("trl")
+    from simulator.losses import LOSSES
+
+    fields = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)}
+    assert (fields["epsilon"], fields["epsilon_high"]) == (0.2, None)
+    assert LOSSES["dapo"].defaults()["eps_high"] == 0.28
+    logp, old, adv, mask = parity_batch()
+    trl_default = trl_loss(logp, old, adv, mask, "dapo", eps_low=0.2, eps_high=0.2)[0]
+    restored = policy_loss("dapo", logp, old, adv, mask, eps_high=0.2).loss
+    assert float(restored) == pytest.approx(float(trl_default), rel=1e-12)
+    assert abs(float(policy_loss("dapo", logp, old, adv, mask).loss) - float(trl_default)) > 1e-4
