@@ -53,9 +53,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from simulator.files import CorruptFileError, atomic_write, load_torch, output_dir
+from simulator.files import (
+    CorruptFileError,
+    atomic_torch_save,
+    load_torch,
+    output_dir,
+)
 
 __all__ = ["CHECKPOINT", "METRICS", "PLOT", "PREVIOUS", "RUN_FILES", "Progress", "Resumed",
            "RunWriteError", "TrainingInterrupted", "check_out", "check_resumable",
@@ -126,31 +131,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint_step = step, checkpoint_step
 
 
-class _Recording:
-    """A binary file that remembers the ``OSError`` its writes raised: torch's zip writer
-    swallows it and reports "unexpected pos" instead."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle, self.error = handle, None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.handle.write(data)
-        except OSError as error:
-            self.error = error
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def _reason(error: BaseException, recorded: OSError | None = None) -> str:
+def _reason(error: OSError) -> str:
     """The underlying reason of a failed write, in words ("no space left on device")."""
-    cause = recorded or (error if isinstance(error, OSError) else None)
-    if cause is not None and cause.strerror:
-        return cause.strerror[0].lower() + cause.strerror[1:]
-    if cause is not None:
-        return str(cause) or type(cause).__name__
+    if error.strerror:
+        return error.strerror[0].lower() + error.strerror[1:]
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -165,19 +149,6 @@ def writing(folder: Path) -> Iterator[None]:
         raise RunWriteError(folder, _reason(error)) from error
 
 
-def _torch_save(state: dict[str, Any], path: Path) -> None:
-    import torch
-
-    with atomic_write(path, "wb") as handle:
-        recording = _Recording(handle)
-        try:
-            torch.save(state, recording)
-        except RuntimeError as error:  # torch's zip writer hides the OSError of the file
-            if recording.error is None:
-                raise
-            raise RunWriteError(path.parent, _reason(error, recording.error)) from error
-
-
 def save_checkpoint(folder: Path, state: dict[str, Any], *, keep_current: bool = True,
                     keep_previous: bool = True) -> Path:
     """Write ``folder/checkpoint.pt`` atomically; the checkpoint it replaces becomes
@@ -188,7 +159,7 @@ def save_checkpoint(folder: Path, state: dict[str, Any], *, keep_current: bool =
     with writing(folder):
         if keep_previous and keep_current and current.is_file():
             os.replace(current, previous)
-        _torch_save(state, current)
+        atomic_torch_save(state, current)  # a failed write is the file's OSError
         if not keep_previous:
             with contextlib.suppress(FileNotFoundError):
                 previous.unlink()

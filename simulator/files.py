@@ -118,11 +118,38 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+class _Recording:
+    """A binary file that remembers the ``OSError`` its writes raised: torch's zip writer
+    swallows it and reports "unexpected pos ..." instead."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` through ``atomic_write``. A write that fails (a full disk) is the
+    ``OSError`` of the file, with ``path`` as its filename, not torch's RuntimeError."""
     import torch
 
     with atomic_write(path, "wb") as handle:
-        torch.save(obj, handle)
+        recording = _Recording(handle)
+        try:
+            torch.save(obj, recording)
+        except RuntimeError:
+            if recording.error is None:
+                raise
+            error = recording.error
+            raise OSError(error.errno, error.strerror, str(path)) from error
     return Path(path)
 
 

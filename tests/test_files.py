@@ -20,6 +20,7 @@ from simulator.files import (
     load_torch,
     output_dir,
 )
+from tests.full_disk import FullDisk
 
 matplotlib.use("Agg")
 
@@ -138,3 +139,22 @@ def test_current_umask_falls_back_where_proc_cannot_tell(monkeypatch, umask):
     assert current_umask() == 0o037
     monkeypatch.setattr(files, "_IMPORT_UMASK", 0o077)  # as read at import off Linux
     assert current_umask() == 0o077
+
+
+def test_a_torch_save_on_a_full_disk_is_the_files_oserror_and_leaves_nothing(
+        tmp_path, monkeypatch):
+    """torch's zip writer swallows the file's OSError and raises "unexpected pos ...";
+    ``atomic_torch_save`` reports the file's own error (ENOSPC, naming the path) — what the
+    lab's cache and the bridge's checkpoints both write through — and leaves no file."""
+    import errno
+
+    real = os.fdopen
+    def fdopen(fd, mode="r", *args, **kwargs):
+        return FullDisk(real(fd, mode, *args, **kwargs), room=10_000)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    target = tmp_path / "big.pt"
+    with pytest.raises(OSError) as caught:
+        files.atomic_torch_save({"x": torch.zeros(100_000)}, target)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,7 @@ from llm_bridge import cli, distributed, runs
 from llm_bridge.models import char_tokenizer, tiny_model
 from llm_bridge.tasks import TreeTask
 from llm_bridge.trainer import TrainConfig, train
+from tests.full_disk import FullDisk
 
 TINY = ("--model", "tiny", "--task", "tree", "--device", "cpu", "--eval-every", "100",
         "--eval-prompts", "2")
@@ -61,30 +62,6 @@ def _same_parameters(a, b) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class _FullDisk:
-    """A file of a full disk: writes succeed up to ``room`` bytes, then raise ENOSPC (as the
-    kernel does); everything else is the real file's."""
-
-    def __init__(self, handle, room: int) -> None:
-        self.handle, self.room = handle, room
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if size > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= size
-        return self.handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self.handle.__exit__(*exc)
-
-
 def _fill_disk_after(monkeypatch, checkpoints: int) -> None:
     """The disk is full from the ``checkpoints + 1``-th checkpoint on: its temporary file gets
     10 kB (torch then reports "unexpected pos", not the OSError)."""
@@ -96,7 +73,7 @@ def _fill_disk_after(monkeypatch, checkpoints: int) -> None:
         if name.startswith(".checkpoint.pt."):
             seen.append(name)
             if len(seen) > checkpoints:
-                return _FullDisk(handle, room=10_000)
+                return FullDisk(handle, room=10_000)
         return handle
 
     monkeypatch.setattr(os, "fdopen", fdopen)
