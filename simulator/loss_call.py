@@ -25,6 +25,7 @@ from torch import Tensor
 
 from simulator import numerics
 from simulator.aggregation import aggregate, check_options, masked_mean
+from simulator.corrections import Correction, CorrectionInputs, apply_corrections, as_corrections
 from simulator.loss_registry import LOSSES, LossOutput, LossSetup, LossSpec, TokenLoss
 from simulator.numerics import PEER_LOG_RATIO_CLAMP, finite, mul
 from simulator.validation import (
@@ -95,19 +96,74 @@ def _metrics(out: TokenLoss, logp: Tensor, logp_old: Tensor, mask: Tensor,
                 for key, value in values.items()}
 
 
+class _Call(NamedTuple):
+    spec: LossSpec
+    agg: str
+    norm_len: float | None
+    rows: str
+    corrections: tuple[Correction, ...]
+    hparams: dict[str, Any]
+
+
 def _resolve(loss: str | LossSetup, agg: str | None, norm_len: float | None, rows: str | None,
-             hparams: dict[str, Any]
-             ) -> tuple[LossSpec, str, float | None, str, dict[str, Any]]:
-    """(spec, aggregation, norm_len, rows, keywords) of a name or a ``LossSetup``; an explicit
-    option wins over the setup's."""
+             corrections: Any, hparams: dict[str, Any]) -> _Call:
+    """What a name or a ``LossSetup`` means for one call: an explicit option wins over the
+    setup's; corrections add up (the preset's, the setup's, the call's)."""
+    extra = as_corrections(corrections)
     if isinstance(loss, LossSetup):
         agg = loss.agg if agg is None else agg
         norm_len = loss.norm_len if norm_len is None else norm_len
         rows = loss.rows if rows is None else rows
         hparams = {**loss.hparams, **hparams}
+        extra = (*loss.corrections, *extra)
         loss = loss.loss
     spec = LOSSES[loss]
-    return spec, spec.agg if agg is None else agg, norm_len, rows or "all", hparams
+    return _Call(spec, spec.agg if agg is None else agg, norm_len, rows or "all",
+                 (*spec.corrections, *extra), hparams)
+
+
+def _optional_input(name: str, value: Tensor | None, mask: Tensor, validate: bool
+                    ) -> Tensor | None:
+    """An extra [B, T] input (``logp_rollout``, ``logp_ref``, ``entropy``): checked like
+    ``logp_old``, masked positions 0, float64. ``entropy`` keeps its gradient (an entropy
+    bonus trains through it); the log-probs are constants."""
+    if value is None:
+        return None
+    value = require_float_tensor(name, value)
+    if tuple(value.shape) != tuple(mask.shape):
+        raise ValueError(f"{name} must have the shape of logp {tuple(mask.shape)}, "
+                         f"got {tuple(value.shape)}")
+    require_same_device(**{name: value, "mask": mask})
+    if validate:
+        require_finite(name, value, mask)
+    value = value if name == "entropy" else value.detach()
+    return torch.where(mask, value.to(torch.float64), value.new_zeros((), dtype=torch.float64))
+
+
+class _Corrected(NamedTuple):
+    loss_mask: Tensor
+    weight: Tensor | None
+    penalty: Tensor | None
+    tensors: dict[str, Tensor | None]
+    metrics: dict[str, Tensor]
+
+
+def _corrected(call: _Call, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
+               extra: dict[str, Tensor | None], validate: bool) -> _Corrected:
+    """The corrections' combined stage and the extra tensors the loss reads; nothing runs (and
+    nothing changes) when there is no correction and no extra tensor."""
+    tensors = {name: _optional_input(name, value, mask, validate) for name, value in extra.items()}
+    if not call.corrections:
+        return _Corrected(mask, None, None, tensors, {})
+    rollout = tensors["logp_rollout"]
+    inputs = CorrectionInputs(logp, logp_old, logp_old if rollout is None else rollout,
+                              advantages, mask, tensors["logp_ref"], tensors["entropy"])
+    applied = apply_corrections(call.corrections, inputs)
+    if validate and not bool(applied.loss_mask.any()):
+        raise ValueError("the corrections removed every token from the batch (the corrections: "
+                         f"{', '.join(map(str, call.corrections))})")
+    return _Corrected(applied.loss_mask, applied.weight, applied.penalty, tensors,
+                      applied.metrics)
 
 
 def policy_loss(
@@ -122,6 +178,10 @@ def policy_loss(
     rows: str | None = None,
     denominator: float | Tensor | None = None,
     token_weights: Tensor | None = None,
+    logp_rollout: Tensor | None = None,
+    corrections: Any = None,
+    logp_ref: Tensor | None = None,
+    entropy: Tensor | None = None,
     validate: bool = True,
     **hparams: Any,
 ) -> LossOutput:
@@ -131,7 +191,9 @@ def policy_loss(
         name: a key of ``LOSSES`` (a base loss or a preset; unknown names raise ``KeyError``),
             or a ``LossSetup`` (its ``agg``, ``norm_len`` and keywords; explicit ones win).
         logp: [B, T] log π_θ of the sampled tokens, with gradient.
-        logp_old: [B, T] log-probs under the behavior (rollout) policy; constants (detached).
+        logp_old: [B, T] log-probs under the old policy π_old (the proximal policy the loss's
+            ratio and clip are taken against: the trainer's recomputed log-probs); constants.
+            With one policy (no ``logp_rollout``) it is also the sampling policy μ.
         advantages: [B] (one per sequence) or [B, T]; already computed (see
             ``LOSSES[name].advantages(rewards)`` for the kind this loss expects); constants.
         mask: [B, T] bool or 0/1; False marks padding. Masked values never matter.
@@ -158,17 +220,33 @@ def policy_loss(
         clip apart), ``approx_kl`` (mean of log π_old − log π), ``ppo_kl`` (verl's: the same with
         δ clamped to ±20), ``ratio_mean``, plus loss-specific ones, all detached scalars.
     """
-    spec, mode, norm_len, rows, hparams = _resolve(name, agg, norm_len, rows, hparams)
-    check_options(mode, norm_len, rows)  # before any work: a missing norm_len fails here
+    call = _resolve(name, agg, norm_len, rows, corrections, hparams)
+    check_options(call.agg, call.norm_len, call.rows)  # before any work: norm_len fails here
     dtype = numerics.output_dtype(require_float_tensor("logp", logp).dtype)
     logp, logp_old, advantages, mask = _prepare_inputs(logp, logp_old, advantages, mask, validate)
-    out = spec(logp, logp_old, advantages, mask, **hparams)
-    per_token = finite(out.loss)
+    fixed = _corrected(call, logp, logp_old, advantages, mask,
+                       {"logp_rollout": logp_rollout, "logp_ref": logp_ref, "entropy": entropy},
+                       validate)
+    per_token, out = _token_loss(call, logp, logp_old, advantages, fixed)
     if token_weights is not None:
         per_token = mul(per_token, _check_token_weights(token_weights, mask, validate))
-    loss = aggregate(per_token, mask, mode, norm_len=norm_len, rows=rows,
-                     denominator=denominator)
-    return LossOutput(numerics.downcast(loss, dtype), _metrics(out, logp, logp_old, mask, dtype))
+    loss = aggregate(per_token, fixed.loss_mask, call.agg, norm_len=call.norm_len,
+                     rows=call.rows, denominator=denominator)
+    metrics = _metrics(out, logp, logp_old, fixed.loss_mask, dtype)
+    metrics.update((key, numerics.downcast(value, dtype)) for key, value in fixed.metrics.items())
+    return LossOutput(numerics.downcast(loss, dtype), metrics)
+
+
+def _token_loss(call: _Call, logp: Tensor, logp_old: Tensor, advantages: Tensor,
+                fixed: _Corrected) -> tuple[Tensor, TokenLoss]:
+    """The loss per token with the corrections applied: ℓ·w + penalty."""
+    out = call.spec(logp, logp_old, advantages, fixed.loss_mask, fixed.tensors, **call.hparams)
+    per_token = finite(out.loss)
+    if fixed.weight is not None:
+        per_token = mul(per_token, fixed.weight)
+    if fixed.penalty is not None:
+        per_token = finite(per_token + fixed.penalty)
+    return per_token, out
 
 
 def _check_token_weights(weights: Tensor, mask: Tensor, validate: bool) -> Tensor:
@@ -197,26 +275,33 @@ class GroupLosses(NamedTuple):
 
 def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantages: Tensor,
                  mask: Tensor, *, agg: str | None = None, norm_len: float | None = None,
-                 rows: str | None = None, **hparams: Any) -> GroupLosses:
+                 rows: str | None = None, logp_rollout: Tensor | None = None,
+                 corrections: Any = None, **hparams: Any) -> GroupLosses:
     """``policy_loss(name, ...)`` of every group at once: [G, K, T] inputs give [G] values.
 
     Group g's loss is exactly what ``policy_loss`` returns on the [K, T] batch of group g
     (every loss is computed row by row, and ``aggregate`` reduces each group on its own), and
     its clip fraction is that call's ``clipfrac`` metric; the other metrics and the value
     checks are skipped, which is what makes the exact simulator's enumeration of thousands of
-    groups per step cheap. ``advantages`` is [G, K] or [G, K, T]. Values are float64.
+    groups per step cheap. ``advantages`` is [G, K] or [G, K, T]; ``logp_rollout`` (μ) is
+    [G, K, T] like ``logp_old``, and ``corrections`` are ``policy_loss``'s (a correction that
+    normalises over the batch normalises over all G·K rows at once). Values are float64.
     """
-    spec, mode, norm_len, rows, hparams = _resolve(name, agg, norm_len, rows, hparams)
+    call = _resolve(name, agg, norm_len, rows, corrections, hparams)
     require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
-    check_options(mode, norm_len, rows)
+    check_options(call.agg, call.norm_len, call.rows)
     shape = logp.shape
     flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
     logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
-    out = spec(logp, logp_old, advantages, mask, **hparams)
-    mask = mask.reshape(shape)
-    loss = aggregate(finite(out.loss).reshape(shape), mask, mode, norm_len=norm_len, rows=rows)
+    rollout = None if logp_rollout is None else logp_rollout.reshape(-1, *shape[2:])
+    fixed = _corrected(call, logp, logp_old, advantages, mask,
+                       {"logp_rollout": rollout, "logp_ref": None, "entropy": None}, False)
+    per_token, out = _token_loss(call, logp, logp_old, advantages, fixed)
+    loss_mask = fixed.loss_mask.reshape(shape)
+    loss = aggregate(per_token.reshape(shape), loss_mask, call.agg, norm_len=call.norm_len,
+                     rows=call.rows)
     clipped = out.clipped.detach().reshape(shape).to(torch.float64)
-    return GroupLosses(loss, aggregate(clipped, mask, "token-mean"))
+    return GroupLosses(loss, aggregate(clipped, loss_mask, "token-mean"))
 
 
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,

@@ -29,17 +29,22 @@ from torch import Tensor
 
 from simulator.advantages import advantage_kind, shaped_advantages
 from simulator.aggregation import AGGREGATIONS, ROW_COUNTS, norm_len_for
-from simulator.validation import Registry, require_choice, unknown_name_message
+from simulator.corrections import Correction, as_corrections
+from simulator.validation import BoundFunction, Registry, require_choice
 
-__all__ = ["LOSSES", "RESERVED", "LossFn", "LossOutput", "LossRegistry", "LossSetup", "LossSpec",
-           "TokenLoss", "register_loss", "register_preset"]
+__all__ = ["LOSSES", "LOSS_INPUTS", "RESERVED", "LossFn", "LossOutput", "LossRegistry",
+           "LossSetup", "LossSpec", "TokenLoss", "register_loss", "register_preset"]
 
 SETUP_FIELDS: tuple[str, ...] = ("advantage", "advantage_kwargs", "agg", "norm_len", "rows",
-                                  "anchor")
+                                  "anchor", "corrections")
 """``LossSetup``'s fields besides the loss name and its keywords."""
+LOSS_INPUTS: tuple[str, ...] = ("logp_rollout", "logp_ref", "entropy")
+"""Tensors beyond (logp, logp_old, advantages, mask) a loss may read (``register_loss``'s
+``inputs``): μ's log-probs, a reference policy's, per-token entropy."""
 RESERVED: frozenset[str] = frozenset((
     *SETUP_FIELDS, "loss", "name", "hparams", "rows", "denominator", "token_weights",
-    "validate", "method", "generator", "advantages", "looped", "logp", "logp_old", "mask"))
+    "validate", "method", "generator", "advantages", "looped", "logp", "logp_old", "mask",
+    "logp_rollout", "logp_ref", "entropy", "rollout"))
 """Names a loss keyword may not take: ``LossSetup``'s fields and the options of
 ``policy_loss``, ``group_losses`` and the exact engines, which share a call with the keywords."""
 
@@ -70,16 +75,16 @@ LossFn = Callable[..., TokenLoss]
 
 
 @dataclasses.dataclass(frozen=True)
-class LossSpec:
+class LossSpec(BoundFunction):
     """A registered loss: a per-token function plus the data that make it a named algorithm.
 
     ``follows`` names the definition the name follows (a peer's file and version, or a paper);
     docs/conventions.md has the differences and the keywords that restore each peer.
+    ``inputs``: tensors beyond the four every loss gets that the function reads as keywords
+    (``logp_rollout``, μ's log-probs: M2PO). ``corrections``: those a preset binds
+    (decoupled PPO's IS weight); a caller's corrections are added to them.
     """
 
-    name: str
-    fn: LossFn
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     advantage: str = "mean"
     advantage_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     agg: str = "token-mean"
@@ -87,25 +92,21 @@ class LossSpec:
     base: str = ""
     summary: str = ""
     follows: str = ""
-
-    def defaults(self) -> dict[str, Any]:
-        """Every keyword this loss takes, with the value it gets when the caller says nothing."""
-        params = inspect.signature(self.fn).parameters.values()
-        found = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        return {**found, **self.hparams}
-
-    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """Bound values overridden by the caller's; an unknown keyword is a ``TypeError``."""
-        defaults = self.defaults()
-        unknown = sorted(set(overrides) - set(defaults))
-        if unknown:
-            message = unknown_name_message(f"keyword for loss {self.name!r}:", unknown[0], defaults)
-            raise TypeError(message)
-        return {**defaults, **overrides}
+    corrections: tuple[Correction, ...] = ()
+    kind: str = "loss"
 
     def __call__(self, logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor,
-                 **hparams: Any) -> TokenLoss:
-        return self.fn(logp, logp_old, adv, mask, **self.resolve(hparams))
+                 tensors: Mapping[str, Tensor | None] | None = None, **hparams: Any
+                 ) -> TokenLoss:
+        """The per-token loss; ``tensors`` holds the extra ``inputs`` the loss reads (a
+        missing one is a ValueError naming it)."""
+        extra = {}
+        for name in self.inputs:
+            value = (tensors or {}).get(name)
+            if value is None:
+                raise ValueError(f"loss {self.name!r} needs {name}: pass {name}=[B, T] tensor")
+            extra[name] = value
+        return self.fn(logp, logp_old, adv, mask, **extra, **self.resolve(hparams))
 
     def advantages(self, rewards: Tensor, generator: torch.Generator | None = None, *,
                    kind: str | None = None, options: Mapping[str, Any] | None = None
@@ -134,7 +135,8 @@ class LossSetup:
     """Which loss and how one run feeds it: the loss's keywords (``hparams``), an advantage
     override with its options, the aggregation, ``norm_len``, which rows a per-sequence mode
     counts (``rows``: "all" or "valid"; on the exact testbeds every response has a token, so
-    the two agree there) and an anchor policy (the exact engines' ``logp_old`` source).
+    the two agree there), an anchor policy (the exact engines' ``logp_old`` source, π_old,
+    apart from the sampling policy μ) and ``corrections`` (added to the preset's own).
     ``None`` means the loss preset's own choice ("all" for ``rows``)."""
 
     loss: str
@@ -145,9 +147,11 @@ class LossSetup:
     norm_len: float | None = None
     rows: str | None = None
     anchor: Tensor | None = None
+    corrections: tuple[Correction, ...] = ()
 
     def __post_init__(self) -> None:
         LOSSES[self.loss].resolve(self.hparams)  # unknown loss or keyword fails here
+        object.__setattr__(self, "corrections", as_corrections(self.corrections))
         if self.advantage is not None:
             advantage_kind(self.advantage, "advantage")
         if self.agg is not None:
@@ -191,16 +195,21 @@ class LossSetup:
         kind, options = self.advantage_kind()
         return self.spec.advantages(rewards, generator, kind=kind, options=options)
 
+    def all_corrections(self) -> tuple[Correction, ...]:
+        """The preset's corrections, then the caller's."""
+        return (*self.spec.corrections, *self.corrections)
+
     def call_options(self, max_len: float) -> dict[str, Any]:
-        """``policy_loss``'s ``agg``, ``norm_len``, ``rows`` and the loss keywords, as one
-        mapping."""
+        """``policy_loss``'s ``agg``, ``norm_len``, ``rows``, the caller's corrections and the
+        loss keywords, as one mapping."""
         return {"agg": self.agg, "norm_len": self.length_for(max_len),
-                "rows": self.rows or "all", **self.hparams}
+                "rows": self.rows or "all", "corrections": self.corrections, **self.hparams}
 
 
-def _refuse_reserved(name: str, fn: LossFn) -> None:
+def _refuse_reserved(name: str, fn: LossFn, inputs: tuple[str, ...] = ()) -> None:
     taken = sorted(p.name for p in inspect.signature(fn).parameters.values()
-                   if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in RESERVED)
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in RESERVED
+                   and p.name not in inputs)
     if taken:
         raise ValueError(f"loss {name!r} has keyword(s) {taken} named like a setup field or a "
                          f"call option of policy_loss and the exact engines; rename them "
@@ -208,16 +217,21 @@ def _refuse_reserved(name: str, fn: LossFn) -> None:
 
 
 def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean",
-                  summary: str = "", follows: str = "") -> Callable[[LossFn], LossFn]:
-    """Decorator: register a per-token loss function under ``name``."""
+                  summary: str = "", follows: str = "", inputs: tuple[str, ...] = ()
+                  ) -> Callable[[LossFn], LossFn]:
+    """Decorator: register a per-token loss function under ``name``. ``inputs``: extra
+    tensors it reads as keyword-only parameters, from ``LOSS_INPUTS``."""
     advantage_kind(advantage, "advantage")
     require_choice("agg", agg, AGGREGATIONS)
+    for item in inputs:
+        require_choice("inputs", item, LOSS_INPUTS)
 
     def decorate(fn: LossFn) -> LossFn:
-        _refuse_reserved(name, fn)
+        _refuse_reserved(name, fn, inputs)
         first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         LOSSES[name] = LossSpec(name=name, fn=fn, advantage=advantage, agg=agg, base=name,
-                                summary=summary or first_line, follows=follows)
+                                summary=summary or first_line, follows=follows,
+                                inputs=tuple(inputs))
         return fn
 
     return decorate
@@ -227,8 +241,9 @@ def register_preset(name: str, base: str, *, summary: str, follows: str = "",
                     advantage: str | None = None, agg: str | None = None,
                     drop_uniform_groups: bool = False,
                     advantage_kwargs: Mapping[str, Any] | None = None,
-                    **hparams: Any) -> LossSpec:
-    """Bind a registered loss to keyword values (and an advantage kind) under a new name."""
+                    corrections: Any = None, **hparams: Any) -> LossSpec:
+    """Bind a registered loss to keyword values (and an advantage kind, and corrections: a
+    name, ``Correction`` or a sequence of them) under a new name."""
     parent = LOSSES[base]
     parent.resolve(hparams)  # unknown keywords fail here, at import, not at first use
     if advantage is not None:
@@ -241,6 +256,7 @@ def register_preset(name: str, base: str, *, summary: str, follows: str = "",
         drop_uniform_groups=drop_uniform_groups, follows=follows or parent.follows,
         advantage_kwargs=dict(advantage_kwargs if advantage_kwargs is not None
                               else parent.advantage_kwargs),
+        corrections=(*parent.corrections, *as_corrections(corrections)),
     )
     LOSSES[name] = spec
     return spec

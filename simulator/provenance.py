@@ -48,9 +48,9 @@ __all__ = ["ENGINE_MODULES", "code_digest", "engine_digest", "function_digest",
 # this covers every simulator module `simulator.dynamics` imports); `experiments` and `reports`
 # map a curve onto `simulate`'s arguments.
 ENGINE_MODULES: tuple[str, ...] = (
-    "advantages", "aggregation", "bandit", "dynamics", "exact", "experiments", "groups", "kl",
-    "loss_call", "loss_registry", "losses", "numerics", "policies", "responses", "schedule",
-    "sufficient", "tree",
+    "advantages", "aggregation", "bandit", "corrections", "dynamics", "exact", "experiments",
+    "groups", "kl", "loss_call", "loss_registry", "losses", "numerics", "policies", "responses",
+    "schedule", "sufficient", "tree",
     "reports", "validation",
 )
 
@@ -59,7 +59,7 @@ _SIMULATOR = Path(__file__).resolve().parent
 
 @functools.cache
 def engine_digest() -> str:
-    """sha256 of grlab's and torch's versions and every ``ENGINE_MODULES`` file (once per
+    """sha256 of grlab's and torch's versions and every ``ENGINE_MODULES`` file or package (once per
     process: the files do not change under a running lab)."""
     import torch
 
@@ -67,7 +67,11 @@ def engine_digest() -> str:
 
     digest = hashlib.sha256(f"grlab {grlab.__version__}; torch {torch.__version__}".encode())
     for name in ENGINE_MODULES:
-        digest.update(name.encode() + b"\0" + (_SIMULATOR / f"{name}.py").read_bytes())
+        package = _SIMULATOR / name
+        files = sorted(package.glob("*.py")) if package.is_dir() else [_SIMULATOR / f"{name}.py"]
+        for path in files:  # a package: every module of it, in a fixed order
+            digest.update(path.relative_to(_SIMULATOR).as_posix().encode() + b"\0"
+                          + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -12,9 +12,11 @@ device→host sync (``isfinite(...).all()``) can be skipped by callers that trac
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -165,3 +167,34 @@ class Registry(dict):
         if name not in self:
             raise KeyError(unknown_name_message(self.kind, name, self))
         return name
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundFunction:
+    """A registered function with keyword values bound to it: what a loss and a correction
+    are (``simulator.loss_registry.LossSpec``, ``simulator.corrections.CorrectionSpec``).
+    ``kind`` names it in messages; ``inputs`` are keyword-only parameters that carry tensors
+    the caller supplies (never defaults a user sets)."""
+
+    name: str
+    fn: Callable[..., Any]
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    kind: str = "function"
+
+    def defaults(self) -> dict[str, Any]:
+        """Every keyword this function takes, with the value it gets when the caller says
+        nothing (the bound values over the signature's)."""
+        params = inspect.signature(self.fn).parameters.values()
+        found = {p.name: p.default for p in params
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in self.inputs}
+        return {**found, **self.hparams}
+
+    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Bound values overridden by the caller's; an unknown keyword is a ``TypeError``."""
+        defaults = self.defaults()
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise TypeError(unknown_name_message(f"keyword for {self.kind} {self.name!r}:",
+                                                 unknown[0], defaults))
+        return {**defaults, **overrides}

@@ -33,8 +33,9 @@ def test_every_mutant_changes_the_text_and_has_a_unique_name():
 def test_the_list_covers_the_issue_mutants_and_the_core_modules():
     assert {m.name for m in MUTANTS if m.issue} == ISSUE_MUTANTS
     covered = {m.path for m in MUTANTS}
-    assert {"simulator/losses.py", "simulator/aggregation.py", "simulator/advantages.py",
-            "simulator/exact.py", "simulator/numerics.py"} <= covered
+    assert {"simulator/losses/reinforce.py", "simulator/losses/clipped.py",
+            "simulator/aggregation.py", "simulator/advantages.py", "simulator/exact.py",
+            "simulator/numerics.py"} <= covered
     assert covered <= set(MODULE_TESTS)
     assert len(MUTANTS) >= 56
 
