@@ -315,7 +315,10 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: Prepared, set
     if not looped:
         return group_losses(setup.loss, *args, logp_rollout=prepared.logp_rollout, **options)
     rollout = prepared.logp_rollout
-    outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()),
+    # a group whose tokens the corrections all remove contributes 0, as in group_losses (a
+    # validated policy_loss refuses such a batch): with corrections the values go unchecked
+    checked = not setup.all_corrections()
+    outs = [policy_loss(setup.loss, *group, validate=checked and bool(group[-1].any()),
                         logp_rollout=None if rollout is None else rollout[g], **options)
             for g, group in enumerate(zip(*args, strict=True))]
     return GroupLosses(torch.stack([out.loss for out in outs]),
