@@ -299,6 +299,9 @@ def simulate(
         setup: a full ``LossSetup``, or a registered loss name; then ``hparams`` are the loss's
             keywords, plus LossSetup's own fields by name (``advantage``, ``advantage_kwargs``,
             ``agg``, ``norm_len``) to override how the loss is fed.
+        schedules: which policy produced each step's data (``Schedule``); one with a
+            mismatched sampler (``rollout_temperature``, ``rollout_noise``) draws the groups
+            from μ and takes the loss's ratio against π_old = the schedule's policy.
         groups: "expected" (the exact expected update over groups of ``group_size`` drawn from
             the behavior policy) or "sampled" (``groups_per_prompt`` groups per prompt and
             step, drawn with a generator seeded by ``sample_seed``).

@@ -33,7 +33,14 @@ Design decisions
   (``sufficient.require_group_local``) rather than trusted from a list of names.
 * The behavior is never differentiated: gradients are E_{groups∼μ}[∇_logits loss], the
   quantity an optimiser follows. ``logp_old`` is the behavior's per-token log-prob unless an
-  ``anchor`` distribution is given (theory sometimes separates the two).
+  ``anchor`` distribution π_old is given (``LossSetup.anchor``, or per call
+  ``ExpectedLoss.terms(..., anchor)``): then three policies meet — μ samples the groups, the
+  loss's ratio is against π_old, and the loss gets ``logp_rollout`` = log μ, so the setup's
+  corrections (``simulator.corrections``) see both. Without an anchor nothing changes. The
+  closed form has no weights (it steps aside for corrections); the statistics engine takes
+  corrections that are functions of one response and refuses the rest
+  (``sufficient.corrections_refusal``; ``auto`` then enumerates). docs/engines.md, "Three
+  policies".
 * Every public function validates what it is given and names the public argument (K, logits,
   behavior, anchor, method, ...) with the checks of ``simulator.groups``.
 """
