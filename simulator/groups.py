@@ -344,11 +344,13 @@ def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior:
 
 def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
                setup: LossSetup, *, generator: torch.Generator | None = None,
-               advantages: Tensor | None = None, looped: bool = False) -> Tensor:
+               advantages: Tensor | None = None, looped: bool = False,
+               anchor: Tensor | None = None) -> Tensor:
     """(1/P)·Σ_g w_g·loss(group g): the exact expectation for an enumerated batch, the Monte
-    Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind."""
+    Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind;
+    ``anchor``: π_old apart from the behavior (``batch_terms``)."""
     return batch_terms(env, logits, batch, behavior, setup, generator=generator,
-                       advantages=advantages, looped=looped)[0]
+                       advantages=advantages, looped=looped, anchor=anchor)[0]
 
 
 def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:

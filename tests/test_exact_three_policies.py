@@ -410,3 +410,33 @@ def test_the_engines_page_example_runs():
     exec(compile(code, "docs/engines.md", "exec"), namespace)
     assert namespace["grad"].shape == (1, 3) and bool(torch.isfinite(namespace["grad"]).all())
     assert bool(torch.isfinite(namespace["value"]))
+
+
+def test_a_correction_vmap_cannot_trace_is_applied_group_by_group(monkeypatch):
+    """A correction with Python control flow on a tensor's value (which ``vmap`` cannot trace)
+    still gets each group as its own batch: group_losses falls back to a loop over groups."""
+
+    def branchy(inputs, *, high: float = 1.5) -> Stage:
+        w = torch.exp(inputs.mismatch("old"))
+        if bool(w.max() > high):  # data-dependent: the batch's largest ratio decides
+            return Stage(weight=w.clamp(max=high) / w.clamp(max=high).mean())
+        return Stage(weight=w)
+
+    monkeypatch.setitem(CORRECTIONS, "test-branchy", CorrectionSpec(name="test-branchy",
+                                                                     fn=branchy))
+    g = torch.Generator().manual_seed(13)
+    G, K, T = 4, 3, 2
+    logp = (-torch.rand(G, K, T, generator=g, dtype=torch.float64)).requires_grad_()
+    old = logp.detach() + 0.2 * torch.randn(G, K, T, generator=g, dtype=torch.float64)
+    scale = torch.tensor([0.05, 1.0, 0.05, 1.0], dtype=torch.float64).view(G, 1, 1)
+    mu = old + scale * torch.randn(G, K, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(G, K, generator=g, dtype=torch.float64)
+    mask = torch.ones(G, K, T, dtype=torch.bool)
+    out = group_losses("grpo", logp, old, adv, mask, logp_rollout=mu, corrections="test-branchy")
+    each = torch.stack([policy_loss("grpo", logp[i], old[i], adv[i], mask[i], logp_rollout=mu[i],
+                                    corrections="test-branchy", validate=False).loss
+                        for i in range(G)])
+    torch.testing.assert_close(out.loss, each, rtol=1e-14, atol=1e-14)
+    (a,) = torch.autograd.grad(out.loss.sum(), logp)
+    (b,) = torch.autograd.grad(each.sum(), logp)
+    torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
