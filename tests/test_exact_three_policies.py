@@ -440,3 +440,49 @@ def test_a_correction_vmap_cannot_trace_is_applied_group_by_group(monkeypatch):
     (a,) = torch.autograd.grad(out.loss.sum(), logp)
     (b,) = torch.autograd.grad(each.sum(), logp)
     torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+def test_the_hessian_with_three_policies_equals_the_ordered_twin():
+    """Second derivatives through the per-group corrections (vmap inside jacrev)."""
+    from simulator.exact import expected_hessian
+
+    env, theta, mu, old = instance(14, "tree")
+    setup = LossSetup("grpo", corrections=("tis-seq:normalize=true", "icepop"), anchor=old)
+    fast = expected_hessian(env, theta, mu, setup, 3, method="enumerate")
+    twin = expected_hessian(env, theta, mu, setup, 3, method="ordered")
+    torch.testing.assert_close(fast, twin, rtol=1e-12, atol=1e-12)
+    assert float(fast.abs().max()) > 1e-3
+
+
+def test_a_sampled_lab_step_is_within_its_standard_error_of_the_exact_step():
+    """groups="sampled" with a mismatched sampler: S groups per prompt from μ, the ratio and
+    the correction against π_old; one SGD step's gradient lies within 5 standard errors of
+    the exact gradient (the error of S groups estimated by ``sampled_gradient``, fixed seeds).
+    The exact run's two learning rates give θ_0 and the exact gradient (θ_1 = θ_0 − lr·g)."""
+    problem, noise, k, s = Problem(prompts=2, responses=4), 1.0, 3, 3000
+    options = {"seeds": [3], "schedules": (Schedule(rollout_noise=noise),), "steps": 1,
+               "group_size": k, "corrections": ("tis-token",)}
+    lrs = (0.1, 0.3)
+    first, second = simulate(problem, "grpo", lrs=lrs, **options).params
+    exact = (first - second) / (lrs[1] - lrs[0])
+    theta0 = first + lrs[0] * exact
+    sampled_run = simulate(problem, "grpo", lrs=lrs[:1], groups="sampled", groups_per_prompt=s,
+                           **options)
+    sampled = (theta0 - sampled_run.params[0]) / lrs[0]
+    env = problem.make_env(problem.draw_rewards(torch.Generator().manual_seed(3)))
+    setup = LossSetup("grpo", corrections=("tis-token",), anchor=torch.softmax(theta0, -1))
+    noisy = _run_sampler(3, theta0, noise)
+    torch.testing.assert_close(expected_gradient(env, theta0, noisy, setup, k), exact,
+                               rtol=1e-9, atol=1e-11)
+    _, stderr = sampled_gradient(env, theta0, noisy, setup, k, s, torch.Generator().manual_seed(1))
+    assert float(stderr.max()) < 0.1 * float(exact.abs().max())
+    assert float(((sampled - exact).abs() / stderr).max()) < 5.0
+
+
+def _run_sampler(seed: int, theta0: torch.Tensor, noise: float) -> torch.Tensor:
+    """μ of ``Schedule(rollout_noise=noise)`` for one seed, by its documented definition:
+    softmax(θ + σ·ε), ε ∼ N(0, 1) of the logits' shape from a generator seeded with
+    1,000,003·seed + 17."""
+    g = torch.Generator().manual_seed(1_000_003 * seed + 17)
+    eps = torch.randn(theta0.shape, generator=g, dtype=torch.float64)
+    return torch.softmax(theta0 + noise * eps, -1)
