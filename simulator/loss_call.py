@@ -311,7 +311,7 @@ def _corrected_per_group(call: _Call, logp: Tensor, logp_old: Tensor, advantages
     run once per group (``torch.func.vmap`` over the groups; a loop where a correction cannot
     be vmapped), so a batch statistic (``normalize=True``) is the group's. Metrics skipped."""
     extra = {"logp_rollout": rollout, "logp_ref": None, "entropy": None}
-    if not call.corrections:
+    if not call.corrections or groups == 0:  # nothing to correct, or no group to map over
         return _corrected(call, logp, logp_old, advantages, mask, extra, False)
     tensors = {name: _optional_input(name, value, mask, False) for name, value in extra.items()}
     mu = logp_old if tensors["logp_rollout"] is None else tensors["logp_rollout"]

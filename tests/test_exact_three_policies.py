@@ -486,3 +486,11 @@ def _run_sampler(seed: int, theta0: torch.Tensor, noise: float) -> torch.Tensor:
     g = torch.Generator().manual_seed(1_000_003 * seed + 17)
     eps = torch.randn(theta0.shape, generator=g, dtype=torch.float64)
     return torch.softmax(theta0 + noise * eps, -1)
+
+
+def test_group_losses_with_corrections_and_no_group_is_empty():
+    logp = torch.zeros(0, 3, 2, dtype=torch.float64, requires_grad=True)
+    out = group_losses("grpo", logp, logp.detach(), torch.zeros(0, 3, dtype=torch.float64),
+                       torch.ones(0, 3, 2, dtype=torch.bool), logp_rollout=logp.detach(),
+                       corrections="tis-seq:normalize=true")
+    assert out.loss.shape == (0,) and out.clipfrac.shape == (0,)
