@@ -333,7 +333,7 @@ def _corrected_per_group(call: _Call, logp: Tensor, logp_old: Tensor, advantages
         outs = [one(*group) for group in zip(*split, strict=True)]
         weight, loss_mask, penalty = (torch.stack(parts) for parts in zip(*outs, strict=True))
     flat = [t.reshape(-1, *t.shape[2:]) for t in (weight, loss_mask, penalty)]
-    return _Corrected(flat[1], flat[0], flat[2] if penalised[0] else None, tensors, {})
+    return _Corrected(flat[1], flat[0], flat[2] if any(penalised) else None, tensors, {})
 
 
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,
