@@ -235,6 +235,22 @@ def test_untruncated_sequence_is_gives_reinforce_its_on_policy_gradient(testbed,
     torch.testing.assert_close(statistics, on_policy, rtol=0, atol=1e-10)
 
 
+def test_untruncated_sequence_is_is_not_exact_where_the_group_couples_its_members():
+    """The theorem's conditions are needed: with token-mean over responses of unequal length
+    (the tree) the group's normaliser N = Σ_i L(y_i) depends on the other members, drawn from
+    μ, and with GRPO's std the advantage does; REINFORCE with the sequence weight then misses
+    its on-policy gradient by more than rounding (an honest limit, not a tolerance)."""
+    env, theta, mu, _ = instance(8, "tree")
+    anchor = policy_behavior(env, theta)
+    for loss, agg in (("reinforce", "token-mean"), ("grpo", "seq-mean-token-sum")):
+        on_policy = expected_gradient(env, theta, "on-policy", loss, 3, method="enumerate",
+                                      agg=agg)
+        corrected = expected_gradient(env, theta, mu, loss, 3, method="enumerate", agg=agg,
+                                      anchor=anchor, corrections=UNTRUNCATED)
+        gap = float((corrected - on_policy).norm() / on_policy.norm())
+        assert gap > 1e-3, (loss, gap)
+
+
 @pytest.mark.parametrize("cap", [1.0, 1.5, 2.0])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_truncated_is_has_the_bias_theory_predicts(cap, level):
