@@ -12,6 +12,12 @@ Design decisions
   ``sync_offset`` d (rollouts run d steps ahead, so data are about d updates old) and
   ``offline`` (always the initial policy). Snapshots of θ are kept only while some run may
   still need them.
+* Three policies: a schedule with a mismatched sampler (``rollout_temperature``,
+  ``rollout_noise``) samples the groups from μ, a known perturbation of π_old = π_{θ_b},
+  while the loss's ratio is taken against π_old (the engines' ``anchor``) and the setup's
+  corrections see both. ε, the noise direction, is one N(0, 1) draw of the instance's logits
+  per seed (the same for every schedule and learning rate of that seed, so settings compare
+  on the same perturbation). Without a mismatched schedule nothing of this runs.
 * Optimisers (SGD, Adam) are written out on [R, ...] tensors so each run has its own learning
   rate; Adam is elementwise, so this is exactly one ``torch.optim.Adam`` per run (tested).
 * A run whose gradient or parameters become non-finite is *diverged*: it is frozen at its last
@@ -144,7 +150,9 @@ class Trajectory:
     diverged (−1 if never); ``params`` [R, ...] the final parameters (logits or weights).
     Metric names: reward, optimum, subopt, entropy, kl_behavior, kl_init, best_share,
     grad_norm, staleness, clipfrac (the expected share of tokens whose gradient clipping
-    switched off, averaged over the step's updates; 0 at step 0).
+    switched off, averaged over the step's updates; 0 at step 0); kl_behavior is KL(π ‖ π_old),
+    π_old the schedule's behavior policy π_{θ_b}; with a mismatched sampler, kl_rollout,
+    KL(π_old ‖ μ) of the step's data (at step 0, of π_0's sampler).
     """
 
     loss: str
@@ -206,6 +214,37 @@ class _Runs:
         self.env = problem.make_env(self.rewards.reshape(-1, self.rewards.shape[-1]))
         self.theta0 = torch.stack(theta0)[run_seed]
         self.features = torch.stack(features)[run_seed] if features else None
+        self.seeds, self.run_seed = list(seeds), run_seed
+        self.sampler: tuple[Tensor, Tensor, Tensor] | None = None  # (1/T [R], σ [R], ε)
+
+    def mismatch(self, schedules: Sequence[Schedule]) -> None:
+        """Give every run the sampler its schedule names (``Schedule.rollout_temperature``,
+        ``rollout_noise``); ε is drawn per seed, from a generator seeded with 1,000,003·seed + 17
+        (apart from the instance's own draws)."""
+        if not any(sch.mismatched for sch in schedules):
+            return
+        shape = self.env.logits_shape[1:]
+        eps = []
+        for seed in self.seeds:
+            g = torch.Generator().manual_seed((1_000_003 * int(seed) + 17) % 2**63)
+            eps.append(torch.randn((self.problem.prompts, *shape), generator=g,
+                                   dtype=torch.float64))
+        self.sampler = (
+            torch.tensor([1.0 / sch.rollout_temperature for sch in schedules],
+                         dtype=torch.float64),
+            torch.tensor([sch.rollout_noise for sch in schedules], dtype=torch.float64),
+            torch.stack(eps)[self.run_seed])
+
+    def rollout_probs(self, theta: Tensor) -> Tensor:
+        """μ(y | x) [R, P, N] of each run's sampler at θ [R, ...] (π itself when matched)."""
+        if self.sampler is None:
+            return self.response_probs(theta)
+        inv_t, sigma, eps = self.sampler
+        logits = self.logits(theta).reshape(self.r, *eps.shape[1:])
+        view = (-1, *([1] * (logits.ndim - 1)))
+        logits = logits * inv_t.view(view) + sigma.view(view) * eps
+        return self.env.sequence_probs(logits.reshape(self.env.logits_shape)).reshape(
+            self.rewards.shape)
 
     def logits(self, theta: Tensor) -> Tensor:
         """[R·P, ...] logits of the tiled testbed from θ [R, ...]."""
@@ -260,6 +299,9 @@ def simulate(
         setup: a full ``LossSetup``, or a registered loss name; then ``hparams`` are the loss's
             keywords, plus LossSetup's own fields by name (``advantage``, ``advantage_kwargs``,
             ``agg``, ``norm_len``) to override how the loss is fed.
+        schedules: which policy produced each step's data (``Schedule``); one with a
+            mismatched sampler (``rollout_temperature``, ``rollout_noise``) draws the groups
+            from μ and takes the loss's ratio against π_old = the schedule's policy.
         groups: "expected" (the exact expected update over groups of ``group_size`` drawn from
             the behavior policy) or "sampled" (``groups_per_prompt`` groups per prompt and
             step, drawn with a generator seeded by ``sample_seed``).
@@ -309,26 +351,33 @@ class _Training:
         self.expected = ExpectedLoss(runs.env, setup, group_size)
         self.theta = runs.theta0.clone()
         self.pi0 = runs.response_probs(self.theta)
+        runs.mismatch(schedules)
         self.history = {0: self.theta}
         self.diverged_at = torch.full((runs.r,), -1, dtype=torch.long)
         self.records: dict[str, list[Tensor]] = {}
         zero = torch.zeros(runs.r, dtype=torch.float64)
-        self.record(self.pi0, self.pi0, zero, zero, zero)
+        rollout = None if runs.sampler is None else runs.rollout_probs(self.theta)
+        self.record(self.pi0, self.pi0, zero, zero, zero, rollout)
 
     def record(self, pi: Tensor, mu: Tensor, grad_norm: Tensor, staleness: Tensor,
-               clipfrac: Tensor) -> None:
+               clipfrac: Tensor, rollout: Tensor | None = None) -> None:
         row = _metrics(self.runs, pi, mu, self.pi0)
         row.update(grad_norm=grad_norm, staleness=staleness.to(torch.float64),
                    clipfrac=clipfrac)
+        if rollout is not None:
+            row["kl_rollout"] = _kl(mu, rollout).mean(-1)
         for key, value in row.items():
             self.records.setdefault(key, []).append(value.detach())
 
-    def update_value(self, logits: Tensor, mu_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        """(loss, clipfrac) of one update: exact over all groups, or on the sampled batch."""
+    def update_value(self, logits: Tensor, mu_flat: Tensor, batch: Any,
+                     anchor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(loss, clipfrac) of one update: exact over all groups, or on the sampled batch;
+        groups drawn from ``mu_flat``, the loss's ratio against ``anchor`` (π_old) when the
+        sampler is mismatched, else against ``mu_flat`` itself."""
         if batch is None:
-            return self.expected.terms(logits, mu_flat)
+            return self.expected.terms(logits, mu_flat, anchor)
         return batch_terms(self.runs.env, logits, batch, mu_flat, self.setup,
-                           generator=self.generator)
+                           generator=self.generator, anchor=anchor)
 
 
 def _train_step(lab: _Training, step: int) -> None:
@@ -337,14 +386,18 @@ def _train_step(lab: _Training, step: int) -> None:
     runs = lab.runs
     behavior = [sch.behavior_step(step) for sch in lab.schedules]
     theta_b = torch.stack([lab.history[b][i] for i, b in enumerate(behavior)])
-    mu = runs.response_probs(theta_b).detach()
-    mu_flat = mu.reshape(runs.env.rewards.shape)
+    mu = runs.response_probs(theta_b).detach()  # π_old; the sampler too unless mismatched
+    rollout, anchor = None, None
+    if runs.sampler is not None:
+        rollout = runs.rollout_probs(theta_b).detach()
+        anchor = mu.reshape(runs.env.rewards.shape)
+    mu_flat = (mu if rollout is None else rollout).reshape(runs.env.rewards.shape)
     batch = (None if lab.sampled_groups is None else sample_groups(
         mu_flat, lab.group_size, lab.sampled_groups, lab.generator))
     clipfrac = torch.zeros(runs.r, dtype=torch.float64)
     for _ in range(lab.updates_per_batch):
         leaf = lab.theta.detach().requires_grad_(True)
-        value, clipped = lab.update_value(runs.logits(leaf), mu_flat, batch)
+        value, clipped = lab.update_value(runs.logits(leaf), mu_flat, batch, anchor)
         clipfrac += clipped.reshape(runs.r, -1).mean(1) / lab.updates_per_batch
         (grad,) = torch.autograd.grad(value * runs.r, leaf)
         lab.theta = _guarded_step(lab.opt, lab.theta, grad, lab.diverged_at, step + 1)
@@ -352,7 +405,7 @@ def _train_step(lab: _Training, step: int) -> None:
     lab.record(runs.response_probs(lab.theta), mu,
                torch.where(torch.isfinite(grad_norm), grad_norm,
                            torch.full_like(grad_norm, math.inf)),
-               torch.tensor([step - b for b in behavior]), clipfrac)
+               torch.tensor([step - b for b in behavior]), clipfrac, rollout)
     lab.history[step + 1] = lab.theta.detach()
     needed = min(sch.behavior_step(step + 1) for sch in lab.schedules)
     for old in [key for key in lab.history if key < needed]:

@@ -33,7 +33,14 @@ Design decisions
   (``sufficient.require_group_local``) rather than trusted from a list of names.
 * The behavior is never differentiated: gradients are E_{groups∼μ}[∇_logits loss], the
   quantity an optimiser follows. ``logp_old`` is the behavior's per-token log-prob unless an
-  ``anchor`` distribution is given (theory sometimes separates the two).
+  ``anchor`` distribution π_old is given (``LossSetup.anchor``, or per call
+  ``ExpectedLoss.terms(..., anchor)``): then three policies meet — μ samples the groups, the
+  loss's ratio is against π_old, and the loss gets ``logp_rollout`` = log μ, so the setup's
+  corrections (``simulator.corrections``) see both. Without an anchor nothing changes. The
+  closed form has no weights (it steps aside for corrections); the statistics engine takes
+  corrections that are functions of one response and refuses the rest
+  (``sufficient.corrections_refusal``; ``auto`` then enumerates). docs/engines.md, "Three
+  policies".
 * Every public function validates what it is given and names the public argument (K, logits,
   behavior, anchor, method, ...) with the checks of ``simulator.groups``.
 """
@@ -66,11 +73,18 @@ from simulator.groups import (
     ordered_tuples,
     prepare,
     resolve_behavior,
+    rollout_table,
     sample_groups,
 )
 from simulator.losses import LossSetup, group_losses, pairwise_surrogate, policy_loss
 from simulator.responses import ResponseSpace
-from simulator.sufficient import MAX_STATES, SufficientStats, require_group_local, sufficient_cost
+from simulator.sufficient import (
+    MAX_STATES,
+    SufficientStats,
+    corrections_refusal,
+    require_group_local,
+    sufficient_cost,
+)
 from simulator.validation import (
     require_choice,
     require_finite,
@@ -121,6 +135,8 @@ def _closed_form(env: ResponseSpace, setup: LossSetup, k: int) -> _ClosedForm | 
     kind, kwargs = setup.advantage_kind()
     if spec.base not in ("reinforce", "asymre") or spec.drop_uniform_groups:
         return None
+    if setup.all_corrections() or spec.inputs:  # weights, masks or μ's log-probs: not linear
+        return None
     if kind not in ("mean", "loo") or set(kwargs) - {"shift"}:
         return None
     # N must not depend on the group: compare groups of the shortest and of the longest rows
@@ -159,9 +175,12 @@ def _enumeration_rows(env: ResponseSpace, k: int) -> int:
 SUFFICIENT_ROW_COST = 1.5
 
 
-def _choose(env: ResponseSpace, k: int) -> str:
+def _choose(env: ResponseSpace, setup: LossSetup, k: int) -> str:
     """"sufficient" or "enumerate", whichever does less work (row positions evaluated, the
-    sufficient engine's weighted by ``SUFFICIENT_ROW_COST``)."""
+    sufficient engine's weighted by ``SUFFICIENT_ROW_COST``); "enumerate" when a correction is
+    not a function of one response (``sufficient.corrections_refusal``)."""
+    if corrections_refusal(setup) is not None:
+        return "enumerate"
     rows, cost = sufficient_cost(env, k)
     cheaper = SUFFICIENT_ROW_COST * cost <= _enumeration_rows(env, k)
     return "sufficient" if rows <= MAX_STATES and cheaper else "enumerate"
@@ -191,47 +210,57 @@ class ExpectedLoss:
         if self._closed is not None:
             self.method = "closed-form"
         else:
-            self.method = _choose(env, self.k) if method == "auto" else method
+            self.method = _choose(env, setup, self.k) if method == "auto" else method
         self._stats: SufficientStats | None = None
         self._checked = False
         self._groups: tuple[Tensor, Tensor] | None = None  # (prompt [G], responses [G, K])
         self._shaped: tuple[Tensor, Tensor] | None = None
         self._counts: Tensor | None = None
 
-    def __call__(self, logits: Tensor, behavior: Behavior) -> Tensor:
-        return self.terms(logits, behavior)[0]
+    def __call__(self, logits: Tensor, behavior: Behavior, anchor: Tensor | None = None
+                 ) -> Tensor:
+        return self.terms(logits, behavior, anchor)[0]
 
-    def terms(self, logits: Tensor, behavior: Behavior) -> tuple[Tensor, Tensor]:
-        """(E[loss], expected clip fraction per prompt [P]) — see ``batch_terms``."""
+    def terms(self, logits: Tensor, behavior: Behavior, anchor: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """(E[loss], expected clip fraction per prompt [P]) — see ``batch_terms``.
+
+        ``anchor``: π_old [P, N] for this call, apart from the sampling policy μ =
+        ``behavior`` (else ``setup.anchor``; else μ itself, one policy). With an anchor the
+        loss gets logp_old = log π_old and logp_rollout = log μ, and the setup's corrections
+        see both."""
         logits = check_logits(self.env, logits)
-        return self._terms(logits, resolve_behavior(self.env, behavior, logits))
+        return self._terms(logits, resolve_behavior(self.env, behavior, logits), anchor)
 
-    def _terms(self, logits: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
+    def _terms(self, logits: Tensor, mu: Tensor, anchor: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
         """``terms`` on checked inputs (no value checks on logits: ``torch.func`` traces it)."""
         env, setup = self.env, self.setup
-        if self.method == "closed-form":  # REINFORCE-type: nothing is ever clipped
+        if self.method == "closed-form":  # REINFORCE-type: nothing is ever clipped, no ratio
             return (_closed_form_loss(env, logits, mu, self._closed),
                     torch.zeros(env.num_prompts, dtype=torch.float64))
         if self.method == "sufficient":
             if self._stats is None:
                 self._stats = SufficientStats(env, setup, self.k)
-            return self._stats.terms(logits, mu, old_table(env, mu, setup))
+            return self._stats.terms(logits, mu, old_table(env, mu, setup, anchor),
+                                     rollout_table(env, mu, setup, anchor))
         if not self._checked:
             require_group_local(setup)
             self._checked = True
         if self.method == "ordered":
             batch = enumerate_groups(mu, self.k, ordered=True)
-            return batch_terms(env, logits, batch, mu, setup, looped=True)
-        return self._enumerated(logits, mu)
+            return batch_terms(env, logits, batch, mu, setup, looped=True, anchor=anchor)
+        return self._enumerated(logits, mu, anchor)
 
-    def _enumerated(self, logits: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
+    def _enumerated(self, logits: Tensor, mu: Tensor, anchor: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
         """Every multiset: cached in one piece when small, else streamed in pieces."""
         env, k = self.env, self.k
         per_group = env.num_prompts * k * env.horizon
         count = math.comb(env.num_responses + k - 1, k)
         if count * per_group > CHUNK_ELEMENTS:
             size = max(1, CHUNK_ELEMENTS // per_group)
-            pieces = (functools.partial(self._piece, mu=mu, chunk=chunk)
+            pieces = (functools.partial(self._piece, mu=mu, anchor=anchor, chunk=chunk)
                       for chunk in multiset_chunks(env.num_responses, k, size))
             return accumulate(logits, pieces, single=False)
         outcomes, log_coef = multisets(env.num_responses, k)
@@ -243,17 +272,19 @@ class ExpectedLoss:
         # with zeros gives −inf or NaN here and takes the fallback below
         weight = torch.exp(log_coef + torch.log(mu) @ self._counts.T)
         if not bool((weight > 0).all()):
-            return batch_terms(env, logits, enumerate_groups(mu, k), mu, self.setup)
+            return batch_terms(env, logits, enumerate_groups(mu, k), mu, self.setup,
+                               anchor=anchor)
         if self._groups is None:
             prompt = torch.arange(env.num_prompts).repeat_interleave(len(outcomes))
             self._groups = (prompt, outcomes.repeat(env.num_prompts, 1))
             rows = (prompt.unsqueeze(-1), self._groups[1])
             self._shaped = batch_advantages(env, rows, self.setup, None, None, exact=True)
         batch = GroupBatch(*self._groups, weight.flatten(), exact=True)
-        return batch_terms(env, logits, batch, mu, self.setup, shaped=self._shaped)
+        return batch_terms(env, logits, batch, mu, self.setup, shaped=self._shaped,
+                           anchor=anchor)
 
-    def _piece(self, logits: Tensor, *, mu: Tensor, chunk: tuple[Tensor, Tensor]
-               ) -> tuple[Tensor, Tensor]:
+    def _piece(self, logits: Tensor, *, mu: Tensor, anchor: Tensor | None,
+               chunk: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """One slice of the multisets, for every prompt, as a weighted batch."""
         outcomes, log_coef = chunk
         weight = torch.exp(log_coef + torch.log(mu)[:, outcomes].sum(dim=-1))  # [P, m]
@@ -261,7 +292,7 @@ class ExpectedLoss:
         if not len(prompt):
             return logits.new_zeros(()), torch.zeros(self.env.num_prompts, dtype=torch.float64)
         batch = GroupBatch(prompt, outcomes[index], weight[prompt, index], exact=True)
-        return batch_terms(self.env, logits, batch, mu, self.setup)
+        return batch_terms(self.env, logits, batch, mu, self.setup, anchor=anchor)
 
 
 def expected_loss(env: ResponseSpace, logits: Tensor, behavior: Behavior, loss: str | LossSetup,
@@ -343,15 +374,18 @@ def group_gradients(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behav
     prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages)
 
     def one(z: Tensor, prompt: Tensor, responses: Tensor, logp_old: Tensor, adv: Tensor,
-            mask: Tensor) -> Tensor:
+            mask: Tensor, rollout: Tensor) -> Tensor:
         flat = env.token_logprobs(z).flatten(0, 1)  # [P·N, H]; a 0-d batched index would sync
         logp = flat[prompt * env.num_responses + responses]
         return policy_loss(setup.loss, logp, logp_old, adv, mask, validate=False,
+                           logp_rollout=None if distinct is None else rollout,
                            **setup.call_options(env.horizon)).loss
 
-    per_group = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0, 0, 0))
+    distinct = prepared.logp_rollout  # log μ apart from logp_old (three policies), else None
+    rollout = prepared.logp_old if distinct is None else distinct
+    per_group = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0, 0, 0, 0))
     return per_group(logits, batch.prompt, batch.responses, prepared.logp_old,
-                     prepared.advantages, prepared.mask)
+                     prepared.advantages, prepared.mask, rollout)
 
 
 def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior,

@@ -217,12 +217,27 @@ def check_logits(env: ResponseSpace, logits: object) -> Tensor:
     return logits.to(torch.float64)
 
 
-def old_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup) -> Tensor:
-    """Per-token log-probs [P, N, H] of the behavior, or of ``anchor`` when one is given."""
-    if setup.anchor is None:
+def old_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup,
+              anchor: Tensor | None = None) -> Tensor:
+    """Per-token log-probs [P, N, H] of π_old: the behavior μ, or the anchor when one is given
+    (``anchor``, else ``setup.anchor``)."""
+    anchor = setup.anchor if anchor is None else anchor
+    if anchor is None:
         return env.token_logprobs_of(behavior)
     shape = (env.num_prompts, env.num_responses)
-    return env.token_logprobs_of(require_table("anchor", setup.anchor, shape))
+    return env.token_logprobs_of(require_table("anchor", anchor, shape))
+
+
+def rollout_table(env: ResponseSpace, behavior: Tensor, setup: LossSetup,
+                  anchor: Tensor | None = None) -> Tensor | None:
+    """Per-token log μ [P, N, H] (``logp_rollout``) where the loss call needs it apart from
+    ``logp_old``: an anchor π_old is given (three policies: μ samples, the loss's ratio is
+    taken against π_old, the corrections see both), or the loss reads ``logp_rollout``. None
+    otherwise: with one policy μ = π_old, and the loss call gets exactly what it got before."""
+    distinct = anchor is not None or setup.anchor is not None
+    if not distinct and "logp_rollout" not in setup.spec.inputs:
+        return None
+    return env.token_logprobs_of(behavior)
 
 
 class Prepared(NamedTuple):
@@ -233,15 +248,19 @@ class Prepared(NamedTuple):
     advantages: Tensor  # [G, K]
     mask: Tensor  # [G, K, H]
     weight: Tensor  # [G]
+    logp_rollout: Tensor | None = None  # [G, K, H] log μ, when apart from logp_old
 
 
 def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: LossSetup,
             generator: torch.Generator | None, advantages: Tensor | None,
-            shaped: tuple[Tensor, Tensor] | None = None) -> Prepared:
+            shaped: tuple[Tensor, Tensor] | None = None, anchor: Tensor | None = None
+            ) -> Prepared:
     """``shaped``: (advantages, mask) of this batch's groups, when already known (they do not
-    depend on the behavior, only on which groups the batch holds)."""
+    depend on the behavior, only on which groups the batch holds). ``anchor``: π_old [P, N]
+    apart from the behavior μ (else ``setup.anchor``, else μ itself)."""
     rows = (batch.prompt.unsqueeze(-1), batch.responses)
-    table = old_table(env, behavior, setup)  # [P, N, H]
+    table = old_table(env, behavior, setup, anchor)  # [P, N, H]
+    rollout = rollout_table(env, behavior, setup, anchor)
     logp_old = table[rows]
     if shaped is None:
         shaped = batch_advantages(env, rows, setup, generator, advantages, batch.exact)
@@ -251,7 +270,8 @@ def prepare(env: ResponseSpace, batch: GroupBatch, behavior: Tensor, setup: Loss
             and not bool(torch.isfinite(logp_old).logical_or(~mask).all())):
         raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 to a "
                          "response in the batch")
-    return Prepared(rows, logp_old, advantages, mask, batch.weight)
+    return Prepared(rows, logp_old, advantages, mask, batch.weight,
+                    None if rollout is None else rollout[rows])
 
 
 def batch_advantages(env: ResponseSpace, rows: tuple[Tensor, Tensor], setup: LossSetup,
@@ -293,9 +313,14 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: Prepared, set
     args = (logp, prepared.logp_old, prepared.advantages, prepared.mask)
     options = setup.call_options(env.horizon)
     if not looped:
-        return group_losses(setup.loss, *args, **options)
-    outs = [policy_loss(setup.loss, *group, validate=bool(group[-1].any()), **options)
-            for group in zip(*args, strict=True)]
+        return group_losses(setup.loss, *args, logp_rollout=prepared.logp_rollout, **options)
+    rollout = prepared.logp_rollout
+    # a group whose tokens the corrections all remove contributes 0, as in group_losses (a
+    # validated policy_loss refuses such a batch): with corrections the values go unchecked
+    checked = not setup.all_corrections()
+    outs = [policy_loss(setup.loss, *group, validate=checked and bool(group[-1].any()),
+                        logp_rollout=None if rollout is None else rollout[g], **options)
+            for g, group in enumerate(zip(*args, strict=True))]
     return GroupLosses(torch.stack([out.loss for out in outs]),
                        torch.stack([out.metrics["clipfrac"] for out in outs]))
 
@@ -303,11 +328,14 @@ def per_group_losses(env: ResponseSpace, logits: Tensor, prepared: Prepared, set
 def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
                 setup: LossSetup, *, generator: torch.Generator | None = None,
                 advantages: Tensor | None = None, looped: bool = False,
-                shaped: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """(``batch_loss``, clip fraction per prompt [P]: Σ_g w_g·clipfrac(g) over its groups)."""
+                shaped: tuple[Tensor, Tensor] | None = None, anchor: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """(``batch_loss``, clip fraction per prompt [P]: Σ_g w_g·clipfrac(g) over its groups).
+    ``anchor``: π_old [P, N] for this call (else ``setup.anchor``; else the behavior)."""
     logits = check_logits(env, logits)
     mu = resolve_behavior(env, behavior, logits)
-    prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages, shaped)
+    prepared = prepare(env, check_batch(env, batch), mu, setup, generator, advantages, shaped,
+                       anchor)
     groups = per_group_losses(env, logits, prepared, setup, looped=looped)
     clipfrac = torch.zeros(env.num_prompts, dtype=groups.clipfrac.dtype).index_add_(
         0, batch.prompt, prepared.weight.to(groups.clipfrac.dtype) * groups.clipfrac)
@@ -316,11 +344,13 @@ def batch_terms(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior:
 
 def batch_loss(env: ResponseSpace, logits: Tensor, batch: GroupBatch, behavior: Behavior,
                setup: LossSetup, *, generator: torch.Generator | None = None,
-               advantages: Tensor | None = None, looped: bool = False) -> Tensor:
+               advantages: Tensor | None = None, looped: bool = False,
+               anchor: Tensor | None = None) -> Tensor:
     """(1/P)·Σ_g w_g·loss(group g): the exact expectation for an enumerated batch, the Monte
-    Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind."""
+    Carlo estimate for a sampled one. ``advantages`` [G, K] overrides the preset's kind;
+    ``anchor``: π_old apart from the behavior (``batch_terms``)."""
     return batch_terms(env, logits, batch, behavior, setup, generator=generator,
-                       advantages=advantages, looped=looped)[0]
+                       advantages=advantages, looped=looped, anchor=anchor)[0]
 
 
 def resolve_behavior(env: ResponseSpace, behavior: Behavior, logits: Tensor) -> Tensor:

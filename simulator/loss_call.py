@@ -284,8 +284,10 @@ def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantag
     its clip fraction is that call's ``clipfrac`` metric; the other metrics and the value
     checks are skipped, which is what makes the exact simulator's enumeration of thousands of
     groups per step cheap. ``advantages`` is [G, K] or [G, K, T]; ``logp_rollout`` (μ) is
-    [G, K, T] like ``logp_old``, and ``corrections`` are ``policy_loss``'s (a correction that
-    normalises over the batch normalises over all G·K rows at once). Values are float64.
+    [G, K, T] like ``logp_old``, and ``corrections`` are ``policy_loss``'s, applied to each
+    group on its own: a correction that normalises over its batch (``normalize=True``)
+    normalises over the group's K rows, as ``policy_loss`` on that group does, never over
+    all G·K rows. Values are float64.
     """
     call = _resolve(name, agg, norm_len, rows, corrections, hparams)
     require_ndim("logp", require_float_tensor("logp", logp), (3,), "a [G, K, T] tensor")
@@ -294,14 +296,44 @@ def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantag
     flat = [t.reshape(-1, *t.shape[2:]) for t in (logp, logp_old, advantages, mask)]
     logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
     rollout = None if logp_rollout is None else logp_rollout.reshape(-1, *shape[2:])
-    fixed = _corrected(call, logp, logp_old, advantages, mask,
-                       {"logp_rollout": rollout, "logp_ref": None, "entropy": None}, False)
+    fixed = _corrected_per_group(call, logp, logp_old, advantages, mask, rollout, shape[0])
     per_token, out = _token_loss(call, logp, logp_old, advantages, fixed)
     loss_mask = fixed.loss_mask.reshape(shape)
     loss = aggregate(per_token.reshape(shape), loss_mask, call.agg, norm_len=call.norm_len,
                      rows=call.rows)
     clipped = out.clipped.detach().reshape(shape).to(torch.float64)
     return GroupLosses(loss, aggregate(clipped, loss_mask, "token-mean"))
+
+
+def _corrected_per_group(call: _Call, logp: Tensor, logp_old: Tensor, advantages: Tensor,
+                         mask: Tensor, rollout: Tensor | None, groups: int) -> _Corrected:
+    """``_corrected`` on [G·K, T] rows with each of the G groups its own batch: the corrections
+    run once per group (``torch.func.vmap`` over the groups; a loop where a correction cannot
+    be vmapped), so a batch statistic (``normalize=True``) is the group's. Metrics skipped."""
+    extra = {"logp_rollout": rollout, "logp_ref": None, "entropy": None}
+    if not call.corrections or groups == 0:  # nothing to correct, or no group to map over
+        return _corrected(call, logp, logp_old, advantages, mask, extra, False)
+    tensors = {name: _optional_input(name, value, mask, False) for name, value in extra.items()}
+    mu = logp_old if tensors["logp_rollout"] is None else tensors["logp_rollout"]
+    penalised: list[bool] = []
+
+    def one(lp: Tensor, old: Tensor, rollout_: Tensor, adv: Tensor, valid: Tensor
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        applied = apply_corrections(call.corrections,
+                                    CorrectionInputs(lp, old, rollout_, adv, valid))
+        penalised.append(applied.penalty is not None)
+        penalty = torch.zeros_like(lp) if applied.penalty is None else applied.penalty
+        return applied.weight, applied.loss_mask, penalty
+
+    split = [t.reshape(groups, -1, *t.shape[1:]) for t in (logp, logp_old, mu, advantages, mask)]
+    try:
+        weight, loss_mask, penalty = torch.func.vmap(one)(*split)
+    except RuntimeError:  # a correction with data-dependent Python control flow: group by group
+        penalised.clear()
+        outs = [one(*group) for group in zip(*split, strict=True)]
+        weight, loss_mask, penalty = (torch.stack(parts) for parts in zip(*outs, strict=True))
+    flat = [t.reshape(-1, *t.shape[2:]) for t in (weight, loss_mask, penalty)]
+    return _Corrected(flat[1], flat[0], flat[2] if any(penalised) else None, tensors, {})
 
 
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,

@@ -41,6 +41,14 @@ Design decisions
   normaliser, whatever the loss's own aggregation.
 * Rows with μ(y) = 0 or with a count vector of probability 0 are left out (never multiplied by
   0: their logp_old is −inf). The behavior is never differentiated.
+* Three policies (μ samples, the loss's ratio is against an anchor π_old): each row gets
+  logp_old = log π_old(y) and logp_rollout = log μ(y), and the setup's corrections run on
+  the row. That is exact only for a correction that is a function of the row alone (its
+  μ, π_old, π_θ and advantage) and removes no token from a normaliser:
+  ``corrections_refusal`` says why one is not — a batch normalisation (``normalize=True``),
+  a dropped token (``denominator="drop"``: the group's N and clip fraction would depend on
+  the other members' ratios), or a probe showing that rows change each other's weights or
+  masks — and the engine refuses it (``method="auto"`` then enumerates).
 * Rows are evaluated in pieces of bounded size (``simulator.groups.accumulate``).
 """
 
@@ -57,6 +65,7 @@ from torch import Tensor
 
 from simulator.advantages import require_exact, shaped_advantages
 from simulator.aggregation import normaliser
+from simulator.corrections import CORRECTIONS, CorrectionInputs, apply_corrections
 from simulator.groups import CHUNK_ELEMENTS, accumulate
 from simulator.losses import group_losses
 from simulator.validation import require_int
@@ -65,8 +74,8 @@ if TYPE_CHECKING:
     from simulator.loss_registry import LossSetup
     from simulator.responses import ResponseSpace
 
-__all__ = ["MAX_STATES", "SufficientStats", "compositions", "require_group_local",
-           "reward_classes", "sufficient_cost"]
+__all__ = ["MAX_STATES", "SufficientStats", "compositions", "corrections_refusal",
+           "require_group_local", "reward_classes", "sufficient_cost"]
 
 MAX_STATES = 2**24  # P·N·C candidate rows above which the engine refuses (memory)
 
@@ -168,6 +177,66 @@ def require_group_local(setup: LossSetup) -> None:
                          "expectations over a prompt's groups do not apply; use sample_groups")
 
 
+# four rows of three tokens, ratios π_old/μ and π_θ/μ from e^-3 to e^3, advantages of both
+# signs: a correction that couples rows or removes tokens shows it on these
+_CORRECTION_PROBE = torch.tensor([[-3.0, -0.7, 0.0], [0.4, 1.1, 3.0], [-1.5, 2.2, 0.05],
+                                  [0.9, -2.4, -0.2]], dtype=torch.float64)
+
+
+def _probe_corrections(corrections: tuple) -> str | None:
+    """Why ``corrections`` are not a function of one row (None if the probe finds nothing)."""
+    rollout = -torch.ones_like(_CORRECTION_PROBE)
+    old = rollout + _CORRECTION_PROBE
+    logp = rollout - _CORRECTION_PROBE.flip(0)
+    adv = torch.tensor([1.0, -1.0, -0.5, 0.5], dtype=torch.float64).unsqueeze(-1).expand_as(old)
+    mask = torch.ones_like(old, dtype=torch.bool)
+
+    def run(rows: slice) -> tuple[Tensor, Tensor, Tensor | None]:
+        applied = apply_corrections(corrections, CorrectionInputs(
+            logp[rows], old[rows], rollout[rows], adv[rows], mask[rows]))
+        return applied.weight, applied.loss_mask, applied.penalty
+
+    try:
+        together = run(slice(None))
+        alone = [run(slice(i, i + 1)) for i in range(len(old))]
+    except ValueError as error:  # an input the exact engines do not have (logp_ref, entropy)
+        return str(error)
+    if not bool(together[1].all()):
+        return "it removes tokens from the batch (denominator='drop')"
+    for i, (weight, keep, penalty) in enumerate(alone):
+        same = (torch.equal(weight[0], together[0][i]) and torch.equal(keep[0], together[1][i])
+                and (penalty is None) == (together[2] is None)
+                and (penalty is None or torch.allclose(penalty[0], together[2][i])))
+        if not same:
+            return "a row's weight or mask depends on the other rows of its batch"
+    return None
+
+
+def corrections_refusal(setup: LossSetup) -> str | None:
+    """Why the statistics engine cannot apply ``setup``'s corrections exactly (None: it can).
+
+    Each row of the engine is evaluated alone, so a correction must be a function of one
+    response and keep every token in the normaliser: ``normalize=True`` (a batch mean) and
+    ``denominator="drop"`` are refused by their keywords, any other coupling by a probe."""
+    corrections = setup.all_corrections()
+    if not corrections:
+        return None
+    for correction in corrections:
+        values = CORRECTIONS[correction.name].resolve(correction.hparams)
+        if values.get("normalize"):
+            return (f"correction {str(correction)!r} normalises its weights over the batch "
+                    "(normalize=True), a statistic of the whole group")
+        if values.get("denominator") == "drop":
+            return (f"correction {str(correction)!r} drops tokens from the normaliser "
+                    "(denominator='drop'), so the group's N depends on the other members' "
+                    "ratios")
+    reason = _probe_corrections(corrections)
+    if reason is not None:
+        names = ", ".join(map(str, corrections))
+        return f"the corrections ({names}) are not a function of one response: {reason}"
+    return None
+
+
 def _group_masks(k: int, lmin: int, spread: int, horizon: int) -> Tensor:
     """Representative token masks [J, D, K, H]: row 0 of length L_min + j (the member), rows
     1..K−1 of lengths in [L_min, L_min + spread] summing to (K − 1)·L_min + s."""
@@ -205,6 +274,10 @@ class SufficientStats:
 
     def __init__(self, env: ResponseSpace, setup: LossSetup, k: int) -> None:
         require_group_local(setup)
+        refusal = corrections_refusal(setup)
+        if refusal is not None:
+            raise ValueError(f"the statistics engine evaluates each response alone: {refusal}; "
+                             "use method='enumerate'")
         kind, kwargs = setup.advantage_kind()
         rows, _ = sufficient_cost(env, k)
         if rows > MAX_STATES:
@@ -291,28 +364,33 @@ class SufficientStats:
                      scale * weight[prompt, own_len[response], state],
                      scale * tokens[prompt, own_len[response], state])
 
-    def terms(self, logits: Tensor, mu: Tensor, logp_old: Tensor) -> tuple[Tensor, Tensor]:
-        """(E[loss] averaged over prompts, E[clip fraction] [P]); ``logp_old`` [P, N, H]."""
+    def terms(self, logits: Tensor, mu: Tensor, logp_old: Tensor,
+              logp_rollout: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(E[loss] averaged over prompts, E[clip fraction] [P]); ``logp_old`` [P, N, H] (π_old);
+        ``logp_rollout`` [P, N, H] (log μ, when apart from π_old: three policies)."""
         rows = self.rows(mu)
         old = logp_old[rows.prompt, rows.response]
+        rollout = None if logp_rollout is None else logp_rollout[rows.prompt, rows.response]
         mask = self.env.mask[rows.response] & rows.keep.unsqueeze(-1)
         if not bool(torch.isfinite(old).logical_or(~mask).all()):
             raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 "
                              "to a response the behavior samples")
         size = max(1, CHUNK_ELEMENTS // self.env.horizon)
         spans = [(s, min(s + size, len(rows.prompt))) for s in range(0, len(rows.prompt), size)]
-        pieces = (functools.partial(self._piece, rows=rows, old=old, mask=mask, span=span)
+        pieces = (functools.partial(self._piece, rows=rows, old=old, rollout=rollout, mask=mask,
+                                    span=span)
                   for span in spans or [(0, 0)])
         return accumulate(logits, pieces, single=len(spans) <= 1)
 
-    def _piece(self, logits: Tensor, *, rows: _Rows, old: Tensor, mask: Tensor,
-               span: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _piece(self, logits: Tensor, *, rows: _Rows, old: Tensor, rollout: Tensor | None,
+               mask: Tensor, span: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Σ_rows weight·t(row) / P and Σ_rows clip_weight·clipped tokens(row) per prompt."""
         env, setup, part = self.env, self.setup, slice(*span)
         logp = env.token_logprobs(logits)[rows.prompt[part], rows.response[part]]
         one_row = mask[part].unsqueeze(1)  # each row is a group of one
         out = group_losses(setup.loss, logp.unsqueeze(1), old[part].unsqueeze(1),
                            rows.advantage[part].unsqueeze(1), one_row,
+                           logp_rollout=None if rollout is None else rollout[part].unsqueeze(1),
                            **setup.call_options(env.horizon))
         row_terms = out.loss * normaliser(one_row, setup.aggregation())
         clipped = out.clipfrac * normaliser(one_row, "token-mean")

@@ -30,6 +30,7 @@ KL = "simulator/kl.py"
 EXACT = "simulator/exact.py"
 GROUPS = "simulator/groups.py"
 SUFFICIENT = "simulator/sufficient.py"
+DYNAMICS = "simulator/dynamics.py"
 
 GUARDS = "tests/test_mutation_guards.py"
 LOSS_VALUES = "tests/test_losses.py"
@@ -46,16 +47,18 @@ EXACT_SUFFICIENT = "tests/test_sufficient.py"
 THEORY_OFFPOLICY = "theory_tests/test_offpolicy.py"
 THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
+THREE_POLICIES = "tests/test_exact_three_policies.py"
+LAB = "tests/test_dynamics.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
-_EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THEORY_TREES,
-                THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
+_EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THREE_POLICIES,
+                THEORY_TREES, THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
     CLIPPED: _LOSS_TESTS,
     PRESETS: _LOSS_TESTS,
     COMMON: _LOSS_TESTS,
-    LOSS_CALL: _LOSS_TESTS,
+    LOSS_CALL: (*_LOSS_TESTS, THREE_POLICIES),
     AGGREGATION: (AGG_TESTS, LOSS_VALUES, CONTRACT, GUARDS),
     ADVANTAGES: (ADV_TESTS, LOSS_VALUES, GUARDS),
     NUMERICS: (FUZZ, CONTRACT, LOSS_VALUES, GUARDS),
@@ -63,6 +66,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     EXACT: _EXACT_TESTS,
     GROUPS: _EXACT_TESTS,
     SUFFICIENT: _EXACT_TESTS,
+    DYNAMICS: (THREE_POLICIES, LAB),
 }
 
 
@@ -513,5 +517,58 @@ _EXACT_MUTANTS = [
        f"{EXACT_MAIN}::test_closed_form_fast_path_agrees_with_enumeration"),
 ]
 
+# --- three policies: μ samples, the loss's ratio is against π_old ---------------------------
+_THREE = THREE_POLICIES
+_THREE_POLICY_MUTANTS = [
+    _m("group-losses-corrections-over-all-groups", LOSS_CALL,
+       "split = [t.reshape(groups, -1, *t.shape[1:])", "split = [t.reshape(1, -1, *t.shape[1:])",
+       "group_losses normalising a correction over all G·K rows, not each group's K",
+       f"{_THREE}::test_group_losses_applies_the_corrections_per_group"),
+    _m("engines-never-pass-rollout-log-probs", GROUPS,
+       'if not distinct and "logp_rollout" not in setup.spec.inputs:', "if True:",
+       "the exact engines giving the loss no logp_rollout: corrections see μ = π_old",
+       f"{_THREE}::test_truncated_is_has_the_bias_theory_predicts"),
+    _m("per-call-anchor-ignored", GROUPS,
+       "anchor = setup.anchor if anchor is None else anchor", "anchor = setup.anchor",
+       "an anchor given per call (the lab's π_old) ignored: the ratio taken against μ",
+       f"{_THREE}::test_statistics_take_a_per_call_anchor_like_the_enumeration"),
+    _m("group-gradients-without-rollout", EXACT,
+       "logp_rollout=None if distinct is None else rollout,", "logp_rollout=None,",
+       "per-group gradients (covariance, sampler) computed with μ = π_old in the corrections",
+       f"{_THREE}::test_per_group_gradients_and_the_ordered_twin_equal_the_enumeration"),
+    _m("closed-form-ignores-corrections", EXACT,
+       "if setup.all_corrections() or spec.inputs:", "if spec.inputs:",
+       "REINFORCE's closed form used with an IS weight or mask it does not have",
+       f"{_THREE}::test_the_closed_form_steps_aside_for_corrections"),
+    _m("auto-picks-statistics-it-refuses", EXACT,
+       'if corrections_refusal(setup) is not None:\n        return "enumerate"\n', "pass\n",
+       "method='auto' choosing the statistics engine for a correction it refuses",
+       f"{_THREE}::test_statistics_refuse_corrections_of_the_whole_group"),
+    _m("statistics-rows-without-rollout", SUFFICIENT,
+       "logp_rollout=None if rollout is None else rollout[part].unsqueeze(1),",
+       "logp_rollout=None,",
+       "the statistics engine's rows corrected with μ = π_old",
+       f"{_THREE}::test_statistics_equal_enumeration_for_per_response_corrections"),
+    _m("statistics-probe-off", SUFFICIENT,
+       "reason = _probe_corrections(corrections)", "reason = None",
+       "a correction that couples rows accepted by the statistics engine",
+       f"{_THREE}::test_statistics_probe_refuses_a_correction_that_couples_rows"),
+    _m("lab-samples-from-pi-old", DYNAMICS,
+       "mu_flat = (mu if rollout is None else rollout).reshape(runs.env.rewards.shape)",
+       "mu_flat = mu.reshape(runs.env.rewards.shape)",
+       "the lab's mismatched sampler ignored: groups drawn from π_old",
+       f"{_THREE}::test_one_lab_step_is_the_exact_gradient_under_the_tempered_sampler"),
+    _m("lab-ratio-against-mu", DYNAMICS,
+       "value, clipped = lab.update_value(runs.logits(leaf), mu_flat, batch, anchor)",
+       "value, clipped = lab.update_value(runs.logits(leaf), mu_flat, batch)",
+       "the lab's loss ratio taken against the sampler μ instead of π_old",
+       f"{_THREE}::test_one_lab_step_is_the_exact_gradient_under_the_tempered_sampler"),
+    _m("lab-temperature-multiplies", DYNAMICS,
+       "torch.tensor([1.0 / sch.rollout_temperature", "torch.tensor([sch.rollout_temperature",
+       "the sampler's logits multiplied by T instead of divided",
+       f"{_THREE}::test_one_lab_step_is_the_exact_gradient_under_the_tempered_sampler"),
+]
+
 MUTANTS: tuple[Mutant, ...] = (*_LOSS_MUTANTS, *_AGGREGATION_MUTANTS, *_ADVANTAGE_MUTANTS,
-                               *_NUMERICS_MUTANTS, *_KL_MUTANTS, *_EXACT_MUTANTS)
+                               *_NUMERICS_MUTANTS, *_KL_MUTANTS, *_EXACT_MUTANTS,
+                               *_THREE_POLICY_MUTANTS)
