@@ -169,7 +169,8 @@ def _simulate_curve(exp: Experiment, curve: Curve,
 # A cache entry holds tensors and plain Python values only, so it loads with
 # torch.load(weights_only=True): no pickled classes, no code run at load time.
 def _plain_runs(runs: list[tuple[int, Schedule, float]]) -> list[list[Any]]:
-    return [[seed, sch.sync_interval, sch.sync_offset, sch.offline, lr] for seed, sch, lr in runs]
+    return [[seed, sch.sync_interval, sch.sync_offset, sch.offline, sch.rollout_temperature,
+             sch.rollout_noise, lr] for seed, sch, lr in runs]
 
 
 def _cache_payload(trajectory: Trajectory) -> dict[str, Any]:
