@@ -222,11 +222,13 @@ def _second_moment_mask(m2: Tensor, candidates: Tensor, threshold: float, keep_o
     is_candidate = ranked >= 0
     values = torch.where(is_candidate, ranked, ranked.new_zeros(()))
     count = is_candidate.to(values.dtype).sum()
-    # suffix over candidates from position j: Σ_{i ≥ j} values / (count − j)
-    suffix = numerics.safe_sum(values, dim=0) - (torch.cumsum(values, 0) - values)
+    # the mean of the candidates from position j on: Σ_{i ≥ j} values_i / (count − j), the sums
+    # taken on values·2^-64 (exact scaling: saturated squares cannot overflow the sum)
+    scale = 2.0**-64
+    suffix = torch.flip(torch.cumsum(torch.flip(values * scale, (0,)), 0), (0,))
     position = torch.arange(flat.numel(), dtype=values.dtype, device=flat.device)
     remaining = (count - position).clamp(min=1.0)
-    above = is_candidate & (suffix / remaining >= threshold)
+    above = is_candidate & (suffix / remaining >= threshold * scale)
     n_drop = above.to(values.dtype).sum()
     if keep_one:
         n_drop = torch.minimum(n_drop, (count - 1).clamp(min=0.0))
@@ -235,7 +237,7 @@ def _second_moment_mask(m2: Tensor, candidates: Tensor, threshold: float, keep_o
     return drop.reshape(m2.shape) & candidates
 
 
-@register_loss("m2po", advantage="mean-std", inputs=("logp_rollout",),
+@register_loss("m2po", advantage="mean-std", inputs=("logp_rollout",), couples_rows=True,
                follows="Zheng et al. 2025 (M2PO, arXiv 2510.01161) Algorithm 1; "
                        f"{AREAL} _apply_m2po_masking with variant='areal'")
 def m2po(
@@ -303,7 +305,7 @@ def _top_ranked(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     return torch.zeros_like(chosen).scatter(0, order, chosen).reshape(score.shape)
 
 
-@register_loss("clip-cov", advantage="mean-std",
+@register_loss("clip-cov", advantage="mean-std", couples_rows=True,
                follows=f"Cui et al. 2025 (entropy mechanism, Clip-Cov); {VERL} core_algos.py "
                        "compute_policy_loss_clip_cov")
 def clip_cov(
@@ -344,7 +346,7 @@ def clip_cov(
     return TokenLoss(loss, removed | chosen, {"pg_clipfrac": chosen, "cov_clipped": chosen})
 
 
-@register_loss("kl-cov", advantage="mean-std",
+@register_loss("kl-cov", advantage="mean-std", couples_rows=True,
                follows=f"Cui et al. 2025 (entropy mechanism, KL-Cov); {VERL} core_algos.py "
                        "compute_policy_loss_kl_cov")
 def kl_cov(
