@@ -274,6 +274,8 @@ def test_trls_defaults_are_grlabs():
             fields["vespo_lambda_neg"]) == (vespo["k_pos"], vespo["lambda_pos"],
                                             vespo["k_neg"], vespo["lambda_neg"])
     assert "recommended value is `5.0`" in trl.GRPOConfig.__doc__
+    # TRL's own default cispo caps ρ at epsilon = 0.2 (epsilon_high None): no grlab keyword
+    assert (fields["epsilon"], fields["epsilon_high"]) == (0.2, None)
     scalerl = LOSSES["cispo-scalerl"].defaults()
     assert (scalerl["eps_low"], scalerl["eps_high"]) == (1.0, 4.0)
 
