@@ -48,18 +48,12 @@ register_preset("rloo", "reinforce", advantage="loo",
 
 # 2025–26 presets (simulator/losses/trust_region.py holds the new base losses)
 register_preset("dro", "opmd-kimi", level="token", tau=1.0, advantage="mean-std",
-                follows=f"{VERL} core_algos.py compute_policy_loss_dro: "
-                        "−(A·log π − ½·dro_beta·δ²) per token, tau = dro_beta",
-                summary="DRO: −A·log π + (β/2)·δ² per token (opmd-kimi at level='token', "
-                        "tau = verl's dro_beta, which verl requires and grlab binds to 1.0)")
+                follows=f"{VERL} dro (tau = dro_beta)",
+                summary="DRO: −A·log π + (τ/2)·δ² per token, τ = verl's dro_beta")
 register_preset("cispo-scalerl", "cispo", eps_low=1.0, eps_high=4.0, advantage="mean-std",
-                follows=f"ScaleRL (Khatri et al. 2025, arXiv 2510.13786): ε_max = 5; {TRL} "
-                        "loss_type='cispo' with epsilon_high=5.0 (grpo_config.py)",
+                follows=f"ScaleRL (arXiv 2510.13786); {TRL} cispo, epsilon_high=5",
                 summary="CISPO with ScaleRL's bound: −sg(min(ρ, 5))·A·log π")
 register_preset("decoupled-ppo", "ppo", eps_low=0.2, eps_high=0.2, advantage="mean-std",
                 corrections="mis-token:high=5.0",
-                follows="AReaL decoupled PPO (use_decoupled_loss with the former default "
-                        "behave_imp_weight_cap=5.0, mode token_mask): PPO-clip on π/π_prox "
-                        "times w = π_prox/μ, tokens with w > 5 dropped, the token count kept",
-                summary="Decoupled PPO: PPO-clip against π_old times the IS weight π_old/μ, "
-                        "tokens with weight above 5 removed (AReaL)")
+                follows="AReaL decoupled PPO (behave_imp_weight_cap=5, token_mask)",
+                summary="Decoupled PPO: PPO-clip times π_old/μ, tokens above 5 dropped")

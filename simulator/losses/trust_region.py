@@ -33,7 +33,7 @@ from simulator.numerics import finite, mul
 from simulator.numerics import log_ratio as _log_ratio
 from simulator.validation import require_choice, require_number, require_positive
 
-AREAL = "AReaL 4aef98d (areal/trainer/ppo/actor.py)"
+AREAL = "AReaL 4aef98d"
 
 # --------------------------------------------------------------------------------------------
 # SAPO
@@ -41,9 +41,9 @@ AREAL = "AReaL 4aef98d (areal/trainer/ppo/actor.py)"
 
 
 @register_loss("sapo", advantage="mean-std", agg="seq-mean-token-mean",
-               follows=f"Gao et al. 2025 (SAPO, arXiv 2511.20347); {VERL} core_algos.py "
-                       f"compute_policy_loss_sapo; {TRL} loss_type='sapo'; "
-                       f"{TRINITY} sapo_policy_loss.py with form='weight'")
+               summary="SAPO: a soft gate, ℓ = −σ(τ·(ρ − 1))·(4/τ)·A",
+               follows=f"SAPO (arXiv 2511.20347); {VERL} sapo; {TRL} sapo; "
+                       f"{TRINITY} sapo: form='weight'")
 def sapo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     tau_pos: float = 1.0, tau_neg: float = 1.05, form: str = "surrogate",
@@ -76,8 +76,8 @@ def sapo(
 
 
 @register_loss("gmpo", advantage="mean-std", agg="seq-mean-token-mean",
-               follows=f"Zhao et al. 2025 (GMPO, arXiv 2507.20673); {VERL} core_algos.py "
-                       "compute_policy_loss_geo_mean (loss_mode='geo_mean')")
+               summary="GMPO: −Ā·exp(mean_t δ̃), δ clipped in log space on PPO's side",
+               follows=f"GMPO (arXiv 2507.20673); {VERL} geo_mean")
 def gmpo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2,
@@ -126,8 +126,8 @@ def _check_dppo(eps_low: float, eps_high: float, clip_ratio_c: float) -> None:
 
 
 @register_loss("dppo-tv", advantage="mean-std",
-               follows=f"DPPO-Binary-TV (arXiv 2602.04879); {VERL} core_algos.py "
-                       "compute_policy_loss_dppo_tv")
+               summary="DPPO-TV: −M·A·sg(min(ρ, c))·log π, M a bound on π − π_old",
+               follows=f"DPPO (arXiv 2602.04879); {VERL} dppo_tv")
 def dppo_tv(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, clip_ratio_c: float = 3.0,
@@ -146,8 +146,8 @@ def dppo_tv(
 
 
 @register_loss("dppo-kl", advantage="mean-std",
-               follows=f"DPPO-Binary-KL (arXiv 2602.04879); {VERL} core_algos.py "
-                       "compute_policy_loss_dppo_kl")
+               summary="DPPO-KL: dppo-tv with M a bound on the token's binary KL",
+               follows=f"DPPO (arXiv 2602.04879); {VERL} dppo_kl")
 def dppo_kl(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, clip_ratio_c: float = 3.0,
@@ -177,7 +177,8 @@ _TRL_LOG_W_LOW = math.log(1e-8)
 
 
 @register_loss("vespo", advantage="mean-std",
-               follows=f"VESPO; {TRL} loss_type='vespo' (GRPOTrainer.get_gamma_weights)")
+               summary="VESPO: −sg(φ(w))·A·log π, φ a gamma shape of the sequence ratio",
+               follows=f"VESPO; {TRL} vespo")
 def vespo(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     k_pos: float = 2.0, lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0,
@@ -238,8 +239,8 @@ def _second_moment_mask(m2: Tensor, candidates: Tensor, threshold: float, keep_o
 
 
 @register_loss("m2po", advantage="mean-std", inputs=("logp_rollout",), couples_rows=True,
-               follows="Zheng et al. 2025 (M2PO, arXiv 2510.01161) Algorithm 1; "
-                       f"{AREAL} _apply_m2po_masking with variant='areal'")
+               summary="M2PO: −ρ·A without the tokens of largest second moment",
+               follows=f"M2PO (arXiv 2510.01161); {AREAL}: variant='areal'")
 def m2po(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, logp_rollout: Tensor,
     threshold: float = 0.04, variant: str = "paper",
@@ -306,8 +307,8 @@ def _top_ranked(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
 
 
 @register_loss("clip-cov", advantage="mean-std", couples_rows=True,
-               follows=f"Cui et al. 2025 (entropy mechanism, Clip-Cov); {VERL} core_algos.py "
-                       "compute_policy_loss_clip_cov")
+               summary="Clip-Cov: PPO-clip, a few high-covariance tokens switched off",
+               follows=f"Cui et al. 2025; {VERL} clip_cov")
 def clip_cov(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, clip_cov_ratio: float = 2e-4,
@@ -347,8 +348,8 @@ def clip_cov(
 
 
 @register_loss("kl-cov", advantage="mean-std", couples_rows=True,
-               follows=f"Cui et al. 2025 (entropy mechanism, KL-Cov); {VERL} core_algos.py "
-                       "compute_policy_loss_kl_cov")
+               summary="KL-Cov: −ρ·A, + c·abs(δ) on the highest-covariance tokens",
+               follows=f"Cui et al. 2025; {VERL} kl_cov")
 def kl_cov(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 0.1,
