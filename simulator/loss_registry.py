@@ -82,7 +82,9 @@ class LossSpec(BoundFunction):
     docs/conventions.md has the differences and the keywords that restore each peer.
     ``inputs``: tensors beyond the four every loss gets that the function reads as keywords
     (``logp_rollout``, μ's log-probs: M2PO). ``corrections``: those a preset binds
-    (decoupled PPO's IS weight); a caller's corrections are added to them.
+    (decoupled PPO's IS weight); a caller's corrections are added to them. ``couples_rows``:
+    a token's loss depends on other rows of the batch (a batch-wide token selection: M2PO,
+    Clip-Cov, KL-Cov), so the loss of a batch is not the loss of its groups computed apart.
     """
 
     advantage: str = "mean"
@@ -94,6 +96,7 @@ class LossSpec(BoundFunction):
     follows: str = ""
     corrections: tuple[Correction, ...] = ()
     kind: str = "loss"
+    couples_rows: bool = False
 
     def __call__(self, logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor,
                  tensors: Mapping[str, Tensor | None] | None = None, **hparams: Any
@@ -217,10 +220,11 @@ def _refuse_reserved(name: str, fn: LossFn, inputs: tuple[str, ...] = ()) -> Non
 
 
 def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean",
-                  summary: str = "", follows: str = "", inputs: tuple[str, ...] = ()
-                  ) -> Callable[[LossFn], LossFn]:
+                  summary: str = "", follows: str = "", inputs: tuple[str, ...] = (),
+                  couples_rows: bool = False) -> Callable[[LossFn], LossFn]:
     """Decorator: register a per-token loss function under ``name``. ``inputs``: extra
-    tensors it reads as keyword-only parameters, from ``LOSS_INPUTS``."""
+    tensors it reads as keyword-only parameters, from ``LOSS_INPUTS``; ``couples_rows``: its
+    tokens are selected over the whole batch (``LossSpec.couples_rows``)."""
     advantage_kind(advantage, "advantage")
     require_choice("agg", agg, AGGREGATIONS)
     for item in inputs:
@@ -231,7 +235,7 @@ def register_loss(name: str, *, advantage: str = "mean", agg: str = "token-mean"
         first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         LOSSES[name] = LossSpec(name=name, fn=fn, advantage=advantage, agg=agg, base=name,
                                 summary=summary or first_line, follows=follows,
-                                inputs=tuple(inputs))
+                                inputs=tuple(inputs), couples_rows=bool(couples_rows))
         return fn
 
     return decorate

@@ -32,10 +32,14 @@ from simulator.exact import (
 from simulator.losses import LOSSES, policy_loss
 from simulator.policies import LogLinearPolicy, policy_behavior, random_logits
 from simulator.tree import TreeMDP
+from tests.loss_inputs import extra_inputs
 
 SEEDS = st.integers(0, 2**31 - 1)
 # every loss whose exact expectation is enumerable (red-drop draws at random)
-EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop")
+# the exact engines enumerate groups apart and feed (logp, logp_old, A, mask) only: a loss
+# reading another input (LossSpec.inputs) or coupling rows (couples_rows) is left out
+EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop"
+                      and not spec.inputs and not spec.couples_rows)
 
 
 def instance(seed: int, tree: bool, prompts: int = 2):
@@ -270,12 +274,15 @@ def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregatio
     mask = torch.rand(shape, generator=g) < 0.7
     mask[0, 0] = False
     mask[:, :, 0] = mask[:, :, 0] | (torch.arange(4) > 0)
-    for name in LOSSES:
+    for name in (name for name, spec in LOSSES.items() if not spec.couples_rows):
+        extra = extra_inputs(name, logp_old)
         for agg in AGGREGATIONS:
             norm_len = 5.0 if agg == "seq-mean-token-sum-norm" else None
-            together = group_losses(name, logp, logp_old, adv, mask, agg=agg, norm_len=norm_len)
-            outs = [policy_loss(name, *group, agg=agg, norm_len=norm_len)
-                    for group in zip(logp, logp_old, adv, mask, strict=True)]
+            together = group_losses(name, logp, logp_old, adv, mask, agg=agg, norm_len=norm_len,
+                                    **extra)
+            outs = [policy_loss(name, *group, agg=agg, norm_len=norm_len,
+                                **{key: value[i] for key, value in extra.items()})
+                    for i, group in enumerate(zip(logp, logp_old, adv, mask, strict=True))]
             torch.testing.assert_close(together.loss, torch.stack([o.loss for o in outs]),
                                        rtol=1e-12, atol=1e-14, msg=f"{name} {agg}")
             torch.testing.assert_close(together.clipfrac,

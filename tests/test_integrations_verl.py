@@ -82,7 +82,9 @@ def grlab_token_loss(name, logp, old, adv, mask, **keywords):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", sorted(LOSSES))
+# a loss reading another tensor (LossSpec.inputs: M2PO's logp_rollout) needs an adapter that
+# passes it; verl's policy-loss signature has no such argument
+@pytest.mark.parametrize("name", sorted(name for name, spec in LOSSES.items() if not spec.inputs))
 def test_every_registered_loss_through_verl_equals_verls_aggregation_of_the_grlab_loss(
         name, mode):
     """For every loss and every verl mode, ``get_policy_loss_fn('grlab/<name>')`` called as

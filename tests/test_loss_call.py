@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simulator.losses import LOSSES, LossOutput, policy_loss, register_loss
+from tests.loss_inputs import extra_inputs
 from theory_tests.strategies import loss_cases
 
 ALL = sorted(LOSSES)
@@ -42,7 +43,8 @@ def test_every_name_of_the_public_contract_is_registered():
 def test_output_is_a_scalar_loss_and_detached_scalar_metrics(name):
     logp, logp_old, adv, mask = tiny()
     logp.requires_grad_(True)
-    out = policy_loss(name, logp, logp_old, adv, mask, **length_for(name))
+    out = policy_loss(name, logp, logp_old, adv, mask, **length_for(name),
+                      **extra_inputs(name, logp_old))
     assert isinstance(out, LossOutput)
     assert out.loss.shape == () and out.loss.requires_grad
     assert {"clipfrac", "approx_kl", "ratio_mean"} <= set(out.metrics)
@@ -81,7 +83,8 @@ def test_a_masked_token_changes_nothing(name, case, junk):
                 adv[~case.mask] = fill
         logp.requires_grad_(True)
         out = policy_loss(name, logp, logp_old, adv, case.mask,
-                          **length_for(name, t=case.mask.shape[1]))
+                          **length_for(name, t=case.mask.shape[1]),
+                          **extra_inputs(name, case.logp_old))
         (grad,) = torch.autograd.grad(out.loss, logp)
         outs.append((out, grad))
     (a, ga), (b, gb) = outs

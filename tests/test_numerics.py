@@ -17,6 +17,7 @@ import torch
 
 from simulator.aggregation import AGGREGATIONS
 from simulator.losses import LOSSES, policy_loss
+from tests.loss_inputs import extra_inputs
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -60,7 +61,8 @@ def test_every_loss_is_finite_on_extreme_inputs_in_every_dtype(dtype, case):
     for name in LOSSES:
         for agg in AGGREGATIONS:
             leaf = logp.clone().requires_grad_(True)
-            out = policy_loss(name, leaf, logp_old, advantages, mask, agg=agg, **_norm(agg))
+            out = policy_loss(name, leaf, logp_old, advantages, mask, agg=agg, **_norm(agg),
+                              **extra_inputs(name, logp_old))
             (grad,) = torch.autograd.grad(out.loss, leaf)
             bad = [key for key, value in out.metrics.items() if not torch.isfinite(value)]
             if not torch.isfinite(out.loss):
@@ -137,11 +139,13 @@ def test_low_precision_inputs_get_the_float64_math_of_their_own_values(dtype):
     unit = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
     for name in LOSSES:
         ref_leaf = logp.double().requires_grad_(True)
+        extra = extra_inputs(name, old)  # the same rounded values in both calls
         ref = policy_loss(name, ref_leaf, old.double(), adv.double(), mask,
-                          **_norm(LOSSES[name].agg))
+                          **_norm(LOSSES[name].agg),
+                          **{key: value.double() for key, value in extra.items()})
         (ref_grad,) = torch.autograd.grad(ref.loss, ref_leaf)
         leaf = logp.clone().requires_grad_(True)
-        out = policy_loss(name, leaf, old, adv, mask, **_norm(LOSSES[name].agg))
+        out = policy_loss(name, leaf, old, adv, mask, **_norm(LOSSES[name].agg), **extra)
         (grad,) = torch.autograd.grad(out.loss, leaf)
         assert out.loss.dtype == torch.float32
         # the value is rounded once to float32; the gradient once to the input's dtype

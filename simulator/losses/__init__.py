@@ -45,7 +45,7 @@ from simulator.numerics import PEER_LOG_RATIO_CLAMP
 
 # isort: off
 # Importing the zoo's modules fills LOSSES: the base losses first, the presets that bind them last.
-from simulator.losses import reinforce, clipped  # noqa: F401
+from simulator.losses import reinforce, clipped, trust_region  # noqa: F401
 from simulator.losses import presets  # noqa: F401
 # isort: on
 

@@ -45,3 +45,15 @@ register_preset("luspo", "gspo", agg="seq-mean-token-sum",
 register_preset("rloo", "reinforce", advantage="loo",
                 follows="Ahmadian et al. 2024 (RLOO)",
                 summary="RLOO: REINFORCE with the leave-one-out mean baseline")
+
+# 2025–26 presets (simulator/losses/trust_region.py holds the new base losses)
+register_preset("dro", "opmd-kimi", level="token", tau=1.0, advantage="mean-std",
+                follows=f"{VERL} dro (tau = dro_beta)",
+                summary="DRO: −A·log π + (τ/2)·δ² per token, τ = verl's dro_beta")
+register_preset("cispo-scalerl", "cispo", eps_low=1.0, eps_high=4.0, advantage="mean-std",
+                follows=f"ScaleRL (arXiv 2510.13786); {TRL} cispo, epsilon_high=5",
+                summary="CISPO with ScaleRL's bound: −sg(min(ρ, 5))·A·log π")
+register_preset("decoupled-ppo", "ppo", eps_low=0.2, eps_high=0.2, advantage="mean-std",
+                corrections="mis-token:high=5.0",
+                follows="AReaL decoupled PPO (behave_imp_weight_cap=5, token_mask)",
+                summary="Decoupled PPO: PPO-clip times π_old/μ, tokens above 5 dropped")

@@ -21,6 +21,7 @@ __all__ = ["MODULE_TESTS", "MUTANTS", "Mutant", "selected_tests"]
 LOSSES = "simulator/losses/reinforce.py"  # the REINFORCE family
 CLIPPED = "simulator/losses/clipped.py"
 PRESETS = "simulator/losses/presets.py"
+TRUST_REGION = "simulator/losses/trust_region.py"  # the 2025–26 losses
 COMMON = "simulator/losses/common.py"
 LOSS_CALL = "simulator/loss_call.py"
 AGGREGATION = "simulator/aggregation.py"
@@ -49,6 +50,8 @@ THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
 THREE_POLICIES = "tests/test_exact_three_policies.py"
 LAB = "tests/test_dynamics.py"
+TR_VALUES = "tests/test_losses_trust_region.py"
+TR_PARITY = "tests/test_parity_trust_region.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
 _EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THREE_POLICIES,
@@ -57,6 +60,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
     CLIPPED: _LOSS_TESTS,
     PRESETS: _LOSS_TESTS,
+    TRUST_REGION: (TR_VALUES, TR_PARITY, CONTRACT, FUZZ, GUARDS),
     COMMON: _LOSS_TESTS,
     LOSS_CALL: (*_LOSS_TESTS, THREE_POLICIES),
     AGGREGATION: (AGG_TESTS, LOSS_VALUES, CONTRACT, GUARDS),
@@ -569,6 +573,64 @@ _THREE_POLICY_MUTANTS = [
        f"{_THREE}::test_one_lab_step_is_the_exact_gradient_under_the_tempered_sampler"),
 ]
 
+_TRUST_REGION_MUTANTS = [
+    # --- one per 2025–26 loss and preset (simulator/losses/trust_region.py, presets.py) ------
+    _m("sapo-temperatures-swapped", TRUST_REGION,
+       "tau = torch.where(adv > 0, adv.new_tensor(tau_pos), adv.new_tensor(tau_neg))",
+       "tau = torch.where(adv > 0, adv.new_tensor(tau_neg), adv.new_tensor(tau_pos))",
+       "SAPO's τ_pos given to negative advantages and τ_neg to positive ones",
+       f"{TR_VALUES}::test_sapo_surrogate_and_weight_forms"),
+    _m("gmpo-clip-direction-reversed", TRUST_REGION,
+       "tilde = sign * torch.minimum(sign * delta, sign * clamped)",
+       "tilde = sign * torch.maximum(sign * delta, sign * clamped)",
+       "GMPO's log-space clip taken on the wrong side (the pessimistic min lost)",
+       f"{TR_VALUES}::test_gmpo_clips_in_log_space_and_takes_the_geometric_mean"),
+    _m("dppo-tv-eps-swapped", TRUST_REGION,
+       "keep = torch.where(adv > 0, change <= eps_high, change >= -eps_low)",
+       "keep = torch.where(adv > 0, change <= eps_low, change >= -eps_high)",
+       "DPPO-TV's ε_low and ε_high swapped (equal by default: only a non-default ε sees it)",
+       f"{TR_PARITY}::test_dppo_is_verls_dppo"),
+    _m("dppo-kl-negative-side-flipped", TRUST_REGION,
+       "(binary_kl <= eps_low) | (p >= p_old))",
+       "(binary_kl <= eps_low) | (p <= p_old))",
+       "DPPO-KL keeps a negative-advantage token whose probability fell past the KL bound",
+       f"{TR_VALUES}::test_dppo_kl_masks_by_the_binary_kl"),
+    _m("vespo-not-normalised-at-one", TRUST_REGION,
+       "log_phi = finite(lam + mul(k, log_w) - mul(lam, numerics.exp(log_w)))",
+       "log_phi = finite(mul(k, log_w) - mul(lam, numerics.exp(log_w)))",
+       "VESPO's gamma weight without e^λ: φ(1) = e^−λ, on-policy VESPO no longer REINFORCE",
+       f"{TR_VALUES}::test_vespo_weight_is_one_on_policy"),
+    _m("m2po-inactive-quadrants", TRUST_REGION,
+       "candidates = mask & (((adv > 0) & (drift > 0)) | ((adv < 0) & (drift < 0)))",
+       "candidates = mask & (((adv > 0) & (drift < 0)) | ((adv < 0) & (drift > 0)))",
+       "M2PO's second moment taken over the quadrants PPO does not act on",
+       f"{TR_VALUES}::test_m2po_paper_variant_drops_the_largest_second_moments_of_the_active"
+       "_quadrants"),
+    _m("clip-cov-smallest-covariance", TRUST_REGION,
+       "chosen = _top_ranked(cov, band, n)", "chosen = _top_ranked(-cov, band, n)",
+       "Clip-Cov's deterministic reading switching off the smallest covariance in the band",
+       f"{TR_VALUES}::test_clip_cov_switches_off_the_largest_covariance_in_the_band"),
+    _m("kl-cov-signed-penalty", TRUST_REGION,
+       "penalty = mul(ppo_kl_coef, _log_ratio(logp, logp_old).abs())",
+       "penalty = mul(ppo_kl_coef, _log_ratio(logp, logp_old))",
+       "KL-Cov's penalty on δ instead of |δ| (rewards moving away for δ < 0)",
+       f"{TR_VALUES}::test_kl_cov_penalises_the_largest_covariance"),
+    _m("dro-sequence-level", PRESETS,
+       'register_preset("dro", "opmd-kimi", level="token"',
+       'register_preset("dro", "opmd-kimi", level="sequence"',
+       "DRO's square taken on the sequence log-ratio (Kimi's) instead of per token (verl's)",
+       f"{TR_PARITY}::test_dro_is_verls_dro_with_tau_as_dro_beta"),
+    _m("cispo-scalerl-epsilon-max-as-eps", PRESETS,
+       'register_preset("cispo-scalerl", "cispo", eps_low=1.0, eps_high=4.0,',
+       'register_preset("cispo-scalerl", "cispo", eps_low=1.0, eps_high=5.0,',
+       "ScaleRL's ε_max = 5 bound as ε_high = 5 (a cap of 6 instead of 5)",
+       f"{TR_VALUES}::test_cispo_scalerl_caps_the_weight_at_five_without_a_lower_bound"),
+    _m("decoupled-ppo-truncates", PRESETS,
+       'corrections="mis-token:high=5.0",', 'corrections="tis-token:high=5.0",',
+       "decoupled PPO truncating the IS weight at 5 instead of dropping the token (AReaL masks)",
+       f"{TR_VALUES}::test_decoupled_ppo_weights_by_pi_old_over_mu_and_drops_weights_above_five"),
+]
+
 MUTANTS: tuple[Mutant, ...] = (*_LOSS_MUTANTS, *_AGGREGATION_MUTANTS, *_ADVANTAGE_MUTANTS,
                                *_NUMERICS_MUTANTS, *_KL_MUTANTS, *_EXACT_MUTANTS,
-                               *_THREE_POLICY_MUTANTS)
+                               *_THREE_POLICY_MUTANTS, *_TRUST_REGION_MUTANTS)
