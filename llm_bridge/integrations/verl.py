@@ -34,6 +34,21 @@ Design decisions
   verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
 * ``rollout_is_weights`` (verl's rollout correction) multiply each token's loss before the
   aggregation, as verl's own losses do: ``policy_loss(..., token_weights=...)``.
+* verl's rollout correction (``algorithm.rollout_correction``, ``RolloutCorrectionConfig``)
+  is grlab's corrections (``verl_corrections``): ``rollout_is`` token/sequence with a float
+  threshold → ``is`` truncate (TIS), with ``"lower_upper"`` → ``is`` mask (IcePop, the token
+  stays counted), ``rollout_is_batch_normalize`` → ``normalize``; ``bypass_mode`` → the ratio
+  against the current policy (``ratio="current"``; verl then passes μ as ``old_log_prob``).
+  In decoupled mode verl 0.9.1 computes its weights and rejection mask itself, before the loss,
+  from ``old_log_probs`` and ``rollout_log_probs``, and hands the loss only the weights (as
+  ``rollout_is_weights``) and the edited mask: those are honoured as above, and
+  ``verl_corrections`` is the same correction as grlab data (for grlab's trainer and exact
+  engines; tested to give verl's weights). ``rollout_rs`` (rejection by a k1/k2/k3
+  divergence) has no grlab correction yet and is refused by ``verl_corrections``.
+* ``policy_loss.grlab_corrections`` (``GrlabPolicyLossConfig``): grlab corrections applied
+  inside the loss. When verl passes ``rollout_log_probs`` to the loss they are μ, apart from
+  ``old_log_prob`` (π_old); otherwise μ is π_old (corrections with ``ratio="current"`` still
+  act). Do not also enable verl's rollout correction for the same ratio: both would apply.
 * Advantage estimators use verl's signature ``fn(token_level_rewards, response_mask, index,
   config, ...) -> (advantages, returns)``. Responses are grouped by ``index`` (verl's uid);
   groups of different sizes are computed size by size, which is exact since every grlab kind is
@@ -56,6 +71,7 @@ from torch import Tensor
 from llm_bridge.integrations import common_dtype, import_engine
 from simulator.advantages import ADVANTAGES, shaped_advantages
 from simulator.aggregation import norm_len_for
+from simulator.corrections import Correction, as_corrections
 from simulator.losses import LOSSES, LossSetup, policy_loss
 
 core_algos = import_engine("verl.trainer.ppo.core_algos", "verl")
@@ -69,6 +85,7 @@ __all__ = [
     "grlab_advantages",
     "loss_keywords",
     "register_all",
+    "verl_corrections",
 ]
 
 PREFIX = "grlab/"
@@ -100,6 +117,7 @@ class GrlabPolicyLossConfig(verl_config.PolicyLossConfig):
     """
 
     grlab_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grlab_corrections: list[str] = dataclasses.field(default_factory=list)
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -183,11 +201,52 @@ def verl_metrics(metrics: Mapping[str, Tensor]) -> dict[str, float]:
     return out
 
 
+def verl_corrections(rollout_correction: Any) -> tuple[Correction, ...]:
+    """verl 0.9.1's ``RolloutCorrectionConfig`` (or its dict) as grlab corrections.
+
+    ``rollout_is`` ("token" / "sequence": the product of the token ratios, grlab's
+    ``sequence``) with ``rollout_is_threshold`` a number (TIS: min(w, threshold)) or
+    ``"lower_upper"`` (IcePop: w outside [lower, upper] set to 0, the token kept in the
+    normaliser) → ``is``; ``rollout_is_batch_normalize`` → ``normalize=True``; the ratio is
+    π_old/μ (``ratio="old"``, decoupled mode) or, with ``bypass_mode``, π_θ/μ
+    (``ratio="current"``). ``rollout_rs`` is refused (no grlab rejection correction yet).
+    """
+    if rollout_correction is None:
+        return ()
+    level = _get(rollout_correction, "rollout_is", None)
+    if _get(rollout_correction, "rollout_rs", None) is not None:
+        raise ValueError(
+            f"rollout_rs={_get(rollout_correction, 'rollout_rs')!r} (verl's rejection by a "
+            "divergence) has no grlab correction yet: leave it to verl, which applies it to "
+            "the response mask before grlab's loss")
+    if level is None:
+        return ()
+    if level not in ("token", "sequence"):
+        raise ValueError(f"rollout_is must be 'token', 'sequence' or None, got {level!r}")
+    upper, lower = _verl_threshold(_get(rollout_correction, "rollout_is_threshold", 2.0))
+    hparams: dict[str, Any] = {
+        "level": level, "action": "truncate" if lower is None else "mask", "high": upper,
+        "low": lower, "denominator": "keep",
+        "ratio": "current" if _get(rollout_correction, "bypass_mode", False) else "old",
+        "normalize": bool(_get(rollout_correction, "rollout_is_batch_normalize", False))}
+    return (Correction("is", hparams),)
+
+
+def _verl_threshold(spec: Any) -> tuple[float, float | None]:
+    """(upper, lower) of verl's ``rollout_is_threshold``: a number, or ``"lower_upper"``."""
+    if isinstance(spec, bool) or not isinstance(spec, int | float | str):
+        raise TypeError(f"rollout_is_threshold must be a number or 'lower_upper', got {spec!r}")
+    if isinstance(spec, str) and "_" in spec:
+        lower, upper = (float(part) for part in spec.split("_", 1))
+        return upper, lower
+    return float(spec), None
+
+
 def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]]]:
     def grlab_policy_loss(
         old_log_prob: Tensor, log_prob: Tensor, advantages: Tensor, response_mask: Tensor,
         loss_agg_mode: str = "token-mean", config: Any = None,
-        rollout_is_weights: Tensor | None = None,
+        rollout_is_weights: Tensor | None = None, rollout_log_probs: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         if config is None:
             raise ValueError(f"grlab/{name}: config must be verl's actor config, got None")
@@ -199,9 +258,13 @@ def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]
         options = aggregation_options(loss_agg_mode, response_mask,
                                       _get(config, "global_batch_info", None) or {})
         weights = None if rollout_is_weights is None else rollout_is_weights.to(dtype)
+        corrections = as_corrections(
+            _get(_get(config, "policy_loss", {}) or {}, "grlab_corrections", None) or ())
+        sampler = None if rollout_log_probs is None or not corrections \
+            else rollout_log_probs.to(dtype)
         out = policy_loss(name, log_prob.to(dtype), old_log_prob.to(dtype),
                           advantages.to(dtype), response_mask, token_weights=weights,
-                          **options, **keywords)
+                          corrections=corrections, logp_rollout=sampler, **options, **keywords)
         return out.loss, verl_metrics(out.metrics)
 
     grlab_policy_loss.__name__ = f"grlab_{name.replace('-', '_')}"
