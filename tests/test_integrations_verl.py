@@ -270,6 +270,31 @@ def test_a_changed_verl_clip_field_the_loss_cannot_take_is_refused():
                                                            clip_ratio_high=0.3))
 
 
+def test_verls_loss_specific_fields_reach_a_grlab_loss_with_keywords_of_their_names(
+        monkeypatch):
+    """SAPO's tau_pos/tau_neg (actor fields) and DRO's, Clip-Cov's, KL-Cov's policy_loss fields,
+    changed from verl's defaults, become the keywords of the same name (a stand-in loss takes
+    them: the zoo's sapo/dro/clip-cov/kl-cov come with another change); grlab_kwargs wins; a
+    changed field the loss cannot take is refused."""
+
+    class Stand:
+        def defaults(self):
+            return {"tau_pos": 1.0, "tau_neg": 1.05, "dro_beta": None, "clip_cov_ratio": 2e-4}
+
+        def resolve(self, keywords):
+            return {**self.defaults(), **keywords}
+
+    monkeypatch.setattr(grlab_verl, "LOSSES", {"stand": Stand(), **grlab_verl.LOSSES})
+    policy = grlab_verl.GrlabPolicyLossConfig(loss_mode="grlab/stand", dro_beta=0.3,
+                                              clip_cov_ratio=1e-3, grlab_kwargs={"tau_neg": 2.0})
+    config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
+                         tau_pos=1.5, tau_neg=1.2, policy_loss=policy)
+    assert grlab_verl.loss_keywords("stand", config) == {
+        "tau_pos": 1.5, "tau_neg": 2.0, "dro_beta": 0.3, "clip_cov_ratio": 1e-3}
+    with pytest.raises(ValueError, match="tau_pos"):
+        grlab_verl.loss_keywords("grpo", config)
+
+
 def test_an_unknown_grlab_keyword_is_a_type_error_naming_the_valid_ones():
     with pytest.raises(TypeError, match="eps_hihg"):
         grlab_verl.loss_keywords("ppo", actor_config("grlab/ppo", {"eps_hihg": 0.3}))

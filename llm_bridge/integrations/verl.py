@@ -28,7 +28,11 @@ Design decisions
   wins. A verl field left at its default means "not set", so ``grlab/dapo`` keeps ε_high = 0.28
   and ``grlab/grpo`` has no dual clip (verl's ``vanilla`` always dual-clips at c = 3:
   ``grlab/ppo-dual-clip`` is that loss). A changed field the loss has no keyword for is a
-  ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key.
+  ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key. verl's
+  loss-specific fields (SAPO's ``tau_pos``/``tau_neg``, Clip-Cov's and KL-Cov's
+  ``policy_loss.clip_cov_*``/``kl_cov_ratio``/``ppo_kl_coef``, DRO's ``policy_loss.dro_beta``)
+  follow the same rule through ``VERL_LOSS_FIELDS``: a grlab loss whose keyword has the verl
+  field's name gets the changed value; any other grlab keyword comes by ``grlab_kwargs``.
 * Metrics: verl's names ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``
   from grlab's metrics of the same definitions, and every grlab metric as ``actor/grlab/<name>``.
   verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
@@ -96,6 +100,20 @@ _CLIP_FIELDS: tuple[tuple[str, str, str | None], ...] = (
     ("eps_high", "clip_ratio_high", "clip_ratio"),
     ("dual_clip", "clip_ratio_c", None),
 )
+# verl's loss-specific fields -> the grlab keyword of the same meaning, for the losses verl has
+# (sapo, clip_cov, kl_cov, dro): (grlab keyword, where verl keeps it: the actor config or its
+# policy_loss, the field). A grlab loss that takes the keyword gets the field's value when the
+# user changed it from verl's default; a changed field the loss cannot take is refused.
+VERL_LOSS_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("tau_pos", "actor", "tau_pos"),  # sapo: the positive-advantage temperature
+    ("tau_neg", "actor", "tau_neg"),  # sapo: the negative-advantage temperature
+    ("clip_cov_ratio", "policy_loss", "clip_cov_ratio"),  # clip_cov: share of tokens clipped
+    ("clip_cov_lb", "policy_loss", "clip_cov_lb"),  # clip_cov: covariance band, lower
+    ("clip_cov_ub", "policy_loss", "clip_cov_ub"),  # clip_cov: covariance band, upper
+    ("kl_cov_ratio", "policy_loss", "kl_cov_ratio"),  # kl_cov: share of tokens penalised
+    ("ppo_kl_coef", "policy_loss", "ppo_kl_coef"),  # kl_cov: the KL coefficient
+    ("dro_beta", "policy_loss", "dro_beta"),  # dro: its β
+)
 VERL_METRIC_NAMES: Mapping[str, str] = {
     "pg_clipfrac": "actor/pg_clipfrac",
     "ppo_kl": "actor/ppo_kl",
@@ -104,6 +122,9 @@ VERL_METRIC_NAMES: Mapping[str, str] = {
 # verl's own defaults, read from its ActorConfig: a clip field left at its default is "not set"
 _VERL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(verl_config.ActorConfig)
                   if f.default is not dataclasses.MISSING}
+_VERL_POLICY_LOSS_DEFAULTS = {f.name: f.default
+                              for f in dataclasses.fields(verl_config.PolicyLossConfig)
+                              if f.default is not dataclasses.MISSING}
 _log = logging.getLogger(__name__)
 
 
@@ -154,7 +175,21 @@ def loss_keywords(name: str, config: Any) -> dict[str, Any]:
                 f"{sorted(takes) or 'none'}); leave it at verl's default "
                 f"{_effective(_VERL_DEFAULTS, field, fallback)}")
         keywords[keyword] = float(value)
-    extra = _get(_get(config, "policy_loss", {}) or {}, "grlab_kwargs", None) or {}
+    policy = _get(config, "policy_loss", {}) or {}
+    for keyword, where, field in VERL_LOSS_FIELDS:
+        source, defaults = (config, _VERL_DEFAULTS) if where == "actor" \
+            else (policy, _VERL_POLICY_LOSS_DEFAULTS)
+        value = _get(source, field)
+        if value is None or value == defaults.get(field):
+            continue
+        shown = field if where == "actor" else f"policy_loss.{field}"
+        if keyword not in takes:
+            raise ValueError(
+                f"actor.{shown}={value} has no counterpart in loss grlab/{name} (its keywords: "
+                f"{sorted(takes) or 'none'}); leave it at verl's default {defaults.get(field)} "
+                "and give the loss's own keyword in policy_loss.grlab_kwargs")
+        keywords[keyword] = value
+    extra = _get(policy, "grlab_kwargs", None) or {}
     keywords.update(dict(extra))
     spec.resolve(keywords)  # a typo in grlab_kwargs is a TypeError naming the valid keywords
     return keywords
