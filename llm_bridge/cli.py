@@ -94,8 +94,18 @@ def flags() -> list[tuple[str, Any, Any, str]]:
     for cls, names in sources:
         hints, docs = typing.get_type_hints(cls), field_docs(cls)
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        rows += [(name, hints[name], defaults[name], docs[name]) for name in names]
+        rows += [(name, _repeatable(hints[name]), defaults[name], docs[name]) for name in names]
     return rows
+
+
+def _repeatable(hint: Any) -> Any:
+    """A tuple field (``--correction``) as a flag given once per value."""
+    if typing.get_origin(hint) is not tuple:
+        return hint
+    import tyro
+
+    return typing.Annotated[hint, tyro.conf.UseAppendAction,
+                            tyro.conf.arg(metavar="NAME[:KEY=VALUE,...]")]
 
 
 def train_llm(**options: Any) -> None:
@@ -217,6 +227,9 @@ def command_line(arguments: dict[str, Any], *, drop: tuple[str, ...] = ("resume"
         if name in drop or value == defaults[name].default:
             continue
         flag = "--" + name.replace("_", "-")
+        if isinstance(value, tuple | list):  # a repeatable flag (--correction)
+            words += [word for item in value for word in (flag, str(item))]
+            continue
         words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False \
             else [flag, str(value)]
     local = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from simulator.schedule import Schedule
 from simulator.validation import require_int, require_positive
@@ -66,7 +66,26 @@ class TrainConfig:
     temperature: float = 1.0
     """sampling temperature; log π_θ uses the same one (ratio 1 on-policy)."""
     top_p: float = 1.0
-    """nucleus sampling mass; behavior log-probs are those of the truncated distribution."""
+    """the sampler's nucleus mass: it samples from the smallest set of most likely tokens
+    holding this mass (μ, renormalised; recorded as the sampler's log-probs)."""
+    top_k: int | None = None
+    """the sampler draws from the k most likely tokens only (μ renormalised over them, before
+    top-p, as vLLM and transformers); unset: all."""
+    sampler_temperature: float | None = None
+    """the sampler's temperature when it differs from --temperature (a mismatched sampler);
+    unset: --temperature."""
+    sampler_dtype: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the sampler runs a bfloat16 copy of the rollout weights (as an inference engine
+    does), so its log-probs differ from the trainer's fp32 ones."""
+    recompute_old: bool = True
+    """with a mismatched sampler (--sampler-temperature, --top-p, --top-k, --sampler-dtype),
+    recompute π_old (the loss's old log-probs) with the trainer's log-prob pass on the weights
+    that sampled, and give the loss the sampler's log-probs μ apart; --no-recompute-old uses
+    μ as π_old (verl's bypass mode: corrections then need ratio=current)."""
+    correction: tuple[str, ...] = ()
+    """an off-policy correction NAME[:KEY=VALUE,...] on π_old/μ, repeatable: a name of
+    simulator.corrections.CORRECTIONS (tis-token, mis-seq, icepop, opsm, is, ...) with its
+    keywords, e.g. --correction tis-token:high=3 --correction is:level=sequence,action=mask."""
     lr: float = 2e-5
     """AdamW learning rate."""
     weight_decay: float = 0.0
@@ -120,6 +139,14 @@ class TrainConfig:
             require_positive(name, getattr(self, name))
         if not 0.0 < require_positive("top_p", self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k is not None:
+            require_int("top_k", self.top_k, 1)
+        if self.sampler_temperature is not None:
+            require_positive("sampler_temperature", self.sampler_temperature)
+        if self.sampler_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"sampler_dtype must be 'fp32' or 'bf16', got {self.sampler_dtype!r}")
+        self.correction = tuple(self.correction)
+        self.corrections  # noqa: B018 -- a bad --correction: a named error before any work
         if (self.resume or self.overwrite) and self.out is None:
             raise ValueError("resume and overwrite need out= (the run folder)")
         if self.resume and self.overwrite:
@@ -132,7 +159,31 @@ class TrainConfig:
         from simulator.losses import LossSetup  # the loss layer (torch) only when a run is set up
 
         return LossSetup(self.loss, advantage=self.advantage,
-                         advantage_kwargs=self.advantage_kwargs, agg=self.agg)
+                         advantage_kwargs=self.advantage_kwargs, agg=self.agg,
+                         corrections=self.corrections)
+
+    @property
+    def corrections(self) -> tuple[Any, ...]:
+        """``correction`` as ``simulator.corrections.Correction`` objects, each checked by
+        running it once on a one-token batch (a bad name, keyword or value fails here)."""
+        return tuple(_checked_correction(text) for text in self.correction)
+
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature the sampler draws at."""
+        return self.temperature if self.sampler_temperature is None else self.sampler_temperature
+
+    @property
+    def sampler_mismatch(self) -> bool:
+        """Whether the sampler's distribution μ differs from the trained policy's at the same
+        weights (another temperature, top-p or top-k truncation, bf16 weights)."""
+        return (self.sampling_temperature != self.temperature or self.top_p < 1
+                or self.top_k is not None or self.sampler_dtype != "fp32")
+
+    @property
+    def recomputes_old(self) -> bool:
+        """Whether π_old is recomputed apart from the sampler's μ (three policies)."""
+        return self.recompute_old and self.sampler_mismatch
 
     @property
     def schedule(self) -> Schedule:
@@ -140,9 +191,11 @@ class TrainConfig:
 
     @property
     def behavior_gap(self) -> bool:
-        """Whether π_θ can differ from the behavior policy on a batch (stale data, or top-p
-        truncation); otherwise clipfrac and approx_kl are exactly 0 and not worth showing."""
-        return self.offline or self.sync_interval > 1 or self.sync_offset > 0 or self.top_p < 1
+        """Whether π_θ can differ from the loss's π_old on a batch (stale data, or a
+        mismatched sampler whose μ is used as π_old); otherwise clipfrac and approx_kl are
+        exactly 0 and not worth showing."""
+        return (self.offline or self.sync_interval > 1 or self.sync_offset > 0
+                or (self.sampler_mismatch and not self.recompute_old))
 
     @property
     def aggregation(self) -> str:
@@ -157,7 +210,40 @@ class TrainConfig:
         """The fields a resumed run must share with the run it continues (``steps`` may grow)."""
         skip = {"resume", "overwrite", "progress", "plot", "out", "device", "eval_every",
                 "checkpoint_every", "steps", "keep_previous"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        values["correction"] = list(self.correction)  # as a checkpoint's JSON holds it
+        # the sampler's fields at their defaults are left out: a checkpoint written before
+        # they existed (a matched sampler, no correction) still resumes
+        return {k: v for k, v in values.items()
+                if not (k in SAMPLER_FIELDS and v == SAMPLER_FIELDS[k])}
+
+
+# the fields added with the mismatched sampler and their defaults (see ``fingerprint``)
+SAMPLER_FIELDS: dict[str, Any] = {"top_k": None, "sampler_temperature": None,
+                                  "sampler_dtype": "fp32", "recompute_old": True,
+                                  "correction": []}
+
+
+def _checked_correction(text: str) -> Any:
+    """``Correction.parse(text)``, run once on a one-token batch, so that a bad name, keyword
+    or value fails before any model loads; the error names the flag."""
+    import torch
+
+    from simulator.corrections import CORRECTIONS, Correction, CorrectionInputs
+
+    try:
+        correction = Correction.parse(text)
+        if CORRECTIONS[correction.name].resolve(correction.hparams).get("normalize"):
+            raise ValueError("batch normalisation (normalize=true) is not exact in the trainer: "
+                             "each micro-batch and process would normalise its own share")
+        one = torch.zeros(1, 1, dtype=torch.float64)
+        correction(CorrectionInputs(one, one, one, one, torch.ones(1, 1, dtype=torch.bool),
+                                    one, one))
+    except (KeyError, ValueError, TypeError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args \
+            else str(error)
+        raise type(error)(f"correction has a bad value {text!r}: {message}") from None
+    return correction
 
 
 def check_processes(prompts_per_step: int, world_size: int) -> None:

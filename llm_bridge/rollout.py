@@ -16,6 +16,11 @@ Design decisions
   is the kept mass m ≤ 1 (log ρ = log m): truncation is itself an off-policy gap; it is reported
   in the ``approx_kl``/``ratio_mean`` metrics, not hidden. T = 0 means greedy decoding
   (evaluation only): μ is a point mass and log μ = 0.
+* Top-k, a sampler temperature of its own, bf16 weights (a mismatched sampler): μ is then
+  top-p(top-k(softmax(logits / T_s))) of the sampler's weights, renormalised (top-k first, as
+  vLLM and transformers). ``logp_behavior`` stays log μ; the trainer's recomputed log-probs
+  of the same tokens under its own policy (π_old, ``Rollout.logp_old``) are carried apart
+  (``llm_bridge.trainer.make_batch``), so the loss sees three policies.
 * Layout: prompts left-padded to width P, responses right-padded to width R =
   ``max_new_tokens``; ``input_ids`` [B, P + R] is both. A response ends with its EOS token,
   which is part of the response (``response_mask`` True, as the tree MDP's EOS action); tokens
@@ -46,13 +51,16 @@ __all__ = ["Batch", "Rollout", "generate", "pad_rows", "sampling_logprobs"]
 class Rollout:
     """B sampled responses: ``input_ids``/``attention_mask`` [B, P + R] (prompt then response),
     ``response_mask`` [B, R] (bool, True on sampled tokens incl. EOS), ``logp_behavior``
-    [B, R] (float32, log μ of each sampled token; 0 at padding), ``prompt_width`` P."""
+    [B, R] (float32, log μ of each sampled token, as the sampler drew it; 0 at padding),
+    ``prompt_width`` P, and ``logp_old`` [B, R] (the trainer's log-probs of the same tokens on
+    the weights that sampled, π_old; None when μ is used as π_old)."""
 
     input_ids: Tensor
     attention_mask: Tensor
     response_mask: Tensor
     logp_behavior: Tensor
     prompt_width: int
+    logp_old: Tensor | None = None
 
     @property
     def response_ids(self) -> Tensor:
@@ -61,12 +69,14 @@ class Rollout:
     def rows(self, index: Tensor | slice) -> Rollout:
         """The rollout of a subset of rows (a micro-batch)."""
         return Rollout(self.input_ids[index], self.attention_mask[index],
-                       self.response_mask[index], self.logp_behavior[index], self.prompt_width)
+                       self.response_mask[index], self.logp_behavior[index], self.prompt_width,
+                       None if self.logp_old is None else self.logp_old[index])
 
     def to(self, device: torch.device | str) -> Rollout:
         return Rollout(self.input_ids.to(device), self.attention_mask.to(device),
                        self.response_mask.to(device), self.logp_behavior.to(device),
-                       self.prompt_width)
+                       self.prompt_width,
+                       None if self.logp_old is None else self.logp_old.to(device))
 
     def state(self) -> dict[str, Any]:
         """Plain tensors and ints, for a checkpoint (``torch.load(weights_only=True)``)."""
@@ -104,11 +114,18 @@ class Batch:
 
 
 
-def sampling_logprobs(logits: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:
+def sampling_logprobs(logits: Tensor, temperature: float, top_p: float = 1.0,
+                      top_k: int | None = None) -> Tensor:
     """log μ [B, V] of the distribution sampled at one position: softmax(logits / T),
+    restricted to the ``top_k`` most likely tokens (when given) and renormalised, then
     truncated to the smallest set of most likely tokens whose mass reaches ``top_p`` (the most
     likely token is always kept), renormalised; −inf outside the kept set. fp32."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_k is not None and top_k < logp.shape[-1]:
+        kept = torch.zeros_like(logp, dtype=torch.bool).scatter(
+            -1, logp.topk(top_k, dim=-1).indices, True)
+        logp = torch.where(kept, logp, torch.full_like(logp, -torch.inf))
+        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
     if top_p >= 1.0:
         return logp
     sorted_logp, order = logp.sort(dim=-1, descending=True)
@@ -120,13 +137,15 @@ def sampling_logprobs(logits: Tensor, temperature: float, top_p: float = 1.0) ->
 
 
 def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
-           top_p: float) -> None:
+           top_p: float, top_k: int | None) -> None:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     require_int("max_new_tokens", max_new_tokens, 1)
     require_nonnegative("temperature", temperature)
     if not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None:
+        require_int("top_k", top_k, 1)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool,
@@ -143,13 +162,13 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool,
     return ids.to(device), mask.to(device)
 
 
-def _draw(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-          ) -> tuple[Tensor, Tensor]:
+def _draw(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+          top_k: int | None = None) -> tuple[Tensor, Tensor]:
     """(index [B], log μ(index) [B]) of one sampling step (greedy when T = 0)."""
     if temperature == 0.0:
         index = logits.argmax(dim=-1)
         return index, torch.zeros(index.shape, dtype=torch.float32, device=logits.device)
-    logp = sampling_logprobs(logits, temperature, top_p)
+    logp = sampling_logprobs(logits, temperature, top_p, top_k)
     index = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return index, logp.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
@@ -165,13 +184,14 @@ def generate(
     generator: torch.Generator | None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    top_k: int | None = None,
     allowed_tokens: Tensor | None = None,
 ) -> Rollout:
     """Sample one response per prompt (token-id lists) from ``model``; see the module docstring.
 
     ``generator`` must live on the model's device (None only for greedy decoding, T = 0).
     """
-    _check(prompts, max_new_tokens, temperature, top_p)
+    _check(prompts, max_new_tokens, temperature, top_p, top_k)
     if temperature > 0 and not isinstance(generator, torch.Generator):
         raise TypeError("generator must be a torch.Generator when temperature > 0")
     device = next(model.parameters()).device
@@ -193,7 +213,7 @@ def generate(
         logits = out.logits[:, -1]
         if allowed is not None:
             logits = logits[:, allowed]
-        index, logp = _draw(logits, temperature, top_p, generator)
+        index, logp = _draw(logits, temperature, top_p, generator, top_k)
         token = index if allowed is None else allowed[index]
         alive = ~finished
         tokens[:, step] = torch.where(alive, token, torch.full_like(token, pad_token_id))

@@ -279,10 +279,17 @@ def progress_text(row: dict[str, float], *, behavior: bool) -> str:
     """What a progress line shows of a metric row: the metrics that move. The batch reward
     and entropy always; the KL to the initial model (``kl_ref``) when it is computed; the clip
     fraction and approx. KL to the behaviour policy only when they can differ from 0
-    (``behavior``: stale data or top-p < 1 — on-policy at θ = θ_old they are exactly 0)."""
+    (``behavior``: stale data, or a mismatched sampler whose μ is π_old — on-policy at
+    θ = θ_old they are exactly 0); with a mismatched sampler whose π_old is recomputed, the
+    sampler's KL to π_old (``kl_samp``); with corrections, the mean IS weight (``w``) and the
+    share of tokens they removed (``rej``)."""
     text = f"reward {row['reward']:.2f} ent {row['entropy']:.3f}"
     if behavior:
         text += f" clip {row['clipfrac']:.3f} kl_behav {row['approx_kl']:+.4f}"
+    if "kl_sampler" in row:
+        text += f" kl_samp {row['kl_sampler']:+.4f}"
+    if "is_weight_mean" in row:
+        text += f" w {row['is_weight_mean']:.3f} rej {row['rejected_frac']:.3f}"
     if "kl_ref" in row:
         text += f" kl_ref {row['kl_ref']:.4f}"
     if "eval_reward" in row:

@@ -34,6 +34,14 @@ Design decisions
   come from the global batch, and each loss is multiplied by the number of processes W to undo
   DDP's averaging, so W processes give exactly the one-process gradient of the same batch
   (tested for every mode). Process 0 writes files and shows progress; evaluation is split.
+* Three policies. A mismatched sampler (``--sampler-temperature``, ``--top-k``, ``--top-p``,
+  ``--sampler-dtype bf16``) samples from its own μ, recorded token by token as it draws
+  (``Rollout.logp_behavior``). π_old is then recomputed at sampling time, by the trainer's own
+  log-prob pass on the weights that sampled (θ_b(t): staleness stays in the loss's ratio
+  π_θ/π_old and its clip), and carried in the batch (``Rollout.logp_old``); the loss gets μ
+  apart as ``logp_rollout``, and the corrections (``--correction``) act on π_old/μ. A matched
+  sampler recomputes nothing: μ is π_old, the one-policy call of before (same numbers).
+  ``recompute_old=False`` keeps μ as π_old under a mismatched sampler (verl's bypass mode).
 * log π_θ uses the rollout's temperature (ratio exactly 1 on-policy, see ``rollout``);
   dropout stays off (the model is kept in eval mode) for the same reason.
 * bf16 autocast on CUDA (log-probs in fp32 from the hidden states); float32 on CPU. Every
@@ -76,6 +84,21 @@ __all__ = ["Batch", "TrainConfig", "TrainResult", "TrainingInterrupted", "accumu
            "run_fingerprint", "supervised_warmup", "train"]
 
 TOKEN_METRICS = ("clipfrac", "approx_kl", "ratio_mean", "entropy", "kl_ref")
+# policy_loss's metrics that are not recorded (verl's names of the same quantities)
+UNRECORDED = frozenset({"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"})
+
+
+def correction_metrics(cfg: TrainConfig) -> tuple[str, ...]:
+    """The metrics a row records besides ``TOKEN_METRICS`` when the loss has corrections
+    (``--correction`` or the preset's): ``is_weight_mean``, ``rejected_frac``, each
+    correction's own (the names of a one-token call, so every process has the same)."""
+    if not cfg.setup.all_corrections():
+        return ()
+    one = torch.zeros(1, 1)
+    out = policy_loss(cfg.setup, one, one, one[0], torch.ones(1, 1, dtype=torch.bool),
+                      agg=cfg.aggregation, norm_len=cfg.norm_len, logp_rollout=one,
+                      logp_ref=one, validate=False)
+    return tuple(sorted(set(out.metrics) - set(TOKEN_METRICS) - UNRECORDED))
 
 
 @dataclasses.dataclass
@@ -95,18 +118,48 @@ def make_batch(rollout_model: Any, tokenizer: Any, task: Any, cfg: TrainConfig, 
                store: torch.device | str = "cpu") -> Batch:
     """Sample ``prompts_per_step`` problems, K responses each, and score them; the rollout is
     kept on ``store``. With several processes every one draws the same problems and samples
-    its share of the groups."""
+    its share of the groups. A mismatched sampler (``cfg.sampler_mismatch``) draws from its own
+    μ (temperature, top-k, top-p, bf16 weights); with ``cfg.recomputes_old`` the trainer's
+    log-probs of the drawn tokens on the same weights (π_old) are recomputed here, at sampling
+    time, and carried in ``Rollout.logp_old``."""
     problems = task.train_problems(cfg.prompts_per_step, data_generator)
     problems = problems[processes.share(len(problems))]
     k = cfg.group_size
     prompts = [task.prompt_ids(p, tokenizer) for p in problems for _ in range(k)]
-    rollout = generate(rollout_model, prompts, max_new_tokens=cfg.max_new_tokens,
+    allowed = task.allowed_tokens(tokenizer)
+    sampler = rollout_model if cfg.sampler_dtype == "fp32" \
+        else copy.deepcopy(rollout_model).to(torch.bfloat16)
+    rollout = generate(sampler, prompts, max_new_tokens=cfg.max_new_tokens,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       generator=sample_generator, temperature=cfg.temperature, top_p=cfg.top_p,
-                       allowed_tokens=task.allowed_tokens(tokenizer)).to(store)
+                       generator=sample_generator, temperature=cfg.sampling_temperature,
+                       top_p=cfg.top_p, top_k=cfg.top_k, allowed_tokens=allowed)
+    if cfg.recomputes_old:
+        rollout.logp_old = recompute_old(rollout_model, rollout, cfg, allowed)
+    rollout = rollout.to(store)
     rewards = torch.tensor([task.reward(problems[row // k], _valid_ids(rollout, row), tokenizer)
                             for row in range(len(prompts))], dtype=torch.float64)
     return Batch(rollout, rewards.reshape(len(problems), k), behavior_step)
+
+
+@torch.no_grad()
+def recompute_old(model: Any, rollout: Rollout, cfg: TrainConfig,
+                  allowed_tokens: Tensor | None = None) -> Tensor:
+    """π_old [B, R]: the trainer's log-probs of the sampled tokens on ``model`` (the weights
+    that sampled), by the trainer's own pass (its temperature, precision and chunking),
+    micro-batch by micro-batch; 0 at padding (float32)."""
+    forward = {"chunk_size": cfg.chunk_size, "temperature": cfg.temperature,
+               "first_target": rollout.prompt_width, "with_entropy": False,
+               "allowed_tokens": None if allowed_tokens is None
+               else allowed_tokens.to(rollout.input_ids.device)}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rollout.input_ids.is_cuda)
+    parts = []
+    for start in range(0, rollout.input_ids.shape[0], cfg.micro_batch):
+        rows = slice(start, start + cfg.micro_batch)
+        with autocast:
+            parts.append(logprobs_and_entropy(model, rollout.input_ids[rows],
+                                              rollout.attention_mask[rows], **forward)[0])
+    logp = torch.cat(parts).float()
+    return torch.where(rollout.response_mask, logp, logp.new_zeros(()))
 
 
 class Rows(NamedTuple):
@@ -139,13 +192,22 @@ def micro_batched_loss(policy: Any, rows: Rows, cfg: TrainConfig, *,
                        processes: Processes = SINGLE) -> dict[str, float]:
     """Add ∇θ of the full batch's ``policy_loss`` into ``.grad``, one micro-batch at a time;
     return the full-batch metrics: loss, the token-weighted ``policy_loss`` metrics, entropy
-    and (with ``ref_model``) kl_ref = masked mean of k3(log π_θ, log π_ref)."""
+    and (with ``ref_model``) kl_ref = masked mean of k3(log π_θ, log π_ref).
+
+    Three policies when the rollout carries π_old (``Rollout.logp_old``): the loss's old
+    log-probs are π_old and the sampler's μ is ``logp_rollout``; the metrics add
+    ``kl_sampler`` (mean of log μ − log π_old over the sampled tokens, a k1 estimate of
+    KL(μ‖π_old)). With corrections (``--correction`` or the loss preset's) they add
+    ``is_weight_mean``, ``rejected_frac`` and each correction's own metrics."""
     rollout, adv, mask, everyone = rows
-    mode, norm_len = cfg.aggregation, cfg.norm_len
+    setup, mode, norm_len = cfg.setup, cfg.aggregation, cfg.norm_len
+    extra = correction_metrics(cfg)
     total, total_tokens = normaliser(everyone, mode), everyone.sum().clamp(min=1)
     forward = {"chunk_size": cfg.chunk_size, "temperature": cfg.temperature,
                "first_target": rollout.prompt_width, "allowed_tokens": allowed_tokens}
-    sums = dict.fromkeys(("loss", *TOKEN_METRICS), 0.0)
+    sums = dict.fromkeys(("loss", *TOKEN_METRICS, *extra), 0.0)
+    if rollout.logp_old is not None:
+        sums["kl_sampler"] = 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rollout.input_ids.is_cuda)
     parts = [slice(start, start + cfg.micro_batch)
              for start in range(0, mask.shape[0], cfg.micro_batch)]
@@ -155,26 +217,37 @@ def micro_batched_loss(policy: Any, rows: Rows, cfg: TrainConfig, *,
         if empty and not (last and processes.distributed and bool(everyone.any())):
             continue  # nothing valid: contributes 0 to every aggregation
         part = rollout.rows(part_rows)
+        ref = None
+        if ref_model is not None and not empty:
+            with torch.no_grad(), autocast:
+                ref = logprobs_and_entropy(ref_model, part.input_ids, part.attention_mask,
+                                           **forward)[0]
         with processes.sync_gradients(policy, sync=last):
             with autocast:
                 logp, entropy = policy(part.input_ids, part.attention_mask, **forward)
             if empty:  # nothing valid here, but this process must join the gradient all-reduce
                 torch.where(micro_mask, logp, logp.new_zeros(())).sum().mul(0.0).backward()
                 continue
+            # one policy (μ is π_old) or three (π_old recomputed, μ apart)
+            old, sampler = (part.logp_behavior, None) if part.logp_old is None \
+                else (part.logp_old, part.logp_behavior)
             # divided by the global batch's count: the parts' losses sum to the batch's loss
-            out = policy_loss(cfg.loss, logp, part.logp_behavior, adv[part_rows], micro_mask,
-                              agg=mode, norm_len=norm_len, denominator=total)
+            out = policy_loss(setup, logp, old, adv[part_rows], micro_mask, agg=mode,
+                              norm_len=norm_len, denominator=total, logp_rollout=sampler,
+                              logp_ref=ref if extra else None)
             # DDP averages the W processes' gradients; × W makes it their sum (exact for W = 1)
             (out.loss * processes.world_size).backward()
         tokens = float(micro_mask.sum() / total_tokens)
         sums["loss"] += float(out.loss.detach())
         for name in ("clipfrac", "approx_kl", "ratio_mean"):
             sums[name] += float(out.metrics[name]) * tokens
+        for name in extra:
+            sums[name] += float(out.metrics[name]) * tokens
+        if sampler is not None:
+            gap = (sampler.float() - old.float())[micro_mask].mean()
+            sums["kl_sampler"] += float(gap) * tokens
         sums["entropy"] += float(entropy[micro_mask].mean()) * tokens
-        if ref_model is not None:
-            with torch.no_grad(), autocast:
-                ref = logprobs_and_entropy(ref_model, part.input_ids, part.attention_mask,
-                                           **forward)[0]
+        if ref is not None:
             sums["kl_ref"] += float(kl.k3(logp.detach(), ref)[micro_mask].mean()) * tokens
     if ref_model is None:
         del sums["kl_ref"]

@@ -330,3 +330,79 @@ def test_advantages_follow_the_preset_and_red_drop_masks_dropped_samples(tmp_pat
     expected = group_advantages(rewards.view(2, 4).double(), "mean-std",
                                 **LOSSES["grpo"].advantage_kwargs).flatten()
     torch.testing.assert_close(mean_std, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# TRL's off-policy options through grlab's corrections, against TRL's own code
+# --------------------------------------------------------------------------------------------
+
+
+def trl_vllm_is_ratio(trainer_, old, sampling, completion_mask):
+    """TRL's vLLM importance-sampling ratio, by TRL's own code: the block of
+    ``GRPOTrainer._generate_and_score_completions`` that computes it, cut out of TRL's source
+    and run on these tensors (no vLLM needed)."""
+    import inspect
+    import math
+    import textwrap
+
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    start = source.index(" " * 12 + "if self.use_vllm and self.vllm_importance_sampling_"
+                         "correction:\n" + " " * 16 + "mask = ")
+    stop = source.index("# Compute the per-token log probabilities for the reference model",
+                        start)
+    scope = {"self": trainer_, "old_per_token_logps": old, "sampling_per_token_logps": sampling,
+             "completion_mask": completion_mask, "tool_mask": None, "torch": torch, "math": math}
+    exec(textwrap.dedent(source[start:stop]), scope)  # TRL's code, as TRL 1.16 writes it
+    return scope["vllm_importance_sampling_ratio"]
+
+
+VLLM_IS = [("token_truncate", 3.0, None), ("token_mask", 1.3, 0.8),
+           ("sequence_truncate", 2.0, 0.5), ("sequence_mask", 2.0, 0.5),
+           ("token_truncate", None, 0.9)]
+
+
+@pytest.mark.parametrize(("mode", "clip_max", "clip_min"), VLLM_IS)
+@pytest.mark.parametrize("threshold", [None, 0.05])
+def test_trls_vllm_importance_sampling_and_off_policy_mask_are_grlabs_corrections(
+        tmp_path, mode, clip_max, clip_min, threshold):
+    """TRL's vllm_importance_sampling_{correction, mode, clip_max, clip_min} and
+    off_policy_mask_threshold, honoured by GrlabGRPOTrainer through grlab's ``is`` and ``opsm``
+    corrections, give TRL's own loss (``dapo``, its ratio computed by its own code) on a fixed
+    batch whose sampler log-probs μ differ from π_old: value and every gradient."""
+    model = tiny_llama()
+    inputs = fixed_inputs(model)
+    gen = torch.Generator().manual_seed(7)
+    old = inputs["old_per_token_logps"]
+    sampling = old + 0.3 * torch.randn(old.shape, generator=gen)
+    sampling[1, 0] = float("nan")  # a token vLLM could not score: ratio 1 in TRL and here
+    inputs["sampling_per_token_logps"] = sampling
+    fields = {"epsilon_high": 0.28, "vllm_importance_sampling_mode": mode,
+              "vllm_importance_sampling_clip_max": clip_max,
+              "vllm_importance_sampling_clip_min": clip_min,
+              "off_policy_mask_threshold": threshold}
+    ours = trainer(tmp_path / "ours", model, grlab_agg="token-mean", **fields)
+    theirs = trainer(tmp_path / "theirs", model, cls=GRPOTrainer, **fields)
+    theirs.loss_type = "dapo"
+    for run in (ours, theirs):  # as a vLLM run (no vLLM here: the trainers are built without)
+        run.use_vllm = run.args.use_vllm = True
+    ours._grlab_setup = ours.args.grlab_setup()
+    expected = {"is"} | ({"opsm"} if threshold is not None else set())
+    assert {c.name for c in ours._grlab_setup.corrections} == expected
+    ratio = trl_vllm_is_ratio(theirs, old, sampling, inputs["completion_mask"])
+    our_loss, our_grad = loss_and_grad(ours, GrlabGRPOTrainer._compute_loss, inputs)
+    their_loss, their_grad = loss_and_grad(theirs, GRPOTrainer._compute_loss,
+                                           {**inputs, "importance_sampling_ratio": ratio})
+    torch.testing.assert_close(our_loss, their_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(our_grad, their_grad, rtol=1e-4, atol=1e-6)
+    logged = ours._metrics["train"]
+    assert logged["is_weight_mean"][-1] != pytest.approx(1.0, abs=1e-3)
+    if mode.endswith("mask"):
+        assert logged["rejected_frac"][-1] > 0
+
+
+def test_without_vllm_trls_importance_sampling_options_change_nothing(tmp_path):
+    """TRL applies its vLLM IS correction only with use_vllm: without it, no correction."""
+    made = config(tmp_path, vllm_importance_sampling_mode="token_mask")
+    assert made.grlab_setup().corrections == ()
+    more = config(tmp_path, grlab_corrections='["icepop"]', off_policy_mask_threshold=0.1)
+    assert [c.name for c in more.grlab_setup().corrections] == ["opsm", "icepop"]

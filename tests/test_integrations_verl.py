@@ -272,6 +272,31 @@ def test_a_changed_verl_clip_field_the_loss_cannot_take_is_refused():
                                                            clip_ratio_high=0.3))
 
 
+def test_verls_loss_specific_fields_reach_a_grlab_loss_with_keywords_of_their_names(
+        monkeypatch):
+    """SAPO's tau_pos/tau_neg (actor fields) and DRO's, Clip-Cov's, KL-Cov's policy_loss fields,
+    changed from verl's defaults, become the keywords of the same name (a stand-in loss takes
+    them: the zoo's sapo/dro/clip-cov/kl-cov come with another change); grlab_kwargs wins; a
+    changed field the loss cannot take is refused."""
+
+    class Stand:
+        def defaults(self):
+            return {"tau_pos": 1.0, "tau_neg": 1.05, "dro_beta": None, "clip_cov_ratio": 2e-4}
+
+        def resolve(self, keywords):
+            return {**self.defaults(), **keywords}
+
+    monkeypatch.setattr(grlab_verl, "LOSSES", {"stand": Stand(), **grlab_verl.LOSSES})
+    policy = grlab_verl.GrlabPolicyLossConfig(loss_mode="grlab/stand", dro_beta=0.3,
+                                              clip_cov_ratio=1e-3, grlab_kwargs={"tau_neg": 2.0})
+    config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
+                         tau_pos=1.5, tau_neg=1.2, policy_loss=policy)
+    assert grlab_verl.loss_keywords("stand", config) == {
+        "tau_pos": 1.5, "tau_neg": 2.0, "dro_beta": 0.3, "clip_cov_ratio": 1e-3}
+    with pytest.raises(ValueError, match="tau_pos"):
+        grlab_verl.loss_keywords("grpo", config)
+
+
 def test_an_unknown_grlab_keyword_is_a_type_error_naming_the_valid_ones():
     with pytest.raises(TypeError, match="eps_hihg"):
         grlab_verl.loss_keywords("ppo", actor_config("grlab/ppo", {"eps_hihg": 0.3}))
@@ -320,6 +345,97 @@ def test_the_grlab_policy_loss_config_passes_through_verls_hydra_conversion():
     converted = omega_conf_to_dataclass(node)
     assert isinstance(converted, grlab_verl.GrlabPolicyLossConfig)
     assert converted.grlab_kwargs == {"eps_high": 0.3}
+
+
+# --------------------------------------------------------------------------------------------
+# verl's rollout correction as grlab corrections (three policies)
+# --------------------------------------------------------------------------------------------
+
+
+def three_policies(seed: int = 3):
+    """The ``batch`` with a sampler's log-probs μ apart from π_old (old), differing by noise."""
+    logp, old, adv, mask = batch(seed=seed)
+    noise = 0.25 * torch.randn(old.shape, generator=torch.Generator().manual_seed(seed + 1),
+                               dtype=old.dtype)
+    return logp, old, old + noise, adv, mask
+
+
+ROLLOUT_CORRECTIONS = [
+    {"rollout_is": "token", "rollout_is_threshold": 1.2},
+    {"rollout_is": "sequence", "rollout_is_threshold": 2.0},
+    {"rollout_is": "token", "rollout_is_threshold": "0.8_1.25"},
+    {"rollout_is": "sequence", "rollout_is_threshold": "0.5_2.0"},
+    {"rollout_is": "token", "rollout_is_threshold": 1.5, "rollout_is_batch_normalize": True},
+    {"rollout_is": "sequence", "rollout_is_threshold": 3.0, "rollout_is_batch_normalize": True},
+]
+
+
+@pytest.mark.parametrize("fields", ROLLOUT_CORRECTIONS)
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_verls_rollout_correction_is_grlabs_is_correction(fields, mode):
+    """verl's decoupled rollout correction (its own ``compute_rollout_correction_and_add_to_
+    batch`` on old_log_probs and rollout_log_probs, weights handed to the loss as
+    ``rollout_is_weights``) and grlab's ``verl_corrections`` of the same config on π_old and μ
+    apart give the same loss, value and gradient (TIS, IcePop, token and sequence level, batch
+    normalisation)."""
+    from verl import DataProto
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+
+    logp, old, rollout, adv, mask = three_policies()
+    config = RolloutCorrectionConfig(**fields)
+    data = DataProto.from_dict(tensors={"old_log_probs": old, "rollout_log_probs": rollout,
+                                        "response_mask": mask.long()})
+    data, _ = compute_rollout_correction_and_add_to_batch(data, config)
+    weights = data.batch["rollout_is_weights"]
+    assert torch.equal(data.batch["response_mask"].bool(), mask)  # no rejection configured
+    theirs = policy_loss("grpo", logp, old, adv, mask, agg=mode, token_weights=weights)
+    corrections = grlab_verl.verl_corrections(config)
+    ours = policy_loss("grpo", logp, old, adv, mask, agg=mode, corrections=corrections,
+                       logp_rollout=rollout)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_of(ours.loss, logp), grad_of(theirs.loss, logp),
+                               rtol=1e-10, atol=1e-12)
+    plain = policy_loss("grpo", logp, old, adv, mask, agg=mode).loss
+    assert not torch.allclose(ours.loss, plain)  # the correction matters on this batch
+
+
+def test_verls_bypass_mode_anchors_the_ratio_on_the_current_policy_and_rs_is_refused():
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+
+    (bypass,) = grlab_verl.verl_corrections(RolloutCorrectionConfig.bypass_pg_is())
+    assert bypass.hparams["ratio"] == "current" and bypass.hparams["level"] == "sequence"
+    assert grlab_verl.verl_corrections(RolloutCorrectionConfig(rollout_is=None)) == ()
+    assert grlab_verl.verl_corrections(None) == ()
+    with pytest.raises(ValueError, match="rollout_rs"):
+        grlab_verl.verl_corrections(RolloutCorrectionConfig.decoupled_k3_rs())
+
+
+def test_grlab_corrections_in_the_loss_see_rollout_log_probs_apart_from_old_log_prob():
+    """``policy_loss.grlab_corrections``: the registered loss applies them inside, on
+    ``old_log_prob`` (π_old) and ``rollout_log_probs`` (μ) when verl passes them, and the
+    config passes verl's hydra conversion."""
+    from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
+
+    logp, old, rollout, adv, mask = three_policies()
+    config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
+                         policy_loss=grlab_verl.GrlabPolicyLossConfig(
+                             loss_mode="grlab/grpo",
+                             grlab_corrections=["tis-token:high=1.2", "opsm:delta=0.01"]))
+    fn = core_algos.get_policy_loss_fn("grlab/grpo")
+    ours, metrics = fn(old, logp, adv, mask, "token-mean", config, rollout_log_probs=rollout)
+    expected = policy_loss("grpo", logp, old, adv, mask, agg="token-mean",
+                           corrections=["tis-token:high=1.2", "opsm:delta=0.01"],
+                           logp_rollout=rollout).loss
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    assert metrics["actor/grlab/rejected_frac"] > 0
+    plain, _ = fn(old, logp, adv, mask, "token-mean", actor_config("grlab/grpo", {}),
+                  rollout_log_probs=rollout)
+    assert not torch.allclose(plain, ours)  # without grlab_corrections μ changes nothing
+    node = OmegaConf.create({"_target_": "llm_bridge.integrations.verl.GrlabPolicyLossConfig",
+                             "loss_mode": "grlab/grpo", "grlab_corrections": ["icepop"]})
+    assert omega_conf_to_dataclass(node).grlab_corrections == ["icepop"]
 
 
 # --------------------------------------------------------------------------------------------

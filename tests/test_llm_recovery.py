@@ -358,7 +358,11 @@ def test_the_console_shows_the_metrics_that_move(capsys):
 def test_the_off_policy_settings_decide_the_behavior_columns():
     assert not TrainConfig().behavior_gap
     assert TrainConfig(sync_interval=2).behavior_gap and TrainConfig(offline=True).behavior_gap
-    assert TrainConfig(sync_offset=1).behavior_gap and TrainConfig(top_p=0.9).behavior_gap
+    assert TrainConfig(sync_offset=1).behavior_gap
+    # top-p with μ as π_old (--no-recompute-old) shows in the loss's ratio; with π_old
+    # recomputed it is 1 on-policy, and the gap shows as kl_sampler instead
+    assert TrainConfig(top_p=0.9, recompute_old=False).behavior_gap
+    assert not TrainConfig(top_p=0.9).behavior_gap
 
 
 def test_threads_sets_torchs_thread_count(grlab, tmp_path, monkeypatch):

@@ -29,10 +29,16 @@ Design decisions
   ``epsilon`` → ``eps_low`` and ``epsilon_high`` (or ``epsilon``) → ``eps_high`` when changed
   from TRL's defaults, then ``grlab_loss_kwargs``, which wins. TRL fields that only TRL's own
   loss or advantage would read (``loss_type``, ``scale_rewards``, ``importance_sampling_level``,
-  ``delta``, entropy masks and bonuses, ``off_policy_mask_threshold``, vLLM's IS correction,
-  ``normalize_then_sum``) are refused with a ``ValueError`` when changed, never ignored. The KL
+  ``delta``, entropy masks and bonuses, ``normalize_then_sum``) are refused with a
+  ``ValueError`` when changed, never ignored. The KL
   term (``beta``) is kept: TRL's k3 against the reference model, times ρ when
   ``use_bias_correction_kl`` (TRL's default), aggregated like the loss.
+* TRL's off-policy corrections are grlab's (``trl_corrections``): the vLLM importance sampling
+  options (``vllm_importance_sampling_correction``, ``_mode``, ``_clip_max``, ``_clip_min``)
+  become the ``is`` correction on π_old/μ (π_old: TRL's ``old_per_token_logps``, μ: vLLM's
+  ``sampling_per_token_logps``), ``off_policy_mask_threshold`` becomes ``opsm``; both weigh
+  grlab's per-token loss before aggregation, as TRL weighs its own (tested against TRL's code
+  on a fixed batch). ``grlab_corrections`` adds any other grlab correction.
 * Metrics: every grlab metric under its grlab name (``clipfrac``, ``approx_kl``, ``pg_clipfrac``,
   ...), averaged over processes, in TRL's log next to TRL's ``entropy``, ``kl`` and rewards.
 * RED-Drop's draws come from a ``torch.Generator`` seeded with ``args.seed`` when the trainer is
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,12 +60,13 @@ from llm_bridge.integrations import common_dtype, import_engine
 from simulator import kl, numerics
 from simulator.advantages import advantage_kind
 from simulator.aggregation import AGGREGATIONS, aggregate
+from simulator.corrections import Correction, as_corrections
 from simulator.losses import LOSSES, LossSetup, policy_loss
 from simulator.validation import require_choice
 
 trl = import_engine("trl", "trl")
 
-__all__ = ["GrlabGRPOConfig", "GrlabGRPOTrainer", "trl_denominator"]
+__all__ = ["GrlabGRPOConfig", "GrlabGRPOTrainer", "trl_corrections", "trl_denominator"]
 
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)
                  if f.default is not dataclasses.MISSING}
@@ -72,8 +80,12 @@ _REPLACED = {
     "top_entropy_quantile": "not supported by GrlabGRPOTrainer",
     "entropy_coef": "not supported by GrlabGRPOTrainer",
     "use_adaptive_entropy": "not supported by GrlabGRPOTrainer",
-    "off_policy_mask_threshold": "not supported by GrlabGRPOTrainer",
 }
+UNBOUNDED = sys.float_info.max  # TRL's clip_max=None: grlab's ``is`` takes a finite high only
+# TRL 1.16's vllm_importance_sampling_mode -> grlab's ``is`` correction (level, action)
+VLLM_IS_MODES = {"token_truncate": ("token", "truncate"), "token_mask": ("token", "mask"),
+                 "sequence_truncate": ("sequence", "truncate"),
+                 "sequence_mask": ("sequence", "mask")}
 # the model inputs TRL's _compute_loss forwards to _get_per_token_logps_and_entropies
 _MODEL_INPUTS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
                  "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
@@ -105,6 +117,9 @@ class GrlabGRPOConfig(trl.GRPOConfig):
         default=None, metadata={"help": "Options of the advantage kind, e.g. {'tau': 0.5}."})
     grlab_agg: str | None = dataclasses.field(
         default=None, metadata={"help": "An aggregation mode; None: the loss preset's."})
+    grlab_corrections: list | str | None = dataclasses.field(
+        default=None, metadata={"help": "grlab corrections on π_old/μ added to TRL's own, e.g. "
+                                        "['icepop', 'tis-token:high=2'] (or its JSON text)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,10 +135,9 @@ class GrlabGRPOConfig(trl.GRPOConfig):
             if getattr(self, field) != _TRL_DEFAULTS[field]:
                 raise ValueError(f"{field}={getattr(self, field)!r} is read only by TRL's own loss "
                                  f"or advantage, which GrlabGRPOTrainer replaces: {use_instead}")
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            raise ValueError("vllm_importance_sampling_correction=True weights TRL's per-token "
-                             "loss, which GrlabGRPOTrainer replaces; set it to False")
-        self.grlab_setup()  # a typo in grlab_loss_kwargs fails here
+        if isinstance(self.grlab_corrections, str):
+            self.grlab_corrections = json.loads(self.grlab_corrections)
+        self.grlab_setup()  # a typo in grlab_loss_kwargs or a correction fails here
 
     def grlab_keywords(self) -> dict[str, Any]:
         """The loss keywords: TRL's ε where changed from TRL's defaults, then grlab_loss_kwargs."""
@@ -142,14 +156,52 @@ class GrlabGRPOConfig(trl.GRPOConfig):
         return {**keywords, **self.grlab_loss_kwargs}
 
     def grlab_setup(self) -> LossSetup:
-        """The grlab loss and how this run feeds it (keywords, advantage override, agg)."""
+        """The grlab loss and how this run feeds it (keywords, advantage override, agg,
+        corrections: TRL's own as grlab's, ``trl_corrections``, then ``grlab_corrections``)."""
         return LossSetup(self.grlab_loss, self.grlab_keywords(), advantage=self.grlab_advantage,
-                         advantage_kwargs=self.grlab_advantage_kwargs, agg=self.grlab_agg)
+                         advantage_kwargs=self.grlab_advantage_kwargs, agg=self.grlab_agg,
+                         corrections=(*trl_corrections(self),
+                                      *as_corrections(self.grlab_corrections)))
 
     def grlab_advantage_options(self) -> tuple[str, dict[str, Any], bool]:
         """(kind, options, drop_uniform_groups) in force (``LossSetup.advantage_kind``)."""
         setup = self.grlab_setup()
         return (*setup.advantage_kind(), setup.spec.drop_uniform_groups)
+
+
+def trl_corrections(args: Any) -> tuple[Correction, ...]:
+    """TRL 1.16's off-policy options as grlab corrections (``simulator.corrections``).
+
+    * ``use_vllm`` and ``vllm_importance_sampling_correction`` (TRL's default True): ``is``
+      with ``ratio="old"`` (TRL's ratio is exp(old_per_token_logps − sampling_per_token_logps),
+      π_old/μ), ``level`` token or sequence (TRL's sequence ratio is the exp of the summed
+      log-ratios: a product, grlab's ``sequence``), ``action`` truncate or mask from
+      ``vllm_importance_sampling_mode``, ``high``/``low`` from ``_clip_max``/``_clip_min``
+      (None: unbounded; grlab's ``high`` must be finite, so the largest float stands for it),
+      ``denominator="keep"`` (TRL zeroes a masked token's loss and keeps it
+      in the normaliser).
+    * ``off_policy_mask_threshold`` δ: ``opsm`` with ``delta=δ``, ``ratio="current"`` (TRL's
+      ``get_off_policy_mask``: a sequence with A < 0 whose mean of log μ − log π_θ over its
+      tokens exceeds δ is dropped, μ the sampling log-probs, else π_old),
+      ``denominator="keep"``.
+    """
+    out = []
+    if args.use_vllm and args.vllm_importance_sampling_correction:
+        mode = args.vllm_importance_sampling_mode
+        if mode not in VLLM_IS_MODES:
+            raise ValueError(f"vllm_importance_sampling_mode must be one of "
+                             f"{sorted(VLLM_IS_MODES)}, got {mode!r}")
+        level, action = VLLM_IS_MODES[mode]
+        high = args.vllm_importance_sampling_clip_max
+        out.append(Correction("is", {"level": level, "action": action,
+                                     "high": UNBOUNDED if high is None else float(high),
+                                     "low": None if args.vllm_importance_sampling_clip_min is None
+                                     else float(args.vllm_importance_sampling_clip_min),
+                                     "ratio": "old", "denominator": "keep"}))
+    if args.off_policy_mask_threshold is not None:
+        out.append(Correction("opsm", {"delta": float(args.off_policy_mask_threshold),
+                                       "ratio": "current", "denominator": "keep"}))
+    return tuple(out)
 
 
 def _or(value: Any, fallback: Any) -> Any:
@@ -266,6 +318,8 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
         old = logps.detach() if old is None else old  # TRL's rule: on-policy, ratio 1
         dtype = common_dtype(logps, old, inputs["advantages"])
         options = self._grlab_aggregation(inputs, mask, train=mode == "train")
+        if self._grlab_setup.all_corrections():
+            options.update(self._grlab_policies(inputs, old, dtype))
         out = policy_loss(self._grlab_setup, logps.to(dtype), old.to(dtype),
                           inputs["advantages"].to(dtype), mask, **options)
         loss = out.loss
@@ -278,6 +332,18 @@ class GrlabGRPOTrainer(trl.GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
         self._log_grlab_metrics(mode, out.metrics)
         return loss
+
+    @staticmethod
+    def _grlab_policies(inputs: Mapping[str, Any], old: Tensor, dtype: torch.dtype
+                        ) -> dict[str, Tensor | None]:
+        """The corrections' other policies: μ, the sampler's log-probs (vLLM's
+        ``sampling_per_token_logps``; absent: μ is π_old, as TRL's OPSM falls back), a token
+        vLLM could not score (NaN) taking π_old's value (ratio 1, as TRL), and π_ref."""
+        sampling = inputs.get("sampling_per_token_logps")
+        if sampling is not None:
+            sampling = torch.where(torch.isnan(sampling), old, sampling).to(dtype)
+        ref = inputs.get("ref_per_token_logps")
+        return {"logp_rollout": sampling, "logp_ref": None if ref is None else ref.to(dtype)}
 
     def _kl_term(self, logps: Tensor, old: Tensor, ref: Tensor) -> Tensor:
         """TRL's per-token KL: k3(π_θ, π_ref), times ρ = π_θ/π_old (with gradient) when

@@ -28,12 +28,31 @@ Design decisions
   wins. A verl field left at its default means "not set", so ``grlab/dapo`` keeps ε_high = 0.28
   and ``grlab/grpo`` has no dual clip (verl's ``vanilla`` always dual-clips at c = 3:
   ``grlab/ppo-dual-clip`` is that loss). A changed field the loss has no keyword for is a
-  ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key.
+  ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key. verl's
+  loss-specific fields (SAPO's ``tau_pos``/``tau_neg``, Clip-Cov's and KL-Cov's
+  ``policy_loss.clip_cov_*``/``kl_cov_ratio``/``ppo_kl_coef``, DRO's ``policy_loss.dro_beta``)
+  follow the same rule through ``VERL_LOSS_FIELDS``: a grlab loss whose keyword has the verl
+  field's name gets the changed value; any other grlab keyword comes by ``grlab_kwargs``.
 * Metrics: verl's names ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``
   from grlab's metrics of the same definitions, and every grlab metric as ``actor/grlab/<name>``.
   verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
 * ``rollout_is_weights`` (verl's rollout correction) multiply each token's loss before the
   aggregation, as verl's own losses do: ``policy_loss(..., token_weights=...)``.
+* verl's rollout correction (``algorithm.rollout_correction``, ``RolloutCorrectionConfig``)
+  is grlab's corrections (``verl_corrections``): ``rollout_is`` token/sequence with a float
+  threshold → ``is`` truncate (TIS), with ``"lower_upper"`` → ``is`` mask (IcePop, the token
+  stays counted), ``rollout_is_batch_normalize`` → ``normalize``; ``bypass_mode`` → the ratio
+  against the current policy (``ratio="current"``; verl then passes μ as ``old_log_prob``).
+  In decoupled mode verl 0.9.1 computes its weights and rejection mask itself, before the loss,
+  from ``old_log_probs`` and ``rollout_log_probs``, and hands the loss only the weights (as
+  ``rollout_is_weights``) and the edited mask: those are honoured as above, and
+  ``verl_corrections`` is the same correction as grlab data (for grlab's trainer and exact
+  engines; tested to give verl's weights). ``rollout_rs`` (rejection by a k1/k2/k3
+  divergence) has no grlab correction yet and is refused by ``verl_corrections``.
+* ``policy_loss.grlab_corrections`` (``GrlabPolicyLossConfig``): grlab corrections applied
+  inside the loss. When verl passes ``rollout_log_probs`` to the loss they are μ, apart from
+  ``old_log_prob`` (π_old); otherwise μ is π_old (corrections with ``ratio="current"`` still
+  act). Do not also enable verl's rollout correction for the same ratio: both would apply.
 * Advantage estimators use verl's signature ``fn(token_level_rewards, response_mask, index,
   config, ...) -> (advantages, returns)``. Responses are grouped by ``index`` (verl's uid);
   groups of different sizes are computed size by size, which is exact since every grlab kind is
@@ -56,6 +75,7 @@ from torch import Tensor
 from llm_bridge.integrations import common_dtype, import_engine
 from simulator.advantages import ADVANTAGES, shaped_advantages
 from simulator.aggregation import norm_len_for
+from simulator.corrections import Correction, as_corrections
 from simulator.losses import LOSSES, LossSetup, policy_loss
 
 core_algos = import_engine("verl.trainer.ppo.core_algos", "verl")
@@ -69,6 +89,7 @@ __all__ = [
     "grlab_advantages",
     "loss_keywords",
     "register_all",
+    "verl_corrections",
 ]
 
 PREFIX = "grlab/"
@@ -79,6 +100,20 @@ _CLIP_FIELDS: tuple[tuple[str, str, str | None], ...] = (
     ("eps_high", "clip_ratio_high", "clip_ratio"),
     ("dual_clip", "clip_ratio_c", None),
 )
+# verl's loss-specific fields -> the grlab keyword of the same meaning, for the losses verl has
+# (sapo, clip_cov, kl_cov, dro): (grlab keyword, where verl keeps it: the actor config or its
+# policy_loss, the field). A grlab loss that takes the keyword gets the field's value when the
+# user changed it from verl's default; a changed field the loss cannot take is refused.
+VERL_LOSS_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("tau_pos", "actor", "tau_pos"),  # sapo: the positive-advantage temperature
+    ("tau_neg", "actor", "tau_neg"),  # sapo: the negative-advantage temperature
+    ("clip_cov_ratio", "policy_loss", "clip_cov_ratio"),  # clip_cov: share of tokens clipped
+    ("clip_cov_lb", "policy_loss", "clip_cov_lb"),  # clip_cov: covariance band, lower
+    ("clip_cov_ub", "policy_loss", "clip_cov_ub"),  # clip_cov: covariance band, upper
+    ("kl_cov_ratio", "policy_loss", "kl_cov_ratio"),  # kl_cov: share of tokens penalised
+    ("ppo_kl_coef", "policy_loss", "ppo_kl_coef"),  # kl_cov: the KL coefficient
+    ("dro_beta", "policy_loss", "dro_beta"),  # dro: its β
+)
 VERL_METRIC_NAMES: Mapping[str, str] = {
     "pg_clipfrac": "actor/pg_clipfrac",
     "ppo_kl": "actor/ppo_kl",
@@ -87,6 +122,9 @@ VERL_METRIC_NAMES: Mapping[str, str] = {
 # verl's own defaults, read from its ActorConfig: a clip field left at its default is "not set"
 _VERL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(verl_config.ActorConfig)
                   if f.default is not dataclasses.MISSING}
+_VERL_POLICY_LOSS_DEFAULTS = {f.name: f.default
+                              for f in dataclasses.fields(verl_config.PolicyLossConfig)
+                              if f.default is not dataclasses.MISSING}
 _log = logging.getLogger(__name__)
 
 
@@ -100,6 +138,7 @@ class GrlabPolicyLossConfig(verl_config.PolicyLossConfig):
     """
 
     grlab_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grlab_corrections: list[str] = dataclasses.field(default_factory=list)
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -136,7 +175,21 @@ def loss_keywords(name: str, config: Any) -> dict[str, Any]:
                 f"{sorted(takes) or 'none'}); leave it at verl's default "
                 f"{_effective(_VERL_DEFAULTS, field, fallback)}")
         keywords[keyword] = float(value)
-    extra = _get(_get(config, "policy_loss", {}) or {}, "grlab_kwargs", None) or {}
+    policy = _get(config, "policy_loss", {}) or {}
+    for keyword, where, field in VERL_LOSS_FIELDS:
+        source, defaults = (config, _VERL_DEFAULTS) if where == "actor" \
+            else (policy, _VERL_POLICY_LOSS_DEFAULTS)
+        value = _get(source, field)
+        if value is None or value == defaults.get(field):
+            continue
+        shown = field if where == "actor" else f"policy_loss.{field}"
+        if keyword not in takes:
+            raise ValueError(
+                f"actor.{shown}={value} has no counterpart in loss grlab/{name} (its keywords: "
+                f"{sorted(takes) or 'none'}); leave it at verl's default {defaults.get(field)} "
+                "and give the loss's own keyword in policy_loss.grlab_kwargs")
+        keywords[keyword] = value
+    extra = _get(policy, "grlab_kwargs", None) or {}
     keywords.update(dict(extra))
     spec.resolve(keywords)  # a typo in grlab_kwargs is a TypeError naming the valid keywords
     return keywords
@@ -183,11 +236,52 @@ def verl_metrics(metrics: Mapping[str, Tensor]) -> dict[str, float]:
     return out
 
 
+def verl_corrections(rollout_correction: Any) -> tuple[Correction, ...]:
+    """verl 0.9.1's ``RolloutCorrectionConfig`` (or its dict) as grlab corrections.
+
+    ``rollout_is`` ("token" / "sequence": the product of the token ratios, grlab's
+    ``sequence``) with ``rollout_is_threshold`` a number (TIS: min(w, threshold)) or
+    ``"lower_upper"`` (IcePop: w outside [lower, upper] set to 0, the token kept in the
+    normaliser) → ``is``; ``rollout_is_batch_normalize`` → ``normalize=True``; the ratio is
+    π_old/μ (``ratio="old"``, decoupled mode) or, with ``bypass_mode``, π_θ/μ
+    (``ratio="current"``). ``rollout_rs`` is refused (no grlab rejection correction yet).
+    """
+    if rollout_correction is None:
+        return ()
+    level = _get(rollout_correction, "rollout_is", None)
+    if _get(rollout_correction, "rollout_rs", None) is not None:
+        raise ValueError(
+            f"rollout_rs={_get(rollout_correction, 'rollout_rs')!r} (verl's rejection by a "
+            "divergence) has no grlab correction yet: leave it to verl, which applies it to "
+            "the response mask before grlab's loss")
+    if level is None:
+        return ()
+    if level not in ("token", "sequence"):
+        raise ValueError(f"rollout_is must be 'token', 'sequence' or None, got {level!r}")
+    upper, lower = _verl_threshold(_get(rollout_correction, "rollout_is_threshold", 2.0))
+    hparams: dict[str, Any] = {
+        "level": level, "action": "truncate" if lower is None else "mask", "high": upper,
+        "low": lower, "denominator": "keep",
+        "ratio": "current" if _get(rollout_correction, "bypass_mode", False) else "old",
+        "normalize": bool(_get(rollout_correction, "rollout_is_batch_normalize", False))}
+    return (Correction("is", hparams),)
+
+
+def _verl_threshold(spec: Any) -> tuple[float, float | None]:
+    """(upper, lower) of verl's ``rollout_is_threshold``: a number, or ``"lower_upper"``."""
+    if isinstance(spec, bool) or not isinstance(spec, int | float | str):
+        raise TypeError(f"rollout_is_threshold must be a number or 'lower_upper', got {spec!r}")
+    if isinstance(spec, str) and "_" in spec:
+        lower, upper = (float(part) for part in spec.split("_", 1))
+        return upper, lower
+    return float(spec), None
+
+
 def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]]]:
     def grlab_policy_loss(
         old_log_prob: Tensor, log_prob: Tensor, advantages: Tensor, response_mask: Tensor,
         loss_agg_mode: str = "token-mean", config: Any = None,
-        rollout_is_weights: Tensor | None = None,
+        rollout_is_weights: Tensor | None = None, rollout_log_probs: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         if config is None:
             raise ValueError(f"grlab/{name}: config must be verl's actor config, got None")
@@ -199,9 +293,13 @@ def _make_policy_loss(name: str) -> Callable[..., tuple[Tensor, dict[str, float]
         options = aggregation_options(loss_agg_mode, response_mask,
                                       _get(config, "global_batch_info", None) or {})
         weights = None if rollout_is_weights is None else rollout_is_weights.to(dtype)
+        corrections = as_corrections(
+            _get(_get(config, "policy_loss", {}) or {}, "grlab_corrections", None) or ())
+        sampler = None if rollout_log_probs is None or not corrections \
+            else rollout_log_probs.to(dtype)
         out = policy_loss(name, log_prob.to(dtype), old_log_prob.to(dtype),
                           advantages.to(dtype), response_mask, token_weights=weights,
-                          **options, **keywords)
+                          corrections=corrections, logp_rollout=sampler, **options, **keywords)
         return out.loss, verl_metrics(out.metrics)
 
     grlab_policy_loss.__name__ = f"grlab_{name.replace('-', '_')}"
