@@ -10,6 +10,7 @@ tolerances are round-off; the one exception is named where it is used (verl's 1e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -272,29 +273,75 @@ def test_a_changed_verl_clip_field_the_loss_cannot_take_is_refused():
                                                            clip_ratio_high=0.3))
 
 
-def test_verls_loss_specific_fields_reach_a_grlab_loss_with_keywords_of_their_names(
-        monkeypatch):
-    """SAPO's tau_pos/tau_neg (actor fields) and DRO's, Clip-Cov's, KL-Cov's policy_loss fields,
-    changed from verl's defaults, become the keywords of the same name (a stand-in loss takes
-    them: the zoo's sapo/dro/clip-cov/kl-cov come with another change); grlab_kwargs wins; a
-    changed field the loss cannot take is refused."""
+# verl's losses of the same meaning as grlab's, with verl fields changed from their defaults.
+# verl's sapo and geo_mean ignore loss_agg_mode (sapo: seq-mean-token-mean; geo_mean: its own
+# per-row geometric mean): those run in the one mode grlab's preset uses. geo_mean takes the
+# mean over all B rows, a fully masked row counting as 0, where verl's agg_loss (and so
+# grlab/gmpo under verl) divides by the rows with a token: the two agree on batches without an
+# empty row, which is the batch gmpo is checked on (grlab's own gmpo gives geo_mean's reading
+# with rows="all": tests/test_parity_trust_region.py).
+VERL_TWINS = [
+    ("sapo", "sapo", {}, MODES[-1:]),
+    ("sapo", "sapo", {"tau_pos": 2.0, "tau_neg": 0.5}, MODES[-1:]),
+    ("gmpo", "geo_mean", {}, MODES[-1:]),
+    ("gmpo", "geo_mean", {"clip_ratio_low": 0.1, "clip_ratio_high": 0.4}, MODES[-1:]),
+    ("dppo-tv", "dppo_tv", {}, MODES),
+    ("dppo-tv", "dppo_tv", {"clip_ratio_c": 1.5, "clip_ratio_high": 0.3}, MODES),
+    ("dppo-kl", "dppo_kl", {}, MODES),
+    ("dppo-kl", "dppo_kl", {"clip_ratio_c": 10.0, "clip_ratio_low": 0.1}, MODES),
+    ("kl-cov", "kl_cov", {}, MODES),
+    ("kl-cov", "kl_cov", {"kl_cov_ratio": 0.3, "ppo_kl_coef": 2.0}, MODES),
+    ("clip-cov", "clip_cov", {"clip_cov_ratio": 0.9, "clip_cov_lb": 0.1, "clip_cov_ub": 2.0},
+     MODES),
+    ("dro", "dro", {"dro_beta": 0.5}, MODES),
+]
 
-    class Stand:
-        def defaults(self):
-            return {"tau_pos": 1.0, "tau_neg": 1.05, "dro_beta": None, "clip_cov_ratio": 2e-4}
 
-        def resolve(self, keywords):
-            return {**self.defaults(), **keywords}
+@pytest.mark.parametrize(("ours", "theirs", "fields", "modes"), VERL_TWINS,
+                         ids=[f"{t[1]}-{i}" for i, t in enumerate(VERL_TWINS)])
+def test_verls_own_loss_and_grlabs_twin_read_the_same_config(ours, theirs, fields, modes):
+    """``grlab/<name>`` and verl's loss of the same meaning, called by verl's registry with one
+    actor config (verl's fields at their defaults, then changed), agree in value and gradient.
+    Clip-Cov draws its tokens from torch's global generator in verl: grlab's ``seed`` keyword
+    (given by grlab_kwargs) makes the same draw after the same manual_seed."""
+    logp, old, adv, mask = batch()
+    if ours == "gmpo":
+        assert not mask[-1].any()
+        logp, old, adv, mask = (t[:-1] for t in (logp.detach(), old, adv, mask))
+    policy_fields = {f for f in fields if f in {f.name for f in
+                                               dataclasses.fields(PolicyLossConfig)}}
+    extra = {"seed": 7} if ours == "clip-cov" else None
+    for mode in modes:
+        results = []
+        for name, kwargs in ((f"grlab/{ours}", extra), (theirs, None)):
+            policy = grlab_verl.GrlabPolicyLossConfig(
+                loss_mode=name, grlab_kwargs=kwargs,
+                **{f: fields[f] for f in policy_fields})
+            config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
+                                 policy_loss=policy,
+                                 **{f: v for f, v in fields.items() if f not in policy_fields})
+            leaf = logp.detach().clone().requires_grad_()
+            torch.manual_seed(7)
+            loss, _ = core_algos.get_policy_loss_fn(name)(
+                old_log_prob=old, log_prob=leaf, advantages=adv, response_mask=mask,
+                loss_agg_mode=mode, config=config, rollout_is_weights=None)
+            results.append((loss, grad_of(loss, leaf)))
+        (mine, my_grad), (verls, verl_grad) = results
+        rtol = RTOL.get(mode, DEFAULT_RTOL)
+        torch.testing.assert_close(mine, verls, rtol=rtol, atol=1e-12)
+        torch.testing.assert_close(my_grad, verl_grad, rtol=rtol, atol=1e-12)
 
-    monkeypatch.setattr(grlab_verl, "LOSSES", {"stand": Stand(), **grlab_verl.LOSSES})
-    policy = grlab_verl.GrlabPolicyLossConfig(loss_mode="grlab/stand", dro_beta=0.3,
-                                              clip_cov_ratio=1e-3, grlab_kwargs={"tau_neg": 2.0})
+
+def test_a_changed_verl_field_the_loss_cannot_take_is_refused():
     config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
-                         tau_pos=1.5, tau_neg=1.2, policy_loss=policy)
-    assert grlab_verl.loss_keywords("stand", config) == {
-        "tau_pos": 1.5, "tau_neg": 2.0, "dro_beta": 0.3, "clip_cov_ratio": 1e-3}
-    with pytest.raises(ValueError, match="tau_pos"):
+                         tau_pos=1.5, policy_loss=PolicyLossConfig(loss_mode="grlab/grpo"))
+    with pytest.raises(ValueError, match="tau_pos=1.5 has no counterpart in loss grlab/grpo"):
         grlab_verl.loss_keywords("grpo", config)
+    assert grlab_verl.loss_keywords("sapo", config)["tau_pos"] == 1.5
+    config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
+                         clip_ratio_c=5.0, policy_loss=PolicyLossConfig(loss_mode="x"))
+    assert grlab_verl.loss_keywords("dppo-tv", config)["clip_ratio_c"] == 5.0
+    assert grlab_verl.loss_keywords("ppo", config)["dual_clip"] == 5.0
 
 
 def test_an_unknown_grlab_keyword_is_a_type_error_naming_the_valid_ones():

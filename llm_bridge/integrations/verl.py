@@ -31,8 +31,10 @@ Design decisions
   ``ValueError``, never silently ignored; so is an unknown ``grlab_kwargs`` key. verl's
   loss-specific fields (SAPO's ``tau_pos``/``tau_neg``, Clip-Cov's and KL-Cov's
   ``policy_loss.clip_cov_*``/``kl_cov_ratio``/``ppo_kl_coef``, DRO's ``policy_loss.dro_beta``)
-  follow the same rule through ``VERL_LOSS_FIELDS``: a grlab loss whose keyword has the verl
-  field's name gets the changed value; any other grlab keyword comes by ``grlab_kwargs``.
+  follow the same rule through ``VERL_LOSS_FIELDS``: a grlab loss taking the field's grlab
+  keyword (the field's own name; ``tau`` for ``dro_beta``; ``clip_ratio_c`` is vanilla's
+  ``dual_clip`` and DPPO's ``clip_ratio_c``) gets the changed value; any other grlab keyword
+  comes by ``grlab_kwargs``.
 * Metrics: verl's names ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``
   from grlab's metrics of the same definitions, and every grlab metric as ``actor/grlab/<name>``.
   verl averages them over micro-batches (``AggregationType.MEAN``), as for its own losses.
@@ -94,25 +96,23 @@ __all__ = [
 
 PREFIX = "grlab/"
 ADVANTAGE_KINDS_VERL: tuple[str, ...] = tuple(ADVANTAGES)  # every kind, as verl estimators
-# verl's ActorConfig field -> (grlab keyword, how verl resolves the field's effective value)
-_CLIP_FIELDS: tuple[tuple[str, str, str | None], ...] = (
-    ("eps_low", "clip_ratio_low", "clip_ratio"),
-    ("eps_high", "clip_ratio_high", "clip_ratio"),
-    ("dual_clip", "clip_ratio_c", None),
-)
-# verl's loss-specific fields -> the grlab keyword of the same meaning, for the losses verl has
-# (sapo, clip_cov, kl_cov, dro): (grlab keyword, where verl keeps it: the actor config or its
-# policy_loss, the field). A grlab loss that takes the keyword gets the field's value when the
-# user changed it from verl's default; a changed field the loss cannot take is refused.
-VERL_LOSS_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("tau_pos", "actor", "tau_pos"),  # sapo: the positive-advantage temperature
-    ("tau_neg", "actor", "tau_neg"),  # sapo: the negative-advantage temperature
-    ("clip_cov_ratio", "policy_loss", "clip_cov_ratio"),  # clip_cov: share of tokens clipped
-    ("clip_cov_lb", "policy_loss", "clip_cov_lb"),  # clip_cov: covariance band, lower
-    ("clip_cov_ub", "policy_loss", "clip_cov_ub"),  # clip_cov: covariance band, upper
-    ("kl_cov_ratio", "policy_loss", "kl_cov_ratio"),  # kl_cov: share of tokens penalised
-    ("ppo_kl_coef", "policy_loss", "ppo_kl_coef"),  # kl_cov: the KL coefficient
-    ("dro_beta", "policy_loss", "dro_beta"),  # dro: its β
+# verl's config fields -> the grlab keyword of the same meaning: (grlab keywords, where verl
+# keeps the field: the actor config or its policy_loss, the field, the field verl falls back to
+# when it is None). A grlab loss gets the changed value (changed from verl's default) under the
+# first of the keywords it takes; a changed field the loss cannot take is refused. clip_ratio_c
+# is vanilla PPO's dual clip and DPPO's truncation of ρ; dro_beta is the τ of opmd-kimi/dro.
+VERL_LOSS_FIELDS: tuple[tuple[tuple[str, ...], str, str, str | None], ...] = (
+    (("eps_low",), "actor", "clip_ratio_low", "clip_ratio"),
+    (("eps_high",), "actor", "clip_ratio_high", "clip_ratio"),
+    (("dual_clip", "clip_ratio_c"), "actor", "clip_ratio_c", None),
+    (("tau_pos",), "actor", "tau_pos", None),  # sapo: the positive-advantage temperature
+    (("tau_neg",), "actor", "tau_neg", None),  # sapo: the negative-advantage temperature
+    (("clip_cov_ratio",), "policy_loss", "clip_cov_ratio", None),  # clip_cov: share clipped
+    (("clip_cov_lb",), "policy_loss", "clip_cov_lb", None),  # clip_cov: covariance band, lower
+    (("clip_cov_ub",), "policy_loss", "clip_cov_ub", None),  # clip_cov: covariance band, upper
+    (("kl_cov_ratio",), "policy_loss", "kl_cov_ratio", None),  # kl_cov: share penalised
+    (("ppo_kl_coef",), "policy_loss", "ppo_kl_coef", None),  # kl_cov: the KL coefficient
+    (("tau",), "policy_loss", "dro_beta", None),  # dro: its β
 )
 VERL_METRIC_NAMES: Mapping[str, str] = {
     "pg_clipfrac": "actor/pg_clipfrac",
@@ -165,30 +165,21 @@ def loss_keywords(name: str, config: Any) -> dict[str, Any]:
     spec = LOSSES[name]
     takes = spec.defaults()
     keywords: dict[str, Any] = {}
-    for keyword, field, fallback in _CLIP_FIELDS:
-        value = _effective(config, field, fallback)
-        if value is None or value == _effective(_VERL_DEFAULTS, field, fallback):
-            continue
-        if keyword not in takes:
-            raise ValueError(
-                f"actor.{field}={value} has no counterpart in loss grlab/{name} (its keywords: "
-                f"{sorted(takes) or 'none'}); leave it at verl's default "
-                f"{_effective(_VERL_DEFAULTS, field, fallback)}")
-        keywords[keyword] = float(value)
     policy = _get(config, "policy_loss", {}) or {}
-    for keyword, where, field in VERL_LOSS_FIELDS:
+    for names, where, field, fallback in VERL_LOSS_FIELDS:
         source, defaults = (config, _VERL_DEFAULTS) if where == "actor" \
             else (policy, _VERL_POLICY_LOSS_DEFAULTS)
-        value = _get(source, field)
-        if value is None or value == defaults.get(field):
+        value, default = _effective(source, field, fallback), _effective(defaults, field, fallback)
+        if value is None or value == default:
             continue
-        shown = field if where == "actor" else f"policy_loss.{field}"
-        if keyword not in takes:
+        keyword = next((k for k in names if k in takes), None)
+        if keyword is None:
+            shown = field if where == "actor" else f"policy_loss.{field}"
             raise ValueError(
                 f"actor.{shown}={value} has no counterpart in loss grlab/{name} (its keywords: "
-                f"{sorted(takes) or 'none'}); leave it at verl's default {defaults.get(field)} "
-                "and give the loss's own keyword in policy_loss.grlab_kwargs")
-        keywords[keyword] = value
+                f"{sorted(takes) or 'none'}); leave it at verl's default {default} and give "
+                "the loss's own keyword in policy_loss.grlab_kwargs")
+        keywords[keyword] = float(value)
     extra = _get(policy, "grlab_kwargs", None) or {}
     keywords.update(dict(extra))
     spec.resolve(keywords)  # a typo in grlab_kwargs is a TypeError naming the valid keywords
