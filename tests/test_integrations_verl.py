@@ -335,7 +335,7 @@ def test_verls_own_loss_and_grlabs_twin_read_the_same_config(ours, theirs, field
 def test_a_changed_verl_field_the_loss_cannot_take_is_refused():
     config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
                          tau_pos=1.5, policy_loss=PolicyLossConfig(loss_mode="grlab/grpo"))
-    with pytest.raises(ValueError, match="tau_pos=1.5 has no counterpart in loss grlab/grpo"):
+    with pytest.raises(ValueError, match=r"tau_pos=1\.5 has no counterpart in loss grlab/grpo"):
         grlab_verl.loss_keywords("grpo", config)
     assert grlab_verl.loss_keywords("sapo", config)["tau_pos"] == 1.5
     config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2,
