@@ -105,8 +105,8 @@ def main(args: Args) -> None:
         for name in LOSSES:
             if LOSSES[name].advantage == "red-drop":
                 continue  # random drops: no exact expectation (refused by the engine)
-            if LOSSES[name].inputs or LOSSES[name].couples_rows:
-                continue  # reads μ's log-probs or selects tokens batch-wide: not enumerable
+            if LOSSES[name].couples_rows:
+                continue  # selects tokens group-wide: enumeration only, group by group (slow)
             seconds, warm, method = time_loss(env, logits, mu, name, k, args.repeats)
             rows.append({"rewards": rewards, "N": n, "K": k, "loss": name, "method": method,
                          "seconds": seconds, "warm_seconds": warm,

@@ -238,15 +238,36 @@ def policy_loss(
 
 
 def _token_loss(call: _Call, logp: Tensor, logp_old: Tensor, advantages: Tensor,
-                fixed: _Corrected) -> tuple[Tensor, TokenLoss]:
-    """The loss per token with the corrections applied: ℓ·w + penalty."""
-    out = call.spec(logp, logp_old, advantages, fixed.loss_mask, fixed.tensors, **call.hparams)
+                fixed: _Corrected, groups: int | None = None) -> tuple[Tensor, TokenLoss]:
+    """The loss per token with the corrections applied: ℓ·w + penalty. ``groups``: the rows
+    are that many batches of equal size (``group_losses``); a loss that selects its tokens
+    over its batch (``LossSpec.couples_rows``) then runs on each group apart."""
+    if groups and call.spec.couples_rows:
+        out = _per_group(call, logp, logp_old, advantages, fixed, groups)
+    else:
+        out = call.spec(logp, logp_old, advantages, fixed.loss_mask, fixed.tensors,
+                        **call.hparams)
     per_token = finite(out.loss)
     if fixed.weight is not None:
         per_token = mul(per_token, fixed.weight)
     if fixed.penalty is not None:
         per_token = finite(per_token + fixed.penalty)
     return per_token, out
+
+
+def _per_group(call: _Call, logp: Tensor, logp_old: Tensor, advantages: Tensor,
+               fixed: _Corrected, groups: int) -> TokenLoss:
+    """The token loss of [G·K, T] rows with each group its own batch, group by group (a
+    batch-wide token selection has data-dependent sizes, which vmap cannot trace)."""
+    def split(t: Tensor | None) -> list[Any]:
+        return [None] * groups if t is None else list(t.reshape(groups, -1, *t.shape[1:]))
+
+    parts = zip(*(split(t) for t in (logp, logp_old, advantages, fixed.loss_mask)),
+                *(split(t) for t in fixed.tensors.values()), strict=True)
+    outs = [call.spec(lp, old, adv, valid, dict(zip(fixed.tensors, extra, strict=True)),
+                      **call.hparams) for lp, old, adv, valid, *extra in parts]
+    return TokenLoss(torch.cat([o.loss for o in outs]), torch.cat([o.clipped for o in outs]),
+                     {key: torch.cat([o.extras[key] for o in outs]) for key in outs[0].extras})
 
 
 def _check_token_weights(weights: Tensor, mask: Tensor, validate: bool) -> Tensor:
@@ -297,7 +318,7 @@ def group_losses(name: str | LossSetup, logp: Tensor, logp_old: Tensor, advantag
     logp, logp_old, advantages, mask = _prepare_inputs(*flat, validate=False)
     rollout = None if logp_rollout is None else logp_rollout.reshape(-1, *shape[2:])
     fixed = _corrected_per_group(call, logp, logp_old, advantages, mask, rollout, shape[0])
-    per_token, out = _token_loss(call, logp, logp_old, advantages, fixed)
+    per_token, out = _token_loss(call, logp, logp_old, advantages, fixed, groups=shape[0])
     loss_mask = fixed.loss_mask.reshape(shape)
     loss = aggregate(per_token.reshape(shape), loss_mask, call.agg, norm_len=call.norm_len,
                      rows=call.rows)

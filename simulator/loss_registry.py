@@ -102,10 +102,13 @@ class LossSpec(BoundFunction):
                  tensors: Mapping[str, Tensor | None] | None = None, **hparams: Any
                  ) -> TokenLoss:
         """The per-token loss; ``tensors`` holds the extra ``inputs`` the loss reads (a
-        missing one is a ValueError naming it)."""
+        missing one is a ValueError naming it, except ``logp_rollout``: with one policy μ is
+        π_old, so it defaults to ``logp_old``)."""
         extra = {}
         for name in self.inputs:
             value = (tensors or {}).get(name)
+            if value is None and name == "logp_rollout":
+                value = logp_old
             if value is None:
                 raise ValueError(f"loss {self.name!r} needs {name}: pass {name}=[B, T] tensor")
             extra[name] = value

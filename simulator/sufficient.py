@@ -213,11 +213,17 @@ def _probe_corrections(corrections: tuple) -> str | None:
 
 
 def corrections_refusal(setup: LossSetup) -> str | None:
-    """Why the statistics engine cannot apply ``setup``'s corrections exactly (None: it can).
+    """Why the statistics engine cannot apply ``setup``'s loss and corrections exactly (None:
+    it can).
 
-    Each row of the engine is evaluated alone, so a correction must be a function of one
-    response and keep every token in the normaliser: ``normalize=True`` (a batch mean) and
-    ``denominator="drop"`` are refused by their keywords, any other coupling by a probe."""
+    Each row of the engine is evaluated alone, so the loss must not select its tokens over
+    the batch (``LossSpec.couples_rows``: M2PO, Clip-Cov, KL-Cov), and a correction must be a
+    function of one response and keep every token in the normaliser: ``normalize=True`` (a
+    batch mean) and ``denominator="drop"`` are refused by their keywords, any other coupling
+    by a probe."""
+    if setup.spec.couples_rows:
+        return (f"loss {setup.loss!r} selects its tokens over the whole group "
+                "(LossSpec.couples_rows)")
     corrections = setup.all_corrections()
     if not corrections:
         return None

@@ -36,10 +36,9 @@ from tests.loss_inputs import extra_inputs
 
 SEEDS = st.integers(0, 2**31 - 1)
 # every loss whose exact expectation is enumerable (red-drop draws at random)
-# the exact engines enumerate groups apart and feed (logp, logp_old, A, mask) only: a loss
-# reading another input (LossSpec.inputs) or coupling rows (couples_rows) is left out
-EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop"
-                      and not spec.inputs and not spec.couples_rows)
+# each group is its own batch: a loss coupling rows (couples_rows) selects within the group,
+# and μ = π_old with one policy (a loss reading logp_rollout gets logp_old)
+EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop")
 
 
 def instance(seed: int, tree: bool, prompts: int = 2):
@@ -274,7 +273,7 @@ def test_group_losses_is_policy_loss_of_each_group_for_every_loss_and_aggregatio
     mask = torch.rand(shape, generator=g) < 0.7
     mask[0, 0] = False
     mask[:, :, 0] = mask[:, :, 0] | (torch.arange(4) > 0)
-    for name in (name for name, spec in LOSSES.items() if not spec.couples_rows):
+    for name in LOSSES:  # couples_rows losses too: group_losses runs them group by group
         extra = extra_inputs(name, logp_old)
         for agg in AGGREGATIONS:
             norm_len = 5.0 if agg == "seq-mean-token-sum-norm" else None

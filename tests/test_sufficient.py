@@ -27,10 +27,11 @@ from simulator.sufficient import SufficientStats, compositions, reward_classes
 from simulator.tree import TreeMDP
 from theory_tests.strategies import SEEDS, examples
 
-# the exact engines enumerate groups apart and feed (logp, logp_old, A, mask) only: a loss
-# reading another input (LossSpec.inputs) or coupling rows (couples_rows) is left out
+# a loss selecting its tokens over the group (couples_rows) is refused by the statistics engine
+# (tested below); every other loss is evaluated response by response
 EXACT_LOSSES = sorted(name for name, spec in LOSSES.items() if spec.advantage != "red-drop"
-                      and not spec.inputs and not spec.couples_rows)
+                      and not spec.couples_rows)
+COUPLED = sorted(name for name, spec in LOSSES.items() if spec.couples_rows)
 REWARDS = ("binary", "grades", "generic", "uniform")
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -302,3 +303,16 @@ def test_groups_so_large_that_the_multinomial_coefficient_overflows_stay_finite_
                             method="sufficient")
     closed = expected_gradient(env, theta, "on-policy", "reinforce", 1200, method="closed-form")
     torch.testing.assert_close(rec, closed, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", COUPLED)
+def test_a_loss_selecting_tokens_over_the_group_is_refused_and_auto_enumerates(name):
+    """M2PO, Clip-Cov and KL-Cov pick tokens by a statistic of the whole batch (here: the
+    group): no function of one response, so the statistics engine refuses them by name, and
+    ``auto`` takes the enumeration."""
+    env, theta, mu = instance(3, "bandit", "generic", False)
+    with pytest.raises(ValueError, match=f"loss '{name}' selects its tokens over the whole"):
+        SufficientStats(env, LossSetup(name), 3)
+    auto = expected_gradient(env, theta, mu, name, 3)
+    enumerated = expected_gradient(env, theta, mu, name, 3, method="enumerate")
+    torch.testing.assert_close(auto, enumerated, **TOL)
