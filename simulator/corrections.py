@@ -359,7 +359,8 @@ for _level, _tag in (("token", "token"), ("sequence", "seq"), ("geometric", "geo
     register_correction_preset(
         f"mis-{_tag}", "is", level=_level, action="mask", high=2.0,
         summary=f"MIS at the {_level} level: w = π_old/μ where w ≤ 2, else the token is removed",
-        follows="slime MIS; verl 0.9.1 rollout_rs (masking)")
+        follows="Liu et al. (MIS); verl 0.9.1's Seq-MIS (decoupled_seq_is_rs) is mis-seq with "
+        "low=0.5, denominator='drop' (docs/corrections.md)")
 register_correction_preset(
     "icepop", "is", level="token", action="mask", low=0.5, high=5.0,
     summary="IcePop: keep tokens with π_old/μ in [0.5, 5] (weighted by it), zero the rest",
@@ -633,7 +634,8 @@ register_correction_preset(
 register_correction_preset(
     "token-veto", "reject", statistic="ratio", aggregate="seq_min", low=1e-4, high=None,
     summary="the token veto: reject a whole sequence if any token's π_old/μ is below 1e-4",
-    follows="verl before 0.9 (rollout_token_veto_threshold; removed by 0.9.1)")
+    follows="slime 624b824 examples/train_infer_mismatch_helper/mis.py (calculate_veto_mask; "
+    "rs_veto_threshold 1e-4 in mis.yaml); verl 0.9.1 has no veto option")
 
 _TRL = "TRL 1.16 grpo_trainer.py (_generate_and_score_completions, vLLM importance sampling)"
 for _mode, _level, _action in (("token-truncate", "token", "truncate"),

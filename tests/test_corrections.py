@@ -142,6 +142,11 @@ def test_binary_kl_by_hand():
     inputs = inputs_of([[math.log(0.5)]], [[math.log(0.5)]], [[math.log(0.25)]])
     assert not keep_of("kpop", inputs).any()  # max 0.1438 > φ = 0.1
     assert keep_of("kpop", inputs, threshold=0.15).all()
+    # both directions count: π_old = 0.25, μ = 0.5 gives D(π‖μ) = 0.1308 ≤ 0.14 but
+    # D(μ‖π) = 0.1438 > 0.14
+    swapped = inputs_of([[math.log(0.25)]], [[math.log(0.25)]], [[math.log(0.5)]])
+    assert not keep_of("kpop", swapped, threshold=0.14).any()
+    assert keep_of("kpop", swapped, threshold=0.1439).all()
     # a rare token tolerates a large ratio: p = 1e-3, q = 4e-3 (ratio 4)
     rare = inputs_of([[math.log(1e-3)]], [[math.log(1e-3)]], [[math.log(4e-3)]])
     assert keep_of("kpop", rare).all()

@@ -221,6 +221,22 @@ def test_verls_named_configurations_are_grlabs_presets_defaults_included():
             weights = proto.batch["rollout_is_weights"]
             torch.testing.assert_close(applied.weight[kept], weights[kept], rtol=1e-12,
                                        atol=1e-15)
+    # verl's Seq-MIS is grlab's mis-seq with the lower bound 0.5 and the rows dropped
+    config = next(c for c, names in _verl_config_cases() if names == ["tis-seq", "seq-rs"])
+    logp, old, mu, _, _, adv, mask = rollout_batch(noise=0.6)
+    proto, verl_mask, _ = rc.compute_rollout_correction_and_rejection_mask(
+        old, mu, mask.to(F64), rollout_is=config.rollout_is,
+        rollout_is_threshold=config.rollout_is_threshold, rollout_rs=config.rollout_rs,
+        rollout_rs_threshold=config.rollout_rs_threshold)
+    mis = grlab_applied(Correction("mis-seq", {"low": 0.5, "denominator": "drop"}), logp, old,
+                        mu, adv, mask)
+    some_but_not_all(verl_mask.bool(), mask)
+    assert torch.equal(mis.loss_mask, verl_mask.bool())
+    torch.testing.assert_close(mis.weight[mis.loss_mask],
+                               proto.batch["rollout_is_weights"][mis.loss_mask], rtol=1e-12,
+                               atol=1e-15)
+    plain = grlab_applied("mis-seq", logp, old, mu, adv, mask)
+    assert torch.equal(plain.loss_mask, mask)  # grlab's preset keeps them in the count
     defaults = inspect.signature(rc.compute_rollout_correction_weights).parameters
     assert (defaults["rollout_is"].default, defaults["rollout_is_threshold"].default,
             defaults["rollout_is_batch_normalize"].default) == ("token", 2.0, False)
@@ -673,3 +689,32 @@ def test_proximal_logp_is_areals_approximation(method):
         got = grlab_proximal_logp(mu, theta, versions, current, method=method)
         # AReaL takes α in float32 (versions.float()); linear adds 1e-10 inside the log
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
+
+
+# ========================================================= slime (commit 624b824a, the veto)
+
+SLIME_COMMIT = "624b824a898ab0ec1fcb4d373004c7f3852bf515"
+
+
+def slime_veto_mask(log_ratio, loss_mask, veto_threshold):
+    """examples/train_infer_mismatch_helper/mis.py ``calculate_veto_mask``, called there on one
+    sequence at a time (here: row by row) with log_ratio = log π_old − log μ."""
+    rows = []
+    for lr, m in zip(log_ratio, loss_mask, strict=True):
+        log_veto = torch.log(torch.tensor(veto_threshold, dtype=lr.dtype))
+        catastrophic = (lr < log_veto) & m.bool()
+        rows.append((~catastrophic.any()).to(lr.dtype).expand_as(lr))
+    return torch.stack(rows)
+
+
+def test_the_token_veto_is_slimes():
+    """slime's rs_veto_threshold (1e-4 in its mis.yaml): a sequence with any valid token whose
+    π_old/μ is below the threshold is rejected whole = grlab's token-veto."""
+    logp, old, mu, _, _, adv, mask = rollout_batch()
+    mu = mu.clone()
+    mu[1, 2] = old[1, 2] + 10.0  # π_old/μ = e^-10 < 1e-4 on a valid token
+    mu[3, 5] = old[3, 5] + 12.0  # ... and on a padded one (row 3 has 3 valid tokens)
+    theirs = slime_veto_mask(old - mu, mask, 1e-4).bool() & mask
+    applied = grlab_applied("token-veto", logp, old, mu, adv, mask)
+    assert torch.equal(applied.loss_mask, theirs)
+    assert not bool(theirs[1].any()) and bool(theirs[3].any())
