@@ -115,7 +115,18 @@ VERL_RS_THRESHOLDS = {option: K1_CANDIDATES if option.endswith("k1") else K_CAND
 
 def test_every_verl_rejection_option_has_a_grlab_reading():
     """Iterates verl's own SUPPORTED_ROLLOUT_RS_OPTIONS: an option verl adds fails here."""
-    assert set(_verl_rc().SUPPORTED_ROLLOUT_RS_OPTIONS) == set(VERL_RS_THRESHOLDS)
+    rc = _verl_rc()
+    assert set(rc.SUPPORTED_ROLLOUT_RS_OPTIONS) == set(VERL_RS_THRESHOLDS)
+    # verl's function defaults to token_k1 but has no default threshold (it raises); grlab's
+    # reject defaults to verl's K3-RS preset instead (docs/corrections.md)
+    params = inspect.signature(rc.compute_rollout_rejection_mask).parameters
+    assert (params["rollout_rs"].default, params["rollout_rs_threshold"].default) == (
+        "token_k1", None)
+    with pytest.raises(ValueError, match="rollout_rs_threshold must be provided"):
+        rc.compute_rollout_rejection_mask(torch.zeros(1, 2), torch.ones(1, 2))
+    d = CORRECTIONS["reject"].defaults()
+    assert (d["statistic"], d["aggregate"], d["low"], d["high"], d["denominator"]) == (
+        "k3", "seq_mean", None, 0.01, "drop")
 
 
 @pytest.mark.parametrize("ratio", ["old", "current"])
@@ -554,6 +565,32 @@ def test_trinitys_entropy_loss_is_grlabs_entropy_bonus():
                                  corrections=Correction("entropy-bonus", {"coef": 0.01})).loss
         without = policy_loss("reinforce", logp, old, adv, mask, agg=mode).loss
         assert float(without - with_bonus) == pytest.approx(float(theirs), rel=1e-7), mode
+
+
+@pytest.mark.parametrize("mode", TRINITY_MODES)
+def test_trinitys_sequence_masking_is_grlabs_opsm(mode):
+    """Trinity's PPOPolicyLossFn with enable_sequence_masking (its own class, its default
+    delta_sequence_masking 0.1): a token with A < 0 in a row whose mean log(π_old/π_θ) exceeds
+    δ is zeroed and stays in the denominator = ppo-dual-clip (δ clamp 20) with opsm (ratio
+    "current", δ = 0.1), where π_old plays μ (a one-policy call)."""
+    pytest.importorskip("trinity", reason="trinity-rft is not installed")
+    from trinity.algorithm.policy_loss_fn.ppo_policy_loss import PPOPolicyLossFn
+
+    args = {**PPOPolicyLossFn.default_args(), "enable_sequence_masking": True,
+            "loss_agg_mode": mode}
+    fn = PPOPolicyLossFn(**args)
+    logp, old, _, _, _, adv, mask = rollout_batch()
+    leaf = logp.clone().requires_grad_(True)
+    value, metrics = fn(logprob=leaf, old_logprob=old, action_mask=mask,
+                        advantages=adv.unsqueeze(-1).expand_as(logp))
+    (grad,) = torch.autograd.grad(value, leaf)
+    assert metrics["seq_mask/masked_tokens"] > 0  # the mask acts on this batch
+    delta = args["delta_sequence_masking"]
+    ours, our_grad = run_grad("ppo-dual-clip", logp, old, adv, mask, agg=mode,
+                              log_ratio_clamp=20.0,
+                              corrections=Correction("opsm", {"delta": delta}))
+    assert float(ours) == pytest.approx(float(value.detach()), rel=1e-7)
+    torch.testing.assert_close(our_grad, grad, rtol=1e-7, atol=1e-12)
 
 
 # ================================================================ AReaL (commit 4aef98d8)
