@@ -199,6 +199,25 @@ def test_is_weights_are_verls_including_batch_normalisation(level, threshold, no
     torch.testing.assert_close(applied.weight[mask], weights[mask], rtol=rtol, atol=1e-15)
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_batch_normalisation_is_over_the_batch_before_rejection_as_in_verl(level):
+    """verl normalises the IS weights over the original response_mask, before rejection
+    sampling edits it; grlab's normalize=True averages over the valid tokens (rows) the caller
+    gave, whatever another correction rejects."""
+    rc = _verl_rc()
+    logp, old, mu, _, _, adv, mask = rollout_batch()
+    proto, verl_mask, _ = rc.compute_rollout_correction_and_rejection_mask(
+        old, mu, mask.to(F64), rollout_is=level, rollout_is_threshold=2.0,
+        rollout_is_batch_normalize=True, rollout_rs="seq_mean_k3", rollout_rs_threshold=0.04)
+    applied = grlab_applied([Correction("is", {"level": level, "normalize": True}),
+                             grlab_for_verl_rs("seq_mean_k3", 0.04)], logp, old, mu, adv, mask)
+    some_but_not_all(applied.loss_mask, mask)
+    assert torch.equal(applied.loss_mask, verl_mask.bool())
+    kept = applied.loss_mask
+    torch.testing.assert_close(applied.weight[kept], proto.batch["rollout_is_weights"][kept],
+                               rtol=1e-8, atol=1e-15)  # verl's masked mean: Σ mask + 1e-8
+
+
 def _verl_config_cases():
     from verl.trainer.config.algorithm import RolloutCorrectionConfig as C
 
