@@ -23,6 +23,10 @@ Design decisions
   A dropped token also leaves the mask the loss sees, so sequence-level quantities of the loss
   (GSPO's sequence ratio) are taken over the kept tokens, as in verl, whose rejection edits
   ``response_mask`` before the loss.
+* Statistics of the mismatch follow ``simulator.kl``'s estimators. Peers read them in opposite
+  directions (verl: estimators of KL(μ‖π) from μ's samples, k1 = log(μ/π); AReaL: KL(π‖μ),
+  k1 = log(π/μ)): ``direction`` gives both; a ratio's sequence sum and mean are taken in log
+  space (the product, the geometric mean). docs/corrections.md is the peer-by-peer table.
 * Everything a correction computes from log-probs is a constant (detached), except the terms
   (``penalty``), which carry the gradient of π_θ. With no correction and no ``logp_rollout``
   nothing here runs: a one-policy caller gets exactly the numbers it got before.
@@ -54,8 +58,8 @@ from simulator.validation import (
 )
 
 __all__ = ["CORRECTIONS", "Applied", "Correction", "CorrectionInputs", "CorrectionSpec", "Stage",
-           "apply_corrections", "as_corrections", "proximal_logp", "register_correction",
-           "register_correction_preset"]
+           "apply_corrections", "as_corrections", "binary_kl", "divergence_statistic",
+           "proximal_logp", "register_correction", "register_correction_preset"]
 
 LEVELS = ("token", "sequence", "geometric")
 RATIO_ANCHORS = ("old", "current")
@@ -451,6 +455,7 @@ def rejection(inputs: CorrectionInputs, *, statistic: str = "k3", aggregate: str
     ``statistic="k1", low=log(lo), high=log(hi)``; see docs/corrections.md for every option.
     """
     require_choice("aggregate", aggregate, AGGREGATES)
+    require_choice("direction", direction, DIRECTIONS)
     log_r = inputs.mismatch(ratio)
     low, high = _bounds(low, high, require_choice("statistic", statistic, STATISTICS))
     mask = inputs.mask

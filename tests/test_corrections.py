@@ -287,6 +287,7 @@ def test_proximal_logp_refuses_bad_input():
     ("reject", {"high": "big"}, TypeError, "high"),
     ("reject", {"statistic": "ratio", "low": -1.0, "high": 2.0}, ValueError, "ratio's bounds"),
     ("reject", {"direction": "both"}, ValueError, "direction"),
+    ("reject", {"statistic": "ratio", "direction": "both"}, ValueError, "direction"),
     ("reject", {"ratio": "proximal"}, ValueError, "ratio"),
     ("reject", {"denominator": "half"}, ValueError, "denominator"),
     ("reject", {"threshold": 1.0}, TypeError, "threshold"),
