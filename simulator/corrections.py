@@ -310,28 +310,35 @@ def _batch_normalised(weight: Tensor, inputs: CorrectionInputs, level: str) -> T
 @register_correction("is", follows="verl 0.9.1 rollout_corr_helper.py "
                      "(compute_rollout_correction_weights); TRL 1.16 vLLM importance sampling")
 def importance_weight(inputs: CorrectionInputs, *, level: str = "token",
-                      action: str = "truncate", high: float = 2.0, low: float | None = None,
-                      ratio: str = "old", normalize: bool = False,
+                      action: str = "truncate", high: float | None = 2.0,
+                      low: float | None = None, ratio: str = "old", normalize: bool = False,
                       denominator: str = "keep") -> Stage:
     """An importance weight w = π_anchor/μ at ``level``, truncated (TIS) or masked (MIS).
 
     truncate: w ← min(w, high) (and max(w, low) when ``low`` is given); every token kept.
     mask:     tokens with w > high or w < low get weight 0 (the rest keep w); ``denominator``
               says whether they stay in the token-mean denominator.
+    ``high=None``: no upper bound (TRL's ``vllm_importance_sampling_clip_max=None``; with
+    ``truncate`` and no ``low``, the plain weight, as AReaL's behave_imp_weight).
     ``normalize``: divide by the batch mean, so the weights average to 1 (verl's
     ``rollout_is_batch_normalize``).
     """
     require_choice("action", action, ("truncate", "mask"))
-    require_positive("high", high)
-    if low is not None and not 0 <= low <= high:
-        raise ValueError(f"low must be None or in [0, high={high}], got {low}")
+    if high is not None:
+        high = require_positive("high", high)
+    if low is not None:
+        low = require_nonnegative("low", low)
+        if high is not None and low > high:
+            raise ValueError(f"low must be None or in [0, high={high}], got {low}")
     log_w = inputs.at_level(inputs.mismatch(ratio), level)
     w = numerics.exp(log_w)
     if action == "truncate":
         weight = w.clamp(min=low if low is not None else 0.0, max=high)
         keep = None
     else:
-        keep = (w <= high) & (w >= (low if low is not None else 0.0))
+        keep = w >= (low if low is not None else 0.0)
+        if high is not None:
+            keep = keep & (w <= high)
         weight = torch.where(keep, w, w.new_zeros(()))
     if normalize:
         weight = _batch_normalised(weight, inputs, level)

@@ -280,6 +280,12 @@ def test_proximal_logp_refuses_bad_input():
 
 
 @pytest.mark.parametrize(("name", "kwargs", "error", "match"), [
+    ("is", {"high": 0.0}, ValueError, "high"),
+    ("is", {"low": "small"}, TypeError, "low"),
+    ("is", {"low": 3.0, "high": 2.0}, ValueError, "low"),
+    ("is", {"level": "batch"}, ValueError, "level"),
+    ("is", {"action": "clip"}, ValueError, "action"),
+    ("opsm", {"ratio": "rollout"}, ValueError, "ratio"),
     ("reject", {"statistic": "k4"}, ValueError, "statistic"),
     ("reject", {"aggregate": "seq_median"}, ValueError, "aggregate"),
     ("reject", {"low": None, "high": None}, ValueError, "low, high"),
@@ -433,3 +439,23 @@ def test_group_losses_apply_the_log_prob_corrections_group_by_group(correction):
         alone = policy_loss("ppo", g[0][i], g[1][i], g[3][i], g[4][i], logp_rollout=g[2][i],
                             corrections=correction)
         assert float(out.loss[i]) == pytest.approx(float(alone.loss), rel=1e-12, abs=1e-15)
+
+
+def test_every_correction_names_its_source_and_states_its_formula():
+    for name, spec in CORRECTIONS.items():
+        assert spec.follows, name
+        assert spec.summary, name
+        assert (spec.fn.__doc__ or "").strip(), name
+
+
+def test_the_command_line_form_reads_none_and_numbers():
+    """``name:key=value,...``: verl's token_k1 "0.5_1.25" read as grlab keywords."""
+    correction = Correction.parse("reject:statistic=k1,aggregate=token,low=-0.2231435513142097,"
+                                  "high=0.6931471805599453,denominator=keep")
+    assert correction.hparams == {"statistic": "k1", "aggregate": "token",
+                                  "low": math.log(0.8), "high": math.log(2.0),
+                                  "denominator": "keep"}
+    assert Correction.parse("vllm-is-token-mask:low=0.5,high=none").hparams == {"low": 0.5,
+                                                                                "high": None}
+    with pytest.raises(TypeError, match="keyword for correction 'kpop'"):
+        Correction.parse("kpop:phi=0.1")

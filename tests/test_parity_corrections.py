@@ -391,7 +391,7 @@ def test_trls_defaults_are_grlabs_preset_values():
 
 @pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate",
                                   "sequence_mask"])
-@pytest.mark.parametrize(("clip_min", "clip_max"), [(None, 3.0), (0.5, 1.5)])
+@pytest.mark.parametrize(("clip_min", "clip_max"), [(None, 3.0), (0.5, 1.5), (0.5, None)])
 def test_the_vllm_importance_sampling_presets_are_trls(mode, clip_min, clip_max):
     logp, old, mu, _, _, adv, mask = rollout_batch(noise=0.8)  # ratios beyond 3
     theirs = trl_vllm_ratio(old, mu, mask.to(F64), mode, clip_min, clip_max).expand_as(logp)
@@ -705,7 +705,7 @@ def grlab_for_areal(level, metric, agg, lower, upper):
     weight_level = "geometric" if (level == "sequence" and metric == "ratio") else "token"
     return [Correction("reject", {"statistic": statistic, "aggregate": aggregate, "low": lower,
                                   "high": upper, "direction": "pi-mu", "denominator": "keep"}),
-            Correction("is", {"level": weight_level, "high": 1e300})]
+            Correction("is", {"level": weight_level, "high": None})]
 
 
 @pytest.mark.parametrize(("level", "metric", "agg", "candidates"), AREAL_CASES)
