@@ -522,7 +522,7 @@ IS_ANCHORS = ("old", "rollout")
                      "kl_fn.py (K3Fn, CorrectedK3Fn)")
 def kl_term(inputs: CorrectionInputs, *, beta: float = 0.04, estimator: str = "k3",
             is_level: str | None = None, is_cap: float | None = None,
-            is_anchor: str = "old") -> Stage:
+            is_anchor: str = "old", straight_through: bool = False) -> Stage:
     """A KL penalty to the reference policy: β·k(π_θ, π_ref) per token, with π_θ's gradient
     (``simulator.kl``'s estimators; GRPO's term is k3 = π_ref/π_θ − 1 − log(π_ref/π_θ)).
 
@@ -531,6 +531,8 @@ def kl_term(inputs: CorrectionInputs, *, beta: float = 0.04, estimator: str = "k
     token (TRL's importance_sampling_level="token"), geometric (TRL's "sequence") or sequence
     (the product); ``is_cap`` clamps w to [0, is_cap] (Trinity-RFT's corrected_k3: 2);
     ``is_anchor``: π_old (TRL, Trinity, DeepSeek-V3.2) or μ (``"rollout"``).
+    ``straight_through``: the estimator's value with k2's gradient (verl's ``"k3+"``,
+    ``"low_var_kl+"``: k2 − sg(k2) + sg(k)).
     The term is added after the corrections' weights and masks that keep the token in the
     denominator (as in TRL, which adds β·KL after its IS ratio, OPSM and entropy masks).
     """
@@ -539,6 +541,11 @@ def kl_term(inputs: CorrectionInputs, *, beta: float = 0.04, estimator: str = "k
     require_choice("estimator", estimator, kl.KL_ESTIMATORS)
     mask = inputs.mask
     k = numerics.finite(kl.kl_penalty(inputs.logp, logp_ref, estimator))
+    if not isinstance(straight_through, bool):
+        raise TypeError(f"straight_through must be a bool, got {type(straight_through).__name__}")
+    if straight_through:
+        k2 = numerics.finite(kl.k2(inputs.logp, logp_ref))
+        k = k2 - k2.detach() + k.detach()
     if is_level is not None:
         require_choice("is_level", is_level, LEVELS)
         anchor = inputs.logp_old if require_choice("is_anchor", is_anchor, IS_ANCHORS) == "old" \

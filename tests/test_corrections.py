@@ -184,6 +184,17 @@ def test_the_k3_term_and_its_gradient_by_hand():
     torch.testing.assert_close(grad, torch.tensor([expected], dtype=F64), rtol=1e-12, atol=0)
 
 
+def test_the_straight_through_term_has_k3s_value_and_k2s_gradient():
+    """verl's "k3+": the value of k3, the gradient of k2 = ½(logp − ref)²: β·(logp − ref)/N."""
+    logp, ref = [[-1.0, -2.0]], [[-1.5, -1.0]]
+    k = [math.exp(r - p) - (r - p) - 1 for p, r in zip(logp[0], ref[0], strict=True)]
+    value, grad = _zero_adv_loss(Correction("kl", {"beta": 0.1, "straight_through": True}),
+                                 logp, logp_ref=torch.tensor(ref, dtype=F64))
+    assert value == pytest.approx(0.1 * sum(k) / 2, rel=1e-12)
+    expected = [0.1 * (p - r) / 2 for p, r in zip(logp[0], ref[0], strict=True)]
+    torch.testing.assert_close(grad, torch.tensor([expected], dtype=F64), rtol=1e-12, atol=0)
+
+
 def test_the_is_corrected_k3_and_its_gradient_by_hand():
     """w·k3 with w = π_θ/π_old (logp − logp_old = −0.3): value β·w·k3, gradient
     β·w·(k3 + 1 − e^{ref−logp}); Trinity's cap 2 leaves w = e^{-0.3} alone, a cap below it
@@ -305,6 +316,7 @@ def test_proximal_logp_refuses_bad_input():
     ("kl", {"is_cap": 2.0}, ValueError, "is_cap needs is_level"),
     ("kl", {"is_level": "token", "is_cap": 0.0}, ValueError, "is_cap"),
     ("kl", {"is_level": "token", "is_anchor": "ref"}, ValueError, "is_anchor"),
+    ("kl", {"straight_through": "yes"}, TypeError, "straight_through"),
     ("entropy-bonus", {"coef": float("nan")}, ValueError, "coef"),
     ("top-entropy", {"rho": 1.5}, ValueError, "rho"),
     ("top-entropy", {"rho": "all"}, TypeError, "rho"),

@@ -310,6 +310,48 @@ def test_verls_decoupled_pipeline_end_to_end(mode):
     torch.testing.assert_close(our_grad, grad, rtol=rtol, atol=1e-15)
 
 
+# verl kl_loss_type -> grlab kl keywords (core_algos.kl_penalty_forward's names)
+VERL_KL_TYPES = {"kl": {"estimator": "k1"}, "k1": {"estimator": "k1"},
+                 "mse": {"estimator": "k2"}, "k2": {"estimator": "k2"},
+                 "low_var_kl": {"estimator": "k3-clamped"}, "k3": {"estimator": "k3-clamped"},
+                 "k3+": {"estimator": "k3-clamped", "straight_through": True},
+                 "low_var_kl+": {"estimator": "k3-clamped", "straight_through": True}}
+
+
+@pytest.mark.parametrize("mode", VERL_MODES)
+@pytest.mark.parametrize("kl_type", sorted(VERL_KL_TYPES))
+def test_verls_kl_loss_is_grlabs_kl_term(kl_type, mode):
+    """verl/workers/utils/losses.py (0.9.1) adds kl_loss_coef · agg_loss(kl_penalty(...)) and
+    subtracts entropy_coeff · agg_loss(entropy): called here with verl's own kl_penalty and
+    agg_loss, against the difference grlab's kl / entropy-bonus make to policy_loss (the same
+    aggregation, rows="valid" as single-process verl)."""
+    _verl_rc()
+    from verl.trainer.ppo import core_algos
+    from verl.workers.config import ActorConfig
+
+    coef = {f.name: f.default for f in dataclasses.fields(ActorConfig)}
+    assert (coef["kl_loss_type"], coef["kl_loss_coef"], coef["entropy_coeff"]) == (
+        "low_var_kl", 0.001, 0)
+    logp, old, _, ref, entropy, adv, mask = rollout_batch()
+    ref = ref.clone()
+    ref[0, 1] = logp[0, 1] + 25.0  # beyond verl's ±20 clamp of k3: k3-clamped's reading
+    leaf = logp.clone().requires_grad_(True)
+    theirs = core_algos.agg_loss(core_algos.kl_penalty(leaf, ref, kl_type), mask.to(F64), mode)
+    (grad,) = torch.autograd.grad(theirs, leaf)
+    kw = {"agg": mode, "rows": "valid"}
+    with_kl, g1 = run_grad("reinforce", logp, old, adv, mask, logp_ref=ref, **kw,
+                           corrections=Correction("kl", {"beta": 1.0, **VERL_KL_TYPES[kl_type]}))
+    without, g0 = run_grad("reinforce", logp, old, adv, mask, **kw)
+    rtol = 1e-8 if mode == "seq-mean-token-mean" else 1e-12
+    assert float(with_kl - without) == pytest.approx(float(theirs.detach()), rel=rtol)
+    torch.testing.assert_close(g1 - g0, grad, rtol=rtol, atol=1e-12)
+    ent = core_algos.agg_loss(entropy, mask.to(F64), mode)
+    bonus = policy_loss("reinforce", logp, old, adv, mask, entropy=entropy, **kw,
+                        corrections=Correction("entropy-bonus", {"coef": 0.01})).loss
+    plain = policy_loss("reinforce", logp, old, adv, mask, **kw).loss
+    assert float(plain - bonus) == pytest.approx(0.01 * float(ent), rel=rtol)
+
+
 # ============================================================================ TRL 1.16.0
 
 
