@@ -656,6 +656,17 @@ register_correction_preset(
     follows="slime 624b824 examples/train_infer_mismatch_helper/mis.py (calculate_veto_mask; "
     "rs_veto_threshold 1e-4 in mis.yaml); verl 0.9.1 has no veto option")
 
+_AREAL = ("AReaL 4aef98d areal/api/cli_args.py (the behave_imp_weight_cap = 5 of earlier "
+          "versions as rejection_sampling: level token, metric ratio, upper 5)")
+register_correction_preset(
+    "areal-token-mask", "is", level="token", action="mask", high=5.0, low=None,
+    summary="AReaL's behave_imp_weight_mode='token_mask' (cap 5): weight π_prox/μ, tokens above "
+    "5 removed but kept in the denominator", follows=_AREAL)
+register_correction_preset(
+    "areal-token-truncate", "is", level="token", action="truncate", high=5.0, low=None,
+    summary="AReaL's behave_imp_weight_mode='token_truncate' (cap 5): weight min(π_prox/μ, 5)",
+    follows=_AREAL)
+
 _TRL = "TRL 1.16 grpo_trainer.py (_generate_and_score_completions, vLLM importance sampling)"
 for _mode, _level, _action in (("token-truncate", "token", "truncate"),
                                ("token-mask", "token", "mask"),

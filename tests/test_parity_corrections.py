@@ -657,9 +657,16 @@ def test_trinitys_sequence_masking_is_grlabs_opsm(mode):
 # ================================================================ AReaL (commit 4aef98d8)
 
 
-def areal_rejection(prox, behave, loss_mask, *, level, metric, agg, upper, lower):
-    """areal/utils/functional/functional.py ``apply_rejection_sampling`` (2D padded path,
-    action "mask") with ``KLEstimator._compute_approx_kl`` (areal/utils/data.py, no clamp)."""
+def areal_rejection(prox, behave, loss_mask, *, level, metric, agg, upper, lower,
+                    action="mask"):
+    """areal/utils/functional/functional.py ``apply_rejection_sampling`` (2D padded path;
+    action "clamp" at the token level only) with ``KLEstimator._compute_approx_kl``
+    (areal/utils/data.py, no clamp)."""
+    if action == "clamp":
+        assert level == "token" and metric == "ratio"
+        weight = torch.exp(prox - behave).clamp(min=lower if lower is not None else 0.0,
+                                                max=upper)
+        return loss_mask, torch.where(loss_mask, weight, 0.0)
     log_ratio = prox - behave
     log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, 0.0)
     if metric == "ratio":
@@ -772,6 +779,24 @@ def test_areals_rejection_sampling_and_decoupled_loss(level, metric, agg, candid
     assert torch.equal((applied.weight > 0) & mask, kept)
     ours, our_grad = run_grad("ppo", logp, old, adv, mask, logp_rollout=mu,
                               corrections=corrections)
+    assert float(ours) == pytest.approx(float(value.detach()), rel=1e-12)
+    torch.testing.assert_close(our_grad, grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(("preset", "action"), [("areal-token-mask", "mask"),
+                                                ("areal-token-truncate", "clamp")])
+def test_areals_former_behave_imp_weight_cap_is_a_preset(preset, action):
+    """behave_imp_weight_mode token_mask / token_truncate with cap 5 (AReaL's old default,
+    now rejection_sampling {level: token, metric: ratio, action: mask/clamp, upper: 5}): the
+    decoupled loss with the preset alone."""
+    logp, old, mu, _, _, adv, mask = rollout_batch()
+    mu = mu.clone()
+    mu[0, 1], mu[3, 0] = old[0, 1] - 2.0, old[3, 0] - 1.7  # π_prox/μ = 7.4 and 5.5: the cap acts
+    leaf = logp.clone().requires_grad_(True)
+    value = areal_ppo_loss(leaf, old, mu, adv, mask, level="token", metric="ratio", agg="mean",
+                           upper=5.0, lower=None, action=action)
+    (grad,) = torch.autograd.grad(value, leaf)
+    ours, our_grad = run_grad("ppo", logp, old, adv, mask, logp_rollout=mu, corrections=preset)
     assert float(ours) == pytest.approx(float(value.detach()), rel=1e-12)
     torch.testing.assert_close(our_grad, grad, rtol=1e-12, atol=1e-15)
 
