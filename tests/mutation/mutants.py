@@ -32,6 +32,7 @@ EXACT = "simulator/exact.py"
 GROUPS = "simulator/groups.py"
 SUFFICIENT = "simulator/sufficient.py"
 DYNAMICS = "simulator/dynamics.py"
+CORRECTIONS = "simulator/corrections.py"
 
 GUARDS = "tests/test_mutation_guards.py"
 LOSS_VALUES = "tests/test_losses.py"
@@ -52,6 +53,8 @@ THREE_POLICIES = "tests/test_exact_three_policies.py"
 LAB = "tests/test_dynamics.py"
 TR_VALUES = "tests/test_losses_trust_region.py"
 TR_PARITY = "tests/test_parity_trust_region.py"
+CORRECTION_TESTS = "tests/test_corrections.py"
+CORRECTION_PARITY = "tests/test_parity_corrections.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
 _EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THREE_POLICIES,
@@ -71,6 +74,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     GROUPS: _EXACT_TESTS,
     SUFFICIENT: _EXACT_TESTS,
     DYNAMICS: (THREE_POLICIES, LAB),
+    CORRECTIONS: (CORRECTION_TESTS, CORRECTION_PARITY),
 }
 
 
@@ -631,6 +635,84 @@ _TRUST_REGION_MUTANTS = [
        f"{TR_VALUES}::test_decoupled_ppo_weights_by_pi_old_over_mu_and_drops_weights_above_five"),
 ]
 
+_CORRECTION_MUTANTS = [
+    _m("reject-k1-sign", CORRECTIONS,
+       'signed = log_ratio if direction == "mu-pi" else -log_ratio',
+       'signed = -log_ratio if direction == "mu-pi" else log_ratio',
+       "verl's k1 = log(μ/π) and AReaL's k1 = log(π/μ) swapped (and k3's direction with them)",
+       f"{CORRECTION_TESTS}::test_reject_token_level_statistics_by_hand"),
+    _m("reject-ratio-arithmetic-mean", CORRECTIONS,
+       "_row_aggregate(log_r, mask, aggregate).unsqueeze(-1).expand_as(log_r)",
+       "torch.log(_row_aggregate(numerics.exp(log_r), mask, aggregate)).unsqueeze(-1)"
+       ".expand_as(log_r)",
+       "the ratio's sequence mean taken arithmetically (the 'length trap') instead of in log "
+       "space (geometric mean, product)",
+       f"{CORRECTION_TESTS}::test_reject_sequence_aggregates_by_hand"),
+    _m("reject-keeps-denominator", CORRECTIONS,
+       'direction: str = "mu-pi", denominator: str = "drop") -> Stage:',
+       'direction: str = "mu-pi", denominator: str = "keep") -> Stage:',
+       "verl's rejection leaves a rejected token in the token-mean denominator",
+       f"{CORRECTION_TESTS}::test_reject_drops_from_the_denominator_by_default_and_keeps_on"
+       "_request"),
+    _m("geo-rs-bounds-not-logged", CORRECTIONS,
+       "low=math.log(0.999),\n    high=math.log(1.001)", "low=0.999,\n    high=1.001",
+       "verl's Geo-RS ratio bounds used as bounds on k1 = log(μ/π) without the log",
+       f"{CORRECTION_PARITY}::test_verls_named_configurations_are_grlabs_presets_defaults"
+       "_included"),
+    _m("kpop-one-direction", CORRECTIONS,
+       "stat = torch.maximum(forward, backward)", "stat = forward",
+       "KPop's binary KL taken in one direction only (π‖μ) instead of the larger of both",
+       f"{CORRECTION_TESTS}::test_binary_kl_by_hand"),
+    _m("kpop-no-complement", CORRECTIONS,
+       "return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))",
+       "return p * (torch.log(p) - torch.log(q))",
+       "the binary KL without the (1 − p)·log((1 − p)/(1 − q)) term of the other event",
+       f"{CORRECTION_TESTS}::test_binary_kl_by_hand"),
+    _m("kl-is-weight-detached", CORRECTIONS,
+       "w = numerics.exp(inputs.at_level(log_w, is_level))",
+       "w = numerics.exp(inputs.at_level(log_w, is_level)).detach()",
+       "the IS-corrected KL's ratio detached (DeepSeek-V3.2 and TRL differentiate through it)",
+       f"{CORRECTION_TESTS}::test_the_is_corrected_k3_and_its_gradient_by_hand"),
+    _m("kl-straight-through-keeps-k3-gradient", CORRECTIONS,
+       "k = k2 - k2.detach() + k.detach()", "k = k2.detach() - k2.detach() + k",
+       "verl's straight-through KL ('k3+') keeps k3's gradient instead of taking k2's",
+       f"{CORRECTION_TESTS}::test_the_straight_through_term_has_k3s_value_and_k2s_gradient"),
+    _m("kl-trinity-uncapped", CORRECTIONS,
+       '"kl-corrected-trinity", "kl", is_level="token", is_cap=2.0, beta=0.001,',
+       '"kl-corrected-trinity", "kl", is_level="token", beta=0.001,',
+       "Trinity-RFT's corrected_k3 without its clamp of π_θ/π_old to [0, 2]",
+       f"{CORRECTION_PARITY}::test_trinitys_k3_and_corrected_k3_are_grlabs_terms"),
+    _m("entropy-bonus-sign", CORRECTIONS,
+       "return Stage(penalty=numerics.mul(-coef, entropy)",
+       "return Stage(penalty=numerics.mul(coef, entropy)",
+       "the entropy bonus added to the loss (an entropy penalty) instead of subtracted",
+       f"{CORRECTION_TESTS}::test_the_entropy_bonus_and_its_gradient_by_hand"),
+    _m("top-entropy-bottom-quantile", CORRECTIONS,
+       "keep = entropy >= torch.quantile(valid, 1 - rho)",
+       "keep = entropy >= torch.quantile(valid, rho)",
+       "the top-entropy mask keeps the top 1 − ρ instead of the top ρ",
+       f"{CORRECTION_TESTS}::test_the_top_entropy_mask_by_hand"),
+    _m("vllm-sequence-is-geometric", CORRECTIONS,
+       '("sequence-mask", "sequence", "mask")', '("sequence-mask", "geometric", "mask")',
+       "TRL's vLLM sequence ratio taken as a geometric mean (it is the product)",
+       f"{CORRECTION_PARITY}::test_the_vllm_importance_sampling_presets_are_trls"),
+    _m("normalize-sequence-over-tokens", CORRECTIONS,
+       '    if level == "token":\n        mean = masked_mean(weight, inputs.mask)',
+       '    if level != "geometric":\n        mean = masked_mean(weight, inputs.mask)',
+       "sequence-level batch normalisation averages the weights over tokens (verl: over rows)",
+       f"{CORRECTION_PARITY}::test_is_weights_are_verls_including_batch_normalisation"),
+    _m("token-veto-on-the-mean", CORRECTIONS,
+       '"token-veto", "reject", statistic="ratio", aggregate="seq_min",',
+       '"token-veto", "reject", statistic="ratio", aggregate="seq_mean",',
+       "the token veto tests the row's geometric mean instead of its smallest token ratio",
+       f"{CORRECTION_TESTS}::test_the_token_veto_rejects_a_whole_row_for_one_token"),
+    _m("proximal-alpha-current-version", CORRECTIONS,
+       "(current_version - 1 - v) / diff.clamp(", "(current_version - v) / diff.clamp(",
+       "AReaL's α interpolates towards π_θ's version instead of the proximal version v_θ − 1",
+       f"{CORRECTION_TESTS}::test_proximal_logp_interpolates_by_version_as_areal"),
+]
+
 MUTANTS: tuple[Mutant, ...] = (*_LOSS_MUTANTS, *_AGGREGATION_MUTANTS, *_ADVANTAGE_MUTANTS,
                                *_NUMERICS_MUTANTS, *_KL_MUTANTS, *_EXACT_MUTANTS,
-                               *_THREE_POLICY_MUTANTS, *_TRUST_REGION_MUTANTS)
+                               *_THREE_POLICY_MUTANTS, *_TRUST_REGION_MUTANTS,
+                               *_CORRECTION_MUTANTS)
