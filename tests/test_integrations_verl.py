@@ -414,6 +414,12 @@ ROLLOUT_CORRECTIONS = [
     {"rollout_is": "sequence", "rollout_is_threshold": "0.5_2.0"},
     {"rollout_is": "token", "rollout_is_threshold": 1.5, "rollout_is_batch_normalize": True},
     {"rollout_is": "sequence", "rollout_is_threshold": 3.0, "rollout_is_batch_normalize": True},
+    {"rollout_is": None, "rollout_rs": "seq_mean_k3", "rollout_rs_threshold": 0.03},
+    {"rollout_is": None, "rollout_rs": "token_k1", "rollout_rs_threshold": "0.7_1.4"},
+    {"rollout_is": "token", "rollout_is_threshold": 2.0, "rollout_rs": "seq_sum_k1,seq_max_k2",
+     "rollout_rs_threshold": "0.3_3.0,0.1"},
+    {"rollout_is": "sequence", "rollout_is_threshold": 2.0, "rollout_is_batch_normalize": True,
+     "rollout_rs": "token_k2", "rollout_rs_threshold": 0.05},
 ]
 
 
@@ -424,7 +430,8 @@ def test_verls_rollout_correction_is_grlabs_is_correction(fields, mode):
     batch`` on old_log_probs and rollout_log_probs, weights handed to the loss as
     ``rollout_is_weights``) and grlab's ``verl_corrections`` of the same config on π_old and μ
     apart give the same loss, value and gradient (TIS, IcePop, token and sequence level, batch
-    normalisation)."""
+    normalisation; rejection by verl's rollout_rs, which edits the response mask: grlab's
+    ``reject`` drops the tokens from the normaliser)."""
     from verl import DataProto
     from verl.trainer.config.algorithm import RolloutCorrectionConfig
     from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
@@ -434,9 +441,13 @@ def test_verls_rollout_correction_is_grlabs_is_correction(fields, mode):
     data = DataProto.from_dict(tensors={"old_log_probs": old, "rollout_log_probs": rollout,
                                         "response_mask": mask.long()})
     data, _ = compute_rollout_correction_and_add_to_batch(data, config)
-    weights = data.batch["rollout_is_weights"]
-    assert torch.equal(data.batch["response_mask"].bool(), mask)  # no rejection configured
-    theirs = policy_loss("grpo", logp, old, adv, mask, agg=mode, token_weights=weights)
+    weights = data.batch.get("rollout_is_weights")
+    kept = data.batch["response_mask"].bool()
+    if config.rollout_rs is None:
+        assert torch.equal(kept, mask)
+    else:  # the rejection removes part of the batch, not all of it
+        assert 0 < int(kept.sum()) < int(mask.sum())
+    theirs = policy_loss("grpo", logp, old, adv, kept, agg=mode, token_weights=weights)
     corrections = grlab_verl.verl_corrections(config)
     ours = policy_loss("grpo", logp, old, adv, mask, agg=mode, corrections=corrections,
                        logp_rollout=rollout)
@@ -447,15 +458,20 @@ def test_verls_rollout_correction_is_grlabs_is_correction(fields, mode):
     assert not torch.allclose(ours.loss, plain)  # the correction matters on this batch
 
 
-def test_verls_bypass_mode_anchors_the_ratio_on_the_current_policy_and_rs_is_refused():
+def test_verls_bypass_mode_anchors_the_ratio_on_the_current_policy_and_rs_maps_to_reject():
     from verl.trainer.config.algorithm import RolloutCorrectionConfig
 
     (bypass,) = grlab_verl.verl_corrections(RolloutCorrectionConfig.bypass_pg_is())
     assert bypass.hparams["ratio"] == "current" and bypass.hparams["level"] == "sequence"
     assert grlab_verl.verl_corrections(RolloutCorrectionConfig(rollout_is=None)) == ()
     assert grlab_verl.verl_corrections(None) == ()
-    with pytest.raises(ValueError, match="rollout_rs"):
-        grlab_verl.verl_corrections(RolloutCorrectionConfig.decoupled_k3_rs())
+    (rejection,) = grlab_verl.verl_corrections(RolloutCorrectionConfig.decoupled_k3_rs())
+    assert rejection.name == "reject" and rejection.hparams["statistic"] == "k3"
+    with pytest.raises(ValueError, match="rollout_rs option 'seq_max_k1'"):
+        grlab_verl.verl_rejection("seq_max_k1", 2.0)
+    with pytest.raises(ValueError, match="one threshold or one per rollout_rs option"):
+        grlab_verl.verl_corrections({"rollout_rs": "token_k2,token_k3",
+                                     "rollout_rs_threshold": "0.1,0.2,0.3"})
 
 
 def test_grlab_corrections_in_the_loss_see_rollout_log_probs_apart_from_old_log_prob():

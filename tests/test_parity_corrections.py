@@ -89,19 +89,11 @@ def _verl_rc():
 
 
 def grlab_for_verl_rs(option: str, threshold: str | float, ratio: str = "old") -> Correction:
-    """verl's rollout_rs option and threshold as grlab's ``reject``: the option's level and
-    k-estimator; a k1 threshold "lo_hi" bounds exp(k1) = μ/π (a single value u: [1/u, u])."""
-    level, _, estimator = option.rpartition("_")
-    aggregate = "token" if level == "token" else level
-    if estimator == "k1":
-        text = str(threshold)
-        lo, hi = (float(x) for x in text.split("_")) if "_" in text else (1 / float(text),
-                                                                          float(text))
-        bounds = {"low": math.log(lo), "high": math.log(hi)}
-    else:
-        bounds = {"low": None, "high": float(threshold)}
-    return Correction("reject", {"statistic": estimator, "aggregate": aggregate, "ratio": ratio,
-                                 **bounds})
+    """verl's rollout_rs option and threshold as grlab's ``reject``: the verl adapter's own
+    mapping (``llm_bridge.integrations.verl.verl_rejection``)."""
+    from llm_bridge.integrations.verl import verl_rejection
+
+    return verl_rejection(option, threshold, ratio)
 
 
 # candidate thresholds (partial_case picks one that rejects part of the batch)

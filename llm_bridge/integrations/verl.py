@@ -49,8 +49,8 @@ Design decisions
   from ``old_log_probs`` and ``rollout_log_probs``, and hands the loss only the weights (as
   ``rollout_is_weights``) and the edited mask: those are honoured as above, and
   ``verl_corrections`` is the same correction as grlab data (for grlab's trainer and exact
-  engines; tested to give verl's weights). ``rollout_rs`` (rejection by a k1/k2/k3
-  divergence) has no grlab correction yet and is refused by ``verl_corrections``.
+  engines; tested to give verl's weights and mask). ``rollout_rs`` (rejection by a k1/k2/k3
+  divergence, comma-separated options) → one ``reject`` per option (``verl_rejection``).
 * ``policy_loss.grlab_corrections`` (``GrlabPolicyLossConfig``): grlab corrections applied
   inside the loss. When verl passes ``rollout_log_probs`` to the loss they are μ, apart from
   ``old_log_prob`` (π_old); otherwise μ is π_old (corrections with ``ratio="current"`` still
@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -235,27 +236,63 @@ def verl_corrections(rollout_correction: Any) -> tuple[Correction, ...]:
     ``"lower_upper"`` (IcePop: w outside [lower, upper] set to 0, the token kept in the
     normaliser) → ``is``; ``rollout_is_batch_normalize`` → ``normalize=True``; the ratio is
     π_old/μ (``ratio="old"``, decoupled mode) or, with ``bypass_mode``, π_θ/μ
-    (``ratio="current"``). ``rollout_rs`` is refused (no grlab rejection correction yet).
+    (``ratio="current"``). ``rollout_rs`` (comma-separated options, one threshold each or one
+    for all) → one ``reject`` per option (``verl_rejection``).
     """
     if rollout_correction is None:
         return ()
+    ratio = "current" if _get(rollout_correction, "bypass_mode", False) else "old"
+    out: list[Correction] = []
     level = _get(rollout_correction, "rollout_is", None)
-    if _get(rollout_correction, "rollout_rs", None) is not None:
-        raise ValueError(
-            f"rollout_rs={_get(rollout_correction, 'rollout_rs')!r} (verl's rejection by a "
-            "divergence) has no grlab correction yet: leave it to verl, which applies it to "
-            "the response mask before grlab's loss")
-    if level is None:
-        return ()
-    if level not in ("token", "sequence"):
-        raise ValueError(f"rollout_is must be 'token', 'sequence' or None, got {level!r}")
-    upper, lower = _verl_threshold(_get(rollout_correction, "rollout_is_threshold", 2.0))
-    hparams: dict[str, Any] = {
-        "level": level, "action": "truncate" if lower is None else "mask", "high": upper,
-        "low": lower, "denominator": "keep",
-        "ratio": "current" if _get(rollout_correction, "bypass_mode", False) else "old",
-        "normalize": bool(_get(rollout_correction, "rollout_is_batch_normalize", False))}
-    return (Correction("is", hparams),)
+    if level is not None:
+        if level not in ("token", "sequence"):
+            raise ValueError(f"rollout_is must be 'token', 'sequence' or None, got {level!r}")
+        upper, lower = _verl_threshold(_get(rollout_correction, "rollout_is_threshold", 2.0))
+        out.append(Correction("is", {
+            "level": level, "action": "truncate" if lower is None else "mask", "high": upper,
+            "low": lower, "denominator": "keep", "ratio": ratio,
+            "normalize": bool(_get(rollout_correction, "rollout_is_batch_normalize", False))}))
+    options = _get(rollout_correction, "rollout_rs", None)
+    if options is not None:
+        names = [part.strip() for part in str(options).split(",") if part.strip()]
+        threshold = _get(rollout_correction, "rollout_rs_threshold", None)
+        if threshold is None:
+            raise ValueError(f"rollout_rs={options!r} needs rollout_rs_threshold (as in verl)")
+        specs = [part.strip() for part in str(threshold).split(",") if part.strip()]
+        if len(specs) not in (1, len(names)):
+            raise ValueError(f"rollout_rs_threshold={threshold!r} must give one threshold or "
+                             f"one per rollout_rs option ({len(names)})")
+        specs = specs * len(names) if len(specs) == 1 else specs
+        out.extend(verl_rejection(name, spec, ratio)
+                   for name, spec in zip(names, specs, strict=True))
+    return tuple(out)
+
+
+def verl_rejection(option: str, threshold: str | float, ratio: str = "old") -> Correction:
+    """One verl ``rollout_rs`` option (``token_k1``, ``seq_mean_k3``, ...; verl's
+    ``SUPPORTED_ROLLOUT_RS_OPTIONS``) with its threshold as grlab's ``reject``: the option's
+    level and estimator; a k1 threshold ``"lo_hi"`` bounds exp(k1) = μ/π (a single value u:
+    [1/u, u]); k2/k3 thresholds are upper bounds. Rejected tokens leave the normaliser
+    (``reject``'s default ``denominator="drop"``), as verl edits the response mask."""
+    aggregate, _, statistic = option.rpartition("_")
+    if statistic not in ("k1", "k2", "k3") or aggregate not in (
+            "token", "seq_sum", "seq_mean", "seq_max") or option == "seq_max_k1":
+        raise ValueError(f"rollout_rs option {option!r} is not one of verl's (token|seq_sum|"
+                         "seq_mean)_k(1|2|3) or seq_max_k(2|3)")
+    text = str(threshold)
+    if statistic == "k1":
+        low, high = (float(x) for x in text.split("_", 1)) if "_" in text \
+            else (1 / float(text), float(text))
+        if not 0 < low <= high:
+            raise ValueError(f"rollout_rs_threshold {text!r} for {option}: need 0 < lower ≤ upper")
+        bounds = {"low": math.log(low), "high": math.log(high)}
+    else:
+        if "_" in text or float(text) <= 0:
+            raise ValueError(f"rollout_rs_threshold {text!r} for {option}: one positive upper "
+                             "bound")
+        bounds = {"low": None, "high": float(text)}
+    return Correction("reject", {"statistic": statistic, "aggregate": aggregate, "ratio": ratio,
+                                 **bounds})
 
 
 def _verl_threshold(spec: Any) -> tuple[float, float | None]:
