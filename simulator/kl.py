@@ -25,23 +25,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from simulator import numerics
 from simulator.validation import Registry
 
 
 def k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
     """k1 = log π_θ − log π_ref, per token."""
-    return logp - logp_ref
+    return numerics.log_ratio(logp, logp_ref)
 
 
 def k2(logp: Tensor, logp_ref: Tensor) -> Tensor:
     """k2 = ½·(log π_θ − log π_ref)², per token."""
-    return 0.5 * (logp - logp_ref) ** 2
+    return numerics.finite(0.5 * numerics.log_ratio(logp, logp_ref) ** 2)
 
 
 def k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
-    """k3 = r − 1 − log r with r = π_ref/π_θ, per token (≥ 0 for every r > 0)."""
-    log_r = logp_ref - logp
-    return torch.expm1(log_r) - log_r
+    """k3 = r − 1 − log r with r = π_ref/π_θ, per token (≥ 0 for every r > 0); saturated by
+    grlab's numerical rule (``simulator.numerics``): r beyond e^{709.78} is that bound, with
+    no gradient, instead of inf and a NaN gradient."""
+    log_r = numerics.log_ratio(logp_ref, logp)
+    return numerics.finite(torch.expm1(log_r.clamp(max=numerics.LOG_MAX)) - log_r)
 
 
 def k3_clamped(logp: Tensor, logp_ref: Tensor, *, log_ratio_clamp: float = 20.0,

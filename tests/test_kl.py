@@ -123,10 +123,19 @@ def test_clamped_k3_equals_k3_inside_the_clamp(x, y):
         assert float(k3_clamped(a, b)) == pytest.approx(float(k3(a, b)), rel=1e-12, abs=1e-15)
 
 
-def test_clamped_k3_stays_finite_where_k3_overflows():
-    a, b = torch.tensor([-1000.0]), torch.tensor([0.0])
-    assert not torch.isfinite(k3(a, b)).all()
-    assert float(k3_clamped(a, b)) == 10.0
+def test_k3_saturates_where_its_plain_math_overflows_and_clamped_k3_is_bounded():
+    """At log r = 1000, r = e^1000 is no float: plain math gives inf (and a NaN gradient
+    through the saturation); grlab's k3 gives the dtype's max with a finite gradient (the
+    numerical rule: the saturated part carries none), k3-clamped its bound 10."""
+    a = torch.tensor([-1000.0], requires_grad=True)
+    b = torch.tensor([0.0])
+    plain = torch.expm1(b - a.detach()) - (b - a.detach())
+    assert not torch.isfinite(plain).all()
+    value = k3(a, b)
+    assert float(value) == torch.finfo(torch.float32).max
+    (grad,) = torch.autograd.grad(value.sum(), a)
+    assert torch.isfinite(grad).all()
+    assert float(k3_clamped(a.detach(), b)) == 10.0
 
 
 def test_kl_penalty_dispatches_by_name_and_rejects_bad_input():

@@ -152,3 +152,42 @@ def test_low_precision_inputs_get_the_float64_math_of_their_own_values(dtype):
         value, expected = float(out.loss.detach()), float(ref.loss.detach())
         assert value == pytest.approx(expected, rel=2.0**-23, abs=1e-30), name
         torch.testing.assert_close(grad.double(), ref_grad, rtol=unit, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(_cases(torch.float64)))
+def test_every_correction_is_finite_on_extreme_inputs_in_every_dtype(dtype, case):
+    """Each registered correction on PPO with the extreme cases as the π_old–μ mismatch (the
+    case's log π_old is μ, its log π is π_old, and π_θ sits near π_old): loss, gradient and
+    metrics finite, the gradient in the input dtype. A correction may remove every token
+    (then policy_loss says so), never give a NaN."""
+    from simulator.corrections import CORRECTIONS
+
+    logp_row, old_row, adv = _cases(dtype)[case]
+    old = torch.tensor([logp_row, [-0.7, -0.9, float("nan")]], dtype=torch.float64).to(dtype)
+    mu = torch.tensor([old_row, [-0.6, -1.1, float("inf")]], dtype=torch.float64).to(dtype)
+    logp = old.clone()
+    advantages = torch.tensor([adv, -0.5], dtype=torch.float64).to(dtype)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    entropy = torch.ones_like(logp)
+    failures = []
+    for name in CORRECTIONS:
+        leaf = logp.clone().requires_grad_(True)
+        try:
+            out = policy_loss("ppo", leaf, old, advantages, mask, logp_rollout=mu,
+                              logp_ref=mu, entropy=entropy, corrections=name)
+        except ValueError as error:
+            if "removed every token" not in str(error):
+                failures.append(f"{name}: {error}")
+            continue
+        (grad,) = torch.autograd.grad(out.loss, leaf)
+        bad = [key for key, value in out.metrics.items() if not torch.isfinite(value)]
+        if not torch.isfinite(out.loss):
+            bad.append("loss")
+        if not torch.isfinite(grad).all():
+            bad.append("grad")
+        if grad.dtype != dtype:
+            bad.append(f"grad dtype {grad.dtype}")
+        if bad:
+            failures.append(f"{name}: {bad}")
+    assert not failures, failures
