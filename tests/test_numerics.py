@@ -46,6 +46,20 @@ def _norm(agg: str) -> dict[str, float]:
     return {"norm_len": 3.0} if agg == "seq-mean-token-sum-norm" else {}
 
 
+def _not_finite(out, leaf: torch.Tensor, dtype: torch.dtype) -> list[str]:
+    """What of a policy_loss result is not finite (loss, gradient, metrics), or a gradient
+    that is not in the input's dtype."""
+    (grad,) = torch.autograd.grad(out.loss, leaf)
+    bad = [key for key, value in out.metrics.items() if not torch.isfinite(value)]
+    if not torch.isfinite(out.loss):
+        bad.append("loss")
+    if not torch.isfinite(grad).all():
+        bad.append("grad")
+    if grad.dtype != dtype:
+        bad.append(f"grad dtype {grad.dtype}")
+    return bad
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(_cases(torch.float64)))
 def test_every_loss_is_finite_on_extreme_inputs_in_every_dtype(dtype, case):
@@ -63,14 +77,7 @@ def test_every_loss_is_finite_on_extreme_inputs_in_every_dtype(dtype, case):
             leaf = logp.clone().requires_grad_(True)
             out = policy_loss(name, leaf, logp_old, advantages, mask, agg=agg, **_norm(agg),
                               **extra_inputs(name, logp_old))
-            (grad,) = torch.autograd.grad(out.loss, leaf)
-            bad = [key for key, value in out.metrics.items() if not torch.isfinite(value)]
-            if not torch.isfinite(out.loss):
-                bad.append("loss")
-            if not torch.isfinite(grad).all():
-                bad.append("grad")
-            if grad.dtype != dtype:
-                bad.append(f"grad dtype {grad.dtype}")
+            bad = _not_finite(out, leaf, dtype)
             if bad:
                 failures.append(f"{name}/{agg}: {bad}")
     assert not failures, failures
@@ -180,14 +187,7 @@ def test_every_correction_is_finite_on_extreme_inputs_in_every_dtype(dtype, case
             if "removed every token" not in str(error):
                 failures.append(f"{name}: {error}")
             continue
-        (grad,) = torch.autograd.grad(out.loss, leaf)
-        bad = [key for key, value in out.metrics.items() if not torch.isfinite(value)]
-        if not torch.isfinite(out.loss):
-            bad.append("loss")
-        if not torch.isfinite(grad).all():
-            bad.append("grad")
-        if grad.dtype != dtype:
-            bad.append(f"grad dtype {grad.dtype}")
+        bad = _not_finite(out, leaf, dtype)
         if bad:
             failures.append(f"{name}: {bad}")
     assert not failures, failures
