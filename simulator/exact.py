@@ -178,7 +178,11 @@ SUFFICIENT_ROW_COST = 1.5
 def _choose(env: ResponseSpace, setup: LossSetup, k: int) -> str:
     """"sufficient" or "enumerate", whichever does less work (row positions evaluated, the
     sufficient engine's weighted by ``SUFFICIENT_ROW_COST``); "enumerate" when a correction is
-    not a function of one response (``sufficient.corrections_refusal``)."""
+    not a function of one response (``sufficient.corrections_refusal``); "ordered" for a loss
+    that selects tokens over the group (M2PO, Clip-Cov, KL-Cov: ties go by row order, so the
+    loss is not symmetric in the members and multisets would be wrong)."""
+    if setup.spec.couples_rows:
+        return "ordered"
     if corrections_refusal(setup) is not None:
         return "enumerate"
     rows, cost = sufficient_cost(env, k)
@@ -211,6 +215,12 @@ class ExpectedLoss:
             self.method = "closed-form"
         else:
             self.method = _choose(env, setup, self.k) if method == "auto" else method
+        if self.method == "enumerate" and setup.spec.couples_rows:
+            raise ValueError(
+                f"loss {setup.loss!r} selects its tokens over the group and breaks ties by row "
+                "order (LossSpec.couples_rows), so its value is not a symmetric function of "
+                "the group's members, which the multiset enumeration assumes: use "
+                "method='ordered' (method='auto' does)")
         self._stats: SufficientStats | None = None
         self._checked = False
         self._groups: tuple[Tensor, Tensor] | None = None  # (prompt [G], responses [G, K])

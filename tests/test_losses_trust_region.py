@@ -253,10 +253,12 @@ def test_bad_keywords_raise_errors_naming_them(name, kwargs, argument, error):
         policy_loss(name, logp, old, adv, mask, logp_rollout=old, **kwargs)
 
 
-def test_m2po_without_logp_rollout_says_what_it_needs():
+def test_m2po_without_logp_rollout_is_m2po_with_mu_equal_to_pi_old():
+    """One policy: no logp_rollout means μ = π_old (as for every correction), bit for bit."""
     logp, old, adv, mask = main_batch()
-    with pytest.raises(ValueError, match="logp_rollout"):
-        policy_loss("m2po", logp, old, adv, mask)
+    alone = policy_loss("m2po", logp, old, adv, mask, threshold=0.01)
+    given = policy_loss("m2po", logp, old, adv, mask, threshold=0.01, logp_rollout=old)
+    assert torch.equal(alone.loss, given.loss)
 
 
 def test_the_batch_coupled_losses_say_so():

@@ -421,11 +421,11 @@ _NUMERICS_MUTANTS = [
 
 _KL_MUTANTS = [
     _m("kl-k2-no-half", KL,
-       "return 0.5 * (logp - logp_ref) ** 2", "return (logp - logp_ref) ** 2",
+       "0.5 * numerics.log_ratio(logp, logp_ref) ** 2", "numerics.log_ratio(logp, logp_ref) ** 2",
        "k2 = δ² instead of ½δ²",
        f"{KL_TESTS}::test_k2"),
     _m("kl-k3-sign", KL,
-       "    return torch.expm1(log_r) - log_r\n", "    return torch.expm1(log_r) + log_r\n",
+       "log_r.clamp(max=numerics.LOG_MAX)) - log_r)", "log_r.clamp(max=numerics.LOG_MAX)) + log_r)",
        "k3 = (r − 1) + log r",
        f"{KL_TESTS}::test_k3"),
 ]
