@@ -386,7 +386,8 @@ def test_trls_vllm_importance_sampling_and_off_policy_mask_are_grlabs_correction
     for run in (ours, theirs):  # as a vLLM run (no vLLM here: the trainers are built without)
         run.use_vllm = run.args.use_vllm = True
     ours._grlab_setup = ours.args.grlab_setup()
-    expected = {"is"} | ({"opsm"} if threshold is not None else set())
+    expected = {"vllm-is-" + mode.replace("_", "-")} | ({"opsm"} if threshold is not None
+                                                         else set())
     assert {c.name for c in ours._grlab_setup.corrections} == expected
     ratio = trl_vllm_is_ratio(theirs, old, sampling, inputs["completion_mask"])
     our_loss, our_grad = loss_and_grad(ours, GrlabGRPOTrainer._compute_loss, inputs)

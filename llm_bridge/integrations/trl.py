@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,11 +80,10 @@ _REPLACED = {
     "entropy_coef": "not supported by GrlabGRPOTrainer",
     "use_adaptive_entropy": "not supported by GrlabGRPOTrainer",
 }
-UNBOUNDED = sys.float_info.max  # TRL's clip_max=None: grlab's ``is`` takes a finite high only
 # TRL 1.16's vllm_importance_sampling_mode -> grlab's ``is`` correction (level, action)
-VLLM_IS_MODES = {"token_truncate": ("token", "truncate"), "token_mask": ("token", "mask"),
-                 "sequence_truncate": ("sequence", "truncate"),
-                 "sequence_mask": ("sequence", "mask")}
+VLLM_IS_MODES = {mode: "vllm-is-" + mode.replace("_", "-") for mode in (
+    "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")}
+"""TRL's ``vllm_importance_sampling_mode`` -> the grlab correction preset of that mode."""
 # the model inputs TRL's _compute_loss forwards to _get_per_token_logps_and_entropies
 _MODEL_INPUTS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
                  "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
@@ -177,7 +175,7 @@ def trl_corrections(args: Any) -> tuple[Correction, ...]:
       π_old/μ), ``level`` token or sequence (TRL's sequence ratio is the exp of the summed
       log-ratios: a product, grlab's ``sequence``), ``action`` truncate or mask from
       ``vllm_importance_sampling_mode``, ``high``/``low`` from ``_clip_max``/``_clip_min``
-      (None: unbounded; grlab's ``high`` must be finite, so the largest float stands for it),
+      (None: unbounded),
       ``denominator="keep"`` (TRL zeroes a masked token's loss and keeps it
       in the normaliser).
     * ``off_policy_mask_threshold`` δ: ``opsm`` with ``delta=δ``, ``ratio="current"`` (TRL's
@@ -191,13 +189,13 @@ def trl_corrections(args: Any) -> tuple[Correction, ...]:
         if mode not in VLLM_IS_MODES:
             raise ValueError(f"vllm_importance_sampling_mode must be one of "
                              f"{sorted(VLLM_IS_MODES)}, got {mode!r}")
-        level, action = VLLM_IS_MODES[mode]
-        high = args.vllm_importance_sampling_clip_max
-        out.append(Correction("is", {"level": level, "action": action,
-                                     "high": UNBOUNDED if high is None else float(high),
-                                     "low": None if args.vllm_importance_sampling_clip_min is None
-                                     else float(args.vllm_importance_sampling_clip_min),
-                                     "ratio": "old", "denominator": "keep"}))
+        high, low = (args.vllm_importance_sampling_clip_max,
+                     args.vllm_importance_sampling_clip_min)
+        # the preset of the mode (simulator.corrections: level, action, ratio π_old/μ, the
+        # token kept in the normaliser) with TRL's bounds
+        out.append(Correction(VLLM_IS_MODES[mode], {
+            "high": None if high is None else float(high),
+            "low": None if low is None else float(low)}))
     if args.off_policy_mask_threshold is not None:
         out.append(Correction("opsm", {"delta": float(args.off_policy_mask_threshold),
                                        "ratio": "current", "denominator": "keep"}))
