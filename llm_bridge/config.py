@@ -211,7 +211,8 @@ class TrainConfig:
         skip = {"resume", "overwrite", "progress", "plot", "out", "device", "eval_every",
                 "checkpoint_every", "steps", "keep_previous"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        values["correction"] = list(self.correction)  # as a checkpoint's JSON holds it
+        # one text per correction, however it was written (high=2, high=2.0 or the default)
+        values["correction"] = [str(c.canonical()) for c in self.corrections]
         # the sampler's fields at their defaults are left out: a checkpoint written before
         # they existed (a matched sampler, no correction) still resumes
         return {k: v for k, v in values.items()

@@ -212,6 +212,15 @@ class Correction:
             hparams[key.strip()] = _parse_value(value)
         return cls(name.strip(), hparams)
 
+    def canonical(self) -> Correction:
+        """The same correction written one way: keywords at their bound value left out, the
+        rest sorted, numbers as floats (``tis-token:high=2`` and ``tis-token`` are one)."""
+        spec = CORRECTIONS[self.name]
+        bound, given = spec.resolve({}), spec.resolve(self.hparams)
+        return Correction(self.name, {
+            key: float(value) if isinstance(value, int) and not isinstance(value, bool)
+            else value for key, value in sorted(given.items()) if value != bound[key]})
+
     def __str__(self) -> str:
         if not self.hparams:
             return self.name

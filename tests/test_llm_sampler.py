@@ -115,7 +115,8 @@ def test_no_recompute_old_uses_mu_as_pi_old(tok):
 
 def test_resume_with_a_mismatched_sampler_and_refusal_of_other_corrections(tok, tmp_path):
     """Stale batches wait with their π_old in the checkpoint: a resumed run ends with the
-    parameters of an uninterrupted one; another --correction is refused, naming it."""
+    parameters of an uninterrupted one; the same correction written otherwise (its bound
+    value given) resumes; another --correction is refused, naming it."""
     options = {**STEP, "steps": 5, "sync_interval": 3, "sync_offset": 1,
                "sampler_temperature": 0.8, "correction": ("icepop",)}
     task = TASK
@@ -128,6 +129,10 @@ def test_resume_with_a_mismatched_sampler_and_refusal_of_other_corrections(tok, 
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert _strip(straight.history) == _strip(resumed.history)
+    # the same correction written with its bound value is the same run, not another
+    again = train(TrainConfig(**{**options, "correction": ("icepop:high=5",), "steps": 6},
+                              out=tmp_path / "b", resume=True), tiny_model(tok, seed=0), tok, task)
+    assert len(again.history) > len(resumed.history)
     other = {**options, "correction": ("icepop:high=4",)}
     with pytest.raises(ValueError, match="correction: \\['icepop'\\] there"):
         train(TrainConfig(**other, out=tmp_path / "b", resume=True), tiny_model(tok, seed=0),
