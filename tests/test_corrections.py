@@ -495,3 +495,21 @@ def test_the_is_corrected_k3_gradient_is_the_exact_reverse_kl_gradient():
     exact = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), theta, retain_graph=True)[0]
     torch.testing.assert_close(expected_grad("kl-corrected"), exact, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(expected_grad("kl"), exact, rtol=1e-3)
+
+
+@pytest.mark.parametrize("correction", CORRECTION_NAMES)
+def test_every_correction_traces_under_torch_func(correction):
+    """With validate=False, a loss with any correction is a pure tensor function, as a loss
+    alone is: torch.func.grad equals autograd, and vmap over a stack of batches equals the
+    calls one by one (the exact engines vmap corrections over groups)."""
+    logp, old, mu, ref, ent, adv, mask = batch()
+
+    def f(x):
+        return policy_loss("grpo", x, old, adv, mask, logp_rollout=mu, logp_ref=ref,
+                           entropy=ent, corrections=correction, validate=False).loss
+
+    x = logp.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(f(x), x)
+    torch.testing.assert_close(torch.func.grad(f)(logp), expected, rtol=0, atol=0)
+    batched = torch.func.vmap(f)(torch.stack([logp, logp - 0.1]))
+    torch.testing.assert_close(batched, torch.stack([f(logp), f(logp - 0.1)]), rtol=0, atol=0)
