@@ -146,7 +146,10 @@ class TrainConfig:
         if self.sampler_dtype not in ("fp32", "bf16"):
             raise ValueError(f"sampler_dtype must be 'fp32' or 'bf16', got {self.sampler_dtype!r}")
         self.correction = tuple(self.correction)
-        self.corrections  # noqa: B018 -- a bad --correction: a named error before any work
+        for text, correction in zip(self.correction, self.corrections, strict=True):
+            if not self.ref_kl and _reads_reference(correction):
+                raise ValueError(f"correction {text!r} reads the reference policy's log-probs, "
+                                 "which need the reference copy of the model: drop --no-ref-kl")
         if (self.resume or self.overwrite) and self.out is None:
             raise ValueError("resume and overwrite need out= (the run folder)")
         if self.resume and self.overwrite:
@@ -223,6 +226,21 @@ class TrainConfig:
 SAMPLER_FIELDS: dict[str, Any] = {"top_k": None, "sampler_temperature": None,
                                   "sampler_dtype": "fp32", "recompute_old": True,
                                   "correction": []}
+
+
+def _reads_reference(correction: Any) -> bool:
+    """Whether ``correction`` needs ``logp_ref`` (it fails on a one-token batch without)."""
+    import torch
+
+    from simulator.corrections import CorrectionInputs
+
+    one = torch.zeros(1, 1, dtype=torch.float64)
+    try:
+        correction(CorrectionInputs(one, one, one, one, torch.ones(1, 1, dtype=torch.bool),
+                                    None, one))
+    except ValueError as error:
+        return "needs logp_ref" in str(error)
+    return False
 
 
 def _checked_correction(text: str) -> Any:

@@ -10,7 +10,7 @@ Design decisions
   that keeps only hidden, targets and log Z: backward recomputes the chunk's logits (one
   matmul) and writes d/dlogits = g·(onehot − p)/T directly, so at most one chunk of logits is
   alive, forward or backward. The price against the naive route is that one matmul; the
-  entropy (a metric) is computed in forward only, and only when asked for.
+  entropy is computed only when asked for, with its gradient in the same backward.
 * Temperature T: the log-probs are those of softmax(logits / T), the distribution the rollout
   samples from (``llm_bridge.rollout``). With the same T in training and rollout the ratio
   π_θ/π_old is exactly 1 on-policy (up to fp round-off); see docs/llm_bridge.md.
@@ -89,8 +89,9 @@ class _ChunkLogProb(torch.autograd.Function):
     Forward keeps only hidden, the targets and log Z; backward recomputes the chunk's logits
     once (one matmul) and forms d/dlogits = g·(onehot − p)/T directly, instead of
     ``torch.utils.checkpoint``'s full re-run of the forward (logsumexp, gather and entropy
-    again) followed by autograd's backward of each op. The entropy (a metric) is computed in
-    forward only, and only when asked for.
+    again) followed by autograd's backward of each op. The entropy is computed only when asked
+    for; it carries a gradient too (an entropy bonus trains through it): dH/dz = −p·(log p +
+    H), added in the same backward only when the entropy was used.
     """
 
     @staticmethod
@@ -105,19 +106,28 @@ class _ChunkLogProb(torch.autograd.Function):
                        if with_entropy else logp.new_zeros(()).expand_as(logp))
         ctx.save_for_backward(hidden, weight, bias, targets, log_z, allowed)
         ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):
+    def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, targets, log_z, allowed = ctx.saved_tensors
         t = ctx.temperature
         with torch.autocast(hidden.device.type, enabled=False):
             logits = _head_logits(hidden, weight, bias, t, allowed)
-            g = torch.where(targets >= 0, grad_logp, torch.zeros_like(grad_logp)).float()
-            grad_logits = torch.exp(logits - log_z.unsqueeze(-1)).mul_(-g.unsqueeze(-1))
-            rows = torch.arange(len(targets), device=targets.device)
-            grad_logits[rows, targets.clamp(min=0)] += g
+            log_p = logits - log_z.unsqueeze(-1)
+            p = torch.exp(log_p)
+            grad_logits = torch.zeros_like(logits)
+            if grad_logp is not None:
+                g = torch.where(targets >= 0, grad_logp, torch.zeros_like(grad_logp)).float()
+                grad_logits.add_(p * -g.unsqueeze(-1))
+                rows = torch.arange(len(targets), device=targets.device)
+                grad_logits[rows, targets.clamp(min=0)] += g
+            if grad_entropy is not None:  # dH/dz = −p·(log p + H)
+                entropy = -(p * log_p).sum(-1, keepdim=True)
+                grad_logits.sub_(grad_entropy.float().unsqueeze(-1) * p * (log_p + entropy))
             if t != 1.0:
                 grad_logits /= t
             sub = weight if allowed is None else weight[allowed]
@@ -160,8 +170,9 @@ def logprobs_and_entropy(
     """(log π(input_ids[:, t] | input_ids[:, :t]), entropy of π(· | input_ids[:, :t])) for
     t = ``first_target`` … T − 1: two [B, T − first_target] float32 tensors.
 
-    π = softmax(logits / ``temperature``) (restricted to ``allowed_tokens`` when given). The
-    log-probs carry gradient to the model's parameters; the entropy is detached (a metric).
+    π = softmax(logits / ``temperature``) (restricted to ``allowed_tokens`` when given). Both
+    carry gradient to the model's parameters (the entropy's only where a loss uses it: an
+    entropy bonus); detach the entropy to use it as a metric.
     ``chunk_size``: tokens (flattened over batch and sequence) whose logits exist at once;
     None picks ``default_chunk_size(V)``. Values at padded positions are meaningless: mask them.
     ``with_entropy=False`` skips the entropy (returned as zeros): about a third of a chunk's

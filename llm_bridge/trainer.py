@@ -97,7 +97,7 @@ def correction_metrics(cfg: TrainConfig) -> tuple[str, ...]:
     one = torch.zeros(1, 1)
     out = policy_loss(cfg.setup, one, one, one[0], torch.ones(1, 1, dtype=torch.bool),
                       agg=cfg.aggregation, norm_len=cfg.norm_len, logp_rollout=one,
-                      logp_ref=one, validate=False)
+                      logp_ref=one, entropy=one, validate=False)
     return tuple(sorted(set(out.metrics) - set(TOKEN_METRICS) - UNRECORDED))
 
 
@@ -234,7 +234,8 @@ def micro_batched_loss(policy: Any, rows: Rows, cfg: TrainConfig, *,
             # divided by the global batch's count: the parts' losses sum to the batch's loss
             out = policy_loss(setup, logp, old, adv[part_rows], micro_mask, agg=mode,
                               norm_len=norm_len, denominator=total, logp_rollout=sampler,
-                              logp_ref=ref if extra else None)
+                              logp_ref=ref if extra else None,
+                              entropy=entropy if extra else None)
             # DDP averages the W processes' gradients; × W makes it their sum (exact for W = 1)
             (out.loss * processes.world_size).backward()
         tokens = float(micro_mask.sum() / total_tokens)
@@ -246,7 +247,7 @@ def micro_batched_loss(policy: Any, rows: Rows, cfg: TrainConfig, *,
         if sampler is not None:
             gap = (sampler.float() - old.float())[micro_mask].mean()
             sums["kl_sampler"] += float(gap) * tokens
-        sums["entropy"] += float(entropy[micro_mask].mean()) * tokens
+        sums["entropy"] += float(entropy.detach()[micro_mask].mean()) * tokens
         if ref is not None:
             sums["kl_ref"] += float(kl.k3(logp.detach(), ref)[micro_mask].mean()) * tokens
     if ref_model is None:

@@ -121,7 +121,41 @@ def test_entropy_is_the_entropy_of_the_tempered_distribution(tokenizer):
     want = -(p * torch.log_softmax(logits, -1)).sum(-1)
     valid = mask[:, 1:].bool()
     torch.testing.assert_close(entropy[valid], want[valid], rtol=0, atol=1e-5)
-    assert not entropy.requires_grad
+
+
+def test_the_entropys_gradient_equals_autograd_of_the_full_logits(tokenizer):
+    """An entropy bonus trains through the entropy: the chunked head's backward of
+    Σ g·log p + Σ h·H (dH/dz = −p·(log p + H)) against autograd through the model's full
+    logits at T = 0.7 with a subset of the vocabulary — every parameter's gradient, to fp32
+    round-off as the log-prob twin; with h alone (the log-probs unused) as well."""
+    model = tiny_model(tokenizer, init_std=0.2)
+    ids, mask = _batch(len(tokenizer))
+    allowed = torch.unique(ids[:, 5:])
+    g = torch.linspace(-1.0, 2.0, 3 * 4).reshape(3, 4)
+    h = torch.linspace(0.5, -1.5, 3 * 4).reshape(3, 4)
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    def naive():
+        logits = model(input_ids=ids, attention_mask=mask,
+                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, 4:-1]
+        log_p = torch.log_softmax(logits[..., allowed] / 0.7, -1)
+        picked = log_p.gather(-1, torch.searchsorted(allowed, ids[:, 5:].contiguous())
+                              .unsqueeze(-1)).squeeze(-1)
+        return picked, -(log_p.exp() * log_p).sum(-1)
+
+    for use_logp in (True, False):
+        logp, entropy = logprobs_and_entropy(model, ids, mask, first_target=5,
+                                             allowed_tokens=allowed, temperature=0.7,
+                                             chunk_size=5)
+        assert entropy.requires_grad
+        chunked = grads((h * entropy).sum() + ((g * logp).sum() if use_logp else 0))
+        want_logp, want_entropy = naive()
+        expected = grads((h * want_entropy).sum() + ((g * want_logp).sum() if use_logp else 0))
+        torch.testing.assert_close(chunked, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_chunking_cuts_the_peak_memory_of_forward_and_backward():

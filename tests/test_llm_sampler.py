@@ -204,3 +204,22 @@ def test_micro_batches_with_corrections_give_the_full_batch_gradient(tok, agg):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
     assert metrics[0]["rejected_frac"] > 0
+
+
+def test_the_entropy_corrections_train_through_the_policys_entropy(tok):
+    """--correction entropy-bonus reaches the model through the entropy's gradient: one step
+    with a large coefficient leaves other parameters than one without; top-entropy removes
+    the low-entropy tokens (rejected_frac > 0)."""
+    plain = _run(tok, steps=1)
+    bonus = _run(tok, steps=1, correction=("entropy-bonus:coef=1.0",))
+    assert "entropy" in bonus.history[1]
+    assert any(not torch.equal(a, b) for a, b in zip(
+        plain.model.parameters(), bonus.model.parameters(), strict=True))
+    masked = _run(tok, steps=1, correction=("top-entropy:rho=0.5",))
+    assert masked.history[1]["rejected_frac"] > 0.2
+
+
+def test_a_correction_reading_the_reference_needs_the_reference_model():
+    with pytest.raises(ValueError, match="--no-ref-kl"):
+        TrainConfig(correction=("kl-corrected",), ref_kl=False)
+    TrainConfig(correction=("tis-token",), ref_kl=False)  # no reference read: fine
