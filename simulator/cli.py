@@ -38,7 +38,7 @@ import inspect
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 from rich.console import Console
@@ -81,22 +81,80 @@ OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupte
             "replacing a previous run's (with a note when they differ)")
 
 
-def losses(name: str | None = None) -> None:
+def losses(name: str | None = None, corrections: bool = False) -> None:
     """List the loss zoo: every registered loss and preset with its advantage kind, default
     aggregation, the keyword values a preset binds and the peer or paper its name follows.
 
     Args:
-        name: show one loss in full (all keyword defaults and its formula) instead of the table.
+        name: show one loss or correction in full (all keyword defaults and its formula)
+            instead of the table.
+        corrections: list the off-policy corrections (IS weights, rejection masks, KL and
+            entropy terms over μ, π_old and π_θ) instead of the losses.
     """
+    from simulator.corrections import CORRECTIONS
     from simulator.losses import LOSSES
     from simulator.progress import Wrapped, table_or_list
 
     out = _stdout()
     if name is not None:
-        out.print(Wrapped(_loss_page(LOSSES[name])), highlight=False)
+        if name not in LOSSES and name not in CORRECTIONS:
+            from simulator.validation import unknown_name_message
+
+            raise KeyError(unknown_name_message("loss or correction", name,
+                                                [*LOSSES, *CORRECTIONS]))
+        page = _loss_page(LOSSES[name]) if name in LOSSES else \
+            _correction_page(CORRECTIONS[name])
+        out.print(Wrapped(page), highlight=False)
+        return
+    if corrections:
+        out.print(table_or_list(_correction_table(CORRECTIONS.values()), out.width,
+                                heading=(0, 1)))
+        out.print("grlab losses --name NAME shows one correction's formula and every keyword; "
+                  "policy_loss(..., corrections=[NAME or 'NAME:key=value']) or train-llm's "
+                  "--correction use one.")
         return
     out.print(table_or_list(_loss_table(LOSSES.values()), out.width, heading=(0, 3)))
-    out.print("grlab losses --name NAME shows one loss's formula and every keyword.")
+    out.print("grlab losses --name NAME shows one loss's formula and every keyword; "
+              "grlab losses --corrections lists the off-policy corrections.")
+
+
+def _correction_table(specs: Iterable[Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(title="off-policy corrections — simulator.corrections.CORRECTIONS",
+                  show_lines=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it is", min_width=36)
+    table.add_column("follows", style="dim")
+    for spec in specs:
+        text = Text(_summary(spec))
+        if spec.hparams:
+            binds = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
+            text.append(f"\n= {_base_correction(spec)}({binds})",
+                        style="dim")
+        table.add_row(spec.name, text, Text(spec.follows or "—"))
+    return table
+
+
+def _base_correction(spec: Any) -> str:
+    """The registered correction a preset binds keywords of."""
+    from simulator.corrections import CORRECTIONS
+
+    return next((name for name, other in CORRECTIONS.items()
+                 if other.fn is spec.fn and not other.hparams), spec.name)
+
+
+def _correction_page(spec: Any) -> Text:
+    """``grlab losses --name`` for a correction: summary, keywords, source, docstring."""
+    paragraphs, summary = _doc_paragraphs(spec.fn.__doc__ or ""), _summary(spec)
+    if paragraphs and paragraphs[0] == summary:
+        paragraphs = paragraphs[1:]
+    keywords = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
+    lines = [Text.assemble((spec.name, "bold"), " — ", summary),
+             Text(f"correction: {_base_correction(spec)} · keywords: {keywords}"),
+             Text(f"follows: {spec.follows or '—'} (docs/corrections.md)"),
+             *(Text(f"\n{paragraph}") for paragraph in paragraphs)]
+    return Text("\n").join(lines)
 
 
 def _loss_table(specs: Iterable[LossSpec]) -> Table:
@@ -134,7 +192,7 @@ def _loss_page(spec: LossSpec) -> Text:
     return Text("\n").join(lines)
 
 
-def _summary(spec: LossSpec) -> str:
+def _summary(spec: Any) -> str:
     """The loss's one-sentence summary: the registered one, completed to the docstring's whole
     first paragraph when the registry kept only its first line."""
     first = next(iter(_doc_paragraphs(spec.fn.__doc__ or "")), "")

@@ -50,6 +50,20 @@ def test_losses_name_shows_the_formula_and_keywords(grlab):
     assert "eps_high=0.2" in out and "mean-std" in out and "max(−ρ·A" in out
 
 
+def test_losses_corrections_lists_every_correction_and_name_shows_one(grlab):
+    from simulator.corrections import CORRECTIONS
+
+    code, out = grlab("losses", "--corrections")
+    assert code == 0
+    for name in CORRECTIONS:
+        assert name in out
+    code, out = grlab("losses", "--name", "tis-token")
+    assert code == 0
+    assert "high=2.0" in out and "correction: is" in out and "min(w, high)" in out
+    code, out = grlab("losses", "--name", "tis-tokn")
+    assert code == 2 and "did you mean 'tis-token'" in out and "Traceback" not in out
+
+
 def test_an_unknown_loss_is_a_clear_error_not_a_traceback(grlab):
     code, out = grlab("losses", "--name", "grpoo")
     assert code == 2

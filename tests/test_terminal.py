@@ -185,11 +185,21 @@ def test_losses_at_80_columns_fits_and_breaks_no_word(grlab_at):
     assert len(narrow.splitlines()) < 150
 
 
+def test_losses_corrections_at_80_columns_fits_and_breaks_no_word(grlab_at):
+    from simulator.corrections import CORRECTIONS
+
+    code, narrow = grlab_at(80, "losses", "--corrections")
+    assert code == 0 and all(name in narrow.split() for name in CORRECTIONS)
+    assert_fits(narrow, grlab_at(250, "losses", "--corrections")[1])
+    assert len(narrow.splitlines()) < 150
+
+
 RST = re.compile(r"``|`|:math:|:func:|:class:|:\w+:`")
 PRIVATE = re.compile(r"(?<![\w'])_[A-Za-z]\w*")  # _regularizer, not ε'_low nor eps_low
 
 
-@pytest.mark.parametrize("name", ["rec", "grpo", "topr", "rec-oneside-nois"])
+@pytest.mark.parametrize("name", ["rec", "grpo", "topr", "rec-oneside-nois", "reject",
+                                  "tis-token"])
 def test_losses_name_is_clean_text_that_fits_80_columns(grlab_at, name):
     code, narrow = grlab_at(80, "losses", "--name", name)
     assert code == 0
