@@ -306,13 +306,13 @@ def test_groups_so_large_that_the_multinomial_coefficient_overflows_stay_finite_
 
 
 @pytest.mark.parametrize("name", COUPLED)
-def test_a_loss_selecting_tokens_over_the_group_is_refused_and_auto_enumerates(name):
+def test_a_loss_selecting_tokens_over_the_group_is_refused_and_auto_takes_ordered_tuples(name):
     """M2PO, Clip-Cov and KL-Cov pick tokens by a statistic of the whole batch (here: the
     group): no function of one response, so the statistics engine refuses them by name, and
-    ``auto`` takes the enumeration."""
+    ``auto`` takes the ordered tuples (ties go by row order: tests/test_exact.py)."""
     env, theta, mu = instance(3, "bandit", "generic", False)
     with pytest.raises(ValueError, match=f"loss '{name}' selects its tokens over the whole"):
         SufficientStats(env, LossSetup(name), 3)
     auto = expected_gradient(env, theta, mu, name, 3)
-    enumerated = expected_gradient(env, theta, mu, name, 3, method="enumerate")
-    torch.testing.assert_close(auto, enumerated, **TOL)
+    ordered = expected_gradient(env, theta, mu, name, 3, method="ordered")
+    torch.testing.assert_close(auto, ordered, **TOL)
