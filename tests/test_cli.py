@@ -207,7 +207,8 @@ MISUSES = {
                    "--threads must be an integer ≥ 1, got 0"),
     "seed too large": (("verify", "--only", "2", "--seed", str(2**64)),
                        f"--seed must be < 2**64, got {2**64}"),
-    "loss name typo": (("losses", "--name", "grpoo"), "unknown loss or correction 'grpoo'; did you mean"),
+    "loss name typo": (("losses", "--name", "grpoo"),
+                       "unknown loss or correction 'grpoo'; did you mean"),
 }
 
 
