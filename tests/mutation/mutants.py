@@ -32,7 +32,12 @@ EXACT = "simulator/exact.py"
 GROUPS = "simulator/groups.py"
 SUFFICIENT = "simulator/sufficient.py"
 DYNAMICS = "simulator/dynamics.py"
-CORRECTIONS = "simulator/corrections.py"
+CORRECTIONS = "simulator/corrections/core.py"
+CORR_WEIGHTS = "simulator/corrections/weights.py"
+CORR_REJECTION = "simulator/corrections/rejection.py"
+CORR_TERMS = "simulator/corrections/terms.py"
+CORR_PROXIMAL = "simulator/corrections/proximal.py"
+CORR_PRESETS = "simulator/corrections/presets.py"
 
 GUARDS = "tests/test_mutation_guards.py"
 LOSS_VALUES = "tests/test_losses.py"
@@ -74,7 +79,8 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     GROUPS: _EXACT_TESTS,
     SUFFICIENT: _EXACT_TESTS,
     DYNAMICS: (THREE_POLICIES, LAB),
-    CORRECTIONS: (CORRECTION_TESTS, CORRECTION_PARITY),
+    **dict.fromkeys((CORRECTIONS, CORR_WEIGHTS, CORR_REJECTION, CORR_TERMS, CORR_PROXIMAL,
+                     CORR_PRESETS), (CORRECTION_TESTS, CORRECTION_PARITY)),
 }
 
 
@@ -636,77 +642,77 @@ _TRUST_REGION_MUTANTS = [
 ]
 
 _CORRECTION_MUTANTS = [
-    _m("reject-k1-sign", CORRECTIONS,
+    _m("reject-k1-sign", CORR_REJECTION,
        'signed = log_ratio if direction == "mu-pi" else -log_ratio',
        'signed = -log_ratio if direction == "mu-pi" else log_ratio',
        "verl's k1 = log(μ/π) and AReaL's k1 = log(π/μ) swapped (and k3's direction with them)",
        f"{CORRECTION_TESTS}::test_reject_token_level_statistics_by_hand"),
-    _m("reject-ratio-arithmetic-mean", CORRECTIONS,
+    _m("reject-ratio-arithmetic-mean", CORR_REJECTION,
        "_row_aggregate(log_r, mask, aggregate).unsqueeze(-1).expand_as(log_r)",
        "torch.log(_row_aggregate(numerics.exp(log_r), mask, aggregate)).unsqueeze(-1)"
        ".expand_as(log_r)",
        "the ratio's sequence mean taken arithmetically (the 'length trap') instead of in log "
        "space (geometric mean, product)",
        f"{CORRECTION_TESTS}::test_reject_sequence_aggregates_by_hand"),
-    _m("reject-keeps-denominator", CORRECTIONS,
+    _m("reject-keeps-denominator", CORR_REJECTION,
        'direction: str = "mu-pi", denominator: str = "drop") -> Stage:',
        'direction: str = "mu-pi", denominator: str = "keep") -> Stage:',
        "verl's rejection leaves a rejected token in the token-mean denominator",
        f"{CORRECTION_TESTS}::test_reject_drops_from_the_denominator_by_default_and_keeps_on"
        "_request"),
-    _m("geo-rs-bounds-not-logged", CORRECTIONS,
+    _m("geo-rs-bounds-not-logged", CORR_PRESETS,
        "low=math.log(0.999),\n    high=math.log(1.001)", "low=0.999,\n    high=1.001",
        "verl's Geo-RS ratio bounds used as bounds on k1 = log(μ/π) without the log",
        f"{CORRECTION_PARITY}::test_verls_named_configurations_are_grlabs_presets_defaults"
        "_included"),
-    _m("kpop-one-direction", CORRECTIONS,
+    _m("kpop-one-direction", CORR_REJECTION,
        "stat = torch.maximum(forward, backward)", "stat = forward",
        "KPop's binary KL taken in one direction only (π‖μ) instead of the larger of both",
        f"{CORRECTION_TESTS}::test_binary_kl_by_hand"),
-    _m("kpop-no-complement", CORRECTIONS,
+    _m("kpop-no-complement", CORR_REJECTION,
        "return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))",
        "return p * (torch.log(p) - torch.log(q))",
        "the binary KL without the (1 − p)·log((1 − p)/(1 − q)) term of the other event",
        f"{CORRECTION_TESTS}::test_binary_kl_by_hand"),
-    _m("kl-is-weight-detached", CORRECTIONS,
+    _m("kl-is-weight-detached", CORR_TERMS,
        "w = numerics.exp(inputs.at_level(log_w, is_level))",
        "w = numerics.exp(inputs.at_level(log_w, is_level)).detach()",
        "the IS-corrected KL's ratio detached (DeepSeek-V3.2 and TRL differentiate through it)",
        f"{CORRECTION_TESTS}::test_the_is_corrected_k3_and_its_gradient_by_hand"),
-    _m("kl-straight-through-keeps-k3-gradient", CORRECTIONS,
+    _m("kl-straight-through-keeps-k3-gradient", CORR_TERMS,
        "k = k2 - k2.detach() + k.detach()", "k = k2.detach() - k2.detach() + k",
        "verl's straight-through KL ('k3+') keeps k3's gradient instead of taking k2's",
        f"{CORRECTION_TESTS}::test_the_straight_through_term_has_k3s_value_and_k2s_gradient"),
-    _m("kl-trinity-uncapped", CORRECTIONS,
+    _m("kl-trinity-uncapped", CORR_PRESETS,
        '"kl-corrected-trinity", "kl", is_level="token", is_cap=2.0, beta=0.001,',
        '"kl-corrected-trinity", "kl", is_level="token", beta=0.001,',
        "Trinity-RFT's corrected_k3 without its clamp of π_θ/π_old to [0, 2]",
        f"{CORRECTION_PARITY}::test_trinitys_k3_and_corrected_k3_are_grlabs_terms"),
-    _m("entropy-bonus-sign", CORRECTIONS,
+    _m("entropy-bonus-sign", CORR_TERMS,
        "return Stage(penalty=numerics.mul(-coef, entropy)",
        "return Stage(penalty=numerics.mul(coef, entropy)",
        "the entropy bonus added to the loss (an entropy penalty) instead of subtracted",
        f"{CORRECTION_TESTS}::test_the_entropy_bonus_and_its_gradient_by_hand"),
-    _m("top-entropy-bottom-quantile", CORRECTIONS,
+    _m("top-entropy-bottom-quantile", CORR_TERMS,
        "keep = entropy >= torch.quantile(valid, 1 - rho)",
        "keep = entropy >= torch.quantile(valid, rho)",
        "the top-entropy mask keeps the top 1 − ρ instead of the top ρ",
        f"{CORRECTION_TESTS}::test_the_top_entropy_mask_by_hand"),
-    _m("vllm-sequence-is-geometric", CORRECTIONS,
+    _m("vllm-sequence-is-geometric", CORR_PRESETS,
        '("sequence-mask", "sequence", "mask")', '("sequence-mask", "geometric", "mask")',
        "TRL's vLLM sequence ratio taken as a geometric mean (it is the product)",
        f"{CORRECTION_PARITY}::test_the_vllm_importance_sampling_presets_are_trls"),
-    _m("normalize-sequence-over-tokens", CORRECTIONS,
+    _m("normalize-sequence-over-tokens", CORR_WEIGHTS,
        '    if level == "token":\n        mean = masked_mean(weight, inputs.mask)',
        '    if level != "geometric":\n        mean = masked_mean(weight, inputs.mask)',
        "sequence-level batch normalisation averages the weights over tokens (verl: over rows)",
        f"{CORRECTION_PARITY}::test_is_weights_are_verls_including_batch_normalisation"),
-    _m("token-veto-on-the-mean", CORRECTIONS,
+    _m("token-veto-on-the-mean", CORR_PRESETS,
        '"token-veto", "reject", statistic="ratio", aggregate="seq_min",',
        '"token-veto", "reject", statistic="ratio", aggregate="seq_mean",',
        "the token veto tests the row's geometric mean instead of its smallest token ratio",
        f"{CORRECTION_TESTS}::test_the_token_veto_rejects_a_whole_row_for_one_token"),
-    _m("proximal-alpha-current-version", CORRECTIONS,
+    _m("proximal-alpha-current-version", CORR_PROXIMAL,
        "(current_version - 1 - v) / diff.clamp(", "(current_version - v) / diff.clamp(",
        "AReaL's α interpolates towards π_θ's version instead of the proximal version v_θ − 1",
        f"{CORRECTION_TESTS}::test_proximal_logp_interpolates_by_version_as_areal"),
