@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from llm_bridge.logprobs import forward_accepts, position_ids
+from simulator.policies import sampling_logprobs  # the sampler's distribution: one home
 from simulator.validation import require_int, require_nonnegative
 
 __all__ = ["Batch", "Rollout", "generate", "pad_rows", "sampling_logprobs"]
@@ -112,28 +113,6 @@ class Batch:
         return cls(Rollout.from_state(state["rollout"]), state["rewards"],
                    state["behavior_step"])
 
-
-
-def sampling_logprobs(logits: Tensor, temperature: float, top_p: float = 1.0,
-                      top_k: int | None = None) -> Tensor:
-    """log μ [B, V] of the distribution sampled at one position: softmax(logits / T),
-    restricted to the ``top_k`` most likely tokens (when given) and renormalised, then
-    truncated to the smallest set of most likely tokens whose mass reaches ``top_p`` (the most
-    likely token is always kept), renormalised; −inf outside the kept set. fp32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    if top_k is not None and top_k < logp.shape[-1]:
-        kept = torch.zeros_like(logp, dtype=torch.bool).scatter(
-            -1, logp.topk(top_k, dim=-1).indices, True)
-        logp = torch.where(kept, logp, torch.full_like(logp, -torch.inf))
-        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
-    if top_p >= 1.0:
-        return logp
-    sorted_logp, order = logp.sort(dim=-1, descending=True)
-    mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
-    drop_sorted = mass_before >= top_p  # the first token has mass_before 0 < top_p: kept
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    kept = torch.where(drop, torch.full_like(logp, -torch.inf), logp)
-    return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
 
 
 def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,

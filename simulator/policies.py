@@ -29,7 +29,9 @@ __all__ = [
     "mixture_behavior",
     "policy_behavior",
     "random_logits",
+    "sampling_logprobs",
     "tempered_behavior",
+    "truncated_behavior",
     "uniform_behavior",
 ]
 
@@ -91,6 +93,51 @@ def tempered_behavior(env: ResponseSpace, logits: Tensor, temperature: float) ->
     """Token-level sampling at temperature T: π_T(a|s) ∝ exp(logits(s, a)/T), as LLM samplers do."""
     temperature = require_positive("temperature", temperature)
     return policy_behavior(env, logits / temperature)
+
+
+def sampling_logprobs(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                      top_k: int | None = None) -> Tensor:
+    """log μ [..., V] of the distribution an LLM sampler draws from at one position:
+    softmax(logits / T), restricted to the ``top_k`` most likely tokens (when given) and
+    renormalised, then truncated to the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (the most likely token is always kept), renormalised; −inf outside the kept set.
+    float64 logits stay float64, anything else is computed in float32 (the trainer's sampler,
+    ``llm_bridge.rollout``, and the exact engines' ``truncated_behavior`` share this)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    if top_k is not None and top_k < logp.shape[-1]:
+        kept = torch.zeros_like(logp, dtype=torch.bool).scatter(
+            -1, logp.topk(top_k, dim=-1).indices, True)
+        logp = torch.where(kept, logp, torch.full_like(logp, -torch.inf))
+        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = logp.sort(dim=-1, descending=True)
+    mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
+    drop_sorted = mass_before >= top_p  # the first token has mass_before 0 < top_p: kept
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    kept = torch.where(drop, torch.full_like(logp, -torch.inf), logp)
+    return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
+
+
+def truncated_behavior(env: ResponseSpace, logits: Tensor, *, temperature: float = 1.0,
+                       top_p: float = 1.0, top_k: int | None = None) -> Tensor:
+    """The response distribution of an LLM sampler on a tabular softmax policy: at every node
+    the token is drawn from ``sampling_logprobs`` (temperature, then top-k, then top-p, each
+    renormalised); μ(y) is the product along y's path (0 for a response with a truncated
+    token). Detached, float64, [P, N]."""
+    temperature = require_positive("temperature", temperature)
+    if not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    z = env.check_logits(logits).detach().to(torch.float64)
+    node_logp = sampling_logprobs(z.reshape(env.num_prompts, env.num_nodes, env.vocab),
+                                  temperature, top_p, top_k)
+    gathered = node_logp[:, env.node_index, env.tokens]
+    per_token = torch.where(env.mask, gathered, gathered.new_zeros(()))
+    return per_token.sum(dim=-1).exp()
 
 
 def mixture_behavior(weights: Sequence[float], behaviors: Sequence[Tensor]) -> Tensor:

@@ -59,3 +59,36 @@ def test_log_linear_policy_maps_weights_to_tabular_logits():
 def test_bad_input_is_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_truncated_behavior_is_the_llm_samplers_response_distribution():
+    """μ(y) = Π_l μ(y^l | y^<l) with each step drawn from sampling_logprobs (temperature, top-k,
+    top-p): a distribution; without truncation it is the tempered policy; a response through a
+    truncated token has μ = 0; the per-step law is the sampler's, checked by walking each
+    path by hand."""
+    from simulator.policies import sampling_logprobs, tempered_behavior, truncated_behavior
+    from simulator.tree import TreeMDP
+
+    g = torch.Generator().manual_seed(3)
+    env = TreeMDP.random(2, 3, 2, True, g)
+    logits = 2.0 * random_logits(env, g)
+    torch.testing.assert_close(truncated_behavior(env, logits, temperature=0.7),
+                               tempered_behavior(env, logits, 0.7), rtol=1e-12, atol=0)
+    for options in ({"top_k": 2}, {"top_p": 0.6}, {"temperature": 1.5, "top_k": 2,
+                                                   "top_p": 0.8}):
+        mu = truncated_behavior(env, logits, **options)
+        torch.testing.assert_close(mu.sum(-1), torch.ones(2, dtype=torch.float64))
+        assert bool((mu == 0).any())
+        steps = sampling_logprobs(logits.reshape(2, env.num_nodes, env.vocab), **options)
+        for p in range(2):
+            for y in range(env.num_responses):
+                by_hand = 1.0
+                for node, token, valid in zip(env.node_index[y], env.tokens[y], env.mask[y],
+                                              strict=True):
+                    if valid:
+                        by_hand *= float(steps[p, node, token].exp())
+                assert abs(float(mu[p, y]) - by_hand) < 1e-12
+    with pytest.raises(ValueError, match="top_p"):
+        truncated_behavior(env, logits, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        truncated_behavior(env, logits, top_k=0)
