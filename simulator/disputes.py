@@ -225,15 +225,23 @@ def kept_mass(logits: Tensor, top_p: float = 1.0, top_k: int | None = None) -> T
 
 
 def top_k_top_p(env, theta, old, mu, K: int = 3, top_k: int = 2) -> Dispute:
-    """μ = the top-k sampler of π_θ (on-policy but truncated): the loss's π_old either the
-    sampler's renormalised log-probs (ratio π_θ/μ = S per token < 1) or the untruncated
-    recomputed ones (ratio 1)."""
+    """μ = the top-k sampler of π_θ (on-policy but truncated). At each node the sampler's
+    renormalised log-prob is log π(a) − log S, so the ratio of the untruncated recompute to
+    the sampler's log-prob is S ≤ 1 per kept token (TRL issue 6789). Readings: GRPO with
+    π_old = the untruncated recompute (ratio 1) or = the sampler's log-probs (PPO ratio
+    π_θ/π_old = S); TRL's way, π_old untruncated and its vLLM IS weight π_old/μ = Π S_t
+    (default ``vllm-is-sequence-mask``, never above 1 so never masked) or per token."""
     del old, mu
     mu_k = truncated_behavior(env, theta, top_k=top_k)
     pi = policy_behavior(env, theta)
-    readings = [Reading(f"grpo, pi_old = {label}", f"grpo anchor={label}",
-                        _eg(env, theta, mu_k, "grpo", K, anchor=anchor))
-                for label, anchor in (("untruncated pi", pi), ("truncated sampler", mu_k))]
+    readings = [Reading(f"grpo, pi_old = {label}", f"grpo anchor={label} {c or ''}".strip(),
+                        _eg(env, theta, mu_k, "grpo", K, anchor=anchor, corrections=c))
+                for label, anchor, c in (("untruncated pi", pi, None),
+                                         ("truncated sampler", mu_k, None),
+                                         ("untruncated pi + TRL sequence IS", pi,
+                                          "vllm-is-sequence-mask"),
+                                         ("untruncated pi + TRL token IS", pi,
+                                          "vllm-is-token-truncate"))]
     readings.append(Reading("grpo on-policy untruncated", "grpo behavior=on-policy",
                             _eg(env, theta, "on-policy", "grpo", K)))
     s = kept_mass(theta.reshape(env.num_prompts, env.num_nodes, env.vocab), top_k=top_k)

@@ -228,12 +228,39 @@ def test_the_truncated_response_distribution_is_the_product_of_one_over_s():
             assert abs(float(mu_k[p, y]) - factor * float(pi[p, y])) < 1e-13
 
 
-def test_with_temperature_the_ratio_is_not_one_constant_per_node():
-    """The 1/S form needs T = 1: at T = 0.7 the kept tokens of one node have different
-    ratios π_T,trunc(a)/π(a)."""
+def test_with_temperature_the_ratio_is_one_over_s_of_the_tempered_policy_only():
+    """TRL's trainer recomputes log_softmax(z/T) over the full vocabulary: against that the
+    kept tokens' ratio is 1/S_T (S_T the tempered kept mass) at any T; against the untempered
+    π it is not one constant per node."""
     z = torch.tensor([1.0, 0.3, -0.2, -1.0], dtype=torch.float64)
-    ratio = sampling_logprobs(z, temperature=0.7, top_k=3) - torch.log_softmax(z, -1)
-    assert float(ratio[:3].max() - ratio[:3].min()) > 0.1
+    t = 0.7
+    processed = sampling_logprobs(z, temperature=t, top_k=3)
+    s_t, kept = kept_mass_by_hand(z / t, 3)
+    tempered = processed - torch.log_softmax(z / t, -1)
+    assert kept == {0, 1, 2}
+    torch.testing.assert_close(tempered[:3], torch.full((3,), -math.log(s_t),
+                                                        dtype=torch.float64), rtol=0, atol=1e-14)
+    untempered = processed - torch.log_softmax(z, -1)
+    assert float(untempered[:3].max() - untempered[:3].min()) > 0.1
+
+
+@pytest.mark.parametrize("rewards", REWARDS)
+def test_no_weight_recovers_the_truncated_responses(rewards):
+    """μ_k(y) = 0 where a token is cut: the untruncated product weight π/μ_k = Π_t S_t gives
+    E_{μ_k}[w·r·∇log π] = Σ_{y: μ_k(y) > 0} π(y)·r(y)·∇log π(y), ∇J without the cut responses
+    (by hand) — unbiased for that, never for ∇J."""
+    env, theta, _, _ = instance(rewards)
+    mu_k, pi = truncated_behavior(env, theta, top_k=2), policy_behavior(env, theta)
+    got = eg(env, theta, mu_k, "reinforce", 3, advantage="none", agg="seq-mean-token-sum",
+             anchor=pi, corrections="is:level=sequence,high=None")
+    support = (mu_k > 0).to(torch.float64)
+    weight = torch.where(mu_k > 0, pi / mu_k.clamp(min=1e-300), torch.zeros_like(pi))
+    coef = -(weight * env.rewards).unsqueeze(-1) * valid(env)
+    torch.testing.assert_close(got, hand(env, theta, mu_k, coef), rtol=0, atol=1e-12)
+    cut = -(1 - support) * pi * env.rewards  # the cut responses' part of −∇J, by hand
+    missing = hand(env, theta, torch.ones_like(pi), cut.unsqueeze(-1) * valid(env))
+    torch.testing.assert_close(got + missing, -grad_j(env, theta), rtol=0, atol=1e-12)
+    assert float(missing.norm()) > 1e-3
 
 
 @pytest.mark.parametrize("rewards", REWARDS)
