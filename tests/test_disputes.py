@@ -97,6 +97,22 @@ def test_with_the_group_mean_baseline_the_product_is_exact_up_to_one_minus_one_o
         torch.testing.assert_close(got, -(1 - 1 / k) * grad_j(env, theta), rtol=0, atol=1e-12)
 
 
+def test_grpo_with_the_product_is_exact_for_binary_rewards_and_k_3_only():
+    """Binary rewards, K = 3: every mixed group has population std √2/3 (one or two
+    successes) and a uniform group has A = 0 whatever its std, so GRPO's std is a constant and
+    the product-weighted GRPO update (π_old = π_θ, depth 2: L = 2, seq-mean-token-mean) is
+    exactly −∇J·(1 − 1/K)/((√2/3 + 1e-6)·L). At K = 4 the mixed groups' std is √3/4 or 1/2:
+    not a constant, and the identity fails."""
+    env, theta, _, mu = instance("binary")
+    pi = policy_behavior(env, theta)
+    product = "is:level=sequence,high=None"
+    got = eg(env, theta, mu, "grpo", 3, anchor=pi, corrections=product)
+    want = -grad_j(env, theta) * (2 / 3) / ((math.sqrt(2) / 3 + 1e-6) * 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    four = eg(env, theta, mu, "grpo", 4, anchor=pi, corrections=product)
+    assert compare(four, -grad_j(env, theta))["cos"] < 1 - 1e-6
+
+
 # ------------------------------------------------------------------------------------------
 # 2. the denominator
 # ------------------------------------------------------------------------------------------
