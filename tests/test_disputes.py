@@ -15,7 +15,17 @@ import math
 import pytest
 import torch
 
-from simulator.disputes import DISPUTES, compare, grad_j, instance, kl_per_token, run
+from simulator.corrections import CORRECTIONS
+from simulator.disputes import (
+    DISPUTES,
+    OPSM_TOKEN,
+    compare,
+    grad_j,
+    instance,
+    kl_per_token,
+    run,
+    token_opsm,
+)
 from simulator.exact import expected_gradient
 from simulator.policies import policy_behavior, sampling_logprobs, truncated_behavior
 from simulator.tree import TreeMDP
@@ -168,6 +178,43 @@ def test_opsm_never_touches_a_nonnegative_advantage(rewards):
     assert torch.equal(plain, opsm)
     d = DISPUTES["sequence-masking"](env, theta, old, mu)
     assert compare(d.reading("opsm per sequence").grad, d.reading("none").grad)["rel_diff"] > 0.01
+
+
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_opsm_per_sequence_and_per_token_by_hand(level):
+    """Rewards shifted by −0.5 so that A = r − 0.5 < 0 happens (advantage "none"), K = 1,
+    seq-mean-token-sum, δ = 0.05, drift d_t = log(μ/π_old): per sequence a row with A < 0 and
+    mean_t d_t > δ is dropped whole; per token each token with A < 0 and d_t > δ."""
+    env0, theta, old, mu = instance("graded", mismatch=0.45)
+    env = TreeMDP(env0.rewards - 0.5, env0.vocab, env0.depth, env0.eos)
+    drift = (token_logp(env, mu) - token_logp(env, old)) * env.mask
+    negative = (env.rewards < 0).unsqueeze(-1)
+    if level == "sequence":
+        mean = drift.sum(-1) / env.mask.sum(-1)
+        drop = negative & (mean > 0.05).unsqueeze(-1)
+        correction = "opsm:delta=0.05,ratio=old"
+    else:
+        drop = negative & (drift > 0.05)
+        correction = None
+    keep = (~drop & env.mask).to(torch.float64)
+    coef = -env.rewards.unsqueeze(-1) * keep
+    options = {"advantage": "none", "agg": "seq-mean-token-sum", "anchor": old}
+    if correction is None:
+        with token_opsm() as name:
+            got = eg(env, theta, mu, "reinforce", 1, corrections=f"{name}:delta=0.05",
+                     **options)
+    else:
+        got = eg(env, theta, mu, "reinforce", 1, corrections=correction, **options)
+    torch.testing.assert_close(got, hand(env, theta, mu, coef), rtol=0, atol=1e-12)
+    assert bool((drop & env.mask).any()) and bool((~drop & negative & env.mask).any())
+    assert OPSM_TOKEN not in CORRECTIONS  # registered for the block only
+
+
+def test_per_token_and_per_sequence_opsm_differ():
+    d = run("sequence-masking", "graded")
+    gap = compare(d.reading("opsm per token").grad, d.reading("opsm per sequence").grad)
+    assert gap["rel_diff"] > 0.1, gap
+    assert OPSM_TOKEN not in CORRECTIONS
 
 
 @pytest.mark.parametrize("statistic", ["geometric", "product"])
