@@ -5,7 +5,8 @@ the exact expected update (``expected_gradient``, a loss gradient: descent direc
 reading of the dispute on the same problem, the target it should be compared with (−∇J, J the
 expected reward under π_θ averaged over prompts, so an unbiased reading is a positive multiple
 of it) and the gaps between readings. ``Dispute.rows()`` gives one row of plain numbers per
-reading (an atlas prints them); ``run(name, rewards, seed)`` builds the standard instance.
+reading, ``Dispute.headline()`` one row per dispute (its two main readings, ``HEADLINE_PAIRS``)
+for an atlas; ``run(name, rewards, seed)`` builds the standard instance.
 
 The standard instance (``instance``): a TreeMDP (vocab 3, depth 2; or vocab 2, depth 3 with
 EOS for unequal lengths), binary or graded rewards, π_θ random logits, π_old a few steps stale
@@ -30,8 +31,8 @@ from simulator.policies import policy_behavior, truncated_behavior
 from simulator.responses import ResponseSpace
 from simulator.tree import TreeMDP
 
-__all__ = ["DISPUTES", "OPSM_TOKEN", "Dispute", "Reading", "compare", "grad_j", "instance",
-           "kl_per_token", "run", "token_opsm"]
+__all__ = ["DISPUTES", "HEADLINE_PAIRS", "OPSM_TOKEN", "Dispute", "Reading", "compare",
+           "grad_j", "instance", "kl_per_token", "run", "token_opsm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,21 @@ class Dispute:
 
     def reading(self, label: str) -> Reading:
         return next(r for r in self.readings if r.label == label)
+
+    def headline(self) -> dict[str, float | str]:
+        """One row for an atlas: the dispute's two main readings (``HEADLINE_PAIRS``), each
+        against −∇J, the gap between them (b against a) and the instance's facts."""
+        a, b = (self.reading(label) for label in HEADLINE_PAIRS[self.name])
+        ta, tb, ab = compare(a.grad, self.target), compare(b.grad, self.target), compare(
+            b.grad, a.grad)
+        row: dict[str, float | str] = {"dispute": self.name, "a": a.label, "b": b.label,
+                                       "cos_a_target": ta["cos"], "cos_b_target": tb["cos"],
+                                       "norm_a_target": ta["norm_ratio"],
+                                       "norm_b_target": tb["norm_ratio"], "cos_ab": ab["cos"],
+                                       "norm_b_over_a": ab["norm_ratio"],
+                                       "rel_diff_b_a": ab["rel_diff"]}
+        row.update({key: float(value) for key, value in self.facts.items()})
+        return row
 
     def rows(self) -> list[dict[str, float | str]]:
         """One row per reading: cosine, norm ratio and relative difference to the target and
@@ -372,6 +388,17 @@ def openrlhf_seq_mask(env, theta, old, mu, K: int = 3) -> Dispute:
                     float(log_ratio.masked_fill(~env.mask, -math.inf).max().exp()),
                     "kl_mu_old_per_token": kl_per_token(env, mu, old)})
 
+
+HEADLINE_PAIRS: dict[str, tuple[str, str]] = {
+    "sequence-ratio": ("reinforce product", "reinforce geometric"),
+    "denominator": ("grpo mis-token:high=1.5 keep", "grpo mis-token:high=1.5 drop"),
+    "sequence-masking": ("opsm per sequence", "opsm per token"),
+    "top-k": ("grpo, pi_old = untruncated pi", "grpo, pi_old = truncated sampler"),
+    "cispo-is": ("cispo", "cispo + tis-token"),
+    "dppo-truncation": ("dppo-tv c=3", "dppo-tv c=20"),
+    "m2po-mask": ("m2po areal", "m2po paper"),
+    "openrlhf-seq-mask": ("seq-mask-tis (unclamped tokens)", "seq-mask + clamped tokens"),
+}
 
 DISPUTES: dict[str, Callable[..., Dispute]] = {
     "sequence-ratio": sequence_ratio,

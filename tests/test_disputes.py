@@ -18,6 +18,7 @@ import torch
 from simulator.corrections import CORRECTIONS
 from simulator.disputes import (
     DISPUTES,
+    HEADLINE_PAIRS,
     OPSM_TOKEN,
     compare,
     grad_j,
@@ -455,9 +456,14 @@ def test_openrlhfs_unclamped_weights_matter_only_beyond_the_clamp():
 
 
 def test_every_dispute_gives_rows_of_plain_numbers():
+    assert set(HEADLINE_PAIRS) == set(DISPUTES)
     for name in DISPUTES:
         d = run(name, "binary")
         assert d.name == name and d.readings
+        head = d.headline()
+        assert (head["a"], head["b"]) == HEADLINE_PAIRS[name]
+        assert all(isinstance(v, float) and math.isfinite(v) for k, v in head.items()
+                   if k not in ("dispute", "a", "b"))
         for row in d.rows():
             assert isinstance(row["reading"], str)
             assert all(isinstance(v, float) and math.isfinite(v)
