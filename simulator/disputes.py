@@ -247,9 +247,27 @@ def sequence_masking(env, theta, old, mu, K: int = 3) -> Dispute:
                                      ("product mask [0.9, 1.1]",
                                       "reject:statistic=ratio,aggregate=seq_sum,low=0.9,"
                                       "high=1.1,direction=mu-pi,denominator=keep"))]
+    facts: dict[str, float] = {"kl_mu_old_per_token": kl_per_token(env, mu, old), "K": K}
+    facts.update(_rejected_by_length(env, old, mu, 0.9, 1.1))
     return Dispute("sequence-masking", "OPSM per sequence or per token; geometric sequence "
-                   "masking", -grad_j(env, theta), tuple(readings),
-                   {"kl_mu_old_per_token": kl_per_token(env, mu, old), "K": K})
+                   "masking", -grad_j(env, theta), tuple(readings), facts)
+
+
+def _rejected_by_length(env, old, mu, low: float, high: float) -> dict[str, float]:
+    """μ(rejected | length L), prompt mean, for the product and the geometric-mean masks
+    keeping π_old/μ in [low, high]: the product's window in geometric terms is
+    [low^{1/L}, high^{1/L}], narrower for longer responses."""
+    log_w = ((env.token_logprobs_of(old) - env.token_logprobs_of(mu)) * env.mask).sum(-1)
+    length = env.mask.sum(-1)
+    out = {}
+    for name, stat in (("product", log_w), ("geometric", log_w / length)):
+        rejected = (stat < math.log(low)) | (stat > math.log(high))
+        for ell in sorted(set(length.tolist())):
+            at = length == ell
+            mass = (mu * at).sum(-1)
+            out[f"{name}_rejected_given_L{ell}"] = float(((mu * (rejected & at)).sum(-1)
+                                                          / mass).mean())
+    return out
 
 
 # ------------------------------------------------------------------------------------------

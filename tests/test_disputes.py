@@ -238,6 +238,25 @@ def test_sequence_masks_by_hand_on_unequal_lengths(statistic):
     assert 0 < float(keep.mean()) < 1
 
 
+def test_on_equal_lengths_a_product_mask_is_a_narrower_geometric_mask():
+    """All responses of depth 2 (no EOS) have L = 2: keeping Π_t r_t ∈ [a, b] is keeping the
+    geometric mean in [a^{1/2}, b^{1/2}]: the product mask is harsher there through its window,
+    not through length. Only unequal lengths make it length-dependent (``_rejected_by_length``:
+    the window [a^{1/L}, b^{1/L}] narrows with L)."""
+    env, theta, old, mu = instance("graded")
+    assert bool((env.mask.sum(-1) == 2).all())
+    a, b = 0.9, 1.1
+    product = eg(env, theta, mu, "grpo", 3, anchor=old,
+                 corrections=f"reject:statistic=ratio,aggregate=seq_sum,low={a},high={b},"
+                 "denominator=keep")
+    geometric = eg(env, theta, mu, "grpo", 3, anchor=old,
+                   corrections=f"reject:statistic=ratio,aggregate=seq_mean,low={a ** 0.5},"
+                   f"high={b ** 0.5},denominator=keep")
+    torch.testing.assert_close(product, geometric, rtol=0, atol=1e-14)
+    d = run("sequence-masking", "graded", vocab=2, depth=3, eos=True)
+    assert d.facts["product_rejected_given_L2"] > d.facts["geometric_rejected_given_L2"]
+
+
 # ------------------------------------------------------------------------------------------
 # 4. top-k / top-p
 # ------------------------------------------------------------------------------------------
