@@ -16,23 +16,20 @@ with KL(μ‖π_old) ≈ 0.01–0.1 per token. K ≤ 4. See docs/disputes.md for
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from simulator.corrections import CORRECTIONS, CorrectionSpec, Stage
-from simulator.corrections.core import CorrectionInputs, drops
 from simulator.exact import expected_gradient
 from simulator.policies import policy_behavior, truncated_behavior
 from simulator.responses import ResponseSpace
 from simulator.tree import TreeMDP
 
-__all__ = ["DISPUTES", "HEADLINE_PAIRS", "OPSM_TOKEN", "Dispute", "Reading", "compare",
-           "grad_j", "instance", "kl_per_token", "run", "token_opsm"]
+__all__ = ["DISPUTES", "HEADLINE_PAIRS", "Dispute", "Reading", "compare", "grad_j",
+           "instance", "kl_per_token", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,46 +204,21 @@ def _masked_share(env, old, mu, high) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-OPSM_TOKEN = "disputes-opsm-token"
-
-
-def _opsm_token(inputs: CorrectionInputs, *, delta: float = 0.05, ratio: str = "old",
-                denominator: str = "keep") -> Stage:
-    """OPSM decided per token: drop a token with A < 0 whose log(μ/π_anchor) exceeds δ."""
-    drift = -inputs.mismatch(ratio)
-    keep = ~((inputs.advantages < 0) & (drift > delta))
-    return Stage(keep=keep, drop=drops(denominator))
-
-
-@contextlib.contextmanager
-def token_opsm() -> Iterator[str]:
-    """Registers per-token OPSM under ``OPSM_TOKEN`` for the duration of the block only (grlab's
-    ``opsm`` decides per sequence and has no per-token option; the registry is left as it was)."""
-    CORRECTIONS[OPSM_TOKEN] = CorrectionSpec(
-        name=OPSM_TOKEN, fn=_opsm_token, summary="OPSM per token (disputes only)",
-        follows="the open slime change (per-token OPSM); simulator/disputes.py")
-    try:
-        yield OPSM_TOKEN
-    finally:
-        dict.__delitem__(CORRECTIONS, OPSM_TOKEN)
-
-
 def sequence_masking(env, theta, old, mu, K: int = 3) -> Dispute:
     """OPSM per sequence (DeepSeek-V3.2, TRL, Trinity) at δ = 0.05 against the anchor π_old,
-    OPSM per token (registered for the call only, ``token_opsm``), and a sequence mask on the
+    OPSM per token (``opsm:level=token``), and a sequence mask on the
     geometric mean of π_old/μ (length-invariant, TRL PR 4891) and on the product (not)."""
-    with token_opsm() as per_token:
-        readings = [Reading(label, f"grpo {c or '(none)'}",
-                            _eg(env, theta, mu, "grpo", K, anchor=old, corrections=c))
-                    for label, c in (("none", None),
-                                     ("opsm per sequence", "opsm:delta=0.05,ratio=old"),
-                                     ("opsm per token", f"{per_token}:delta=0.05"),
-                                     ("geometric mask [0.9, 1.1]",
-                                      "reject:statistic=ratio,aggregate=seq_mean,low=0.9,"
-                                      "high=1.1,direction=mu-pi,denominator=keep"),
-                                     ("product mask [0.9, 1.1]",
-                                      "reject:statistic=ratio,aggregate=seq_sum,low=0.9,"
-                                      "high=1.1,direction=mu-pi,denominator=keep"))]
+    readings = [Reading(label, f"grpo {c or '(none)'}",
+                        _eg(env, theta, mu, "grpo", K, anchor=old, corrections=c))
+                for label, c in (("none", None),
+                                 ("opsm per sequence", "opsm:delta=0.05,ratio=old"),
+                                 ("opsm per token", "opsm:delta=0.05,ratio=old,level=token"),
+                                 ("geometric mask [0.9, 1.1]",
+                                  "reject:statistic=ratio,aggregate=seq_mean,low=0.9,"
+                                  "high=1.1,direction=mu-pi,denominator=keep"),
+                                 ("product mask [0.9, 1.1]",
+                                  "reject:statistic=ratio,aggregate=seq_sum,low=0.9,"
+                                  "high=1.1,direction=mu-pi,denominator=keep"))]
     facts: dict[str, float] = {"kl_mu_old_per_token": kl_per_token(env, mu, old), "K": K}
     facts.update(_rejected_by_length(env, old, mu, 0.9, 1.1))
     return Dispute("sequence-masking", "OPSM per sequence or per token; geometric sequence "

@@ -15,17 +15,14 @@ import math
 import pytest
 import torch
 
-from simulator.corrections import CORRECTIONS
 from simulator.disputes import (
     DISPUTES,
     HEADLINE_PAIRS,
-    OPSM_TOKEN,
     compare,
     grad_j,
     instance,
     kl_per_token,
     run,
-    token_opsm,
 )
 from simulator.exact import expected_gradient
 from simulator.policies import policy_behavior, sampling_logprobs, truncated_behavior
@@ -196,26 +193,19 @@ def test_opsm_per_sequence_and_per_token_by_hand(level):
         correction = "opsm:delta=0.05,ratio=old"
     else:
         drop = negative & (drift > 0.05)
-        correction = None
+        correction = "opsm:delta=0.05,ratio=old,level=token"
     keep = (~drop & env.mask).to(torch.float64)
     coef = -env.rewards.unsqueeze(-1) * keep
     options = {"advantage": "none", "agg": "seq-mean-token-sum", "anchor": old}
-    if correction is None:
-        with token_opsm() as name:
-            got = eg(env, theta, mu, "reinforce", 1, corrections=f"{name}:delta=0.05",
-                     **options)
-    else:
-        got = eg(env, theta, mu, "reinforce", 1, corrections=correction, **options)
+    got = eg(env, theta, mu, "reinforce", 1, corrections=correction, **options)
     torch.testing.assert_close(got, hand(env, theta, mu, coef), rtol=0, atol=1e-12)
     assert bool((drop & env.mask).any()) and bool((~drop & negative & env.mask).any())
-    assert OPSM_TOKEN not in CORRECTIONS  # registered for the block only
 
 
 def test_per_token_and_per_sequence_opsm_differ():
     d = run("sequence-masking", "graded")
     gap = compare(d.reading("opsm per token").grad, d.reading("opsm per sequence").grad)
     assert gap["rel_diff"] > 0.1, gap
-    assert OPSM_TOKEN not in CORRECTIONS
 
 
 @pytest.mark.parametrize("statistic", ["geometric", "product"])

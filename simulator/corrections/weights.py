@@ -78,11 +78,18 @@ def _sequence_mean_of(values: Tensor, inputs: CorrectionInputs) -> Tensor:
 
 @register_correction("opsm", follows="DeepSeek-V3.2 (off-policy sequence masking)")
 def off_policy_sequence_mask(inputs: CorrectionInputs, *, delta: float = 1e-4,
-                             ratio: str = "current", denominator: str = "keep") -> Stage:
+                             ratio: str = "current", denominator: str = "keep",
+                             level: str = "sequence") -> Stage:
     """OPSM: drop a sequence with A < 0 whose mean log(μ/π_anchor) over its tokens exceeds
-    ``delta`` (DeepSeek-V3.2: negative samples the current policy has moved away from)."""
-    drift = _sequence_mean_of(-inputs.mismatch(ratio), inputs)
-    advantage = _sequence_mean_of(inputs.advantages, inputs)
+    ``delta`` (DeepSeek-V3.2: negative samples the current policy has moved away from).
+
+    ``level="token"`` decides token by token instead (a token with A < 0 whose own
+    log(μ/π_anchor) exceeds δ: the open slime change; docs/disputes.md compares the two)."""
+    if require_choice("level", level, ("sequence", "token")) == "token":
+        drift, advantage = -inputs.mismatch(ratio), inputs.advantages
+    else:
+        drift = _sequence_mean_of(-inputs.mismatch(ratio), inputs)
+        advantage = _sequence_mean_of(inputs.advantages, inputs)
     keep = ~((advantage < 0) & (drift > delta))
     return Stage(keep=keep, drop=drops(denominator),
                  metrics={"opsm_frac": (~keep).to(torch.float64)})

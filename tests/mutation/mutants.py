@@ -707,6 +707,12 @@ _CORRECTION_MUTANTS = [
        '    if level != "geometric":\n        mean = masked_mean(weight, inputs.mask)',
        "sequence-level batch normalisation averages the weights over tokens (verl: over rows)",
        f"{CORRECTION_PARITY}::test_is_weights_are_verls_including_batch_normalisation"),
+    _m("opsm-token-level-uses-the-row-mean", CORR_WEIGHTS,
+       "drift, advantage = -inputs.mismatch(ratio), inputs.advantages",
+       "drift, advantage = _sequence_mean_of(-inputs.mismatch(ratio), inputs), "
+       "inputs.advantages",
+       "per-token OPSM deciding on the row's mean drift (the per-sequence reading)",
+       "tests/test_disputes.py"),
     _m("token-veto-on-the-mean", CORR_PRESETS,
        '"token-veto", "reject", statistic="ratio", aggregate="seq_min",',
        '"token-veto", "reject", statistic="ratio", aggregate="seq_mean",',
