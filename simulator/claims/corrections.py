@@ -435,22 +435,27 @@ def bias_not_monotone(generator: torch.Generator) -> Check:
     π_old = [0.6, 0.3, 0.1], μ = [0.5, 0.1, 0.4] (ratios 1.2, 3, 0.25), θ ≈ 0: arms 0 and 1
     are truncated for c < 1.2, and their bias terms a_y(e_y − π) partly cancel
     (⟨e_0 − π, e_1 − π⟩ < 0); raising c from 1.1 to 1.2 removes arm 0's term, and the norm rises
-    (by 5% at θ = 0: ‖bias‖² 0.0194 → 0.0216). Measured by the engine (sequence TIS, K = 2);
-    passes when ‖bias(1.2)‖ − ‖bias(1.1)‖ exceeds 1e-4 (measured 0.139 → 0.147, a rise of
-    ~8e-3; θ = 0.02·ξ moves each norm by ~1e-3)."""
+    (by 5% at θ = 0: ‖bias‖² 0.0194 → 0.0216). The engine's bias (sequence TIS, K = 2) equals
+    the closed form Σ_y (π_old(y) − cμ(y))₊(e_y − π) (1e-10); passes when also
+    ‖bias(1.2)‖ − ‖bias(1.1)‖ exceeds 1e-4 (measured 0.139 → 0.147, a rise of ~8e-3;
+    θ = 0.02·ξ moves each norm by ~1e-3)."""
     env, theta, old, mu = _bandit_counter_example(generator, [1.0, 1.0, 1.0], [0.6, 0.3, 0.1],
                                                   [0.5, 0.1, 0.4])
     options = {"advantage": "none", "anchor": old, "method": "enumerate"}
-    norms = []
+    norms, checks = [], []
     exact = expected_gradient(env, theta, mu, "reinforce", 2, corrections=UNTRUNCATED.format(
         level="sequence"), **options)
+    scores = torch.eye(3, dtype=torch.float64) - torch.softmax(theta[0], -1)  # ∇log π(y), rows
     for cap in (1.1, 1.2):
         grad = expected_gradient(env, theta, mu, "reinforce", 2,
                                  corrections=f"is:level=sequence,high={cap}", **options)
+        closed = ((old - cap * mu).clamp(min=0)[0] @ scores).unsqueeze(0)  # r ≡ 1
+        checks.append(Check(relative_error(grad - exact, closed), EXACT_TOL,
+                            f"bias at c = {cap} vs Σ(π_old − cμ)₊(e_y − π)"))
         norms.append(float((grad - exact).norm()))
     rise = norms[1] - norms[0]
-    return Check(1e-4 / max(rise, 1e-300), 1.0,
-                 f"1e-4/rise (‖bias‖ {norms[0]:.4f} at c = 1.1, {norms[1]:.4f} at c = 1.2)")
+    return worst(*checks, Check(1e-4 / max(rise, 1e-300), 1.0, f"1e-4/rise (‖bias‖ "
+                                f"{norms[0]:.4f} at c = 1.1, {norms[1]:.4f} at c = 1.2)"))
 
 
 @register_claim("19c", "truncated_is_variance_is_not_monotone_in_the_cap",
@@ -462,19 +467,27 @@ def variance_not_monotone(generator: torch.Generator) -> Check:
     μ = [0.04, 0.48, 0.48] (ratios 5, 0.83, 0.83), θ ≈ 0, K = 1. For c ∈ (0.83, 5) only arm 0
     is truncated, E g = (0.2 + 0.002c)·v₀ (v₀ = e₀ − π), and d tr Cov/dc =
     2μ₀A₀‖v₀‖²(cA₀ − 0.2 − 0.002c) < 0 for c < 4.17: the variance falls while the bias falls.
-    Engine (``gradient_covariance``) at c = 1 and c = 3; passes when the fall exceeds 1e-5
-    (predicted at θ = 0: 0.08398 → 0.08342, a fall of 5.6e-4; measured the same to ~1e-5)."""
+    Engine (``gradient_covariance``) at c = 1 and c = 3, equal to the closed form
+    Σ_y μ m²‖e_y − π‖² − ‖Σ_y μ m (e_y − π)‖², m = min(W, c)·A (1e-10); passes when the fall
+    exceeds 1e-5 (predicted at θ = 0: 0.08398 → 0.08342, a fall of 5.6e-4; measured the same to
+    ~1e-5)."""
     env, theta, old, mu = _bandit_counter_example(generator, [0.55, 0.0, 0.0], [0.2, 0.4, 0.4],
                                                   [0.04, 0.48, 0.48])
-    traces = []
+    traces, checks = [], []
+    scores = torch.eye(3, dtype=torch.float64) - torch.softmax(theta[0], -1)  # ∇log π(y), rows
     for cap in (1.0, 3.0):
         cov = gradient_covariance(env, theta, mu, "reinforce", 1, advantage="none",
                                   advantage_kwargs={"shift": -0.5}, anchor=old,
                                   corrections=f"is:level=sequence,high={cap}")
         traces.append(float(torch.diagonal(cov).sum()))
+        m = ((old / mu).clamp(max=cap) * (env.rewards - 0.5))[0]  # g(y) = −m(y)·∇log π(y)
+        closed = float((mu[0] * m ** 2) @ (scores ** 2).sum(-1)
+                       - ((mu[0] * m) @ scores).norm() ** 2)
+        checks.append(Check(abs(traces[-1] - closed), EXACT_TOL,
+                            f"tr Cov at c = {cap} vs Σμm²‖∇log π‖² − ‖Σμm∇log π‖²"))
     fall = traces[0] - traces[1]
-    return Check(1e-5 / max(fall, 1e-300), 1.0,
-                 f"1e-5/fall (tr Cov {traces[0]:.3e} at c = 1, {traces[1]:.3e} at c = 3)")
+    return worst(*checks, Check(1e-5 / max(fall, 1e-300), 1.0, f"1e-5/fall (tr Cov "
+                                f"{traces[0]:.3e} at c = 1, {traces[1]:.3e} at c = 3)"))
 
 
 # ------------------------------------------------------------------------------------------
