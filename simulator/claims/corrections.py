@@ -107,7 +107,8 @@ def sequence_is_unbiased(generator: torch.Generator, prompts: int, depth: int, k
     response): E_μ[group gradient] = E_{π_old}[group gradient] = −E_{π_old}[(r − b)·∇log π(y)],
     for seq-mean-token-sum on EOS trees (unequal lengths) and for token-mean where every length
     is equal (EOS-free tree: token-mean = seq-sum/(K·H)). Routes: the enumeration under μ vs the
-    enumeration under π_old (1e-10) vs the closed form by autograd (1e-10), and Monte Carlo
+    enumeration under π_old, vs the ordered twin (a loop over ordered K-tuples), vs the closed
+    form by autograd (all 1e-10), and Monte Carlo
     (``sampled_gradient``, S groups from μ with K·S·min μ ≥ 20, skipped where that needs more
     than 20,000 groups) within MC_Z = 5 exact standard errors (``exact_stderr``) of the
     enumeration: a response expected < 20 times would make the mean's error non-Gaussian."""
@@ -123,8 +124,12 @@ def sequence_is_unbiased(generator: torch.Generator, prompts: int, depth: int, k
         from_old = expected_gradient(env, theta, old, "reinforce", k, **options)
         length = 1.0 if eos else float(env.horizon)
         closed = _score_gradient(env, theta, old * (env.rewards - b)) / length
+        ordered = expected_gradient(env, theta, mu, "reinforce", k, anchor=old,
+                                    corrections=is_seq, **{**options, "method": "ordered"})
         checks += [Check(relative_error(corrected, from_old), EXACT_TOL,
                          f"{agg}: E_μ[w·g] vs E_πold[g] (enumerations)"),
+                   Check(relative_error(ordered, corrected), EXACT_TOL,
+                         f"{agg}: ordered twin vs enumeration"),
                    Check(relative_error(corrected, closed), EXACT_TOL,
                          f"{agg}: E_μ[w·g] vs −Σ π_old(y)(r − b)∇log π(y)/L")]
         if eos:
@@ -186,6 +191,37 @@ def token_is_biased(generator: torch.Generator, prompts: int, vocab: int, depth:
     return worst(Check(relative_error(token, closed), EXACT_TOL,
                        "token IS vs −Σ μ(y)Σ_t ρ_t A ∇log π_t"),
                  Check(1e-8 / max(bias, 1e-300), 1.0, f"1e-8/bias (relative bias {bias:.3e})"))
+
+
+@register_claim("16d", "with_the_group_mean_baseline_sequence_is_uses_mu_s_mean_reward",
+                "our derivation (condition of claim 16)", prompts=(1, 2), vocab=(2, 3),
+                depth=(1, 3), k=(2, 3))
+def sequence_is_mean_baseline(generator: torch.Generator, prompts: int, vocab: int, depth: int,
+                              k: int) -> Check:
+    """The group-mean baseline couples the members, but linearly: with untruncated sequence IS,
+    A_i = r_i − r̄ and seq-sum, E_μ[group gradient] = −(1 − 1/K)·(E_{π_old}[r·∇log π]
+    − E_μ[r]·E_{π_old}[∇log π]) (the baseline's expectation is μ's mean reward, not π_old's),
+    so it differs from E_{π_old}[group gradient] by (1 − 1/K)·(E_μ r − E_{π_old} r)·
+    E_{π_old}[∇log π] (loss gradient): zero iff that product is, e.g. at π_old = π_θ (where
+    E_{π_θ}[∇log π_θ] = 0; ``tests/test_exact_three_policies.py``). Checked: the engine vs the
+    closed form (1e-10), the gap vs its closed form (1e-10), and the gap exceeds 1e-8 (100 ×
+    EXACT_TOL) at π_old ≠ π_θ."""
+    env, theta, old_logits, mu_logits = _instance(generator, prompts, vocab, depth)
+    old, mu = policy_behavior(env, old_logits), policy_behavior(env, mu_logits)
+    options = {"advantage": "mean", "agg": SEQ_SUM, "method": "enumerate"}
+    corrected = expected_gradient(env, theta, mu, "reinforce", k, anchor=old,
+                                  corrections=UNTRUNCATED.format(level="sequence"), **options)
+    from_old = expected_gradient(env, theta, old, "reinforce", k, **options)
+    mean_mu = (mu * env.rewards).sum(-1, keepdim=True)
+    mean_old = (old * env.rewards).sum(-1, keepdim=True)
+    closed = (1 - 1 / k) * _score_gradient(env, theta, old * (env.rewards - mean_mu))
+    gap = (1 - 1 / k) * _score_gradient(env, theta, old * (mean_old - mean_mu))
+    size = relative_error(corrected, from_old)
+    return worst(Check(relative_error(corrected, closed), EXACT_TOL,
+                       "E_μ[w·g] vs −(1 − 1/K)(E_πold[r∇log π] − E_μ r·E_πold[∇log π])"),
+                 Check(relative_error(corrected - from_old, gap), EXACT_TOL,
+                       "gap vs (1 − 1/K)(E_μ r − E_πold r)E_πold[∇log π]"),
+                 Check(1e-8 / max(size, 1e-300), 1.0, f"1e-8/gap (relative {size:.2e})"))
 
 
 # ------------------------------------------------------------------------------------------
