@@ -56,12 +56,12 @@ def _instance(generator: torch.Generator, prompts: int, vocab: int, depth: int,
     return env, theta, old, old + spread * random_logits(env, generator)
 
 
-def _rare_root_token(theta: Tensor, old: Tensor, mu: Tensor, drop: float) -> None:
+def _rare_root_token(old: Tensor, mu: Tensor, drop: float) -> None:
     """In place: π_old's root logit of token 0 becomes its row's minimum (so π_old(0|root) ≤ 1/V
     ≤ 1/2) and μ's root row is π_old's with token 0 lowered by ``drop``. Then
     π_old(0)/μ(0) = e^drop·(1 − π_old(0)) + π_old(0) ≥ e^drop/2 at the root (a ratio above
-    any cap c ≤ e^drop/2) while the other root tokens have ratios < 1."""
-    del theta
+    any cap c ≤ e^drop/2) while the other root tokens have ratios Z_μ/Z_old < 1 (node 0 is the
+    root)."""
     old[:, 0, 0] = old[:, 0].min(dim=-1).values
     mu[:, 0] = old[:, 0]
     mu[:, 0, 0] -= drop
@@ -255,7 +255,7 @@ def decoupled_ppo(generator: torch.Generator, prompts: int, vocab: int, depth: i
     −Σ_y μ(y)Σ_t 1[ρ_t > 5]·ρ_t·A·∇log π_t (closed forms, 1e-10). μ's root token 0 is made
     rare (ratio ≥ e⁶/2 > 5) so the cap always bites; passes only if it removes a nonzero part."""
     env, theta, _, mu_logits = _instance(generator, prompts, vocab, depth)
-    _rare_root_token(theta, theta, mu_logits, 6.0)
+    _rare_root_token(theta, mu_logits, 6.0)  # π_prox = π_θ: θ's root row changes
     prox, mu = policy_behavior(env, theta), policy_behavior(env, mu_logits)
     capped = {"advantage": "mean-std", "agg": "token-mean", "corrections": "mis-token:high=5.0",
               "anchor": prox}
@@ -302,7 +302,7 @@ def mis_removes(generator: torch.Generator, vocab: int, depth: int, k: int) -> C
     by autograd, 1e-10). π_old's root token 0 is made rare under μ (ratio ≥ e⁴/2 > 3 ≥ c) so
     something is removed; passes only if it is."""
     env, theta, old_logits, mu_logits = _instance(generator, 1, vocab, depth)
-    _rare_root_token(theta, old_logits, mu_logits, 4.0)
+    _rare_root_token(old_logits, mu_logits, 4.0)
     old, mu = policy_behavior(env, old_logits), policy_behavior(env, mu_logits)
     c, b = draw_uniform(generator, 1.2, 3.0), draw_uniform(generator, 0.0, 1.0)
     rho = _token_ratio(env, old_logits, mu_logits)
