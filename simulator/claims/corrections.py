@@ -154,9 +154,9 @@ def sequence_is_coupled(generator: torch.Generator, depth: int, k: int) -> Check
     weight does not turn E_μ into E_{π_old}: the enumerations under μ (weighted) and under
     π_old differ. Passes when both relative gaps exceed 1e-8, 100 × EXACT_TOL (the identities
     of claim 16 hold here to ~1e-15): a gap that round-off cannot make. The token-mean gap can
-    be small (it changes sign with the instance): the smallest of 350 instances was 4.9e-7,
-    so a true gap below 1e-8 — a false failure — is expected about once in 10⁴ instances, the
-    same budget as MC_Z's; GRPO's smallest of 100 was 5.3e-5."""
+    be small: the smallest of 350 instances was 4.9e-7; if its density near 0 is flat, a true
+    gap below 1e-8 — a false failure — comes about once in 10⁴ instances, MC_Z's budget;
+    GRPO's smallest of 100 was 5.3e-5."""
     env, theta, old_logits, mu_logits = _instance(generator, 1, 2, depth, eos=True)
     old, mu = policy_behavior(env, old_logits), policy_behavior(env, mu_logits)
     gaps = {}
