@@ -180,7 +180,7 @@ def token_is_biased(generator: torch.Generator, prompts: int, vocab: int, depth:
     engine's expected gradient is −Σ_y μ(y)·Σ_t ρ_t(y)·(r − b)·∇log π(y_t|y_<t) with
     ρ_t = π_old(y_t|y_<t)/μ(y_t|y_<t) (checked to 1e-10: μ's prefixes, π_old only at the
     reweighted token), which is not −E_{π_old}[(r − b)·∇log π] at depth ≥ 2: passes when that
-    relative bias also exceeds 1e-8, 100 × EXACT_TOL (smallest of 150 instances: 3.6e-4)."""
+    relative bias also exceeds 1e-8, 100 × EXACT_TOL (smallest of 400 instances: 2.0e-4)."""
     env, theta, old_logits, mu_logits = _instance(generator, prompts, vocab, depth)
     old, mu = policy_behavior(env, old_logits), policy_behavior(env, mu_logits)
     b = draw_uniform(generator, 0.0, 1.0)
