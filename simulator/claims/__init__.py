@@ -4,10 +4,11 @@
 sub-claims and conditions) to a ``Claim``; ``grlab verify`` runs each on fresh random instances,
 and ``theory_tests/test_<family>.py`` runs each under hypothesis, one test per claim generated
 from its entry. A family is a module of this package: ``surrogate`` (1, 2, 3, 9), ``reinforce``
-(4, 5, 8, 10, 14), ``offpolicy`` (6, 7, 11, 12, 15), ``trees`` (13).
+(4, 5, 8, 10, 14), ``offpolicy`` (6, 7, 11, 12, 15), ``trees`` (13),
+``corrections`` (16–20).
 """
 
-from simulator.claims import offpolicy, reinforce, surrogate, trees
+from simulator.claims import corrections, offpolicy, reinforce, surrogate, trees
 from simulator.claims.registry import (
     CLAIMS,
     EXACT_TOL,
@@ -31,6 +32,7 @@ __all__ = [
     "Claim",
     "ClaimReport",
     "assert_claim",
+    "corrections",
     "offpolicy",
     "reinforce",
     "run_claim",
