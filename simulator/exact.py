@@ -427,13 +427,22 @@ def _covariance_method(env: ResponseSpace, setup: LossSetup, k: int, method: str
     where it is exact (``SufficientStats`` accepts the loss: group-local advantage, no
     row-coupling loss or correction) and does less work than the enumeration
     (``covariance_cost`` against C(N + K − 1, K) groups of K·H positions and a D² product
-    each), else "enumerate"."""
+    each), else "enumerate"; "ordered" for a loss that selects its tokens over the group
+    (``LossSpec.couples_rows``, as ``expected_gradient``)."""
     require_choice("method", method, (*COVARIANCE_METHODS, "closed-form"))
     if method == "closed-form":
         raise ValueError("gradient_covariance has no closed form: use method='auto', "
                          "'sufficient', 'enumerate' or 'ordered'")
+    if method == "enumerate" and setup.spec.couples_rows:
+        raise ValueError(
+            f"loss {setup.loss!r} selects its tokens over the group and breaks ties by row "
+            "order (LossSpec.couples_rows): its gradient is not a symmetric function of the "
+            "group's members, which the multiset enumeration assumes; use method='ordered' "
+            "(method='auto' does)")
     if method != "auto":
         return method
+    if setup.spec.couples_rows:
+        return "ordered"
     if corrections_refusal(setup) is not None:
         return "enumerate"
     rows, cost = covariance_cost(env, k)
