@@ -22,6 +22,11 @@ Design decisions
   does less work (``sufficient_cost``, weighted by ``SUFFICIENT_ROW_COST``, vs
   C(N + K − 1, K)·K rows). Tests check every engine against enumeration to 1e-12 for every
   registered loss.
+* ``gradient_covariance`` (Cov of one group's gradient) has the same engines but the closed
+  form: ``"sufficient"`` (``SufficientStats.gradient_moments``: the second moment over
+  (response, others' counts) and (pair of members, the other K − 2's counts) classes, exact
+  for every loss that engine accepts), ``"enumerate"``, ``"ordered"``; ``"auto"`` as above
+  with ``sufficient.covariance_cost``.
 * Batches of groups, enumerated or sampled, become a loss through one function,
   ``groups.batch_terms``. This module re-exports the names of ``simulator.groups`` that its
   callers use (``__all__``); the rest are imported from ``simulator.groups``.
