@@ -67,7 +67,7 @@ class Args:
     """groups of the Monte Carlo pilot that estimates E‖g − m‖⁴."""
     chunk_groups: int = 16384
     """groups per sampled chunk (the cost per group is measured on warm chunks)."""
-    direct: tuple[str, ...] = ("bandit:binary",)
+    direct: tuple[str, ...] = ("bandit:binary", "bandit:graded3", "tree:binary", "tree:graded3")
     """points (env:reward) where S* groups are actually drawn and timed."""
     direct_budget_s: float = 240.0
     """a direct Monte Carlo measurement is skipped when its predicted time exceeds this."""
