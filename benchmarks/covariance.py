@@ -9,13 +9,15 @@ of θ plus N(0, ½²) noise, loss ``--loss``, default GRPO, one prompt):
 
 1. *sufficient*: wall time of ``simulator.exact.gradient_covariance(..., method="sufficient")``
    (E[g gᵀ] − E[g]E[g]ᵀ summed over reward-count classes). ``cold``: the first call at this
-   point after the simulator's caches are cleared (torch.func's one-time set-up in this
-   process is paid beforehand by a call on a 2-response problem: it is a cost of the
-   process, not of the point); ``warm``: median of ``--repeats`` later calls.
+   point after the simulator's caches are cleared (at the first point: the first call of the
+   process; the engine uses no torch.func on the tabular testbeds, so it pays no one-time
+   set-up); ``warm``: median of ``--repeats`` later calls.
 2. *enumerate*: the same with ``method="enumerate"`` (every multiset's gradient, the naive
-   twin), median of ``--enum-repeats`` calls; the largest relative Frobenius difference
-   between the two is recorded (they must agree to ~1e-12). Skipped, and extrapolated from the
-   multiset count, when C(N + K − 1, K) exceeds ``--max-multisets`` (said in the JSON).
+   twin), median of ``--enum-repeats`` calls after one untimed call (which pays torch.func's
+   one-time set-up, seconds, at the first point: ``group_gradients`` is a vmap). The
+   relative Frobenius difference between the two is recorded (they must agree to ~1e-12).
+   Not run (recorded as not measured, no ratio) when C(N + K − 1, K) exceeds
+   ``--max-multisets``.
 3. *Monte Carlo to the same precision*: the sample covariance Ĉ_S of S sampled groups'
    gradients (``group_gradients`` on ``sample_groups``, in chunks of ``--chunk-groups``)
    reaches relative Frobenius error ε = ``--target`` (default 1e-3) in RMS at
@@ -46,7 +48,6 @@ from _results import RESULTS, clear_simulator_caches, median_seconds, report
 from exact_vs_mc import make_problem
 
 from simulator import exact
-from simulator.bandit import SoftmaxBandit
 
 
 @dataclasses.dataclass
@@ -190,10 +191,6 @@ def main(args: Args) -> None:
     if args.smoke:
         args = dataclasses.replace(args, **SMOKE)
     torch.set_num_threads(args.threads)
-    # torch.func's one-time set-up (the first jacrev in the process, ≈ 1-2 s) on a tiny problem
-    tiny = SoftmaxBandit(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
-    exact.gradient_covariance(tiny, torch.zeros(1, 2, dtype=torch.float64), "on-policy",
-                              args.loss, 2, method="sufficient")
     rows = []
     for i, env_kind in enumerate(args.envs):
         for j, reward in enumerate(args.rewards):

@@ -464,12 +464,10 @@ class SufficientStats:
             (slope,) = torch.autograd.grad(terms.sum(), logp)
             slopes.append(slope)
         slope = torch.cat(slopes) if slopes else logp_all.new_zeros(0, env.horizon)
-        jac = torch.func.jacrev(env.token_logprobs)(logits.detach())  # [P, N, H, P, ...]
         d = logits[0].numel()
-        jac = jac.reshape(p, n, env.horizon, p, d)[torch.arange(p), :, :, torch.arange(p)]
         grads = logits.new_zeros(p, n, c, d)
-        grads[prompt, response, state] = torch.einsum("rl,rld->rd", slope,
-                                                      jac[prompt, response])
+        grads[prompt, response, state] = _chain_rule(env, logits.detach(), prompt, response,
+                                                     slope)
         return grads, law
 
     def gradient_moments(self, logits: Tensor, mu: Tensor, logp_old: Tensor,
@@ -516,6 +514,34 @@ class SufficientStats:
         right = first.permute(0, 3, 4, 1, 2, 5)  # [P, C', V1, V2, B, D]: G[v2, b, c' + e_{v1}]
         scaled = torch.einsum("pcab,pcuwad->pcuwbd", weight, left)
         return torch.einsum("pcuwbd,pcuwbe->pde", scaled, right)
+
+
+def _chain_rule(env: ResponseSpace, logits: Tensor, prompt: Tensor, response: Tensor,
+                slope: Tensor) -> Tensor:
+    """∇_{θ_p} Σ_l slope[r, l]·log π(y_r^l | ·) [R, D] for rows r = (prompt, response).
+
+    A tabular softmax (``ResponseSpace.token_logprobs`` itself) has ∂ log π(y^l)/∂θ[node, a] =
+    1{node = node(y, l)}·(1{a = y^l} − π(a | node)) on valid tokens, applied here directly;
+    an environment with its own ``token_logprobs`` goes through ``torch.func.jacrev`` of it
+    (the same numbers, plus torch.func's one-time set-up of a few seconds per process)."""
+    from simulator.responses import ResponseSpace
+
+    p, d = logits.shape[0], logits[0].numel()
+    if type(env).token_logprobs is not ResponseSpace.token_logprobs:
+        jac = torch.func.jacrev(env.token_logprobs)(logits)  # [P, N, H, P, ...]
+        jac = jac.reshape(p, env.num_responses, env.horizon, p, d)[torch.arange(p), :, :,
+                                                                    torch.arange(p)]
+        return torch.einsum("rl,rld->rd", slope, jac[prompt, response])
+    b = env.vocab
+    probs = torch.softmax(logits.reshape(p, env.num_nodes, b), dim=-1)
+    slope = torch.where(env.mask[response], slope, slope.new_zeros(()))  # [R, H]
+    node = env.node_index[response]  # [R, H]
+    rows = torch.arange(len(prompt)).unsqueeze(-1).expand_as(node)
+    out = slope.new_zeros(len(prompt), env.num_nodes, b)
+    out.index_put_((rows, node), -slope.unsqueeze(-1) * probs[prompt.unsqueeze(-1), node],
+                   accumulate=True)
+    out.index_put_((rows, node, env.tokens[response]), slope, accumulate=True)
+    return out.reshape(len(prompt), d)
 
 
 def _pair_masks(k: int, lmin: int, spread: int, horizon: int) -> Tensor:

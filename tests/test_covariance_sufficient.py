@@ -221,3 +221,23 @@ def test_no_closed_form_and_unknown_methods_are_clear_errors(method, match):
 
 def test_every_registered_loss_is_covered():
     assert set(EXACT_LOSSES) | set(COUPLED) | {"red-drop"} == set(LOSSES)
+
+
+def test_an_environment_with_its_own_token_logprobs_goes_through_autograd():
+    """The tabular softmax's Jacobian is applied in closed form; a subclass that overrides
+    ``token_logprobs`` takes ``torch.func.jacrev`` of it instead — same covariance."""
+
+    class Own(TreeMDP):
+        def token_logprobs(self, logits):
+            return super().token_logprobs(logits)
+
+    g = torch.Generator().manual_seed(4)
+    rewards = make_rewards("grades", (2, TreeMDP.count(2, 3, True)), g)
+    plain, own = TreeMDP(rewards, 2, 3, True), Own(rewards, 2, 3, True)
+    theta = random_logits(plain, g)
+    mu = policy_behavior(plain, theta + 0.5 * random_logits(plain, g))
+    fast = gradient_covariance(plain, theta, mu, "grpo", 3, method="sufficient")
+    torch.testing.assert_close(gradient_covariance(own, theta, mu, "grpo", 3,
+                                                   method="sufficient"), fast,
+                               rtol=1e-12, atol=1e-15)
+    assert_covariances_agree(own, theta, mu, LossSetup("grpo"), 3)
