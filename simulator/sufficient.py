@@ -78,6 +78,7 @@ __all__ = ["MAX_STATES", "SufficientStats", "compositions", "corrections_refusal
            "covariance_cost", "require_group_local", "reward_classes", "sufficient_cost"]
 
 MAX_STATES = 2**24  # P·N·C candidate rows above which the engine refuses (memory)
+MAX_GRADIENT_ELEMENTS = 2**27  # P·N·C·D row-gradient entries the covariance may hold (1 GiB)
 
 
 class RewardClasses(NamedTuple):
@@ -434,7 +435,11 @@ class SufficientStats:
         the rest law [P, C, S] of ``rest_law``."""
         env, setup = self.env, self.setup
         p, n = env.num_prompts, env.num_responses
-        c = self.comps.shape[0]
+        c, d = self.comps.shape[0], logits[0].numel()
+        if p * n * c * d > MAX_GRADIENT_ELEMENTS:
+            raise ValueError(f"the covariance by statistics would hold {p * n * c * d} row-"
+                             f"gradient entries (P·N·C·D > {MAX_GRADIENT_ELEMENTS}, 8 bytes "
+                             "each): too large; use fewer responses or K, or sample_groups")
         law = self.rest_law(mu)
         live = (mu > 0).unsqueeze(-1) & (law.sum(-1) > 0).unsqueeze(1)  # [P, N, C]
         prompt, response, state = live.nonzero(as_tuple=True)
@@ -464,7 +469,6 @@ class SufficientStats:
             (slope,) = torch.autograd.grad(terms.sum(), logp)
             slopes.append(slope)
         slope = torch.cat(slopes) if slopes else logp_all.new_zeros(0, env.horizon)
-        d = logits[0].numel()
         grads = logits.new_zeros(p, n, c, d)
         grads[prompt, response, state] = _chain_rule(env, logits.detach(), prompt, response,
                                                      slope)

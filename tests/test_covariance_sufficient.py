@@ -241,3 +241,12 @@ def test_an_environment_with_its_own_token_logprobs_goes_through_autograd():
                                                    method="sufficient"), fast,
                                rtol=1e-12, atol=1e-15)
     assert_covariances_agree(own, theta, mu, LossSetup("grpo"), 3)
+
+
+def test_too_many_row_gradients_is_a_clear_error(monkeypatch):
+    import simulator.sufficient as sufficient
+
+    env, theta, mu = instance(0, "bandit", "binary", zero=False)
+    monkeypatch.setattr(sufficient, "MAX_GRADIENT_ELEMENTS", 10)
+    with pytest.raises(ValueError, match="row-gradient entries"):
+        gradient_covariance(env, theta, mu, "grpo", 3, method="sufficient")
