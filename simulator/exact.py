@@ -448,7 +448,8 @@ def _covariance_method(env: ResponseSpace, setup: LossSetup, k: int, method: str
         return method
     if setup.spec.couples_rows:
         return "ordered"
-    if corrections_refusal(setup) is not None:
+    refused = corrections_refusal(setup)
+    if refused is not None:
         return "enumerate"
     rows, cost = covariance_cost(env, k)
     d = math.prod(env.logits_shape[1:])

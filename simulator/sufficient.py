@@ -461,10 +461,10 @@ class SufficientStats:
             part = slice(start, start + size)
             logp = logp_all[prompt[part], response[part]].clone().requires_grad_(True)
             one_row = mask[part].unsqueeze(1)
+            part_rollout = None if rollout is None else rollout[part].unsqueeze(1)
             out = group_losses(setup.loss, logp.unsqueeze(1), old[part].unsqueeze(1),
                                advantage[part].unsqueeze(1), one_row,
-                               logp_rollout=None if rollout is None else rollout[part].unsqueeze(1),
-                               **setup.call_options(env.horizon))
+                               logp_rollout=part_rollout, **setup.call_options(env.horizon))
             terms = out.loss * normaliser(one_row, setup.aggregation())
             (slope,) = torch.autograd.grad(terms.sum(), logp)
             slopes.append(slope)
