@@ -22,6 +22,11 @@ Design decisions
   does less work (``sufficient_cost``, weighted by ``SUFFICIENT_ROW_COST``, vs
   C(N + K − 1, K)·K rows). Tests check every engine against enumeration to 1e-12 for every
   registered loss.
+* ``gradient_covariance`` (Cov of one group's gradient) has the same engines but the closed
+  form: ``"sufficient"`` (``SufficientStats.gradient_moments``: the second moment over
+  (response, others' counts) and (pair of members, the other K − 2's counts) classes, exact
+  for every loss that engine accepts), ``"enumerate"``, ``"ordered"``; ``"auto"`` as above
+  with ``sufficient.covariance_cost``.
 * Batches of groups, enumerated or sampled, become a loss through one function,
   ``groups.batch_terms``. This module re-exports the names of ``simulator.groups`` that its
   callers use (``__all__``); the rest are imported from ``simulator.groups``.
@@ -82,6 +87,7 @@ from simulator.sufficient import (
     MAX_STATES,
     SufficientStats,
     corrections_refusal,
+    covariance_cost,
     require_group_local,
     sufficient_cost,
 )
@@ -418,6 +424,40 @@ def sampled_gradient(env: ResponseSpace, logits: Tensor, behavior: Behavior,
     return mean, stderr
 
 
+COVARIANCE_METHODS: tuple[str, ...] = ("auto", "sufficient", "enumerate", "ordered")
+
+
+def _covariance_method(env: ResponseSpace, setup: LossSetup, k: int, method: str) -> str:
+    """The covariance's engine: ``method`` itself, or under "auto" the statistics engine
+    where it is exact (``SufficientStats`` accepts the loss: group-local advantage, no
+    row-coupling loss or correction) and does less work than the enumeration
+    (``covariance_cost`` against C(N + K − 1, K) groups of K·H positions and a D² product
+    each), else "enumerate"; "ordered" for a loss that selects its tokens over the group
+    (``LossSpec.couples_rows``, as ``expected_gradient``)."""
+    require_choice("method", method, (*COVARIANCE_METHODS, "closed-form"))
+    if method == "closed-form":
+        raise ValueError("gradient_covariance has no closed form: use method='auto', "
+                         "'sufficient', 'enumerate' or 'ordered'")
+    if method == "enumerate" and setup.spec.couples_rows:
+        raise ValueError(
+            f"loss {setup.loss!r} selects its tokens over the group and breaks ties by row "
+            "order (LossSpec.couples_rows): its gradient is not a symmetric function of the "
+            "group's members, which the multiset enumeration assumes; use method='ordered' "
+            "(method='auto' does)")
+    if method != "auto":
+        return method
+    if setup.spec.couples_rows:
+        return "ordered"
+    refused = corrections_refusal(setup)
+    if refused is not None:
+        return "enumerate"
+    rows, cost = covariance_cost(env, k)
+    d = math.prod(env.logits_shape[1:])
+    enumerated = (env.num_prompts * math.comb(env.num_responses + k - 1, k)
+                  * (k * env.horizon + d * d))
+    return "sufficient" if rows <= MAX_STATES and cost <= enumerated else "enumerate"
+
+
 def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior,
                         loss: str | LossSetup, K: int, *, method: str = "auto",
                         **options: Any) -> Tensor:
@@ -425,16 +465,30 @@ def gradient_covariance(env: ResponseSpace, logits: Tensor, behavior: Behavior,
 
     For prompt p, g = ∇_{θ_p} loss(group) is the gradient of the loss of one group of K i.i.d.
     draws from ``behavior`` (the group is its own batch), θ_p the prompt's logits flattened to
-    D entries; Cov_p = Σ_g w_g·g gᵀ − m mᵀ with m = Σ_g w_g·g = E[g] over every multiset of
-    the enumeration (weights w_g summing to 1). A batch of S independent groups of that prompt
-    has covariance Cov_p/S. ``options`` as in ``expected_gradient`` (``method`` is accepted
-    and ignored: the covariance needs every group's gradient, so it enumerates).
+    D entries; Cov_p = E[g gᵀ] − m mᵀ with m = E[g]. A batch of S independent groups of that
+    prompt has covariance Cov_p/S. ``options`` as in ``expected_gradient``.
+
+    ``method``: "enumerate" sums w_g·g gᵀ over every multiset of the enumeration (weights
+    summing to 1; "ordered": over the N^K ordered tuples); "sufficient" sums over reward
+    counts instead (``SufficientStats.gradient_moments``: E[g gᵀ] = K·E[h_1 h_1ᵀ/N²] +
+    K(K − 1)·E[h_1 h_2ᵀ/N²] with h_i member i's row-term gradient, over (own response, the
+    others' counts) and (two members, the other K − 2's counts) classes) — exact for every
+    loss that engine accepts and a ValueError naming the reason for the rest; "auto"
+    (default) takes the statistics engine where it applies and is cheaper, else enumerates.
+    "closed-form" is refused (there is none for the covariance).
     """
-    del method  # accepted for the common signature; the covariance always enumerates
     setup = setup_of(loss, options)
+    k = require_int("K", K, 1)
     logits = check_logits(env, logits).detach()
     mu = resolve_behavior(env, behavior, logits)
-    batch = enumerate_groups(mu, require_int("K", K, 1))
+    method = _covariance_method(env, setup, k, method)
+    if method == "sufficient":
+        stats = SufficientStats(env, setup, k)
+        mean, second = stats.gradient_moments(logits, mu, old_table(env, mu, setup),
+                                              rollout_table(env, mu, setup))
+        out = second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        return out[0] if env.num_prompts == 1 else out
+    batch = enumerate_groups(mu, k, ordered=method == "ordered")
     grads = group_gradients(env, logits, batch, mu, setup)  # [G, P, ...]
     d = logits[0].numel()
     own = grads.reshape(len(batch.weight), env.num_prompts, d)[

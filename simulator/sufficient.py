@@ -75,9 +75,10 @@ if TYPE_CHECKING:
     from simulator.responses import ResponseSpace
 
 __all__ = ["MAX_STATES", "SufficientStats", "compositions", "corrections_refusal",
-           "require_group_local", "reward_classes", "sufficient_cost"]
+           "covariance_cost", "require_group_local", "reward_classes", "sufficient_cost"]
 
 MAX_STATES = 2**24  # P·N·C candidate rows above which the engine refuses (memory)
+MAX_GRADIENT_ELEMENTS = 2**27  # P·N·C·D row-gradient entries the covariance may hold (1 GiB)
 
 
 class RewardClasses(NamedTuple):
@@ -322,16 +323,23 @@ class SufficientStats:
             parts.append((adv[:, 0].reshape(p, v, -1), keep[:, 0].reshape(p, v, -1)))
         return torch.cat([a for a, _ in parts], -1), torch.cat([b for _, b in parts], -1)
 
-    def rest_law(self, mu: Tensor) -> Tensor:
-        """P(c, S) [P, C, D] of the K − 1 others: count vector c, length S − (K−1)·L_min.
+    def rest_law(self, mu: Tensor, others: int | None = None) -> Tensor:
+        """P(c, S) [P, C, D] of the K − 1 others: count vector c, length S − (K−1)·L_min
+        (``others``: of that many others instead, c over ``compositions(others, V)``; the
+        covariance needs the K − 2 others of a pair of members).
 
         Factored so that nothing overflows at large K: the multinomial probability of the
         counts, exp(log (K−1)!/Π c_v! + Σ_v c_v·log p_v) ≤ 1, times the law of S given c,
         ⊛_v λ_v^{⊛c_v} with λ_v = q_v/p_v the length law of one class-v draw (each a
         distribution, so neither the coefficient nor p_v^{c_v} is ever formed alone).
         """
-        env, (p, v), k = self.env, self.classes.values.shape, self.k
-        depth = (k - 1) * self.spread + 1
+        env, (p, v) = self.env, self.classes.values.shape
+        others = self.k - 1 if others is None else others
+        comps, log_coef = self.comps, self.log_coef
+        if others != self.k - 1:
+            comps = compositions(others, v)
+            log_coef = math.lgamma(others + 1) - torch.lgamma(comps.to(torch.float64) + 1).sum(1)
+        depth = others * self.spread + 1
         q = mu.new_zeros(p, v, self.spread + 1)
         q.index_put_((torch.arange(p).unsqueeze(1).expand_as(self.classes.index),
                       self.classes.index, (env.lengths - self.lmin).expand_as(self.classes.index)),
@@ -341,17 +349,17 @@ class SufficientStats:
         power = mu.new_zeros(p, v, depth)
         power[..., 0] = 1.0
         powers = [power]
-        for _ in range(k - 1):  # λ_v^{⊛n} = λ_v^{⊛(n−1)} ⊛ λ_v, spread + 1 taps
+        for _ in range(others):  # λ_v^{⊛n} = λ_v^{⊛(n−1)} ⊛ λ_v, spread + 1 taps
             power = _poly_mul(step, power) if self.spread else step * power
             powers.append(power)
         stacked = torch.stack(powers, dim=2)  # [P, V, K, D]
         lengths = None
         for j in range(v):
-            factor = stacked[:, j, self.comps[:, j]]  # [P, C, D]
+            factor = stacked[:, j, comps[:, j]]  # [P, C, D]
             lengths = factor if lengths is None else (_poly_mul(lengths, factor) if self.spread
                                                       else lengths * factor)
-        counts = self.comps.to(mu.dtype)
-        log_prob = self.log_coef + torch.xlogy(counts, mass.unsqueeze(1)).sum(-1)  # [P, C]
+        counts = comps.to(mu.dtype)
+        log_prob = log_coef + torch.xlogy(counts, mass.unsqueeze(1)).sum(-1)  # [P, C]
         return torch.exp(log_prob).unsqueeze(-1) * lengths
 
     def rows(self, mu: Tensor) -> _Rows:
@@ -404,3 +412,159 @@ class SufficientStats:
         clip = torch.zeros(env.num_prompts, dtype=torch.float64).index_add_(
             0, rows.prompt[part], rows.clip_weight[part] * clipped.to(torch.float64))
         return value, clip
+
+    # ----------------------------------------------------------------------------------------
+    # The covariance of one group's gradient (``exact.gradient_covariance(method=
+    # "sufficient")``). A group's gradient is g = Σ_i h_i / N with h_i = ∇_θ t(y_i, A_i) the
+    # gradient of member i's row term; by exchangeability of the K i.i.d. members
+    #
+    #   E[g gᵀ] = K·E[h_1 h_1ᵀ / N²] + K(K − 1)·E[h_1 h_2ᵀ / N²],
+    #
+    # the first over (own response y, the K − 1 others' counts c and length S) — as E[g] is —,
+    # the second over (y_1, y_2, the K − 2 others' counts c' and length S'): member 1's
+    # advantage sees the rest c' + e_{v(y_2)}, member 2's c' + e_{v(y_1)}, and N is that of the
+    # lengths L(y_1), L(y_2), S'. The pair sum factors through the class totals
+    # G[v, ℓ, c] = Σ_{y: v(y) = v, L(y) = ℓ} μ(y)·h(y, c), so it costs (V·J)²·C(K − 2) outer
+    # products, not N²·C(K − 2).
+    # ----------------------------------------------------------------------------------------
+
+    def _row_gradients(self, logits: Tensor, mu: Tensor, logp_old: Tensor,
+                       logp_rollout: Tensor | None) -> tuple[Tensor, Tensor]:
+        """h(y, c) = ∇_{θ_p} t(y, A(v(y), c)) [P, N, C, D] for every response and count vector
+        of the K − 1 others (0 where μ(y) = 0 or the count vector has probability 0), and
+        the rest law [P, C, S] of ``rest_law``."""
+        env, setup = self.env, self.setup
+        p, n = env.num_prompts, env.num_responses
+        c, d = self.comps.shape[0], logits[0].numel()
+        if p * n * c * d > MAX_GRADIENT_ELEMENTS:
+            raise ValueError(f"the covariance by statistics would hold {p * n * c * d} row-"
+                             f"gradient entries (P·N·C·D > {MAX_GRADIENT_ELEMENTS}, 8 bytes "
+                             "each): too large; use fewer responses or K, or sample_groups")
+        law = self.rest_law(mu)
+        live = (mu > 0).unsqueeze(-1) & (law.sum(-1) > 0).unsqueeze(1)  # [P, N, C]
+        prompt, response, state = live.nonzero(as_tuple=True)
+        cls = self.classes.index[prompt, response]
+        advantage, keep = self.advantage[prompt, cls, state], self.keep[prompt, cls, state]
+        old = logp_old[prompt, response]
+        mask = env.mask[response] & keep.unsqueeze(-1)
+        if not bool(torch.isfinite(old).logical_or(~mask).all()):
+            raise ValueError("logp_old = −inf: the behavior (or anchor) gives probability 0 "
+                             "to a response the behavior samples")
+        rollout = None if logp_rollout is None else logp_rollout[prompt, response]
+        # dt/dlogp per row (rows are groups of one, so the gradient of their sum is each
+        # row's own), then the chain rule through the Jacobian of the token log-probs
+        # J[p, y, l, :] = ∂ log π(y^l | ·)/∂θ_p
+        logp_all = env.token_logprobs(logits).detach()
+        size = max(1, CHUNK_ELEMENTS // env.horizon)
+        slopes = []
+        for start in range(0, len(prompt), size):
+            part = slice(start, start + size)
+            logp = logp_all[prompt[part], response[part]].clone().requires_grad_(True)
+            one_row = mask[part].unsqueeze(1)
+            part_rollout = None if rollout is None else rollout[part].unsqueeze(1)
+            out = group_losses(setup.loss, logp.unsqueeze(1), old[part].unsqueeze(1),
+                               advantage[part].unsqueeze(1), one_row,
+                               logp_rollout=part_rollout, **setup.call_options(env.horizon))
+            terms = out.loss * normaliser(one_row, setup.aggregation())
+            (slope,) = torch.autograd.grad(terms.sum(), logp)
+            slopes.append(slope)
+        slope = torch.cat(slopes) if slopes else logp_all.new_zeros(0, env.horizon)
+        grads = logits.new_zeros(p, n, c, d)
+        grads[prompt, response, state] = _chain_rule(env, logits.detach(), prompt, response,
+                                                     slope)
+        return grads, law
+
+    def gradient_moments(self, logits: Tensor, mu: Tensor, logp_old: Tensor,
+                         logp_rollout: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(E[g] [P, D], E[g gᵀ] [P, D, D]) of one group's gradient g = ∇_{θ_p} loss(group),
+        θ_p prompt p's logits flattened (see the comment above)."""
+        env, k = self.env, self.k
+        grads, law = self._row_gradients(logits, mu, logp_old, logp_rollout)
+        own = env.lengths - self.lmin  # [N]
+        masks = _group_masks(k, self.lmin, self.spread, env.horizon)
+        inv = 1.0 / normaliser(masks, self.setup.aggregation())  # [J, S]
+        first_w = torch.einsum("pcs,js->pjc", law, inv)[:, own]  # [P, N, C]: E_S[1/N | c, y]
+        second_w = torch.einsum("pcs,js->pjc", law, inv**2)[:, own]
+        mean = k * torch.einsum("pn,pnc,pncd->pd", mu, first_w, grads)
+        weighted = (k * mu.unsqueeze(-1) * second_w).unsqueeze(-1) * grads
+        second = torch.einsum("pncd,pnce->pde", weighted, grads)
+        if k >= 2:
+            second = second + self._pair_term(grads, mu, own)
+        return mean, second
+
+    def _pair_term(self, grads: Tensor, mu: Tensor, own: Tensor) -> Tensor:
+        """K(K − 1)·E[h_1 h_2ᵀ / N²] [P, D, D] through the class totals G[v, ℓ, c]."""
+        env, k = self.env, self.k
+        p, v = self.classes.values.shape
+        c, d = self.comps.shape[0], grads.shape[-1]
+        j = self.spread + 1
+        totals = grads.new_zeros(p, v, j, c, d)  # G[p, v, ℓ, c] = Σ_{y ∈ (v, ℓ)} μ(y)·h(y, c)
+        cls = self.classes.index  # [P, N]
+        rows = torch.arange(p).unsqueeze(1).expand_as(cls)
+        totals.index_put_((rows, cls, own.expand_as(cls)), mu.unsqueeze(-1).unsqueeze(-1) * grads,
+                          accumulate=True)
+        pair = compositions(k - 2, v)  # [C', V]
+        index = {tuple(row): i for i, row in enumerate(self.comps.tolist())}
+        plus = torch.tensor([[index[(*row[:u], row[u] + 1, *row[u + 1:])]
+                              for u in range(v)] for row in pair.tolist()],
+                            dtype=torch.long).reshape(len(pair), v)  # c' + e_u in comps(K−1)
+        law = self.rest_law(mu, k - 2)  # [P, C', S']
+        masks = _pair_masks(k, self.lmin, self.spread, env.horizon)  # [J, J, S', K, H]
+        inv2 = normaliser(masks, self.setup.aggregation()) ** -2.0
+        weight = k * (k - 1) * torch.einsum("pcs,abs->pcab", law, inv2)  # [P, C', J, J]
+        # member 1 of class v1 and length a sees c' + e_{v2}; member 2 (v2, b) sees c' + e_{v1}
+        first = totals[:, :, :, plus]  # [P, V1, J, C', V2, D]: G[v1, a, c' + e_{v2}]
+        left = first.permute(0, 3, 1, 4, 2, 5)  # [P, C', V1, V2, A, D]
+        right = first.permute(0, 3, 4, 1, 2, 5)  # [P, C', V1, V2, B, D]: G[v2, b, c' + e_{v1}]
+        scaled = torch.einsum("pcab,pcuwad->pcuwbd", weight, left)
+        return torch.einsum("pcuwbd,pcuwbe->pde", scaled, right)
+
+
+def _chain_rule(env: ResponseSpace, logits: Tensor, prompt: Tensor, response: Tensor,
+                slope: Tensor) -> Tensor:
+    """∇_{θ_p} Σ_l slope[r, l]·log π(y_r^l | ·) [R, D] for rows r = (prompt, response).
+
+    A tabular softmax (``ResponseSpace.token_logprobs`` itself) has ∂ log π(y^l)/∂θ[node, a] =
+    1{node = node(y, l)}·(1{a = y^l} − π(a | node)) on valid tokens, applied here directly;
+    an environment with its own ``token_logprobs`` goes through ``torch.func.jacrev`` of it
+    (the same numbers, plus torch.func's one-time set-up of a few seconds per process)."""
+    from simulator.responses import ResponseSpace
+
+    p, d = logits.shape[0], logits[0].numel()
+    if type(env).token_logprobs is not ResponseSpace.token_logprobs:
+        jac = torch.func.jacrev(env.token_logprobs)(logits)  # [P, N, H, P, ...]
+        jac = jac.reshape(p, env.num_responses, env.horizon, p, d)[torch.arange(p), :, :,
+                                                                    torch.arange(p)]
+        return torch.einsum("rl,rld->rd", slope, jac[prompt, response])
+    b = env.vocab
+    probs = torch.softmax(logits.reshape(p, env.num_nodes, b), dim=-1)
+    slope = torch.where(env.mask[response], slope, slope.new_zeros(()))  # [R, H]
+    node = env.node_index[response]  # [R, H]
+    rows = torch.arange(len(prompt)).unsqueeze(-1).expand_as(node)
+    out = slope.new_zeros(len(prompt), env.num_nodes, b)
+    out.index_put_((rows, node), -slope.unsqueeze(-1) * probs[prompt.unsqueeze(-1), node],
+                   accumulate=True)
+    out.index_put_((rows, node, env.tokens[response]), slope, accumulate=True)
+    return out.reshape(len(prompt), d)
+
+
+def _pair_masks(k: int, lmin: int, spread: int, horizon: int) -> Tensor:
+    """Representative token masks [J, J, D', K, H] of a group whose member 0 has length
+    L_min + a, member 1 L_min + b and members 2..K−1 lengths summing to (K − 2)·L_min + s."""
+    rest = _group_masks(k - 1, lmin, spread, horizon)  # [J(b), D', K − 1, H]
+    first = torch.arange(horizon) < (lmin + torch.arange(spread + 1)).unsqueeze(-1)  # [J, H]
+    j, depth = spread + 1, rest.shape[1]
+    first = first.view(j, 1, 1, 1, horizon).expand(j, j, depth, 1, horizon)
+    return torch.cat([first, rest.unsqueeze(0).expand(j, -1, -1, -1, -1)], dim=-2)
+
+
+def covariance_cost(env: ResponseSpace, k: int) -> tuple[int, int]:
+    """(candidate rows P·N·C, a work estimate) of the statistics engine's covariance of one
+    group's gradient: the rows' gradients (each H tokens, then D entries) and their outer
+    products, and the (V·J)²·C(K − 2) pair products."""
+    rows, _ = sufficient_cost(env, k)
+    v = int(reward_classes(env.rewards).values.shape[1])
+    d = math.prod(env.logits_shape[1:])
+    j = int(env.lengths.max() - env.lengths.min()) + 1
+    pairs = env.num_prompts * (v * j) ** 2 * (math.comb(k - 2 + v - 1, v - 1) if k >= 2 else 0)
+    return rows, rows * (env.horizon * d + d * d) + pairs * d * d

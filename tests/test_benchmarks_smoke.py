@@ -48,6 +48,13 @@ def _exact_zoo(result: dict) -> None:
     assert {row["method"] for row in result["results"]} >= {"closed-form", "sufficient"}
 
 
+def _covariance(result: dict) -> None:
+    differences = [row["max_method_difference"] for row in result["points"]
+                   if "max_method_difference" in row]
+    assert differences and max(differences) < 1e-9  # statistics and enumeration agree
+    assert result["summary"]["points_monte_carlo_measured_directly"] >= 1
+
+
 def _batched_runs(result: dict) -> None:
     assert all(row["same_trajectories"] for row in result["results"])
 
@@ -71,6 +78,7 @@ def _suite_cost(result: dict) -> None:
 CASES = [
     pytest.param("exact_vs_mc.py", "--smoke", _exact_vs_mc, id="exact_vs_mc"),
     pytest.param("exact_zoo.py", "--smoke", _exact_zoo, id="exact_zoo"),
+    pytest.param("covariance.py", "--smoke", _covariance, id="covariance"),
     pytest.param("batched_runs.py", "--smoke", _batched_runs, id="batched_runs"),
     pytest.param("llm_logprobs.py", "--smoke", _llm_logprobs, id="llm_logprobs",
                  marks=_needs("transformers")),

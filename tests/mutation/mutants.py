@@ -51,6 +51,7 @@ EXACT_VALIDATION = "tests/test_exact_validation.py"
 EXACT_MAIN = "tests/test_exact.py"
 EXACT_GROUPS = "tests/test_groups.py"
 EXACT_SUFFICIENT = "tests/test_sufficient.py"
+COVARIANCE_SUFFICIENT = "tests/test_covariance_sufficient.py"
 THEORY_OFFPOLICY = "theory_tests/test_offpolicy.py"
 THEORY_REINFORCE = "theory_tests/test_reinforce.py"
 THEORY_TREES = "theory_tests/test_trees.py"
@@ -62,8 +63,9 @@ CORRECTION_TESTS = "tests/test_corrections.py"
 CORRECTION_PARITY = "tests/test_parity_corrections.py"
 
 _LOSS_TESTS = (LOSS_VALUES, IDENTITIES, CONTRACT, FUZZ, GUARDS)
-_EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT, THREE_POLICIES,
-                THEORY_TREES, THEORY_REINFORCE, THEORY_OFFPOLICY, GUARDS)
+_EXACT_TESTS = (EXACT_VALIDATION, EXACT_MAIN, EXACT_GROUPS, EXACT_SUFFICIENT,
+                COVARIANCE_SUFFICIENT, THREE_POLICIES, THEORY_TREES, THEORY_REINFORCE,
+                THEORY_OFFPOLICY, GUARDS)
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     LOSSES: _LOSS_TESTS,
     CLIPPED: _LOSS_TESTS,
@@ -519,6 +521,20 @@ _EXACT_MUTANTS = [
        "a group's gradient read at prompt 0's logits instead of its own prompt's",
        f"{EXACT_MAIN}::test_each_prompts_covariance_is_the_brute_force_sum_over_its_own_ordered"
        "_groups"),
+    # --- the covariance by statistics: E[g gᵀ] = K·E[h₁h₁ᵀ/N²] + K(K − 1)·E[h₁h₂ᵀ/N²] ----
+    _m("covariance-statistics-without-pair-term", SUFFICIENT,
+       "second = second + self._pair_term(grads, mu, own)", "second = second",
+       "the second moment without the cross term of two distinct members",
+       f"{COVARIANCE_SUFFICIENT}::test_sufficient_covariance_equals_the_enumeration"),
+    _m("covariance-statistics-one-over-n", SUFFICIENT,
+       'second_w = torch.einsum("pcs,js->pjc", law, inv**2)',
+       'second_w = torch.einsum("pcs,js->pjc", law, inv)',
+       "the diagonal term weighted by E[1/N] instead of E[1/N²]",
+       f"{COVARIANCE_SUFFICIENT}::test_sufficient_covariance_equals_the_enumeration"),
+    _m("covariance-statistics-pair-classes-swapped", SUFFICIENT,
+       "right = first.permute(0, 3, 4, 1, 2, 5)", "right = first.permute(0, 3, 1, 4, 2, 5)",
+       "the second member's class totals read with the pair's classes swapped",
+       f"{COVARIANCE_SUFFICIENT}::test_sufficient_covariance_equals_the_enumeration"),
     _m("sufficient-loss-not-averaged-over-prompts", SUFFICIENT,
        "value = (rows.weight[part] * row_terms).sum() / env.num_prompts",
        "value = (rows.weight[part] * row_terms).sum()",
