@@ -103,7 +103,8 @@ def exact_stderr(env: Any, logits: Tensor, behavior: Any, loss: str, k: int, num
 
     cov = gradient_covariance(env, logits, behavior, loss, k, **options)
     cov = cov.reshape(env.num_prompts, *cov.shape[-2:])
-    diag = torch.diagonal(cov, dim1=-2, dim2=-1)  # [P, D]
+    # a variance that is 0 in exact arithmetic can come out as −1e-18: 0, not a NaN
+    diag = torch.diagonal(cov, dim1=-2, dim2=-1).clamp(min=0.0)  # [P, D]
     return ((diag / num_groups).sqrt() / env.num_prompts).reshape(logits.shape)
 
 
