@@ -68,7 +68,7 @@ from simulator.tree import TreeMDP
 
 __all__ = ["CACHE_FORMAT", "DEFAULT_CORRECTIONS", "DEFAULT_LEVELS", "DEFAULT_LOSSES",
            "NEEDED_FACTOR", "TESTBEDS", "AtlasConfig", "Row", "groups_needed", "level_policies",
-           "run_atlas", "testbed", "trajectory", "write_atlas"]
+           "make_testbed", "run_atlas", "trajectory", "write_atlas"]
 
 CACHE_FORMAT = 1
 TESTBEDS = ("bandit-binary", "bandit-graded", "tree-binary", "tree-graded")
@@ -143,7 +143,7 @@ def parse_level(level: str) -> tuple[str, float]:
     return kind, number
 
 
-def testbed(name: str, config: AtlasConfig) -> SoftmaxBandit | TreeMDP:
+def make_testbed(name: str, config: AtlasConfig) -> SoftmaxBandit | TreeMDP:
     """One prompt; binary: one right answer (bandit) or two right responses (tree); graded:
     rewards U[0, 1). Drawn from ``config.seed``."""
     g = torch.Generator().manual_seed(config.seed + TESTBEDS.index(name))
@@ -306,7 +306,7 @@ def run_atlas(config: AtlasConfig, out: Path,
     cache.mkdir(exist_ok=True)
     rows: list[Row] = []
     for name in config.testbeds:
-        env = testbed(name, config)
+        env = make_testbed(name, config)
         history: Tensor | None = None
         grad_path = cache / f"grad-{name}-{cell_key(config, name, 'grpo', 'none')}.json"
         cells: dict[tuple[str, str], dict[str, Any]] = {}
