@@ -461,9 +461,9 @@ def atlas(
         corrections: correction names or specs, 'none' for none (grlab losses
             --corrections); 'none' is always added (the reference).
         levels: on-policy, stale-D (μ = π_old = the policy D updates ago), temp-T
-            (μ at temperature T), noise-S (μ's logits + S·N(0,1)), bf16 (μ's logits in
-            bfloat16), top-p-P, top-k-K (truncated sampling), mix-A (share A of μ 4
-            updates old); on-policy is always added.
+            (μ at temperature T), noise-S (μ's logits plus S times a fixed normal draw),
+            bf16 (μ's logits in bfloat16), top-p-P, top-k-K (truncated sampling), mix-A
+            (share A of μ 4 updates old); on-policy is always added.
         testbeds: one prompt each; bandit: 6 answers; tree: vocab 3, --depth.
         group_size: responses per group K >= 2.
         batch: groups per batch B for the MSE column (>= 2).
