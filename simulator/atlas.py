@@ -520,10 +520,12 @@ def _kl_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
                testbeds: Sequence[str], point: Callable[..., None]) -> Path:
     from simulator.files import atomic_savefig
 
-    fig, axes = plt.subplots(1, len(testbeds), figsize=(4.2 * len(testbeds), 4.2),
+    cols = min(len(testbeds), 2)
+    nrows = math.ceil(len(testbeds) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols, 3.9 * nrows + 1.1),
                              squeeze=False)
     floor = 1e-6
-    for ax, name in zip(axes.flat, testbeds, strict=True):
+    for ax, name in zip(axes.flat, testbeds, strict=False):
         for loss in config.losses:
             for correction in config.corrections:
                 cell = [r for r in rows if r.testbed == name and r.loss == loss
@@ -537,10 +539,13 @@ def _kl_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
         ax.set_xlabel("KL(μ‖π_θ) (nats)", fontsize=9)
         ax.set_ylabel("bias |m − m_on| / |m_on|", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle("bias of the expected update against how far μ is from π_θ "
-                 f"(every level; values below {floor:g} drawn at {floor:g})", fontsize=11)
+    for ax in list(axes.flat)[len(testbeds):]:
+        ax.axis("off")
+    fig.suptitle("bias of the expected update against how far μ is from π_θ\n"
+                 f"(every off-policy level; values below {floor:g} drawn at {floor:g})",
+                 fontsize=11)
     _legend(fig, config)
-    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.1 if nrows > 1 else 0.16, 1, 0.93))
     path = atomic_savefig(fig, out / "bias_vs_kl.png", dpi=100)
     plt.close(fig)
     return path
