@@ -113,9 +113,9 @@ class AtlasConfig:
         if "none" not in self.corrections:
             object.__setattr__(self, "corrections", ("none", *self.corrections))
         for field in ("group_size", "batch", "answers", "vocab", "depth"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"{field} must be an int >= 2, got {value!r}")
+            value, least = getattr(self, field), 1 if field == "batch" else 2
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{field} must be an int >= {least}, got {value!r}")
         if max(_stale_depths(self.levels), default=0) > TRAJECTORY_STEPS:
             raise ValueError(f"levels cannot go stale by more than {TRAJECTORY_STEPS} updates "
                              "(the trajectory's length)")

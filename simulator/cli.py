@@ -466,7 +466,7 @@ def atlas(
             (share A of μ 4 updates old); on-policy is always added.
         testbeds: one prompt each; bandit: 6 answers; tree: vocab 3, --depth.
         group_size: responses per group K >= 2.
-        batch: groups per batch B for the MSE column (>= 2).
+        batch: groups per batch B for the MSE column (>= 1).
         seed: draws the rewards, the start and the noise.
         depth: the tree's depth (>= 2).
         fresh: recompute every cell of this run and replace its cache entry.

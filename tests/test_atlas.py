@@ -181,3 +181,15 @@ def test_groups_needed_gives_the_promised_power_on_sampled_groups():
         b, _ = sampled_gradient(env, theta, fresh, "reinforce", k, n, g, anchor=fresh)
         hits += abs(float(u @ (a - b).flatten()) / sd) > norm.ppf(0.975)
     assert abs(hits / repeats - power) < 4 * math.sqrt(power * (1 - power) / repeats)
+
+
+def test_a_corrupt_cache_entry_is_recomputed_alone(tmp_path):
+    config = AtlasConfig(testbeds=("bandit-binary",), losses=("reinforce",),
+                         corrections=("none", "tis-token"), levels=("mix-0.5",))
+    first = run_atlas(config, tmp_path)
+    entries = sorted((tmp_path / "cells").glob("bandit-binary-reinforce-*.json"))
+    assert len(entries) == 2
+    entries[0].write_text("{truncated")
+    untouched = entries[1].stat().st_mtime_ns
+    assert run_atlas(config, tmp_path) == first
+    assert entries[1].stat().st_mtime_ns == untouched
