@@ -411,6 +411,7 @@ def table_markdown(rows: Sequence[Row], config: AtlasConfig) -> str:
              "testbed; θ after "
              f"{TRAJECTORY_STEPS} Adam steps of exact on-policy GRPO (lr {TRAJECTORY_LR}).", "",
              LEGEND.format(batch=config.batch), ""]
+    lines += _summary(rows)
     for name in dict.fromkeys(row.testbed for row in rows):
         lines += [f"## {name}", "", "| " + " | ".join(COLUMNS[1:]) + " |",
                   "|" + " --- |" * (len(COLUMNS) - 1)]
@@ -418,6 +419,28 @@ def table_markdown(rows: Sequence[Row], config: AtlasConfig) -> str:
                   for row in rows if row.testbed == name]
         lines.append("")
     return "\n".join(lines)
+
+
+def _summary(rows: Sequence[Row]) -> list[str]:
+    """Median rel_bias (and rel_std) of each level × correction over testbeds and losses."""
+    import statistics
+
+    levels = [lv for lv in dict.fromkeys(r.level for r in rows) if lv != "on-policy"]
+    corrections = list(dict.fromkeys(r.correction for r in rows))
+    if not levels:
+        return []
+    lines = ["## At a glance", "",
+             "Median over testbeds and losses of rel_bias (rel_std in brackets), per level and "
+             "correction.", "", "| level | " + " | ".join(corrections) + " |",
+             "|" + " --- |" * (len(corrections) + 1)]
+    for level in levels:
+        cells = []
+        for correction in corrections:
+            picked = [r for r in rows if r.level == level and r.correction == correction]
+            cells.append(f"{_fmt(statistics.median(r.rel_bias for r in picked))} "
+                         f"({_fmt(statistics.median(r.rel_std for r in picked))})")
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def write_atlas(rows: Sequence[Row], config: AtlasConfig, out: Path) -> dict[str, Path]:
