@@ -499,7 +499,7 @@ def atlas_figures(rows: Sequence[Row], config: AtlasConfig, out: Path) -> dict[s
         ax.plot(x, y, ls="", marker=marker[row.correction], color=color[row.loss],
                 ms=size * grow,
                 mfc="none" if row.correction != "none" else color[row.loss], mew=1.4,
-                zorder=3)
+                zorder=3, clip_on=False)
 
     for name in testbeds:
         paths[f"map {name}"] = _map_figure(plt, rows, config, out, name, levels, point)
@@ -523,7 +523,9 @@ def _map_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path, n
         ax.set_title(f"{level}  (KL(μ‖π) = {cells[0].kl_mu_pi:.3g})", fontsize=10)
         ax.set_xlabel("bias |m − m_on| / |m_on|", fontsize=9)
         ax.set_ylabel("std √tr Cov / |m_on|", fontsize=9)
-        ax.set_xlim(left=0)
+        # both axes from 0, so a panel's distances read as sizes, with room for markers
+        ax.set_xlim(0, 1.12 * max((r.rel_bias for r in cells), default=0) or 1)
+        ax.set_ylim(0, 1.12 * max((r.rel_std for r in cells), default=0) or 1)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(levels):]:
