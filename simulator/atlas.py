@@ -514,7 +514,7 @@ def _map_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path, n
 
     cols = min(len(levels), 3) or 1
     nrows = max(math.ceil(len(levels) / cols), 1)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.1 * cols, 3.3 * nrows + 1.0),
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(4.1 * cols, 10.0), 3.3 * nrows + 1.2),
                              squeeze=False)
     for ax, level in zip(axes.flat, levels, strict=False):
         cells = [r for r in rows if r.testbed == name and r.level == level]
@@ -547,7 +547,7 @@ def _kl_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
 
     cols = min(len(testbeds), 2)
     nrows = math.ceil(len(testbeds) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols, 3.9 * nrows + 1.1),
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(5.6 * cols, 10.0), 3.9 * nrows + 1.2),
                              squeeze=False)
     floor = 1e-6
     for ax, name in zip(axes.flat, testbeds, strict=False):
@@ -585,7 +585,8 @@ def _mse_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
                 default="on-policy")
     sizes = [2 ** i for i in range(0, 11)]
     fig, axes = plt.subplots(len(testbeds), len(config.losses),
-                             figsize=(3.8 * len(config.losses), 2.9 * len(testbeds) + 1.0),
+                             figsize=(max(3.8 * len(config.losses), 10.0),
+                                      2.9 * len(testbeds) + 1.2),
                              squeeze=False, sharex=True)
     for i, name in enumerate(testbeds):
         for j, loss in enumerate(config.losses):
