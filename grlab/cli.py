@@ -110,10 +110,10 @@ class _Buffer(io.StringIO):
 
 def _commands() -> dict[str, Callable[..., Any]]:
     from llm_bridge.cli import train_llm
-    from simulator.cli import compare, experiment, losses, verify
+    from simulator.cli import atlas, compare, experiment, losses, verify
 
     return {"compare": compare, "experiment": experiment, "verify": verify,
-            "train-llm": train_llm, "losses": losses}
+            "train-llm": train_llm, "losses": losses, "atlas": atlas}
 
 
 def _subcommands(capture: _Capture) -> dict[str, Callable[..., Any]]:

@@ -1,4 +1,5 @@
-"""The lab's subcommands of ``grlab``: ``compare``, ``experiment``, ``verify``, ``losses``.
+"""The lab's subcommands of ``grlab``: ``compare``, ``experiment``, ``verify``, ``losses``,
+``atlas``.
 
 Each is a plain function whose keyword arguments (with their docstrings) become flags through
 tyro. The command itself (``grlab.cli``) dispatches to these and to the bridge's
@@ -429,3 +430,89 @@ def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY [KEY ...]
         out.print(Text(f"claims failing: {failed} (replay: --seed {run.seed})",
                        style="bold red"))
         raise SystemExit(1)
+
+
+def atlas(
+    losses: tuple[str, ...] = ("reinforce", "grpo", "rec-oneside-nois"),
+    corrections: tuple[str, ...] = ("none", "tis-token", "tis-seq", "mis-seq", "icepop",
+                                    "tis-seq:ratio=current"),
+    levels: tuple[str, ...] = ("on-policy", "stale-1", "stale-4", "stale-16", "temp-0.7",
+                               "noise-0.3", "bf16", "top-p-0.9", "top-k-2", "mix-0.5"),
+    testbeds: tuple[Literal["bandit-binary", "bandit-graded", "tree-binary", "tree-graded"],
+                    ...] = ("bandit-binary", "bandit-graded", "tree-binary", "tree-graded"),
+    group_size: int = 4,
+    batch: int = 8,
+    seed: int = 0,
+    depth: int = 2,
+    out: Annotated[Path, tyro.conf.arg(help="output folder; every (testbed, loss, "
+                                       "correction) is cached under OUT/cells and reused "
+                                       "(an interrupted run resumes); table.md, table.csv "
+                                       "and the plots are regenerated on every run.")] = Path(
+        "results/atlas"),
+    fresh: bool = False,
+    import_: ImportFlag = (),
+    threads: ThreadsFlag = None,
+) -> None:
+    """Exact bias, covariance and MSE of every loss × correction × off-policy level, on a
+    bandit and a tree with binary and graded rewards: table.md, table.csv and plots.
+
+    Args:
+        losses: registered loss names (grlab losses).
+        corrections: correction names or specs, 'none' for none (grlab losses
+            --corrections); 'none' is always added (the reference).
+        levels: on-policy, stale-D (μ = π_old = the policy D updates ago), temp-T
+            (μ at temperature T), noise-S (μ's logits plus S times a fixed normal draw),
+            bf16 (μ's logits in bfloat16), top-p-P, top-k-K (truncated sampling), mix-A
+            (share A of μ 4 updates old); on-policy is always added.
+        testbeds: one prompt each; bandit: 6 answers; tree: vocab 3, --depth.
+        group_size: responses per group K >= 2.
+        batch: groups per batch B for the MSE column (>= 1).
+        seed: draws the rewards, the start and the noise.
+        depth: the tree's depth (>= 2).
+        fresh: recompute every cell of this run and replace its cache entry.
+    """
+    from simulator.provenance import import_modules
+    from simulator.threads import use_threads
+
+    use_threads(threads, default=1)
+    import_modules(import_)
+    from simulator.atlas import AtlasConfig, run_atlas, write_atlas
+    from simulator.corrections import as_corrections
+    from simulator.files import output_dir
+    from simulator.losses import LOSSES
+    from simulator.progress import PartProgress
+
+    for loss in losses:
+        if loss not in LOSSES:
+            raise ValueError(f"losses has unknown {loss!r} (grlab losses lists them)")
+    for correction in corrections:
+        if correction != "none":
+            try:
+                as_corrections((correction,))
+            except (KeyError, ValueError, TypeError) as error:
+                raise ValueError(f"corrections has a bad {correction!r}: "
+                                 f"{' '.join(str(error).split())}") from None
+    config = AtlasConfig(testbeds=tuple(dict.fromkeys(testbeds)),
+                         losses=tuple(dict.fromkeys(losses)),
+                         corrections=tuple(dict.fromkeys(corrections)),
+                         levels=tuple(dict.fromkeys(levels)), group_size=group_size,
+                         batch=batch, seed=seed, depth=depth)
+    out = output_dir(out, what="--out")
+    per = len(config.losses) * len(config.corrections)
+    try:
+        with PartProgress(_stderr(), "atlas", config.testbeds, per, every=per) as progress:
+            def on_cell(name: str, index: int, source: str) -> None:
+                if index + 1 == per:
+                    progress.done(name, f"{per} cells done")
+                else:
+                    progress.step(name, index)
+
+            rows = run_atlas(config, out, on_cell, fresh=fresh)
+            paths = write_atlas(rows, config, out)
+    except KeyboardInterrupt:
+        _stderr().print(Text(f"interrupted; finished cells are kept in {out / 'cells'}: rerun "
+                             "the same command to resume"), soft_wrap=True)
+        raise SystemExit(130) from None
+    out_console = _stdout()
+    for kind, path in paths.items():
+        out_console.print(f"{kind:>16}: {path}", markup=False, soft_wrap=True)

@@ -29,6 +29,9 @@ LONG_COMMANDS = {
                 "compare [1/1] REINFORCE: 20 steps done"),
     "experiment": (("experiment", "E6", "--out", "{tmp}/E6"), "E6: ", "E6 [1/1] "),
     "verify": (("verify", "--only", "9c", "--seed", "1"), "verify: 9c", "verify [1/1] 9c: holds"),
+    "atlas": (("atlas", "--testbeds", "bandit-binary", "--losses", "reinforce", "--corrections",
+               "tis-seq", "--levels", "stale-1", "--out", "{tmp}/atlas"),
+              "atlas: bandit-binary", "atlas [1/1] bandit-binary: 2 cells done"),
     # the bridge's trainer has its own display (llm_bridge.runs.Progress) on the same bar
     "train-llm": (("train-llm", "--model", "tiny", "--steps", "2", "--out", "{tmp}/llm"),
                   "grpo reward", "step 2/2 grpo reward"),
@@ -222,7 +225,7 @@ def test_losses_name_rec_shows_the_whole_first_sentence_and_the_formula(grlab_at
     assert "ℓ = −M·w·A·log π" in first and "clip=\"one-side\", weight=\"is\"" in wide
 
 
-COMMANDS = ("compare", "experiment", "verify", "losses", "train-llm")
+COMMANDS = ("compare", "experiment", "verify", "losses", "train-llm", "atlas")
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])
