@@ -201,13 +201,6 @@ def level_policies(env: SoftmaxBandit | TreeMDP, history: Tensor, level: str
     return theta, fresh, mu
 
 
-def true_gradient(env: SoftmaxBandit | TreeMDP, theta: Tensor) -> Tensor:
-    """∇J(π_θ), J = Σ_y π_θ(y)·r(y) (ascent), by autograd of the exact sum."""
-    theta = theta.detach().requires_grad_()
-    (grad,) = torch.autograd.grad((env.sequence_probs(theta) * env.rewards).sum(), theta)
-    return grad
-
-
 def kl_mu_pi(mu: Tensor, pi: Tensor) -> float:
     """KL(μ‖π_θ) over responses (nats)."""
     keep = mu > 0
@@ -334,7 +327,7 @@ def run_atlas(config: AtlasConfig, out: Path,
             grad_j = None
         if grad_j is None or fresh or grad_j.shape != (math.prod(env.logits_shape),):
             history = trajectory(env, config) if history is None else history
-            grad_j = true_gradient(env, history[-1]).flatten()
+            grad_j = env.reward_gradient(history[-1]).flatten()
             atomic_write_text(grad_path, json.dumps(grad_j.tolist()))
         rows += _rows(name, config, cells, grad_j)
     return rows
@@ -444,15 +437,19 @@ def _summary(rows: Sequence[Row]) -> list[str]:
 
 
 def write_atlas(rows: Sequence[Row], config: AtlasConfig, out: Path) -> dict[str, Path]:
-    """table.md, table.csv and the plots (``atlas_figures``)."""
+    """table.md, table.csv, the plots (``atlas_figures``) and disputes.md (every dispute of
+    ``simulator.disputes``, exactly, on its fixed instance)."""
+    from simulator.disputes import headline_markdown
+
     paths = {"markdown": atomic_write_text(out / "table.md", table_markdown(rows, config)),
-             "csv": atomic_write_text(out / "table.csv", table_csv(rows))}
+             "csv": atomic_write_text(out / "table.csv", table_csv(rows)),
+             "disputes": atomic_write_text(out / "disputes.md", headline_markdown())}
     paths.update(atlas_figures(rows, config, out))
     return paths
 
 
 __all__ += ["COLUMNS", "LEGEND", "atlas_figures", "cell_key", "compute_cell", "is_ess",
-            "kl_mu_pi", "parse_level", "table_csv", "table_markdown", "true_gradient"]
+            "kl_mu_pi", "parse_level", "table_csv", "table_markdown"]
 
 
 _MARKERS = "osD^vP*Xh<>p"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from simulator.policies import policy_behavior, truncated_behavior
 from simulator.responses import ResponseSpace
 from simulator.tree import TreeMDP
 
-__all__ = ["DISPUTES", "HEADLINE_PAIRS", "Dispute", "Reading", "compare", "grad_j",
+__all__ = ["DISPUTES", "HEADLINE_PAIRS", "Dispute", "Reading", "compare", "headline_markdown",
            "instance", "kl_per_token", "run"]
 
 
@@ -90,14 +90,6 @@ def compare(a: Tensor, b: Tensor) -> dict[str, float]:
         return {"cos": math.nan, "norm_ratio": math.nan, "rel_diff": math.nan}
     cos = float((a * b).sum()) / (na * nb) if na > 0 else math.nan
     return {"cos": cos, "norm_ratio": na / nb, "rel_diff": float((a - b).norm()) / nb}
-
-
-def grad_j(env: ResponseSpace, theta: Tensor) -> Tensor:
-    """∇_θ J, J = (1/P)·Σ_p Σ_y π_θ(y|p)·r(p, y): the exact policy gradient, by autograd."""
-    logits = theta.detach().to(torch.float64).requires_grad_(True)
-    value = (env.sequence_probs(logits) * env.rewards).sum() / env.num_prompts
-    (grad,) = torch.autograd.grad(value, logits)
-    return grad
 
 
 def kl_per_token(env: ResponseSpace, p: Tensor, q: Tensor) -> float:
@@ -164,7 +156,7 @@ def sequence_ratio(env, theta, old, mu, K: int = 3) -> Dispute:
                          _eg(env, theta, mu, "grpo", K, anchor=pi, corrections=c))
                  for label, c in (("product", PRODUCT), ("geometric", GEOMETRIC))]
     return Dispute("sequence-ratio", "product or geometric mean as the sequence IS ratio",
-                   -grad_j(env, theta), tuple(readings),
+                   -env.reward_gradient(theta), tuple(readings),
                    {"kl_mu_pi_per_token": kl_per_token(env, mu, pi), "K": K})
 
 
@@ -187,7 +179,7 @@ def denominator(env, theta, old, mu, K: int = 3) -> Dispute:
                                             corrections=c)))
     masked = _masked_share(env, old, mu, 1.5)
     return Dispute("denominator", "masked tokens kept in or dropped from the token-mean "
-                   "denominator", -grad_j(env, theta), tuple(readings),
+                   "denominator", -env.reward_gradient(theta), tuple(readings),
                    {"kl_mu_old_per_token": kl_per_token(env, mu, old), "K": K,
                     "masked_token_share_mis_1.5": masked})
 
@@ -222,7 +214,7 @@ def sequence_masking(env, theta, old, mu, K: int = 3) -> Dispute:
     facts: dict[str, float] = {"kl_mu_old_per_token": kl_per_token(env, mu, old), "K": K}
     facts.update(_rejected_by_length(env, old, mu, 0.9, 1.1))
     return Dispute("sequence-masking", "OPSM per sequence or per token; geometric sequence "
-                   "masking", -grad_j(env, theta), tuple(readings), facts)
+                   "masking", -env.reward_gradient(theta), tuple(readings), facts)
 
 
 def _rejected_by_length(env, old, mu, low: float, high: float) -> dict[str, float]:
@@ -282,7 +274,7 @@ def top_k_top_p(env, theta, old, mu, K: int = 3, top_k: int = 2) -> Dispute:
                             _eg(env, theta, "on-policy", "grpo", K)))
     s = kept_mass(theta.reshape(env.num_prompts, env.num_nodes, env.vocab), top_k=top_k)
     return Dispute("top-k", "ratio against the untruncated policy; renormalised log-probs",
-                   -grad_j(env, theta), tuple(readings),
+                   -env.reward_gradient(theta), tuple(readings),
                    {"top_k": top_k, "K": K, "kept_mass_min": float(s.min()),
                     "kept_mass_mean": float(s.mean()),
                     "truncated_response_mass": float((pi * (mu_k == 0)).sum(-1).mean())})
@@ -308,7 +300,7 @@ def cispo_is(env, theta, old, mu, K: int = 3) -> Dispute:
         Reading("cispo unclipped against mu", "cispo eps_high=1e6 anchor=mu",
                 _eg(env, theta, mu, "cispo", K, anchor=mu, **wide)),
     ]
-    return Dispute("cispo-is", "CISPO stacked on a mismatch IS weight", -grad_j(env, theta),
+    return Dispute("cispo-is", "CISPO stacked on a mismatch IS weight", -env.reward_gradient(theta),
                    tuple(readings), {"kl_mu_old_per_token": kl_per_token(env, mu, old),
                                      "K": K})
 
@@ -332,7 +324,7 @@ def dppo_truncation(env, theta, old, mu, K: int = 3) -> Dispute:
                 for loss in ("dppo-tv", "dppo-kl") for c in (3.0, 20.0)]
     log_ratio = env.token_logprobs_of(policy_behavior(env, theta)) - env.token_logprobs_of(old)
     return Dispute("dppo-truncation", "verl's DPPO truncation clip_ratio_c 3 or 20",
-                   -grad_j(env, theta), tuple(readings),
+                   -env.reward_gradient(theta), tuple(readings),
                    {"K": K, "max_token_ratio_pi_over_old":
                     float(log_ratio.masked_fill(~env.mask, -math.inf).max().exp()),
                     "token_share_ratio_above_3": _token_share(env, mu, log_ratio, 3.0),
@@ -349,7 +341,7 @@ def m2po_mask(env, theta, old, mu, K: int = 2) -> Dispute:
                             expected_gradient(env, theta, mu, "m2po", K, anchor=old,
                                               threshold=1e9)))
     return Dispute("m2po-mask", "M2PO's second-moment mask: AReaL's or the paper's",
-                   -grad_j(env, theta), tuple(readings),
+                   -env.reward_gradient(theta), tuple(readings),
                    {"K": K, "kl_mu_old_per_token": kl_per_token(env, mu, old)})
 
 
@@ -373,7 +365,7 @@ def openrlhf_seq_mask(env, theta, old, mu, K: int = 3) -> Dispute:
                                  ("none", ()))]
     log_ratio = env.token_logprobs_of(old) - env.token_logprobs_of(mu)
     return Dispute("openrlhf-seq-mask", "OpenRLHF's sequence filter with unclamped token "
-                   "weights", -grad_j(env, theta), tuple(readings),
+                   "weights", -env.reward_gradient(theta), tuple(readings),
                    {"K": K, "max_token_weight_old_over_mu":
                     float(log_ratio.masked_fill(~env.mask, -math.inf).max().exp()),
                     "kl_mu_old_per_token": kl_per_token(env, mu, old)})
@@ -406,3 +398,22 @@ def run(name: str, rewards: str = "binary", seed: int = 0, **options) -> Dispute
     """DISPUTES[name] on ``instance(rewards, seed, **options)``."""
     env, theta, old, mu = instance(rewards, seed, **options)
     return DISPUTES[name](env, theta, old, mu)
+
+
+def headline_markdown(rewards: Sequence[str] = ("binary", "graded"), seed: int = 0) -> str:
+    """Every dispute's headline row (its two main readings against −∇J and against each
+    other) on ``instance(rewards, seed)``, as a markdown table: the atlas's disputes.md."""
+    lines = ["# The disputes, exactly (docs/disputes.md explains each)", "",
+             "cos and norm ratio of each reading's expected update to −∇J, and of b to a, on a "
+             f"tree of vocab 3, depth 2 (seed {seed}; `simulator.disputes.instance`).", "",
+             "| dispute | rewards | a | b | cos(a, −∇J) | cos(b, −∇J) | ‖a‖/‖∇J‖ | ‖b‖/‖∇J‖ "
+             "| cos(a, b) | ‖b − a‖/‖a‖ |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in rewards:
+        for name in DISPUTES:
+            row = run(name, kind, seed).headline()
+            numbers = (row["cos_a_target"], row["cos_b_target"], row["norm_a_target"],
+                       row["norm_b_target"], row["cos_ab"], row["rel_diff_b_a"])
+            lines.append(f"| {name} | {kind} | {row['a']} | {row['b']} | "
+                         + " | ".join(f"{float(x):.4g}" for x in numbers) + " |")
+    return "\n".join(lines) + "\n"

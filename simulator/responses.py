@@ -101,6 +101,14 @@ class ResponseSpace:
         """π(y | x) [P, N]: the distribution over complete responses."""
         return self.sequence_logprobs(logits).exp()
 
+    def reward_gradient(self, logits: Tensor) -> Tensor:
+        """∇_logits J, J = (1/P)·Σ_p Σ_y π_θ(y|p)·r(p, y): the exact policy gradient (the
+        ascent direction every expected update is compared with), by autograd of the sum."""
+        logits = self.check_logits(logits).detach().to(torch.float64).requires_grad_(True)
+        value = (self.sequence_probs(logits) * self.rewards).sum() / self.num_prompts
+        (grad,) = torch.autograd.grad(value, logits)
+        return grad
+
     def node_mass(self, probs: Tensor) -> Tensor:
         """m(node) [P, M] = Σ_{y through node} μ(y): the probability of reaching each prefix."""
         visits = torch.zeros(self.num_responses, self.num_nodes, dtype=probs.dtype)

@@ -19,7 +19,6 @@ from simulator.disputes import (
     DISPUTES,
     HEADLINE_PAIRS,
     compare,
-    grad_j,
     instance,
     kl_per_token,
     run,
@@ -80,7 +79,7 @@ def test_the_product_is_exactly_grad_j_and_the_geometric_mean_is_not(rewards, ma
     is Z·E_ν[r·∇log π] for ν ∝ μ^{1−1/L}·π^{1/L}, a geometric bridge between μ and π: biased."""
     env, theta, _, mu = make(rewards)
     d = DISPUTES["sequence-ratio"](env, theta, None, mu)
-    target = -grad_j(env, theta)
+    target = -env.reward_gradient(theta)
     torch.testing.assert_close(d.reading("reinforce product").grad, target, rtol=0, atol=1e-12)
     pi = policy_behavior(env, theta)
     length = env.mask.sum(-1).to(torch.float64)
@@ -102,7 +101,8 @@ def test_with_the_group_mean_baseline_the_product_is_exact_up_to_one_minus_one_o
     for k in (2, 3):
         got = eg(env, theta, mu, "reinforce", k, advantage="mean", agg="seq-mean-token-sum",
                  anchor=pi, corrections="is:level=sequence,high=None")
-        torch.testing.assert_close(got, -(1 - 1 / k) * grad_j(env, theta), rtol=0, atol=1e-12)
+        torch.testing.assert_close(got, -(1 - 1 / k) * env.reward_gradient(theta), rtol=0,
+                                   atol=1e-12)
 
 
 def test_grpo_with_the_product_is_exact_for_binary_rewards_and_k_3_only():
@@ -115,10 +115,10 @@ def test_grpo_with_the_product_is_exact_for_binary_rewards_and_k_3_only():
     pi = policy_behavior(env, theta)
     product = "is:level=sequence,high=None"
     got = eg(env, theta, mu, "grpo", 3, anchor=pi, corrections=product)
-    want = -grad_j(env, theta) * (2 / 3) / ((math.sqrt(2) / 3 + 1e-6) * 2)
+    want = -env.reward_gradient(theta) * (2 / 3) / ((math.sqrt(2) / 3 + 1e-6) * 2)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     four = eg(env, theta, mu, "grpo", 4, anchor=pi, corrections=product)
-    assert compare(four, -grad_j(env, theta))["cos"] < 1 - 1e-6
+    assert compare(four, -env.reward_gradient(theta))["cos"] < 1 - 1e-6
 
 
 # ------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_no_weight_recovers_the_truncated_responses(rewards):
     torch.testing.assert_close(got, hand(env, theta, mu_k, coef), rtol=0, atol=1e-12)
     cut = -(1 - support) * pi * env.rewards  # the cut responses' part of −∇J, by hand
     missing = hand(env, theta, torch.ones_like(pi), cut.unsqueeze(-1) * valid(env))
-    torch.testing.assert_close(got + missing, -grad_j(env, theta), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got + missing, -env.reward_gradient(theta), rtol=0, atol=1e-12)
     assert float(missing.norm()) > 1e-3
 
 
@@ -485,3 +485,16 @@ def test_the_instance_is_realistically_off_policy():
         assert isinstance(env, TreeMDP) and env.depth >= 2
         assert 0.01 < kl_per_token(env, mu, old) < 0.1
         assert kl_per_token(env, old, policy_behavior(env, theta)) < 0.05
+
+
+def test_the_atlas_table_of_disputes_has_a_row_per_dispute_and_reward_kind():
+    """``grlab atlas`` writes disputes.md from ``headline_markdown``: one row per dispute and
+    reward kind, ten columns each, the sequence-ratio product exactly −∇J (cos 1, ratio 1)."""
+    from simulator.disputes import DISPUTES, headline_markdown
+
+    rows = [line for line in headline_markdown().splitlines() if line.startswith("| ")
+            and not line.startswith("| dispute") and not line.startswith("| ---")]
+    assert len(rows) == 2 * len(DISPUTES)
+    assert all(line.count("|") == 11 for line in rows)
+    product = next(line for line in rows if line.startswith("| sequence-ratio | binary"))
+    assert product.split("|")[5].strip() == "1" and product.split("|")[7].strip() == "1"
