@@ -18,9 +18,11 @@ and the exact covariance C of one group's gradient (``gradient_covariance``). Fr
   the factor is 7.85). Reported against the cell's on-policy twin (is the off-policyness
   visible?) and against the uncorrected cell of the same loss and level (is the correction?).
 
-The KL-regularised target of the paper, J(π) − τ·KL(π‖π_t) anchored at the current π_t, has
-gradient ∇J at θ = θ_t (the KL term's gradient vanishes at its anchor), so at the atlas's θ
-the two targets coincide and only ∇J is reported.
+The KL-regularised target of the paper, J(π) − τ·KL(π‖π_t), is anchored at π_t = the level's
+π_old (the policy whose log-probs the loss's ratio uses): cos_T and ratio_T compare the update
+with its gradient ∇J − τ·∇KL(π_θ‖π_old) at θ (``ResponseSpace.reward_gradient``). Where
+π_old = π_θ (the mismatched samplers) the KL term's gradient vanishes and cos_T = cos_J; at
+the stale levels the two differ (τ = ``--tau``, 1 by default).
 
 Design decisions
 ----------------
@@ -98,6 +100,7 @@ class AtlasConfig:
     group_size: int = 4
     batch: int = 8
     seed: int = 0
+    tau: float = 1.0          # the KL-regularised target's τ
     answers: int = 6          # bandit
     vocab: int = 3            # tree
     depth: int = 2            # tree
@@ -116,6 +119,9 @@ class AtlasConfig:
             value, least = getattr(self, field), 1 if field == "batch" else 2
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{field} must be an int >= {least}, got {value!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, int | float) or not (
+                math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be a number > 0, got {self.tau!r}")
         if max(_stale_depths(self.levels), default=0) > TRAJECTORY_STEPS:
             raise ValueError(f"levels cannot go stale by more than {TRAJECTORY_STEPS} updates "
                              "(the trajectory's length)")
@@ -266,6 +272,8 @@ class Row:
     kl_mu_pi: float
     cos_J: float
     ratio_J: float
+    cos_T: float
+    ratio_T: float
     rel_bias: float
     rel_std: float
     rel_mse: float
@@ -301,7 +309,8 @@ def run_atlas(config: AtlasConfig, out: Path,
     for name in config.testbeds:
         env = make_testbed(name, config)
         history: Tensor | None = None
-        grad_path = cache / f"grad-{name}-{cell_key(config, name, 'grpo', 'none')}.json"
+        grad_path = cache / (f"targets-{name}-{cell_key(config, name, 'grpo', 'none')}"
+                             f"-tau{config.tau:g}.json")
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         index = 0
         for loss in config.losses:
@@ -321,20 +330,32 @@ def run_atlas(config: AtlasConfig, out: Path,
                     on_cell(name, index, source)
                 cells[(loss, correction)] = found
                 index += 1
-        try:
-            grad_j = torch.tensor(json.loads(grad_path.read_text()), dtype=torch.float64)
-        except (OSError, ValueError, TypeError):
-            grad_j = None
-        if grad_j is None or fresh or grad_j.shape != (math.prod(env.logits_shape),):
+        targets = None if fresh else _load_targets(grad_path, config.levels)
+        if targets is None:
             history = trajectory(env, config) if history is None else history
-            grad_j = env.reward_gradient(history[-1]).flatten()
-            atomic_write_text(grad_path, json.dumps(grad_j.tolist()))
-        rows += _rows(name, config, cells, grad_j)
+            targets = {"J": env.reward_gradient(history[-1]).flatten()}
+            for level in config.levels:  # ∇[J − τ·KL(π_θ ‖ π_old)]: the paper's step target
+                theta, old, _ = level_policies(env, history, level)
+                targets[level] = env.reward_gradient(theta, anchor=old,
+                                                     tau=config.tau).flatten()
+            atomic_write_text(grad_path, json.dumps({k: v.tolist() for k, v in targets.items()}))
+        rows += _rows(name, config, cells, targets)
     return rows
 
 
+def _load_targets(path: Path, levels: Sequence[str]) -> dict[str, Tensor] | None:
+    """The cached ∇J and per-level KL-regularised targets, or None (missing, corrupt, other)."""
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or set(payload) != {"J", *levels}:
+            return None
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in payload.items()}
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _rows(name: str, config: AtlasConfig, cells: dict[tuple[str, str], dict[str, Any]],
-          grad_j: Tensor) -> list[Row]:
+          targets: dict[str, Tensor]) -> list[Row]:
     def tensors(entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
         return (torch.tensor(entry["mean"], dtype=torch.float64),
                 torch.tensor(entry["cov"], dtype=torch.float64))
@@ -348,10 +369,13 @@ def _rows(name: str, config: AtlasConfig, cells: dict[tuple[str, str], dict[str,
             scale = float(on_mean.norm())
             bias2 = float((mean - on_mean).norm() ** 2)
             trace = float(cov.trace())
+            grad_j, target = targets["J"], targets[level]
             cos = float(-mean @ grad_j / (mean.norm() * grad_j.norm()))
+            cos_t = float(-mean @ target / (mean.norm() * target.norm()))
             rows.append(Row(
                 name, level, loss, correction, cell[level]["kl"], cos,
-                float(mean.norm() / grad_j.norm()), math.sqrt(bias2) / scale,
+                float(mean.norm() / grad_j.norm()), cos_t, float(mean.norm() / target.norm()),
+                math.sqrt(bias2) / scale,
                 math.sqrt(trace) / scale, (bias2 + trace / config.batch) / scale ** 2,
                 float(on_cov.trace()) / trace if trace > 0 else math.inf,
                 cell[level]["ess_is"],
@@ -360,8 +384,8 @@ def _rows(name: str, config: AtlasConfig, cells: dict[tuple[str, str], dict[str,
     return rows
 
 
-COLUMNS = ("testbed", "level", "loss", "correction", "kl_mu_pi", "cos_J", "ratio_J",
-           "rel_bias", "rel_std", "rel_mse", "ess", "ess_is", "n_vs_onpolicy",
+COLUMNS = ("testbed", "level", "loss", "correction", "kl_mu_pi", "cos_J", "ratio_J", "cos_T",
+           "ratio_T", "rel_bias", "rel_std", "rel_mse", "ess", "ess_is", "n_vs_onpolicy",
            "n_vs_uncorrected")
 
 
@@ -389,6 +413,7 @@ def table_csv(rows: Sequence[Row]) -> str:
 
 LEGEND = (
     "kl_mu_pi: KL(μ‖π_θ) over responses. cos_J: cos(−E[∇loss], ∇J). ratio_J: |E[∇loss]|/|∇J|. "
+    "cos_T, ratio_T: the same against ∇[J − τ·KL(π_θ‖π_old)], τ = {tau}. "
     "rel_bias: |m − m_on|/|m_on|, m_on the same loss and correction on fresh data at the same "
     "θ. rel_std: √tr Cov/|m_on|, Cov one group's. rel_mse: (|m − m_on|² + tr Cov/B)/|m_on|² at "
     "B = {batch} groups. ess: tr Cov_on/tr Cov (fresh groups one group is worth in variance). "
@@ -403,7 +428,7 @@ def table_markdown(rows: Sequence[Row], config: AtlasConfig) -> str:
              f"K = {config.group_size}, B = {config.batch}, seed {config.seed}; one prompt per "
              "testbed; θ after "
              f"{TRAJECTORY_STEPS} Adam steps of exact on-policy GRPO (lr {TRAJECTORY_LR}).", "",
-             LEGEND.format(batch=config.batch), ""]
+             LEGEND.format(batch=config.batch, tau=config.tau), ""]
     lines += _summary(rows)
     for name in dict.fromkeys(row.testbed for row in rows):
         lines += [f"## {name}", "", "| " + " | ".join(COLUMNS[1:]) + " |",

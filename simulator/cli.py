@@ -444,6 +444,7 @@ def atlas(
     batch: int = 8,
     seed: int = 0,
     depth: int = 2,
+    tau: float = 1.0,
     out: Annotated[Path, tyro.conf.arg(help="output folder; every (testbed, loss, "
                                        "correction) is cached under OUT/cells and reused "
                                        "(an interrupted run resumes); table.md, table.csv "
@@ -469,6 +470,7 @@ def atlas(
         batch: groups per batch B for the MSE column (>= 1).
         seed: draws the rewards, the start and the noise.
         depth: the tree's depth (>= 2).
+        tau: τ of the KL-regularised target J − τ·KL(π_θ‖π_old) (cos_T, ratio_T), > 0.
         fresh: recompute every cell of this run and replace its cache entry.
     """
     from simulator.provenance import import_modules
@@ -496,7 +498,7 @@ def atlas(
                          losses=tuple(dict.fromkeys(losses)),
                          corrections=tuple(dict.fromkeys(corrections)),
                          levels=tuple(dict.fromkeys(levels)), group_size=group_size,
-                         batch=batch, seed=seed, depth=depth)
+                         batch=batch, seed=seed, depth=depth, tau=tau)
     out = output_dir(out, what="--out")
     per = len(config.losses) * len(config.corrections)
     try:

@@ -101,12 +101,26 @@ class ResponseSpace:
         """π(y | x) [P, N]: the distribution over complete responses."""
         return self.sequence_logprobs(logits).exp()
 
-    def reward_gradient(self, logits: Tensor) -> Tensor:
-        """∇_logits J, J = (1/P)·Σ_p Σ_y π_θ(y|p)·r(p, y): the exact policy gradient (the
-        ascent direction every expected update is compared with), by autograd of the sum."""
+    def reward_gradient(self, logits: Tensor, *, anchor: Tensor | None = None,
+                        tau: float = 0.0) -> Tensor:
+        """∇_logits of J − τ·KL(π_θ ‖ anchor), J = (1/P)·Σ_p Σ_y π_θ(y|p)·r(p, y), the KL a
+        prompt mean over responses: with ``tau`` = 0 the exact policy gradient ∇J (the ascent
+        direction every expected update is compared with); with an ``anchor`` π_t [P, N] the
+        gradient of the paper's KL-regularised step (its maximiser π_t·e^{r/τ}/Z), which equals
+        ∇J at π_θ = π_t. By autograd of the exact sums."""
         logits = self.check_logits(logits).detach().to(torch.float64).requires_grad_(True)
-        value = (self.sequence_probs(logits) * self.rewards).sum() / self.num_prompts
-        (grad,) = torch.autograd.grad(value, logits)
+        probs = self.sequence_probs(logits)
+        value = (probs * self.rewards).sum()
+        if tau:
+            if anchor is None:
+                raise ValueError("tau > 0 needs anchor (the policy π_t the KL is taken to)")
+            anchor = check_probs("anchor", anchor, (self.num_prompts, self.num_responses))
+            if bool(((anchor == 0) & (probs.detach() > 0)).any()):
+                raise ValueError("anchor gives probability 0 to a response π_θ can produce: "
+                                 "KL(π_θ ‖ anchor) is infinite")
+            log_ratio = torch.log(probs) - torch.log(anchor.to(torch.float64))
+            value = value - tau * (probs * log_ratio).sum()
+        (grad,) = torch.autograd.grad(value / self.num_prompts, logits)
         return grad
 
     def node_mass(self, probs: Tensor) -> Tensor:

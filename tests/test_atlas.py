@@ -193,3 +193,31 @@ def test_a_corrupt_cache_entry_is_recomputed_alone(tmp_path):
     untouched = entries[1].stat().st_mtime_ns
     assert run_atlas(config, tmp_path) == first
     assert entries[1].stat().st_mtime_ns == untouched
+
+
+def test_the_kl_regularised_target_is_grad_j_at_its_anchor_and_differs_when_stale(tmp_path):
+    """cos_T/ratio_T compare with ∇[J − τ·KL(π_θ‖π_old)]: where π_old = π_θ (on-policy, a
+    mismatched sampler) that is ∇J, so cos_T = cos_J; at a stale level the KL term pulls
+    towards π_old, checked against the softmax closed form on the bandit,
+    ∇_z KL(π‖q) = π ⊙ (log π − log q − KL(π‖q))."""
+    from simulator.atlas import trajectory
+
+    config = AtlasConfig(testbeds=("bandit-graded",), losses=("reinforce",),
+                         corrections=("none",), levels=("on-policy", "stale-4", "noise-0.3"),
+                         tau=0.5)
+    env = make_testbed("bandit-graded", config)
+    history = trajectory(env, config)
+    theta, old, _ = level_policies(env, history, "stale-4")
+    pi = torch.softmax(theta.to(torch.float64), dim=-1)
+    kl = (pi * (pi.log() - old.log())).sum(-1, keepdim=True)
+    expected = env.reward_gradient(theta) - 0.5 * pi * (pi.log() - old.log() - kl)
+    torch.testing.assert_close(env.reward_gradient(theta, anchor=old, tau=0.5), expected,
+                               rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="anchor"):
+        env.reward_gradient(theta, tau=0.5)
+    rows = run_atlas(config, tmp_path)
+    for row in rows:
+        if row.level in ("on-policy", "noise-0.3"):
+            assert row.cos_T == pytest.approx(row.cos_J, abs=1e-12)
+        else:
+            assert abs(row.cos_T - row.cos_J) > 1e-6
