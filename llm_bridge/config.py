@@ -19,6 +19,7 @@ Design decisions
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -147,7 +148,7 @@ class TrainConfig:
             raise ValueError(f"sampler_dtype must be 'fp32' or 'bf16', got {self.sampler_dtype!r}")
         self.correction = tuple(self.correction)
         for text, correction in zip(self.correction, self.corrections, strict=True):
-            if not self.ref_kl and _reads_reference(correction):
+            if not self.ref_kl and "logp_ref" in _spec(correction).inputs:
                 raise ValueError(f"correction {text!r} reads the reference policy's log-probs, "
                                  "which need the reference copy of the model: drop --no-ref-kl")
         if (self.resume or self.overwrite) and self.out is None:
@@ -165,10 +166,11 @@ class TrainConfig:
                          advantage_kwargs=self.advantage_kwargs, agg=self.agg,
                          corrections=self.corrections)
 
-    @property
+    @functools.cached_property
     def corrections(self) -> tuple[Any, ...]:
         """``correction`` as ``simulator.corrections.Correction`` objects, each checked by
-        running it once on a one-token batch (a bad name, keyword or value fails here)."""
+        running it once on a one-token batch (a bad name, keyword or value fails here); parsed
+        once per config, not at every ``setup`` (each training step)."""
         return tuple(_checked_correction(text) for text in self.correction)
 
     @property
@@ -228,19 +230,11 @@ SAMPLER_FIELDS: dict[str, Any] = {"top_k": None, "sampler_temperature": None,
                                   "correction": []}
 
 
-def _reads_reference(correction: Any) -> bool:
-    """Whether ``correction`` needs ``logp_ref`` (it fails on a one-token batch without)."""
-    import torch
+def _spec(correction: Any) -> Any:
+    """The registered ``CorrectionSpec`` of a ``Correction`` (what it reads, its keywords)."""
+    from simulator.corrections import CORRECTIONS
 
-    from simulator.corrections import CorrectionInputs
-
-    one = torch.zeros(1, 1, dtype=torch.float64)
-    try:
-        correction(CorrectionInputs(one, one, one, one, torch.ones(1, 1, dtype=torch.bool),
-                                    None, one))
-    except ValueError as error:
-        return "needs logp_ref" in str(error)
-    return False
+    return CORRECTIONS[correction.name]
 
 
 def _checked_correction(text: str) -> Any:
@@ -248,11 +242,11 @@ def _checked_correction(text: str) -> Any:
     or value fails before any model loads; the error names the flag."""
     import torch
 
-    from simulator.corrections import CORRECTIONS, Correction, CorrectionInputs
+    from simulator.corrections import Correction, CorrectionInputs
 
     try:
         correction = Correction.parse(text)
-        if CORRECTIONS[correction.name].resolve(correction.hparams).get("normalize"):
+        if _spec(correction).resolve(correction.hparams).get("normalize"):
             raise ValueError("batch normalisation (normalize=true) is not exact in the trainer: "
                              "each micro-batch and process would normalise its own share")
         one = torch.zeros(1, 1, dtype=torch.float64)

@@ -173,8 +173,9 @@ class Registry(dict):
 class BoundFunction:
     """A registered function with keyword values bound to it: what a loss and a correction
     are (``simulator.loss_registry.LossSpec``, ``simulator.corrections.CorrectionSpec``).
-    ``kind`` names it in messages; ``inputs`` are keyword-only parameters that carry tensors
-    the caller supplies (never defaults a user sets)."""
+    ``kind`` names it in messages; ``inputs`` are the tensors beyond the usual ones that the
+    caller must supply (a loss's keyword-only tensor parameters, never defaults a user sets;
+    a correction's optional ``CorrectionInputs`` fields)."""
 
     name: str
     fn: Callable[..., Any]

@@ -513,3 +513,19 @@ def test_every_correction_traces_under_torch_func(correction):
     torch.testing.assert_close(torch.func.grad(f)(logp), expected, rtol=0, atol=0)
     batched = torch.func.vmap(f)(torch.stack([logp, logp - 0.1]))
     torch.testing.assert_close(batched, torch.stack([f(logp), f(logp - 0.1)]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("correction", CORRECTION_NAMES)
+def test_a_correction_declares_exactly_the_optional_inputs_it_reads(correction):
+    """``CorrectionSpec.inputs`` (what the trainer checks before any work) names exactly the
+    optional tensors without which the correction refuses to run."""
+    logp, old, mu, ref, ent, adv, mask = batch()
+    needs = set()
+    for name in ("logp_ref", "entropy"):
+        given = {"logp_ref": ref, "entropy": ent, name: None}
+        try:
+            Correction(correction)(inputs_of(logp, old, mu, adv.unsqueeze(-1), mask, **given))
+        except ValueError as error:
+            assert f"needs {name}" in str(error), error
+            needs.add(name)
+    assert set(CORRECTIONS[correction].inputs) == needs

@@ -109,13 +109,15 @@ class CorrectionSpec(BoundFunction):
 CORRECTIONS: Registry = Registry("correction")
 
 
-def register_correction(name: str, *, follows: str = "", summary: str = ""
-                        ) -> Callable[[CorrectionFn], CorrectionFn]:
-    """Decorator: register ``fn(inputs: CorrectionInputs, *, keywords) -> Stage``."""
+def register_correction(name: str, *, follows: str = "", summary: str = "",
+                        inputs: tuple[str, ...] = ()) -> Callable[[CorrectionFn], CorrectionFn]:
+    """Decorator: register ``fn(inputs: CorrectionInputs, *, keywords) -> Stage``; ``inputs``
+    names the optional tensors it reads (``logp_ref``, ``entropy``), so a caller can tell which
+    it must supply without running it."""
     def decorate(fn: CorrectionFn) -> CorrectionFn:
         first_line = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         CORRECTIONS[name] = CorrectionSpec(name=name, fn=fn, summary=summary or first_line,
-                                           follows=follows)
+                                           follows=follows, inputs=tuple(inputs))
         return fn
     return decorate
 

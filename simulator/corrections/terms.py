@@ -25,7 +25,7 @@ IS_ANCHORS = ("old", "rollout")
 
 @register_correction("kl", follows="DeepSeekMath GRPO (β·k3); TRL 1.16 grpo_trainer.py "
                      "(_compute_loss: beta, use_bias_correction_kl); Trinity-RFT 0.6.0 "
-                     "kl_fn.py (K3Fn, CorrectedK3Fn)")
+                     "kl_fn.py (K3Fn, CorrectedK3Fn)", inputs=("logp_ref",))
 def kl_term(inputs: CorrectionInputs, *, beta: float = 0.04, estimator: str = "k3",
             is_level: str | None = None, is_cap: float | None = None,
             is_anchor: str = "old", straight_through: bool = False) -> Stage:
@@ -68,7 +68,8 @@ def kl_term(inputs: CorrectionInputs, *, beta: float = 0.04, estimator: str = "k
 
 
 @register_correction("entropy-bonus", follows="verl 0.9.1 entropy_coeff; Trinity-RFT 0.6.0 "
-                     "entropy_loss_fn.py (DefaultEntropyLossFn); TRL 1.16 entropy_coef")
+                     "entropy_loss_fn.py (DefaultEntropyLossFn); TRL 1.16 entropy_coef",
+                     inputs=("entropy",))
 def entropy_bonus(inputs: CorrectionInputs, *, coef: float = 0.001) -> Stage:
     """An entropy bonus: −coef·H_t per token (H_t the policy's entropy at the token, with its
     gradient), aggregated like the loss (verl, Trinity-RFT; TRL takes the token mean)."""
@@ -80,7 +81,7 @@ def entropy_bonus(inputs: CorrectionInputs, *, coef: float = 0.001) -> Stage:
 
 @register_correction("top-entropy", follows="Wang et al. 2025, Beyond the 80/20 Rule (arXiv "
                      "2506.01939); TRL 1.16 grpo_trainer.py (get_high_entropy_mask, "
-                     "top_entropy_quantile)")
+                     "top_entropy_quantile)", inputs=("entropy",))
 def top_entropy_mask(inputs: CorrectionInputs, *, rho: float = 0.2,
                      denominator: str = "keep") -> Stage:
     """Keep only the top-ρ fraction of the batch's valid tokens by entropy: H_t ≥ the
