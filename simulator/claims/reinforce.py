@@ -22,6 +22,7 @@ from simulator.claims.instances import (
     uniform,
     well_sampled,
 )
+from simulator.claims.references import PAPER
 from simulator.claims.registry import (
     EXACT_TOL,
     MC_Z,
@@ -47,8 +48,6 @@ from simulator.exact import (
     sampled_gradient,
 )
 from simulator.policies import random_logits
-
-PAPER = "Yao et al. 2025"
 
 
 @register_claim("4", "expected_group_reinforce_gradient_is_independent_of_theta",
