@@ -212,3 +212,13 @@ def test_the_claims_that_credit_other_papers_cite_them_not_the_paper():
 def test_verify_shows_the_corrected_source(grlab):
     code, out = grlab("verify", "--only", "10", "--instances", "1", "--seed", "0")
     assert code == 0 and "Shao et al. 2024" in out and PAPER not in out
+
+
+def test_the_theory_page_lists_every_reference_and_the_catalogues_size():
+    """docs/theory.md names every key of the references table with its full citation, and the
+    number of claims it gives is the catalogue's."""
+    page = (ROOT / "docs" / "theory.md").read_text()
+    references = page.split("## References", 1)[1]
+    for key, citation in REFERENCES.items():
+        assert f"- **{key}**: {citation}." in references
+    assert f"`grlab verify` lists {len(CATALOGUE)} claims" in page
