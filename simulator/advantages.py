@@ -5,7 +5,7 @@ G groups (prompts) of K responses each. Every kind is a baseline b and a scale s
     A_i = (r_i − b + shift) / s
 
 * ``none``       b = 0, s = 1                     plain REINFORCE (no group needed)
-* ``mean``       b = r̄, s = 1                     group-relative REINFORCE (paper eq. in §2)
+* ``mean``       b = r̄, s = 1                     group-relative REINFORCE (the paper's Sec. 2.2)
 * ``mean-std``   b = r̄, s = σ + eps               GRPO; σ population (ddof 0) or sample (ddof 1)
 * ``mean-batch-std`` b = r̄, s = σ_batch + eps    σ over every reward of the batch (all G·K):
                                                  TRL's scale_rewards="batch", Trinity-RFT's
@@ -27,8 +27,9 @@ Peers' std conventions, reachable by keyword: the paper's REC advantage with std
 verl 0.9.1 (``compute_grpo_outcome_advantage``) and Trinity's GRPO advantage use the sample std
 + 1e-6 (``std="sample"``); TRL 1.16 the sample std + 1e-4 (``std="sample", eps=1e-4``).
 
-``red_drop`` is data shaping (paper §6): it balances a group's negatives against its positives
-by dropping random negatives, then re-centres on the kept samples.
+``red_drop`` is data shaping (the paper's RED-Drop, its Principle 2): it balances a group's
+negatives against its positives by dropping random negatives, then re-centres on the kept
+samples.
 
 Design decisions
 ----------------

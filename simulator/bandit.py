@@ -1,4 +1,4 @@
-"""The multi-prompt softmax bandit: P prompts × n one-token responses (the paper's §3).
+"""The multi-prompt softmax bandit: P prompts × n one-token responses (as the paper's Pitfall 1).
 
 Design decisions
 ----------------
@@ -20,7 +20,7 @@ __all__ = ["ResponseSpace", "SoftmaxBandit", "check_probs"]
 
 
 class SoftmaxBandit(ResponseSpace):
-    """P prompts × n responses, one token each: the exact testbed of the paper's §3.
+    """P prompts × n responses, one token each: the exact testbed of the paper's Pitfall 1.
 
     ``rewards`` [P, n] (float64, finite). Logits are [P, n] (one softmax per prompt); the
     response space is n one-token sequences, so every loss sees ``logp`` [K, 1].

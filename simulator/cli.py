@@ -346,10 +346,10 @@ def experiment(
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
 ) -> None:
-    """Run one named experiment of the paper's findings and write its plot and table: E1–E5
-    and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,
-    E1-tabular-graded and E1-tree repeat E1 across learning rates and testbeds; E6 is
-    Pitfall 1 on a three-armed bandit.
+    """Run one named experiment and write its plot and table: E1–E5 mirror figures of the
+    paper and E7 asks GSPO's question, as learning curves under the four off-policy settings;
+    E1-lr, E1-tabular, E1-tabular-graded and E1-tree repeat E1 across learning rates and
+    testbeds (conditions of ours); E6 is the paper's Pitfall 1 on a three-armed bandit.
 
     Args:
         key: the experiment's key.
@@ -389,6 +389,8 @@ def verify(only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="KEY [KEY ...]
            threads: int | None = None) -> None:
     """Check every claim of the theory catalogue on fresh random instances and print a table of
     claim, source, instances tried, worst error, tolerance and verdict; exit 1 if one fails.
+    A source names the paper with one of its known anchors (Eq. 4, Sec. 2.2, ...), another
+    paper, or "our derivation" (grlab's); docs/theory.md lists the full citations.
 
     Args:
         only: run only these claim keys (e.g. --only 4 13b); default: the whole catalogue.

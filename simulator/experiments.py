@@ -142,7 +142,7 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E2", "REC-TwoSide and REC-Ring against REINFORCE, GRPO and REC-OneSide",
         "the paper's TwoSide / Ring figure (GSM8K): every clipping mask stabilises stale "
-        "training.",
+        "training (REC-Ring-IS and REC-OneSide-NoIS are our additions).",
         (*_arms("reinforce", "grpo", "rec-oneside-nois"),
          Curve.of("rec-twoside-is", "REC-TwoSide-IS"),
          Curve.of("rec-twoside-nois", "REC-TwoSide-NoIS"),
@@ -162,7 +162,8 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E4", "REP: OPMD (Kimi, Trinity) and AsymRE β = 0.1 vs REINFORCE and REC",
         "the paper's OPMD / AsymRE figure (OPMD's penalty: its Sec. 4.2): REINFORCE plus a "
-        "regulariser; both stay up on stale data where REINFORCE collapses.",
+        "regulariser; both stay up on stale data where REINFORCE collapses. Our comparator is "
+        "REC-OneSide-NoIS at clip 0.2; the paper's is REC-OneSide-NoIS (0.6, 2.0).",
         (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
          Curve.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
          Curve.of("opmd-kimi-tau01", "OPMD (Kimi) τ=0.1", "opmd-kimi", tau=0.1),
@@ -178,7 +179,8 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E5", "RED: RED-Drop (sampled groups) and RED-Weight vs REC",
         "the paper's RED figure (GSM8K, 1.5B): RED-Drop and RED-Weight, unclipped as released, "
-        "stay high at sync_interval = 20 while REINFORCE collapses.",
+        "stay high at sync_interval = 20 while REINFORCE collapses. Our comparator is "
+        "REC-OneSide-NoIS at clip 0.2; the paper's is REC-OneSide-NoIS (0.6, 2.0).",
         (*_arms("rec-oneside-nois", "red-weight", "reinforce"),
          Curve.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
                 groups="sampled"),
@@ -206,8 +208,8 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular")),
     Experiment(
         "E1-tabular-graded", "E1 with a tabular policy and graded rewards U[0, 1)",
-        "the paper's Pitfall 1, at scale: off-policy REINFORCE drifts to argmax μ·(r − E_μ r), "
-        "not to argmax r, once rewards are graded.",
+        "the paper's Pitfall 1, on the lab's 8 × 6 bandit: off-policy REINFORCE drifts to "
+        "argmax μ·(r − E_μ r), not to argmax r, once rewards are graded.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular", reward="graded")),
     Experiment(

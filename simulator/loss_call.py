@@ -359,7 +359,8 @@ def _corrected_per_group(call: _Call, logp: Tensor, logp_old: Tensor, advantages
 
 def pairwise_surrogate(rewards: Tensor, seq_logp: Tensor, seq_logp_anchor: Tensor, tau: float,
                        weights: Tensor | None = None) -> Tensor:
-    """The paper's pairwise surrogate L̂ (§2 step 4; §3 weighted form), averaged over groups.
+    """The paper's pairwise surrogate L̂ (its Eq. 6; the weighted form: its Principle 2),
+    averaged over groups.
 
     a_i = r_i − τ·(log π_θ(y_i) − log π_t(y_i)),
     L̂ = (1/K²)·Σ_{i<j} w_i·w_j·(a_i − a_j)²  (w ≡ 1 when ``weights`` is None),

@@ -18,7 +18,8 @@ Design decisions
 * Summary statistics, per (curve, setting), over seeds:
   - final reward: mean ± the 95% Student-t half-width over seeds;
   - collapse rate: the share of runs that diverged or ended more than ``COLLAPSE_DROP`` below
-    their own best reward (the paper's "rises, then collapses"). ``collapsed_runs`` is the one
+    their own best reward (a rise, then a collapse: what the paper's figures show of stale
+    REINFORCE). ``collapsed_runs`` is the one
     home of that rule: the figure marks the same runs (``Report.collapsed``);
   - steps to 90% of the optimum: the median over seeds of the first step at which the run
     closed 90% of the gap between its start J₀ and the optimum J* of its instance, the mean

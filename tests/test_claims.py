@@ -12,12 +12,13 @@ import pytest
 from hypothesis import is_hypothesis_test
 
 from simulator.claims import CATALOGUE, CLAIMS, assert_claim
+from simulator.claims.references import PAPER, PAPER_ANCHORS, REFERENCES, check_source, cited
 from simulator.claims.registry import Check, Claim, register_claim
 from theory_tests.strategies import claim_test, claim_tests, examples
 
 ROOT = Path(__file__).resolve().parents[1]
 # the modules of simulator/claims that hold no claims
-CLAIM_MACHINERY = {"__init__", "instances", "registry", "report"}
+CLAIM_MACHINERY = {"__init__", "instances", "references", "registry", "report"}
 
 
 def test_verify_prints_the_table_and_writes_the_same_rows_as_json(grlab, tmp_path):
@@ -161,3 +162,63 @@ def test_instances_that_failed_a_fresh_verify_hold(key, seed, sizes):
     counter-example threshold (1e-6) sat above a real difference of 6e-7 (now 1e-8, 100 × the
     identity tolerance)."""
     assert_claim(key, seed, **sizes)
+
+
+@pytest.mark.parametrize("key", CATALOGUE)
+def test_every_claims_source_names_known_references_and_the_papers_known_anchors(key):
+    """The source rule (references.check_source): every part of the source names a reference
+    of the table, a part that cites the paper names one of its known anchors, and nothing cites
+    a bare "§N" or a numbered section that is not a known anchor."""
+    source = CLAIMS[key].source
+    check_source(source)
+    assert all(key in REFERENCES for key in cited(source))
+
+
+@pytest.mark.parametrize("source, fault", [
+    ("Yao et al. 2025, §3", "without a known anchor"),  # the notes' numbering
+    ("Yao et al. 2025 (Pitfall 1), step 7", "numbered section or step"),
+    ("Yao et al. 2025, Sec. 5", "without a known anchor"),
+    ("Yao et al. 2025, Eq. 4; Sec. 3 of our notes", "names no known reference"),
+    ("Yao et al. 2025, Eq. 4 and Sec. 5", "numbered section or step"),
+    ("the paper", "names no known reference"),
+    ("DeepSeekMath", "names no known reference"),  # a real paper, but not by the table's key
+    ("", "non-empty"),
+])
+def test_the_source_rule_refuses_a_notes_section_an_unknown_reference_and_a_bare_paper(
+        source, fault):
+    with pytest.raises(ValueError, match=fault):
+        check_source(source)
+
+
+def test_the_source_rule_accepts_each_anchor_of_the_paper_and_each_reference():
+    for anchor in PAPER_ANCHORS:
+        check_source(f"{PAPER}, {anchor}")
+    for key in REFERENCES:
+        if key != PAPER:
+            check_source(f"{key}; the constant: our derivation")
+    assert cited("Shao et al. 2024 (GRPO's std); c_K(p): our derivation") == (
+        "Shao et al. 2024", "our derivation")
+
+
+def test_the_claims_that_credit_other_papers_cite_them_not_the_paper():
+    """Claims the paper does not make are credited to their own sources (GRPO's std: Shao et
+    al.; k1/k2/k3: Schulman; Dr.GRPO: Liu et al.; token sums: ours)."""
+    expected = {"10": "Shao et al. 2024", "11": "Schulman 2020",
+                "13c": "Liu et al. 2025 (Dr.GRPO)", "13b": "our derivation"}
+    for key, reference in expected.items():
+        assert reference in cited(CLAIMS[key].source) and PAPER not in CLAIMS[key].source
+
+
+def test_verify_shows_the_corrected_source(grlab):
+    code, out = grlab("verify", "--only", "10", "--instances", "1", "--seed", "0")
+    assert code == 0 and "Shao et al. 2024" in out and PAPER not in out
+
+
+def test_the_theory_page_lists_every_reference_and_the_catalogues_size():
+    """docs/theory.md names every key of the references table with its full citation, and the
+    number of claims it gives is the catalogue's."""
+    page = (ROOT / "docs" / "theory.md").read_text()
+    references = page.split("## References", 1)[1]
+    for key, citation in REFERENCES.items():
+        assert f"- **{key}**: {citation}." in references
+    assert f"`grlab verify` lists {len(CATALOGUE)} claims" in page

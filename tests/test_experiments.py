@@ -48,7 +48,7 @@ def test_experiment_names_hold_every_experiment_and_figure():
 
 
 def test_pitfall_one_off_policy_reinforce_picks_arm_two_and_mirror_descent_arm_three():
-    """Paper §3 Pitfall 1 as the E6 figure computes it (exact updates, π_0 = μ)."""
+    """The paper's Pitfall 1 as the E6 figure computes it (exact updates, π_0 = μ)."""
     paths = pitfall_paths(PitfallConfig(steps=200))
     finals = {label.split(" (")[0].split(",")[0] + ("" if "on-policy" not in label else
                                                     " on-policy"): pi[-1]

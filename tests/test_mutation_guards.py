@@ -50,10 +50,11 @@ def test_a_token_with_zero_advantage_is_never_counted_as_clipped(name):
 @pytest.mark.parametrize("side", ["high", "low"])
 def test_the_one_side_mask_keeps_a_ratio_exactly_on_its_boundary(side):
     """Mutants one-side-high-strict, one-side-low-strict. M = (A ≥ 0 ∧ ρ ≤ 1+ε_high) ∨
-    (A ≤ 0 ∧ ρ ≥ 1−ε_low) (paper §4, non-strict): a token at ρ = 1 + ε_high with A = +1 (or at
-    ρ = 1 − ε_low with A = −1) keeps REC-OneSide-NoIS's gradient −A/N = ∓1 (one token, N = 1)
-    and is not counted as clipped, for REC and for PPO. One ulp of ρ further in (ε smaller by
-    2⁻⁵², so 1 + ε is the float just below ρ) it is clipped: the boundary is where it says."""
+    (A ≤ 0 ∧ ρ ≥ 1−ε_low) (the paper's REC family, non-strict): a token at ρ = 1 + ε_high with
+    A = +1 (or at ρ = 1 − ε_low with A = −1) keeps REC-OneSide-NoIS's gradient −A/N = ∓1 (one
+    token, N = 1) and is not counted as clipped, for REC and for PPO. One ulp of ρ further in (ε
+    smaller by 2⁻⁵², so 1 + ε is the float just below ρ) it is clipped: the boundary is where it
+    says."""
     delta, a = (0.2, 1.0) if side == "high" else (-0.2, -1.0)
     logp, logp_old, adv, mask = _tokens([delta], [a])
     rho = float(_rho(logp, logp_old))

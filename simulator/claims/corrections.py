@@ -172,7 +172,7 @@ def sequence_is_coupled(generator: torch.Generator, depth: int, k: int) -> Check
 
 
 @register_claim("16c", "token_level_is_is_mu_prefixes_with_pi_old_tokens_and_biased_on_deep_trees",
-                "our derivation (per-token importance ratios; claim 12b by the rec loss)",
+                "our derivation (per-token importance ratios, as claim 12b by the rec loss)",
                 prompts=(1, 2), vocab=(2, 3), depth=(2, 3), k=(1, 3))
 def token_is_biased(generator: torch.Generator, prompts: int, vocab: int, depth: int, k: int
                     ) -> Check:

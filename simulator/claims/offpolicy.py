@@ -13,6 +13,7 @@ from torch import Tensor
 from simulator import kl
 from simulator.claims.instances import newton_minimise, random_bandit, random_behavior, random_tree
 from simulator.claims.instances import uniform as draw_uniform
+from simulator.claims.references import PAPER
 from simulator.claims.registry import EXACT_TOL, Check, register_claim, relative_error, worst
 from simulator.closed_forms import soft_bellman_policy
 from simulator.exact import (
@@ -29,7 +30,6 @@ from simulator.losses import LOSSES
 from simulator.policies import policy_behavior, random_logits
 from simulator.tree import TreeMDP
 
-PAPER = "Yao et al. 2025"
 REC_PRESETS = tuple(name for name in LOSSES if name.startswith("rec-"))
 
 

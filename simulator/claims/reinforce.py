@@ -1,5 +1,5 @@
 """Claims about expected REINFORCE-type gradients and their dynamics (catalogue 4, 4b, 5, 8,
-10, 14): on softmax bandits, and on trees where claim 4 needs its condition (4b).
+8c, 8d, 10, 14): on softmax bandits, and on trees where claim 4 needs its condition (4b).
 
 Every expectation goes through ``simulator.exact`` (the ordinary loss code on enumerated
 groups) and is compared with ``simulator.closed_forms`` (derived on paper) and, where stated,
@@ -22,6 +22,7 @@ from simulator.claims.instances import (
     uniform,
     well_sampled,
 )
+from simulator.claims.references import PAPER
 from simulator.claims.registry import (
     EXACT_TOL,
     MC_Z,
@@ -41,14 +42,17 @@ from simulator.closed_forms import (
     softmax_pg_rate_constant,
 )
 from simulator.exact import (
+    GroupBatch,
+    LossSetup,
+    batch_loss,
     expected_gradient,
+    expected_loss,
     expected_pairwise_surrogate,
     iterate_expected_update,
+    sample_groups,
     sampled_gradient,
 )
-from simulator.policies import random_logits
-
-PAPER = "Yao et al. 2025"
+from simulator.policies import policy_behavior, random_logits
 
 
 @register_claim("4", "expected_group_reinforce_gradient_is_independent_of_theta",
@@ -260,6 +264,87 @@ def asymre_collapse(generator: torch.Generator, prompts: int, n: int, k: int) ->
                                    record_every=3000, beta=beta)
     final = torch.softmax(path[-1], dim=-1)
     return Check(float((1 - final.max(dim=-1).values).max()), 1e-3, "1 − max_a π_T(a)")
+
+
+def _beta_term(env: object, theta: Tensor, mu: Tensor, k: int, beta: float, agg: str,
+               what: str) -> Tensor:
+    """E_{groups of K ∼ μ}[asymre − reinforce] (the same group-mean A and ``agg``): the value
+    (``what="value"``) or its gradient in θ, by enumeration through the loss code."""
+    if what == "value":
+        return (expected_loss(env, theta, mu, "asymre", k, beta=beta, agg=agg, method="enumerate")
+                - expected_loss(env, theta, mu, "reinforce", k, agg=agg, method="enumerate"))
+    return (expected_gradient(env, theta, mu, "asymre", k, beta=beta, agg=agg,
+                              method="enumerate")
+            - expected_gradient(env, theta, mu, "reinforce", k, agg=agg, method="enumerate"))
+
+
+def _kl_from(mu: Tensor, env: object, theta: Tensor) -> Tensor:
+    """(1/P)·Σ_p KL(μ_p ‖ π_θ,p) over whole responses, from the definition."""
+    return (mu * (torch.log(mu) - env.sequence_logprobs(theta))).sum() / env.num_prompts
+
+
+@register_claim("8c", "asymre_beta_term_is_beta_times_kl_from_the_sampler_for_every_group_size",
+                PAPER + ", AsymRE as regularised REINFORCE; Arnal et al. 2025 (AsymRE); "
+                "exact for every K and the per-group identity: our derivation",
+                prompts=(1, 2), vocab=(2, 3), depth=(1, 3), k=(1, 4))
+def asymre_beta_kl(generator: torch.Generator, prompts: int, vocab: int, depth: int, k: int
+                   ) -> Check:
+    """AsymRE's extra term (``asymre`` − ``reinforce``, same group-mean A, sequence
+    log-probabilities: ``seq-mean-token-sum``) on any group of K responses from μ = π_old is
+    −(β/K)·Σ_i log π_θ(y_i) = (β/K)·Σ_i log(π_old(y_i)/π_θ(y_i)) − (β/K)·Σ_i log π_old(y_i),
+    the last sum free of θ. Its expectation over groups of K ∼ π_old is
+    β·KL(π_old‖π_θ) + β·H(π_old) exactly, for every K ≥ 1 (a mean of K terms of the same
+    expectation), so its expected gradient is β·∇KL(π_old‖π_θ) exactly: the KL appears without
+    a large-K limit. Three routes: the identity group by group on sampled groups, the
+    enumerated expectation of the value against the KL and entropy computed from their
+    definitions, and the enumerated expected gradient against autograd of β·KL."""
+    env = random_tree(generator, prompts, vocab, depth)
+    theta, mu = random_logits(env, generator), random_behavior(env, generator)
+    beta, agg = uniform(generator, 0.05, 1.0), "seq-mean-token-sum"
+    batch = sample_groups(mu, k, 3, generator)
+    setups = [LossSetup.from_keywords("asymre", beta=beta, agg=agg),
+              LossSetup.from_keywords("reinforce", agg=agg)]
+    seq = env.sequence_logprobs(theta)
+    per_group = []
+    for g in range(batch.prompt.shape[0]):  # each group alone: batch_loss = loss(g)/P
+        one = GroupBatch(batch.prompt[g:g + 1], batch.responses[g:g + 1],
+                         batch.weight.new_ones(1), exact=False)
+        term = (batch_loss(env, theta, one, mu, setups[0])
+                - batch_loss(env, theta, one, mu, setups[1])) * env.num_prompts
+        rows = batch.responses[g]
+        p = batch.prompt[g]
+        log_old = torch.log(mu[p, rows])
+        identity = beta * (log_old - seq[p, rows]).mean() - beta * log_old.mean()
+        per_group.append(float((term - identity).abs()))
+    entropy = -(mu * torch.log(mu)).sum() / env.num_prompts
+    value = _beta_term(env, theta, mu, k, beta, agg, "value")
+    grad = _beta_term(env, theta, mu, k, beta, agg, "gradient")
+    kl_grad = torch.func.grad(lambda z: beta * _kl_from(mu, env, z))(theta)
+    return worst(Check(max(per_group), EXACT_TOL,
+                       "per group: β-term − (β/K)Σ log(π_old/π_θ) + (β/K)Σ log π_old"),
+                 Check(relative_error(value, beta * (_kl_from(mu, env, theta) + entropy)),
+                       EXACT_TOL, f"E[β-term] vs β·(KL + H), K = {k}"),
+                 Check(relative_error(grad, kl_grad), EXACT_TOL, f"E[∇ β-term] vs β·∇KL, K = {k}"))
+
+
+@register_claim("8d", "with_the_token_mean_the_asymre_beta_term_is_not_the_kl_gradient",
+                "our derivation (condition of claim 8c: sequence log-probabilities)",
+                vocab=(2, 3), depth=(2, 3), k=(1, 3))
+def asymre_token_mean(generator: torch.Generator, vocab: int, depth: int, k: int) -> Check:
+    """With the token mean (``asymre``'s default aggregation and the released config's), on a
+    tree with EOS (responses of unequal length), the β-term is −β·Σ_i Σ_t log π_t / Σ_i L_i:
+    a length-weighted cross-entropy, and its expected gradient is not β·∇KL(π_old‖π_θ). At
+    π_θ = π_old, where ∇KL = 0 (and claim 8c's seq-sum β-term has expected gradient 0), the
+    token-mean β-term's expected gradient is nonzero. Passes when its largest component is
+    ≥ 1e-8 (100 × the identity tolerance) while the seq-sum one is 0 to rounding."""
+    env = random_tree(generator, 1, vocab, depth, eos=True)
+    theta = random_logits(env, generator)
+    mu, beta = policy_behavior(env, theta), uniform(generator, 0.05, 1.0)
+    sequence = _beta_term(env, theta, mu, k, beta, "seq-mean-token-sum", "gradient")
+    token = float(_beta_term(env, theta, mu, k, beta, "token-mean", "gradient").abs().max())
+    return worst(Check(float(sequence.abs().max()), EXACT_TOL, "seq-sum: E[∇ β-term] at π_old"),
+                 Check(1e-8 / max(token, 1e-300), 1.0,
+                       f"1e-8/‖E[∇ β-term]‖∞ with token-mean at π_old (= {token:.3e})"))
 
 
 @register_claim("10", "grpo_std_normalisation_reweights_prompts_by_difficulty",

@@ -18,14 +18,13 @@ from simulator.claims.instances import (
     random_tree,
     uniform,
 )
+from simulator.claims.references import PAPER
 from simulator.claims.registry import EXACT_TOL, Check, register_claim, relative_error, worst
 from simulator.closed_forms import kl_regularized_optimum, soft_bellman_policy
 from simulator.exact import expected_pairwise_surrogate
 from simulator.losses import pairwise_surrogate, policy_loss
 from simulator.policies import random_logits
 from simulator.tree import TreeMDP
-
-PAPER = "Yao et al. 2025"
 
 
 def _kl_objective(logits: Tensor, pi_t: Tensor, r: Tensor, tau: float) -> Tensor:
@@ -175,8 +174,7 @@ def _population_instance(generator: torch.Generator, n: int, k: int, cover: bool
 
 
 @register_claim("3", "population_pairwise_surrogate_is_minimised_at_kl_optimum_under_coverage",
-                PAPER + ", Eq. 4 and 6 (coverage condition)", n=(2, 5),
-                k=(2, 3))
+                PAPER + ", Eq. 4 and the coverage condition after Eq. 6", n=(2, 5), k=(2, 3))
 def minimised_at_optimum(generator: torch.Generator, n: int, k: int) -> Check:
     """Full-support μ: E_μ[L̂] has the unique minimiser π* = π_t·e^{r/τ}/Z (Newton on the
     exact enumerated expectation, from a random start)."""
@@ -197,7 +195,8 @@ def minimised_at_optimum(generator: torch.Generator, n: int, k: int) -> Check:
 
 
 @register_claim("3b", "without_coverage_the_population_minimiser_is_not_unique",
-                PAPER + ", Eq. 6 (coverage condition)", n=(3, 5), k=(2, 3))
+                PAPER + ", the coverage condition after Eq. 6; the counter-example: our "
+                "derivation", n=(3, 5), k=(2, 3))
 def not_unique_without_coverage(generator: torch.Generator, n: int, k: int) -> Check:
     """μ(y_N) = 0: every π with π(y) ∝ π*(y) on the support (any mass on y_N) has E_μ L̂ = 0.
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from simulator.claims.instances import random_behavior, random_tree
+from simulator.claims.references import PAPER
 from simulator.claims.registry import EXACT_TOL, Check, register_claim, relative_error
 from simulator.closed_forms import (
     kl_regularized_optimum,
@@ -18,8 +19,6 @@ from simulator.closed_forms import (
 from simulator.exact import expected_gradient
 from simulator.policies import policy_behavior, random_logits
 from simulator.tree import TreeMDP
-
-PAPER = "Yao et al. 2025"
 
 
 @register_claim("13", "sequence_kl_optimum_is_the_product_of_soft_bellman_token_policies",
@@ -80,7 +79,7 @@ def dr_grpo(generator: torch.Generator, prompts: int, vocab: int, depth: int, k:
 
 
 @register_claim("13d", "seq_mean_token_mean_weights_each_response_by_inverse_length",
-                "Liu et al. 2025 (Dr.GRPO length bias)", prompts=(1, 2), vocab=(2, 3),
+                "Liu et al. 2025 (Dr.GRPO): its length bias", prompts=(1, 2), vocab=(2, 3),
                 depth=(2, 3), k=(1, 3))
 def length_bias(generator: torch.Generator, prompts: int, vocab: int, depth: int, k: int
                 ) -> Check:
@@ -95,7 +94,7 @@ def length_bias(generator: torch.Generator, prompts: int, vocab: int, depth: int
 
 
 @register_claim("13e", "seq_mean_token_mean_is_not_parallel_to_sequence_reinforce_on_eos_trees",
-                "Liu et al. 2025 (Dr.GRPO length bias)", prompts=(1, 1), vocab=(2, 3),
+                "Liu et al. 2025 (Dr.GRPO): its length bias", prompts=(1, 1), vocab=(2, 3),
                 depth=(2, 3), k=(2, 3))
 def length_bias_direction(generator: torch.Generator, prompts: int, vocab: int, depth: int,
                           k: int) -> Check:

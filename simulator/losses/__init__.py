@@ -26,7 +26,8 @@ Symbols: π = π_θ (``logp``, with gradient), π_old = behavior/rollout policy 
 ρ = π/π_old per token, δ = log ρ, A = advantage (``advantages``: [B] per sequence or [B, T]),
 M = clipping mask, sg = stop-gradient, ε = ``eps_low``/``eps_high``. Sequence quantities use the
 valid tokens of the row only. Paper: Yao et al., "Group-Relative REINFORCE Is Secretly an
-Off-Policy Algorithm" (arXiv 2509.24203), §2–§6; friends as cited per loss.
+Off-Policy Algorithm" (arXiv 2509.24203): the derivation of its Sec. 2.2, the REC family, OPMD's
+penalty (its Sec. 4.2), AsymRE and RED; friends as cited per loss.
 """
 
 from __future__ import annotations

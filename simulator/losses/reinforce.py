@@ -1,5 +1,6 @@
 """The REINFORCE family: the paper's REC/REP/RED, OPMD, AsymRE, TOPR, SPPO — the log π
-gradient with a mask, a weight or a regulariser (paper §2–§5)."""
+gradient with a mask, a weight or a regulariser (Yao et al. 2025: the derivation of its
+Sec. 2.2, its two principles; each friend cited where it is defined)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ def _regularizer(kind: str, logp: Tensor, logp_old: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-@register_loss("reinforce", follows=f"{TRINITY} rec (clip none, weight none); paper §2")
+@register_loss("reinforce",
+               follows=f"{TRINITY} rec (clip none, weight none); Yao et al. 2025, Sec. 2.2")
 def reinforce(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor) -> TokenLoss:
     """REINFORCE: ℓ = −A·log π.
 
-    With group-mean advantages this is the paper's group-relative REINFORCE (§2, step 5):
+    With group-mean advantages this is the paper's group-relative REINFORCE (its Sec. 2.2):
     one gradient step of the pairwise surrogate L̂ at θ = θ_t, valid for any behavior policy.
     """
     return TokenLoss(mul(-adv, logp), no_clip(mask), {})
@@ -124,12 +126,13 @@ def rec(
 
 
 
-@register_loss("opmd-kimi", follows="Kimi k1.5 (sequence δ); paper §5")
+@register_loss("opmd-kimi", follows="Kimi k1.5 (sequence δ); Yao et al. 2025, Sec. 4.2")
 def opmd_kimi(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *,
     tau: float = 1.0, level: str = "sequence",
 ) -> TokenLoss:
-    """OPMD as Kimi k1.5 defines it: ℓ = −A·log π + (τ/2)·δ² (paper §5).
+    """OPMD as Kimi k1.5 defines it: ℓ = −A·log π + (τ/2)·δ² (the square-loss
+    penalty the paper discusses in its Sec. 4.2).
 
     The gradient of ½(r − r̄ − τδ)² is τ times this one's. ``level="sequence"`` (Kimi): δ_i =
     Σ_t δ_it, and the penalty (τ/2)·δ_i² is spread evenly over the row's valid tokens, so
@@ -163,10 +166,13 @@ def opmd_trinity(
 def asymre(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, *, beta: float = 0.1
 ) -> TokenLoss:
-    """AsymRE (Arnal et al. 2025): ℓ = −(A + β)·log π = REINFORCE − β·log π (paper §5).
+    """AsymRE (Arnal et al. 2025): ℓ = −(A + β)·log π = REINFORCE − β·log π, which the
+    paper reads as regularised REINFORCE.
 
-    The baseline is shifted down by β; −β·log π is β·KL(μ‖π) up to a constant on samples
-    from μ. Same value and gradient as the paper's released "Meta's AsymRE" config
+    The baseline is shifted down by β; on groups of any size K drawn from μ, with the
+    sequence log-probability (``seq-mean-token-sum``), the expected β-term is β·KL(μ‖π) up to
+    the constant β·H(μ) — exactly for every K (claim 8c). Same value and gradient as the
+    paper's released "Meta's AsymRE" config
     ``rec(clip="none", regularizer="forward-kl", reg_coef=β)``, and the same update as
     ``group_advantages(r, "mean", shift=β)`` + ``reinforce``.
     """
