@@ -17,6 +17,13 @@ and the exact covariance C of one group's gradient (``gradient_covariance``). Fr
   n = (z_{1−α/2} + z_{1−β})²·uᵀ(C_a + C_b)u/|Δ|², u = Δ/|Δ| (α = 0.05, power 0.8:
   the factor is 7.85). Reported against the cell's on-policy twin (is the off-policyness
   visible?) and against the uncorrected cell of the same loss and level (is the correction?).
+* "runs needed": a run is S = ``steps`` steps of B = ``batch`` groups at the level's fixed
+  state, its statistic the mean of its S·B group gradients (mean m, covariance C/(S·B)), so
+  runs = groups/(S·B) per arm (``runs_needed``). ``level_comparisons`` gives groups and runs
+  between two levels (``comparison_pairs``: on-policy vs each stale-D, consecutive stale-D,
+  stale-D vs stale-D+SAMPLER).
+* ``instances`` = N: the whole atlas at seeds seed … seed + N − 1 (rewards, start,
+  trajectory, noise draw); the table gives medians and [min, max], the plots medians.
 
 The KL-regularised target of the paper, J(π) − τ·KL(π‖π_t), is anchored at π_t = the level's
 π_old (the policy whose log-probs the loss's ratio uses): cos_T and ratio_T compare the update
@@ -33,7 +40,8 @@ Design decisions
   change μ: ``temp-T`` (another temperature), ``noise-s`` (logits + s·ε, ε a fixed N(0, 1)
   draw), ``bf16`` (logits rounded to bfloat16), ``top-p-p`` / ``top-k-k``
   (``truncated_behavior``), ``mix-a`` (a·π_{θ_{T−4}} + (1 − a)·π_θ: part of the batch 4
-  updates old).
+  updates old). ``stale-D+SAMPLER``: π_old = π_{θ_{T−D}} and μ = SAMPLER applied to θ_{T−D}
+  (a stale policy served by a mismatched engine: μ ≠ π_old ≠ π_θ).
 * A cache entry is one (testbed, loss, correction) with all its levels, a JSON file under
   OUT/cells keyed by everything that determines it (``cell_key``): the configuration, the
   loss's and the engine's code (``provenance.code_digest``) and this file. The table and the
@@ -105,7 +113,7 @@ class AtlasConfig:
     group_size: int = 4
     batch: int = 8
     seed: int = 0
-    instances: int = 1        # seeds seed, seed + 1, …: rewards, start, trajectory, noise
+    instances: int = 3        # seeds seed, seed + 1, …: rewards, start, trajectory, noise
     steps: int = 100          # S: a run's steps (B = batch groups each) for runs_needed
     tau: float = 1.0          # the KL-regularised target's τ
     answers: int = 6          # bandit
@@ -790,8 +798,9 @@ def _map_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path, n
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(levels):]:
         ax.axis("off")
+    several = f", medians of {config.instances} instances" if config.instances > 1 else ""
     fig.suptitle(f"{name}: bias against spread of one group's gradient, per off-policy "
-                 f"level (K = {config.group_size}); filled = no correction;\ncoinciding "
+                 f"level (K = {config.group_size}{several}); filled = no correction;\ncoinciding "
                  "cells show as concentric markers; bias 1 with std 0: the update is 0",
                  fontsize=11)
     _legend(fig, config)
@@ -826,7 +835,8 @@ def _kl_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
         ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(testbeds):]:
         ax.axis("off")
-    fig.suptitle("bias of the expected update against how far μ is from π_θ\n"
+    several = f"; medians of {config.instances} instances" if config.instances > 1 else ""
+    fig.suptitle(f"bias of the expected update against how far μ is from π_θ{several}\n"
                  f"(every off-policy level; values below {floor:g} drawn at {floor:g})",
                  fontsize=11)
     _legend(fig, config)
@@ -871,8 +881,9 @@ def _mse_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
                 ax.set_ylabel(f"{name}\nrelative MSE", fontsize=9)
             if i == len(testbeds) - 1:
                 ax.set_xlabel("batch B (groups)", fontsize=9)
+    several = f"; medians of {config.instances} instances" if config.instances > 1 else ""
     fig.suptitle(f"MSE of the mean of B groups against the fresh-data update, level {worst} "
-                 "(the largest KL); dotted: on-policy", fontsize=11)
+                 f"(the largest KL); dotted: on-policy{several}", fontsize=11)
     _legend(fig, config)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     path = atomic_savefig(fig, out / "mse_vs_batch.png", dpi=100)

@@ -444,7 +444,7 @@ def atlas(
     group_size: int = 4,
     batch: int = 8,
     seed: int = 0,
-    instances: int = 1,
+    instances: int = 3,
     steps: int = 100,
     depth: int = 2,
     tau: float = 1.0,

@@ -16,7 +16,7 @@ from simulator.exact import expected_gradient, gradient_covariance
 
 TINY = AtlasConfig(testbeds=("bandit-graded", "tree-graded"), losses=("reinforce", "grpo"),
                    corrections=("none", "tis-token"),
-                   levels=("on-policy", "stale-4", "temp-0.7"), group_size=3)
+                   levels=("on-policy", "stale-4", "temp-0.7"), group_size=3, instances=1)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,8 @@ def test_groups_needed_by_hand():
 
 def test_a_cached_rerun_computes_nothing_and_gives_the_same_rows(tmp_path, monkeypatch):
     config = AtlasConfig(testbeds=("bandit-binary",), losses=("grpo",),
-                         corrections=("none", "icepop"), levels=("stale-1", "top-k-2"))
+                         corrections=("none", "icepop"), levels=("stale-1", "top-k-2"),
+                         instances=1)
     first = run_atlas(config, tmp_path)
 
     def refuse(*args, **kwargs):
@@ -120,13 +121,15 @@ def test_a_cached_rerun_computes_nothing_and_gives_the_same_rows(tmp_path, monke
 
 def test_the_command_writes_its_files_at_tiny_size(grlab, tmp_path):
     code, out = grlab("atlas", "--testbeds", "bandit-binary", "--losses", "reinforce",
-                      "--corrections", "tis-seq", "--levels", "stale-4", "--out", str(tmp_path))
+                      "--corrections", "tis-seq", "--levels", "stale-4", "--instances", "2",
+                      "--out", str(tmp_path))
     assert code == 0, out
     for name in ("table.md", "table.csv", "map-bandit-binary.png", "bias_vs_kl.png",
                  "mse_vs_batch.png"):
         assert (tmp_path / name).exists()
     lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 2  # (on-policy, stale-4) × (none, tis-seq)
+    assert len(lines) == 1 + 2 * 2 * 2  # 2 instances × (on-policy, stale-4) × (none, tis-seq)
+    assert {line.split(",")[1] for line in lines[1:]} == {"0", "1"}
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
@@ -191,7 +194,8 @@ def test_groups_needed_gives_the_promised_power_on_sampled_groups():
 
 def test_a_corrupt_cache_entry_is_recomputed_alone(tmp_path):
     config = AtlasConfig(testbeds=("bandit-binary",), losses=("reinforce",),
-                         corrections=("none", "tis-token"), levels=("mix-0.5",))
+                         corrections=("none", "tis-token"), levels=("mix-0.5",),
+                         instances=1)
     first = run_atlas(config, tmp_path)
     entries = sorted((tmp_path / "cells").glob("bandit-binary-reinforce-*.json"))
     assert len(entries) == 2
@@ -210,7 +214,7 @@ def test_the_kl_regularised_target_is_grad_j_at_its_anchor_and_differs_when_stal
 
     config = AtlasConfig(testbeds=("bandit-graded",), losses=("reinforce",),
                          corrections=("none",), levels=("on-policy", "stale-4", "noise-0.3"),
-                         tau=0.5)
+                         tau=0.5, instances=1)
     env = make_testbed("bandit-graded", config)
     history = trajectory(env, config)
     theta, old, _ = level_policies(env, history, "stale-4")
@@ -246,7 +250,7 @@ def test_runs_needed_by_hand():
 def test_a_runs_column_is_its_groups_over_s_times_b(tmp_path):
     config = AtlasConfig(testbeds=("bandit-graded",), losses=("reinforce",),
                          corrections=("none", "tis-seq:ratio=current"), levels=("stale-4",),
-                         steps=7, batch=3)
+                         steps=7, batch=3, instances=1)
     for row in run_atlas(config, tmp_path):
         assert row.runs_vs_onpolicy == pytest.approx(row.n_vs_onpolicy / 21, rel=1e-12)
         assert row.runs_vs_uncorrected == pytest.approx(row.n_vs_uncorrected / 21, rel=1e-12)
@@ -263,7 +267,7 @@ def test_a_comparison_is_groups_needed_between_its_two_levels(tmp_path):
     """stale-1 against stale-4 from direct engine calls; on-policy against stale-4 is the
     row's n_vs_onpolicy."""
     config = AtlasConfig(testbeds=("tree-binary",), losses=("grpo",), corrections=("none",),
-                         levels=("stale-1", "stale-4"), steps=5, batch=2)
+                         levels=("stale-1", "stale-4"), steps=5, batch=2, instances=1)
     rows = run_atlas(config, tmp_path)
     found = {(c.a, c.b): c for c in atlas.level_comparisons(config, tmp_path)}
     env = make_testbed("tree-binary", config)
