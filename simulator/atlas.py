@@ -285,6 +285,11 @@ def runs_needed(groups: float, steps: int, batch: int) -> float:
     covariance C/(S·B), so the same z-test along the gap (α = 0.05 two-sided, power 0.8)
     needs groups/(S·B) runs per arm. Below 1: one run per arm is enough when the spread is
     known (a test that estimates it from the runs needs at least 2 per arm)."""
+    for name, value in (("steps", steps), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int | float) or not groups >= 0:
+        raise ValueError(f"groups must be a number >= 0 (inf allowed), got {groups!r}")
     return groups / (steps * batch)
 
 

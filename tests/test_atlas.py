@@ -245,6 +245,13 @@ def test_runs_needed_by_hand():
                       torch.zeros(2, dtype=torch.float64), cov)
     assert n == pytest.approx(z ** 2 * 4, rel=1e-12)
     assert runs_needed(n, steps=10, batch=2) == pytest.approx(z ** 2 * 4 / 20, rel=1e-12)
+    assert math.isinf(runs_needed(math.inf, steps=10, batch=2))
+    with pytest.raises(ValueError, match="steps"):
+        runs_needed(n, steps=0, batch=2)
+    with pytest.raises(ValueError, match="batch"):
+        runs_needed(n, steps=10, batch=1.5)
+    with pytest.raises(ValueError, match="groups"):
+        runs_needed(math.nan, steps=10, batch=2)
 
 
 def test_a_runs_column_is_its_groups_over_s_times_b(tmp_path):
