@@ -17,6 +17,13 @@ and the exact covariance C of one group's gradient (``gradient_covariance``). Fr
   n = (z_{1−α/2} + z_{1−β})²·uᵀ(C_a + C_b)u/|Δ|², u = Δ/|Δ| (α = 0.05, power 0.8:
   the factor is 7.85). Reported against the cell's on-policy twin (is the off-policyness
   visible?) and against the uncorrected cell of the same loss and level (is the correction?).
+* "runs needed": a run is S = ``steps`` steps of B = ``batch`` groups at the level's fixed
+  state, its statistic the mean of its S·B group gradients (mean m, covariance C/(S·B)), so
+  runs = groups/(S·B) per arm (``runs_needed``). ``level_comparisons`` gives groups and runs
+  between two levels (``comparison_pairs``: on-policy vs each stale-D, consecutive stale-D,
+  stale-D vs stale-D+SAMPLER).
+* ``instances`` = N: the whole atlas at seeds seed … seed + N − 1 (rewards, start,
+  trajectory, noise draw); the table gives medians and [min, max], the plots medians.
 
 The KL-regularised target of the paper, J(π) − τ·KL(π‖π_t), is anchored at π_t = the level's
 π_old (the policy whose log-probs the loss's ratio uses): cos_T and ratio_T compare the update
@@ -33,7 +40,8 @@ Design decisions
   change μ: ``temp-T`` (another temperature), ``noise-s`` (logits + s·ε, ε a fixed N(0, 1)
   draw), ``bf16`` (logits rounded to bfloat16), ``top-p-p`` / ``top-k-k``
   (``truncated_behavior``), ``mix-a`` (a·π_{θ_{T−4}} + (1 − a)·π_θ: part of the batch 4
-  updates old).
+  updates old). ``stale-D+SAMPLER``: π_old = π_{θ_{T−D}} and μ = SAMPLER applied to θ_{T−D}
+  (a stale policy served by a mismatched engine: μ ≠ π_old ≠ π_θ).
 * A cache entry is one (testbed, loss, correction) with all its levels, a JSON file under
   OUT/cells keyed by everything that determines it (``cell_key``): the configuration, the
   loss's and the engine's code (``provenance.code_digest``) and this file. The table and the
@@ -44,8 +52,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -78,7 +88,8 @@ DEFAULT_LOSSES = ("reinforce", "grpo", "rec-oneside-nois")
 DEFAULT_CORRECTIONS = ("none", "tis-token", "tis-seq", "mis-seq", "icepop",
                        "tis-seq:ratio=current")
 DEFAULT_LEVELS = ("on-policy", "stale-1", "stale-4", "stale-16", "temp-0.7", "noise-0.3",
-                  "bf16", "top-p-0.9", "top-k-2", "mix-0.5")
+                  "bf16", "top-p-0.9", "top-k-2", "mix-0.5", "stale-4+noise-0.3",
+                  "stale-4+bf16")
 TRAJECTORY_STEPS = 24
 TRAJECTORY_LR = 0.1
 NEEDED_FACTOR = (1.959963984540054 + 0.8416212335729143) ** 2  # α = 0.05 two-sided, power 0.8
@@ -88,7 +99,9 @@ _IN_RANGE: dict[str, Callable[[float], bool]] = {
     "stale": lambda x: x >= 1, "temp": lambda x: x > 0, "noise": lambda x: x >= 0,
     "top-p": lambda x: 0 < x <= 1, "top-k": lambda x: x >= 1, "mix": lambda x: 0 <= x <= 1}
 LEVEL_FORMS = ("on-policy", "stale-D", "temp-T", "noise-S", "bf16", "top-p-P", "top-k-K",
-               "mix-A")
+               "mix-A", "stale-D+SAMPLER")
+SAMPLERS = ("temp", "noise", "bf16", "top-p", "top-k", "mix")  # what may follow "stale-D+"
+MIX_AGE = 4  # mix-A's old share is this many updates older than the level's π_old
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +113,8 @@ class AtlasConfig:
     group_size: int = 4
     batch: int = 8
     seed: int = 0
+    instances: int = 3        # seeds seed, seed + 1, …: rewards, start, trajectory, noise
+    steps: int = 100          # S: a run's steps (B = batch groups each) for runs_needed
     tau: float = 1.0          # the KL-regularised target's τ
     answers: int = 6          # bandit
     vocab: int = 3            # tree
@@ -110,29 +125,49 @@ class AtlasConfig:
             if name not in TESTBEDS:
                 raise ValueError(f"testbeds has unknown {name!r}; known: {', '.join(TESTBEDS)}")
         for level in self.levels:
-            parse_level(level)
+            level_age(level)
         if "on-policy" not in self.levels:  # every cell's reference
             object.__setattr__(self, "levels", ("on-policy", *self.levels))
         if "none" not in self.corrections:
             object.__setattr__(self, "corrections", ("none", *self.corrections))
-        for field in ("group_size", "batch", "answers", "vocab", "depth"):
-            value, least = getattr(self, field), 1 if field == "batch" else 2
+        for field in ("group_size", "batch", "answers", "vocab", "depth", "instances",
+                      "steps"):
+            value, least = (getattr(self, field),
+                            1 if field in ("batch", "instances", "steps") else 2)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{field} must be an int >= {least}, got {value!r}")
         if isinstance(self.tau, bool) or not isinstance(self.tau, int | float) or not (
                 math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be a number > 0, got {self.tau!r}")
-        if max(_stale_depths(self.levels), default=0) > TRAJECTORY_STEPS:
-            raise ValueError(f"levels cannot go stale by more than {TRAJECTORY_STEPS} updates "
-                             "(the trajectory's length)")
+        if max(map(level_age, self.levels), default=0) > TRAJECTORY_STEPS:
+            raise ValueError(f"levels cannot reach back more than {TRAJECTORY_STEPS} updates "
+                             f"(the trajectory's length; mix-A adds {MIX_AGE})")
 
 
-def _stale_depths(levels: Sequence[str]) -> list[int]:
-    return [int(m.group(2)) for m in map(_LEVEL.match, levels) if m and m.group(2)]
+def level_age(level: str) -> int:
+    """How many updates back in the trajectory a level reaches (stale-D: D, mix-A: 4,
+    stale-D+mix-A: D + 4); a bad name is a ``ValueError`` naming the flag."""
+    if "+" in level:
+        (_, depth), (kind, _) = split_level(level)
+        return int(depth) + (MIX_AGE if kind == "mix" else 0)
+    kind, x = parse_level(level)
+    return int(x) if kind == "stale" else MIX_AGE if kind == "mix" else 0
+
+
+def split_level(level: str) -> tuple[tuple[str, float], tuple[str, float]]:
+    """The two parts of a combined level stale-D+SAMPLER, each as ``parse_level`` gives it."""
+    head, _, tail = level.partition("+")
+    first, second = parse_level(head), parse_level(tail)
+    if first[0] != "stale" or second[0] not in SAMPLERS:
+        raise ValueError(f"levels has {level!r}: a combined level is stale-D+SAMPLER, "
+                         "SAMPLER one of temp-T, noise-S, bf16, top-p-P, top-k-K, mix-A "
+                         "(e.g. stale-4+noise-0.3)")
+    return first, second
 
 
 def parse_level(level: str) -> tuple[str, float]:
-    """(kind, parameter) of a level name; ``ValueError`` naming the flag for a bad one."""
+    """(kind, parameter) of a simple level name (no "+"); ``ValueError`` naming the flag for
+    a bad one."""
     match = _LEVEL.match(level)
     if match is None:
         raise ValueError(f"levels has unknown {level!r}; the forms are "
@@ -152,7 +187,7 @@ def parse_level(level: str) -> tuple[str, float]:
 def make_testbed(name: str, config: AtlasConfig) -> SoftmaxBandit | TreeMDP:
     """One prompt; binary: one right answer (bandit) or two right responses (tree); graded:
     rewards U[0, 1). Drawn from ``config.seed``."""
-    g = torch.Generator().manual_seed(config.seed + TESTBEDS.index(name))
+    g = torch.Generator().manual_seed(len(TESTBEDS) * config.seed + TESTBEDS.index(name))
     kind, reward = name.split("-")
     n = (config.answers if kind == "bandit"
          else TreeMDP.count(config.vocab, config.depth, eos=True))
@@ -179,9 +214,16 @@ def trajectory(env: SoftmaxBandit | TreeMDP, config: AtlasConfig) -> Tensor:
     return torch.stack(history)
 
 
-def level_policies(env: SoftmaxBandit | TreeMDP, history: Tensor, level: str
+def level_policies(env: SoftmaxBandit | TreeMDP, history: Tensor, level: str, seed: int = 0
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """(θ, π_old, μ) of a level: θ = the trajectory's last logits, π_old and μ [1, N]."""
+    """(θ, π_old, μ) of a level: θ = the trajectory's last logits, π_old and μ [1, N].
+    ``stale-D+SAMPLER``: π_old = π_{θ_{T−D}} and μ = SAMPLER applied to θ_{T−D} (the stale
+    policy served by a mismatched engine): three distinct policies."""
+    if "+" in level:
+        depth = int(split_level(level)[0][1])
+        _, old, mu = level_policies(env, history[: len(history) - depth],
+                                    level.partition("+")[2], seed)
+        return history[-1], old, mu
     kind, x = parse_level(level)
     theta = history[-1]
     fresh = policy_behavior(env, theta)
@@ -193,7 +235,7 @@ def level_policies(env: SoftmaxBandit | TreeMDP, history: Tensor, level: str
     elif kind == "temp":
         mu = tempered_behavior(env, theta, x)
     elif kind == "noise":
-        g = torch.Generator().manual_seed(20_000)
+        g = torch.Generator().manual_seed(20_000 + seed)
         mu = policy_behavior(env, theta + x * torch.randn(theta.shape, generator=g,
                                                           dtype=torch.float64))
     elif kind == "bf16":
@@ -203,7 +245,8 @@ def level_policies(env: SoftmaxBandit | TreeMDP, history: Tensor, level: str
     elif kind == "top-k":
         mu = truncated_behavior(env, theta, top_k=int(x))
     else:  # mix
-        mu = mixture_behavior((x, 1 - x), (policy_behavior(env, history[-5]), fresh))
+        mu = mixture_behavior((x, 1 - x), (policy_behavior(env, history[-1 - MIX_AGE]),
+                                           fresh))
     return theta, fresh, mu
 
 
@@ -233,6 +276,23 @@ def groups_needed(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) 
     return NEEDED_FACTOR * float(u @ (cov_a + cov_b) @ u) / size ** 2
 
 
+def runs_needed(groups: float, steps: int, batch: int) -> float:
+    """Runs per arm to tell two settings apart, from ``groups_needed``'s figure.
+
+    A run is S = ``steps`` steps of B = ``batch`` independent groups each at the level's
+    fixed state (θ, π_old, μ); its statistic is the mean of its S·B group gradients (with
+    plain SGD, the accumulated update divided by −lr·S·B). That mean has mean m and
+    covariance C/(S·B), so the same z-test along the gap (α = 0.05 two-sided, power 0.8)
+    needs groups/(S·B) runs per arm. Below 1: one run per arm is enough when the spread is
+    known (a test that estimates it from the runs needs at least 2 per arm)."""
+    for name, value in (("steps", steps), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int | float) or not groups >= 0:
+        raise ValueError(f"groups must be a number >= 0 (inf allowed), got {groups!r}")
+    return groups / (steps * batch)
+
+
 def _correction_args(correction: str) -> tuple[str, ...]:
     return () if correction == "none" else (correction,)
 
@@ -249,11 +309,11 @@ def cell_key(config: AtlasConfig, name: str, loss: str, correction: str) -> str:
 
 
 def compute_cell(env: SoftmaxBandit | TreeMDP, history: Tensor, levels: Sequence[str],
-                 loss: str, correction: str, k: int) -> dict[str, Any]:
+                 loss: str, correction: str, k: int, seed: int = 0) -> dict[str, Any]:
     """{level: {mean, cov, kl, ess_is}} for one (loss, correction): the engines' own numbers."""
     out = {}
     for level in levels:
-        theta, old, mu = level_policies(env, history, level)
+        theta, old, mu = level_policies(env, history, level, seed)
         options = {"anchor": old, "corrections": _correction_args(correction)}
         mean = expected_gradient(env, theta, mu, loss, k, **options)
         cov = gradient_covariance(env, theta, mu, loss, k, **options)
@@ -266,6 +326,7 @@ def compute_cell(env: SoftmaxBandit | TreeMDP, history: Tensor, levels: Sequence
 @dataclasses.dataclass
 class Row:
     testbed: str
+    seed: int
     level: str
     loss: str
     correction: str
@@ -281,10 +342,28 @@ class Row:
     ess_is: float
     n_vs_onpolicy: float
     n_vs_uncorrected: float
+    runs_vs_onpolicy: float
+    runs_vs_uncorrected: float
 
     @property
     def cell(self) -> str:
         return f"{self.loss} + {self.correction}"
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Two levels of one (testbed, seed, loss, correction): the gap between their expected
+    updates relative to the fresh-data update, and groups / runs per arm to see it."""
+
+    testbed: str
+    seed: int
+    loss: str
+    correction: str
+    a: str
+    b: str
+    rel_gap: float
+    groups: float
+    runs: float
 
 
 def _load(path: Path, levels: Sequence[str]) -> dict[str, Any] | None:
@@ -298,49 +377,77 @@ def _load(path: Path, levels: Sequence[str]) -> dict[str, Any] | None:
     return cells
 
 
+def instance_configs(config: AtlasConfig) -> list[AtlasConfig]:
+    """One configuration per instance: seeds seed, seed + 1, … (``--instances``)."""
+    return [dataclasses.replace(config, seed=config.seed + i, instances=1)
+            for i in range(config.instances)]
+
+
+def part_names(config: AtlasConfig) -> list[str]:
+    """The progress parts of a run: one per testbed (× instance when there are several)."""
+    if config.instances == 1:
+        return list(config.testbeds)
+    return [f"{name} seed {c.seed}" for c in instance_configs(config) for name in config.testbeds]
+
+
 def run_atlas(config: AtlasConfig, out: Path,
               on_cell: Callable[[str, int, str], None] | None = None,
               *, fresh: bool = False) -> list[Row]:
-    """Compute (or load from OUT/cells) every cell; return the table's rows.
-    ``on_cell(testbed, index, source)`` after each (loss, correction), source "cache"/"run"."""
+    """Compute (or load from OUT/cells) every cell of every instance; return the table's rows
+    (one per instance × testbed × level × loss × correction). ``on_cell(part, index,
+    source)`` after each (loss, correction), part one of ``part_names``, source
+    "cache"/"run"."""
+    rows: list[Row] = []
+    for single, (name, part) in _parts(config):
+        cells, targets = _testbed(single, name, out, fresh,
+                                  None if on_cell is None else
+                                  functools.partial(on_cell, part))
+        rows += _rows(name, single, cells, targets)
+    return rows
+
+
+def _parts(config: AtlasConfig) -> list[tuple[AtlasConfig, tuple[str, str]]]:
+    names = iter(part_names(config))
+    return [(single, (name, next(names))) for single in instance_configs(config)
+            for name in config.testbeds]
+
+
+def _testbed(config: AtlasConfig, name: str, out: Path, fresh: bool,
+             on_cell: Callable[[int, str], None] | None
+             ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Tensor]]:
+    """The cells {(loss, correction): {level: …}} and the targets of one testbed of one
+    instance, from the cache or computed (and cached)."""
     cache = output_dir(out, what="--out") / "cells"
     cache.mkdir(exist_ok=True)
-    rows: list[Row] = []
-    for name in config.testbeds:
-        env = make_testbed(name, config)
-        history: Tensor | None = None
-        grad_path = cache / (f"targets-{name}-{cell_key(config, name, 'grpo', 'none')}"
-                             f"-tau{config.tau:g}.json")
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
-        index = 0
-        for loss in config.losses:
-            for correction in config.corrections:
-                slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{name}-{loss}-{correction}")
-                path = cache / f"{slug}-{cell_key(config, name, loss, correction)}.json"
-                found = None if fresh else _load(path, config.levels)
-                source = "cache" if found is not None else "run"
-                if found is None:
-                    if history is None:
-                        history = trajectory(env, config)
-                    found = compute_cell(env, history, config.levels, loss, correction,
-                                         config.group_size)
-                    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT,
-                                                        "levels": found}))
-                if on_cell is not None:
-                    on_cell(name, index, source)
-                cells[(loss, correction)] = found
-                index += 1
-        targets = None if fresh else _load_targets(grad_path, config.levels)
-        if targets is None:
-            history = trajectory(env, config) if history is None else history
-            targets = {"J": env.reward_gradient(history[-1]).flatten()}
-            for level in config.levels:  # ∇[J − τ·KL(π_θ ‖ π_old)]: the paper's step target
-                theta, old, _ = level_policies(env, history, level)
-                targets[level] = env.reward_gradient(theta, anchor=old,
-                                                     tau=config.tau).flatten()
-            atomic_write_text(grad_path, json.dumps({k: v.tolist() for k, v in targets.items()}))
-        rows += _rows(name, config, cells, targets)
-    return rows
+    env = make_testbed(name, config)
+    history: Tensor | None = None
+    grad_path = cache / (f"targets-{name}-{cell_key(config, name, 'grpo', 'none')}"
+                         f"-tau{config.tau:g}.json")
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for index, (loss, correction) in enumerate(
+            (loss, correction) for loss in config.losses for correction in config.corrections):
+        slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{name}-{loss}-{correction}")
+        path = cache / f"{slug}-{cell_key(config, name, loss, correction)}.json"
+        found = None if fresh else _load(path, config.levels)
+        source = "cache" if found is not None else "run"
+        if found is None:
+            if history is None:
+                history = trajectory(env, config)
+            found = compute_cell(env, history, config.levels, loss, correction,
+                                 config.group_size, config.seed)
+            atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "levels": found}))
+        if on_cell is not None:
+            on_cell(index, source)
+        cells[(loss, correction)] = found
+    targets = None if fresh else _load_targets(grad_path, config.levels)
+    if targets is None:
+        history = trajectory(env, config) if history is None else history
+        targets = {"J": env.reward_gradient(history[-1]).flatten()}
+        for level in config.levels:  # ∇[J − τ·KL(π_θ ‖ π_old)]: the paper's step target
+            theta, old, _ = level_policies(env, history, level, config.seed)
+            targets[level] = env.reward_gradient(theta, anchor=old, tau=config.tau).flatten()
+        atomic_write_text(grad_path, json.dumps({k: v.tolist() for k, v in targets.items()}))
+    return cells, targets
 
 
 def _load_targets(path: Path, levels: Sequence[str]) -> dict[str, Tensor] | None:
@@ -354,39 +461,75 @@ def _load_targets(path: Path, levels: Sequence[str]) -> dict[str, Tensor] | None
         return None
 
 
+def _tensors(entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    return (torch.tensor(entry["mean"], dtype=torch.float64),
+            torch.tensor(entry["cov"], dtype=torch.float64))
+
+
 def _rows(name: str, config: AtlasConfig, cells: dict[tuple[str, str], dict[str, Any]],
           targets: dict[str, Tensor]) -> list[Row]:
-    def tensors(entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        return (torch.tensor(entry["mean"], dtype=torch.float64),
-                torch.tensor(entry["cov"], dtype=torch.float64))
-
     rows = []
+    per_run = functools.partial(runs_needed, steps=config.steps, batch=config.batch)
     for level in config.levels:
         for (loss, correction), cell in cells.items():
-            mean, cov = tensors(cell[level])
-            on_mean, on_cov = tensors(cell["on-policy"])
-            bare_mean, bare_cov = tensors(cells[(loss, "none")][level])
+            mean, cov = _tensors(cell[level])
+            on_mean, on_cov = _tensors(cell["on-policy"])
+            bare_mean, bare_cov = _tensors(cells[(loss, "none")][level])
             scale = float(on_mean.norm())
             bias2 = float((mean - on_mean).norm() ** 2)
             trace = float(cov.trace())
             grad_j, target = targets["J"], targets[level]
             cos = float(-mean @ grad_j / (mean.norm() * grad_j.norm()))
             cos_t = float(-mean @ target / (mean.norm() * target.norm()))
+            n_on = groups_needed(mean, cov, on_mean, on_cov)
+            n_bare = groups_needed(mean, cov, bare_mean, bare_cov)
             rows.append(Row(
-                name, level, loss, correction, cell[level]["kl"], cos,
+                name, config.seed, level, loss, correction, cell[level]["kl"], cos,
                 float(mean.norm() / grad_j.norm()), cos_t, float(mean.norm() / target.norm()),
                 math.sqrt(bias2) / scale,
                 math.sqrt(trace) / scale, (bias2 + trace / config.batch) / scale ** 2,
                 float(on_cov.trace()) / trace if trace > 0 else math.inf,
-                cell[level]["ess_is"],
-                groups_needed(mean, cov, on_mean, on_cov),
-                groups_needed(mean, cov, bare_mean, bare_cov)))
+                cell[level]["ess_is"], n_on, n_bare, per_run(n_on), per_run(n_bare)))
     return rows
 
 
-COLUMNS = ("testbed", "level", "loss", "correction", "kl_mu_pi", "cos_J", "ratio_J", "cos_T",
-           "ratio_T", "rel_bias", "rel_std", "rel_mse", "ess", "ess_is", "n_vs_onpolicy",
-           "n_vs_uncorrected")
+def comparison_pairs(levels: Sequence[str]) -> list[tuple[str, str]]:
+    """The level pairs a practitioner compares: on-policy against each stale-D, each stale-D
+    against the next larger D, and stale-D against each stale-D+SAMPLER (is the sampler's
+    mismatch visible on top of the staleness?)."""
+    stale = sorted((lv for lv in levels if "+" not in lv and parse_level(lv)[0] == "stale"),
+                   key=level_age)
+    pairs = [("on-policy", lv) for lv in stale] + list(itertools.pairwise(stale))
+    pairs += [(lv.partition("+")[0], lv) for lv in levels
+              if "+" in lv and lv.partition("+")[0] in levels]
+    return pairs
+
+
+def level_comparisons(config: AtlasConfig, out: Path, corrections: Sequence[str] = ("none",)
+                      ) -> list[Comparison]:
+    """Groups and runs per arm to tell the levels of each ``comparison_pairs`` pair apart, per
+    instance × testbed × loss × correction (the cells from OUT/cells, computed if missing)."""
+    found: list[Comparison] = []
+    pairs = comparison_pairs(config.levels)
+    for single, (name, _) in _parts(config):
+        cells, _ = _testbed(single, name, out, False, None)
+        for (loss, correction), cell in cells.items():
+            if correction not in corrections:
+                continue
+            scale = float(_tensors(cell["on-policy"])[0].norm())
+            for a, b in pairs:
+                (ma, ca), (mb, cb) = _tensors(cell[a]), _tensors(cell[b])
+                n = groups_needed(ma, ca, mb, cb)
+                found.append(Comparison(name, single.seed, loss, correction, a, b,
+                                        float((ma - mb).norm()) / scale, n,
+                                        runs_needed(n, config.steps, config.batch)))
+    return found
+
+
+COLUMNS = ("testbed", "seed", "level", "loss", "correction", "kl_mu_pi", "cos_J", "ratio_J",
+           "cos_T", "ratio_T", "rel_bias", "rel_std", "rel_mse", "ess", "ess_is",
+           "n_vs_onpolicy", "n_vs_uncorrected", "runs_vs_onpolicy", "runs_vs_uncorrected")
+NUMERIC = COLUMNS[5:]
 
 
 def _fmt(value: Any) -> str:
@@ -402,13 +545,40 @@ def _fmt(value: Any) -> str:
 
 
 def table_csv(rows: Sequence[Row]) -> str:
+    """One line per row (per instance: the ``seed`` column), every number in full."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([getattr(row, c) if isinstance(getattr(row, c), str)
+        writer.writerow([getattr(row, c) if isinstance(getattr(row, c), str | int)
                          else repr(float(getattr(row, c))) for c in COLUMNS])
     return buffer.getvalue()
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median of the values that are not NaN (NaN if none); inf counts as large."""
+    import statistics
+
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float]:
+    kept = [v for v in values if not math.isnan(v)]
+    return (min(kept), max(kept)) if kept else (math.nan, math.nan)
+
+
+def median_rows(rows: Sequence[Row]) -> list[Row]:
+    """One row per (testbed, level, loss, correction): each number the median over the
+    instances (``seed`` -1 where there are several); the rows unchanged for one instance."""
+    groups: dict[tuple[str, str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.testbed, row.level, row.loss, row.correction), []).append(row)
+    if all(len(g) == 1 for g in groups.values()):
+        return list(rows)
+    return [Row(*key[:1], -1, *key[1:],
+                *(_median([getattr(r, c) for r in group]) for c in NUMERIC))
+            for key, group in groups.items()]
 
 
 LEGEND = (
@@ -420,61 +590,142 @@ LEGEND = (
     "ess_is: 1/E_μ[(π_θ/μ)²] per response (0: μ misses responses π_θ has). n_vs_onpolicy, "
     "n_vs_uncorrected: groups per arm to tell this cell's expected update from its on-policy "
     "twin / from the same loss without a correction (α = 0.05 two-sided, power 0.8; inf: "
-    "identical).")
+    "identical). runs_vs_*: the same in runs of S = {steps} steps of B = {batch} groups "
+    "(n/(S·B); a run's statistic is the mean of its S·B group gradients at this state).")
 
 
-def table_markdown(rows: Sequence[Row], config: AtlasConfig) -> str:
+def table_markdown(rows: Sequence[Row], config: AtlasConfig,
+                   comparisons: Sequence[Comparison] = ()) -> str:
+    """The summary, the level comparisons and one table per testbed; with several instances
+    every number is the median over them with [min, max]."""
+    seeds = list(dict.fromkeys(row.seed for row in rows))
+    several = len(seeds) > 1
+    which = (f"{len(seeds)} instances per testbed (seeds {seeds[0]}–{seeds[-1]}: rewards, start, "
+             "trajectory and noise); every number is the median over them, [min, max] after it"
+             if several else f"seed {seeds[0] if seeds else config.seed}; one prompt per "
+             "testbed (one instance: examples, not averages; --instances N gives medians and "
+             "ranges)")
     lines = ["# grlab atlas", "",
-             f"K = {config.group_size}, B = {config.batch}, seed {config.seed}; one prompt per "
-             "testbed; θ after "
-             f"{TRAJECTORY_STEPS} Adam steps of exact on-policy GRPO (lr {TRAJECTORY_LR}).", "",
-             LEGEND.format(batch=config.batch, tau=config.tau), ""]
+             f"K = {config.group_size}, B = {config.batch}, S = {config.steps}; {which}; θ "
+             f"after {TRAJECTORY_STEPS} Adam steps of exact on-policy GRPO (lr "
+             f"{TRAJECTORY_LR}).", "",
+             LEGEND.format(batch=config.batch, tau=config.tau, steps=config.steps), ""]
     lines += _summary(rows)
+    lines += _comparison_markdown(comparisons, config)
+    columns = [c for c in COLUMNS[1:] if c != "seed"]
+    groups: dict[tuple[str, str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.testbed, row.level, row.loss, row.correction), []).append(row)
+
+    def cell(group: list[Row], column: str) -> str:
+        values = [getattr(r, column) for r in group]
+        if isinstance(values[0], str) or len(values) == 1:
+            return _fmt(values[0])
+        low, high = _spread(values)
+        return f"{_fmt(_median(values))} [{_fmt(low)}, {_fmt(high)}]"
+
     for name in dict.fromkeys(row.testbed for row in rows):
-        lines += [f"## {name}", "", "| " + " | ".join(COLUMNS[1:]) + " |",
-                  "|" + " --- |" * (len(COLUMNS) - 1)]
-        lines += ["| " + " | ".join(_fmt(getattr(row, c)) for c in COLUMNS[1:]) + " |"
-                  for row in rows if row.testbed == name]
+        lines += [f"## {name}", "", "| " + " | ".join(columns) + " |",
+                  "|" + " --- |" * len(columns)]
+        lines += ["| " + " | ".join(cell(group, c) for c in columns) + " |"
+                  for key, group in groups.items() if key[0] == name]
         lines.append("")
     return "\n".join(lines)
 
 
 def _summary(rows: Sequence[Row]) -> list[str]:
-    """Median rel_bias (and rel_std) of each level × correction over testbeds and losses."""
-    import statistics
-
+    """Median rel_bias (and rel_std) of each level × correction over testbeds, losses and
+    instances."""
     levels = [lv for lv in dict.fromkeys(r.level for r in rows) if lv != "on-policy"]
     corrections = list(dict.fromkeys(r.correction for r in rows))
     if not levels:
         return []
     lines = ["## At a glance", "",
-             "Median over testbeds and losses of rel_bias (rel_std in brackets), per level and "
-             "correction.", "", "| level | " + " | ".join(corrections) + " |",
+             "Median over testbeds, losses and instances of rel_bias (rel_std in brackets), "
+             "per level and correction.", "",
+             "| level | " + " | ".join(corrections) + " |",
              "|" + " --- |" * (len(corrections) + 1)]
     for level in levels:
         cells = []
         for correction in corrections:
             picked = [r for r in rows if r.level == level and r.correction == correction]
-            cells.append(f"{_fmt(statistics.median(r.rel_bias for r in picked))} "
-                         f"({_fmt(statistics.median(r.rel_std for r in picked))})")
+            cells.append(f"{_fmt(_median([r.rel_bias for r in picked]))} "
+                         f"({_fmt(_median([r.rel_std for r in picked]))})")
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
+COMPARISON_COLUMNS = ("testbed", "seed", "loss", "correction", "a", "b", "rel_gap", "groups",
+                      "runs")
+
+
+def comparisons_csv(comparisons: Sequence[Comparison]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COMPARISON_COLUMNS)
+    for c in comparisons:
+        writer.writerow([getattr(c, k) if isinstance(getattr(c, k), str | int)
+                         else repr(float(getattr(c, k))) for k in COMPARISON_COLUMNS])
+    return buffer.getvalue()
+
+
+def _comparison_markdown(comparisons: Sequence[Comparison], config: AtlasConfig) -> list[str]:
+    if not comparisons:
+        return []
+    testbeds = list(dict.fromkeys(c.testbed for c in comparisons))
+    groups: dict[tuple[str, str, str, str], dict[str, list[Comparison]]] = {}
+    for c in comparisons:
+        groups.setdefault((c.a, c.b, c.loss, c.correction), {}).setdefault(
+            c.testbed, []).append(c)
+    several = any(len(v) > 1 for by in groups.values() for v in by.values())
+
+    def cell(found: list[Comparison]) -> str:
+        runs = [c.runs for c in found]
+        text = (f"{_fmt(_median([c.groups for c in found]))} / **{_fmt(_median(runs))}** "
+                f"(gap {_fmt(_median([c.rel_gap for c in found]))})")
+        if several:
+            low, high = _spread(runs)
+            text += f" runs [{_fmt(low)}, {_fmt(high)}]"
+        return text
+
+    lines = ["## Telling two levels apart: groups and runs", "",
+             "Groups / **runs** per arm for a z-test along the gap between the two levels' "
+             "expected updates to detect it (α = 0.05 two-sided, power 0.8), the loss "
+             f"uncorrected; a run = S = {config.steps} steps of B = {config.batch} groups at "
+             "the level's fixed state, its statistic the mean of its S·B group gradients; "
+             "gap = |m_a − m_b|/|m_on|"
+             + ("; medians over the instances, [min, max] of the runs" if several else "")
+             + ". Below 1 run: one run per arm shows the difference when the spread is known "
+             "(estimating it needs at least 2).", "",
+             "| a | b | loss | " + " | ".join(testbeds) + " |",
+             "|" + " --- |" * (3 + len(testbeds))]
+    for (a, b, loss, _), by in groups.items():
+        lines.append(f"| {a} | {b} | {loss} | "
+                     + " | ".join(cell(by[t]) if t in by else "" for t in testbeds) + " |")
+    return [*lines, ""]
+
+
 def write_atlas(rows: Sequence[Row], config: AtlasConfig, out: Path) -> dict[str, Path]:
-    """table.md, table.csv, the plots (``atlas_figures``) and disputes.md (every dispute of
+    """table.md, table.csv, comparisons.csv (``level_comparisons``), the plots
+    (``atlas_figures``, of the instances' medians) and disputes.md (every dispute of
     ``simulator.disputes``, exactly, on its fixed instance)."""
     from simulator.disputes import headline_markdown
 
-    paths = {"markdown": atomic_write_text(out / "table.md", table_markdown(rows, config)),
+    comparisons = level_comparisons(config, out)
+    paths = {"markdown": atomic_write_text(out / "table.md",
+                                           table_markdown(rows, config, comparisons)),
              "csv": atomic_write_text(out / "table.csv", table_csv(rows)),
+             "comparisons": atomic_write_text(out / "comparisons.csv",
+                                              comparisons_csv(comparisons)),
              "disputes": atomic_write_text(out / "disputes.md", headline_markdown())}
-    paths.update(atlas_figures(rows, config, out))
+    paths.update(atlas_figures(median_rows(rows), config, out))
     return paths
 
 
-__all__ += ["COLUMNS", "LEGEND", "atlas_figures", "cell_key", "compute_cell", "is_ess",
-            "kl_mu_pi", "parse_level", "table_csv", "table_markdown"]
+__all__ += ["COLUMNS", "LEGEND", "Comparison", "atlas_figures", "cell_key", "comparison_pairs",
+            "compute_cell", "instance_configs", "is_ess", "kl_mu_pi", "level_age",
+            "level_comparisons", "median_rows", "parse_level", "part_names", "runs_needed",
+            "split_level", "table_csv", "table_markdown"]
 
 
 _MARKERS = "osD^vP*Xh<>p"
@@ -552,8 +803,9 @@ def _map_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path, n
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(levels):]:
         ax.axis("off")
+    several = f", medians of {config.instances} instances" if config.instances > 1 else ""
     fig.suptitle(f"{name}: bias against spread of one group's gradient, per off-policy "
-                 f"level (K = {config.group_size}); filled = no correction;\ncoinciding "
+                 f"level (K = {config.group_size}{several}); filled = no correction;\ncoinciding "
                  "cells show as concentric markers; bias 1 with std 0: the update is 0",
                  fontsize=11)
     _legend(fig, config)
@@ -588,7 +840,8 @@ def _kl_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
         ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(testbeds):]:
         ax.axis("off")
-    fig.suptitle("bias of the expected update against how far μ is from π_θ\n"
+    several = f"; medians of {config.instances} instances" if config.instances > 1 else ""
+    fig.suptitle(f"bias of the expected update against how far μ is from π_θ{several}\n"
                  f"(every off-policy level; values below {floor:g} drawn at {floor:g})",
                  fontsize=11)
     _legend(fig, config)
@@ -633,8 +886,9 @@ def _mse_figure(plt: Any, rows: Sequence[Row], config: AtlasConfig, out: Path,
                 ax.set_ylabel(f"{name}\nrelative MSE", fontsize=9)
             if i == len(testbeds) - 1:
                 ax.set_xlabel("batch B (groups)", fontsize=9)
+    several = f"; medians of {config.instances} instances" if config.instances > 1 else ""
     fig.suptitle(f"MSE of the mean of B groups against the fresh-data update, level {worst} "
-                 "(the largest KL); dotted: on-policy", fontsize=11)
+                 f"(the largest KL); dotted: on-policy{several}", fontsize=11)
     _legend(fig, config)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     path = atomic_savefig(fig, out / "mse_vs_batch.png", dpi=100)

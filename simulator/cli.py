@@ -439,12 +439,15 @@ def atlas(
     corrections: tuple[str, ...] = ("none", "tis-token", "tis-seq", "mis-seq", "icepop",
                                     "tis-seq:ratio=current"),
     levels: tuple[str, ...] = ("on-policy", "stale-1", "stale-4", "stale-16", "temp-0.7",
-                               "noise-0.3", "bf16", "top-p-0.9", "top-k-2", "mix-0.5"),
+                               "noise-0.3", "bf16", "top-p-0.9", "top-k-2", "mix-0.5",
+                               "stale-4+noise-0.3", "stale-4+bf16"),
     testbeds: tuple[Literal["bandit-binary", "bandit-graded", "tree-binary", "tree-graded"],
                     ...] = ("bandit-binary", "bandit-graded", "tree-binary", "tree-graded"),
     group_size: int = 4,
     batch: int = 8,
     seed: int = 0,
+    instances: int = 3,
+    steps: int = 100,
     depth: int = 2,
     tau: float = 1.0,
     out: Annotated[Path, tyro.conf.arg(help="output folder; every (testbed, loss, "
@@ -466,11 +469,16 @@ def atlas(
         levels: on-policy, stale-D (μ = π_old = the policy D updates ago), temp-T
             (μ at temperature T), noise-S (μ's logits plus S times a fixed normal draw),
             bf16 (μ's logits in bfloat16), top-p-P, top-k-K (truncated sampling), mix-A
-            (share A of μ 4 updates old); on-policy is always added.
+            (share A of μ 4 updates old), stale-D+SAMPLER (π_old D updates old, μ
+            that policy through SAMPLER, e.g. stale-4+noise-0.3); on-policy is always
+            added.
         testbeds: one prompt each; bandit: 6 answers; tree: vocab 3, --depth.
         group_size: responses per group K >= 2.
         batch: groups per batch B for the MSE column (>= 1).
         seed: draws the rewards, the start and the noise.
+        instances: N >= 1 instances of every testbed (seeds seed … seed+N-1); the table
+            gives each number's median and [min, max] over them.
+        steps: S >= 1 steps of B groups in a run, for the runs-needed columns.
         depth: the tree's depth (>= 2).
         tau: τ of the KL-regularised target J − τ·KL(π_θ‖π_old) (cos_T, ratio_T), > 0.
         fresh: recompute every cell of this run and replace its cache entry.
@@ -480,7 +488,7 @@ def atlas(
 
     use_threads(threads, default=1)
     import_modules(import_)
-    from simulator.atlas import AtlasConfig, run_atlas, write_atlas
+    from simulator.atlas import AtlasConfig, part_names, run_atlas, write_atlas
     from simulator.corrections import as_corrections
     from simulator.files import output_dir
     from simulator.losses import LOSSES
@@ -500,11 +508,13 @@ def atlas(
                          losses=tuple(dict.fromkeys(losses)),
                          corrections=tuple(dict.fromkeys(corrections)),
                          levels=tuple(dict.fromkeys(levels)), group_size=group_size,
-                         batch=batch, seed=seed, depth=depth, tau=tau)
+                         batch=batch, seed=seed, instances=instances, steps=steps,
+                         depth=depth, tau=tau)
     out = output_dir(out, what="--out")
     per = len(config.losses) * len(config.corrections)
     try:
-        with PartProgress(_stderr(), "atlas", config.testbeds, per, every=per) as progress:
+        with PartProgress(_stderr(), "atlas", part_names(config), per,
+                          every=per) as progress:
             def on_cell(name: str, index: int, source: str) -> None:
                 if index + 1 == per:
                     progress.done(name, f"{per} cells done")

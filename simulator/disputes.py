@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from simulator.exact import expected_gradient
+from simulator.exact import expected_gradient, gradient_covariance
 from simulator.policies import policy_behavior, truncated_behavior
 from simulator.responses import ResponseSpace
 from simulator.tree import TreeMDP
@@ -32,13 +33,54 @@ __all__ = ["DISPUTES", "HEADLINE_PAIRS", "Dispute", "Reading", "compare", "headl
            "instance", "kl_per_token", "run"]
 
 
+class Call(NamedTuple):
+    """An exact engine call of one reading: its expected update and its covariance come from
+    the same arguments (``expected_gradient``, ``gradient_covariance``)."""
+
+    env: TreeMDP
+    theta: Tensor
+    behavior: Tensor | str
+    loss: str
+    K: int
+    method: str
+    options: dict[str, Any]
+
+    def gradient(self) -> Tensor:
+        return expected_gradient(self.env, self.theta, self.behavior, self.loss, self.K,
+                                 method=self.method, **self.options)
+
+    def covariance(self) -> Tensor:
+        """The exact covariance of one batch of one group per prompt, [P·D, P·D]: the
+        expected update is the prompts' mean, so prompt p's block is Cov_p/P² (the
+        prompts' groups are independent; ``gradient_covariance`` gives Cov_p)."""
+        cov = gradient_covariance(self.env, self.theta, self.behavior, self.loss, self.K,
+                                  method="ordered" if self.method == "ordered" else "auto",
+                                  **self.options)
+        blocks = cov.reshape(-1, *cov.shape[-2:])
+        return torch.block_diag(*blocks) / len(blocks) ** 2
+
+
 @dataclasses.dataclass(frozen=True)
 class Reading:
-    """One reading of a dispute: its label, the grlab keywords and its exact expected update."""
+    """One reading of a dispute: its label, the grlab keywords and its exact expected update
+    (given, or computed from a ``Call``, which also gives ``cov``)."""
 
     label: str
     keywords: str
     grad: Tensor
+    call: Call | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grad, Call):
+            object.__setattr__(self, "call", self.grad)
+            object.__setattr__(self, "grad", self.grad.gradient())
+
+    def cov(self) -> Tensor:
+        """The exact covariance of the reading's one-batch gradient (``Call.covariance``)."""
+        if self.call is None:
+            raise ValueError(f"reading {self.label!r} was given its update without the call "
+                             "that made it, so it has no covariance")
+        return self.call.covariance()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +98,12 @@ class Dispute:
 
     def headline(self) -> dict[str, float | str]:
         """One row for an atlas: the dispute's two main readings (``HEADLINE_PAIRS``), each
-        against −∇J, the gap between them (b against a) and the instance's facts."""
+        against −∇J, the gap between them (b against a), each one's spread (the trace of the
+        exact covariance of one batch of one group per prompt, and √trace/|∇J|), the batches
+        per arm to tell them apart (``simulator.atlas.groups_needed``: α = 0.05 two-sided,
+        power 0.8) and the instance's facts."""
+        from simulator.atlas import groups_needed
+
         a, b = (self.reading(label) for label in HEADLINE_PAIRS[self.name])
         ta, tb, ab = compare(a.grad, self.target), compare(b.grad, self.target), compare(
             b.grad, a.grad)
@@ -66,6 +113,12 @@ class Dispute:
                                        "norm_b_target": tb["norm_ratio"], "cos_ab": ab["cos"],
                                        "norm_b_over_a": ab["norm_ratio"],
                                        "rel_diff_b_a": ab["rel_diff"]}
+        cov_a, cov_b = a.cov(), b.cov()
+        size = float(self.target.norm())
+        row.update({"trace_cov_a": float(cov_a.trace()), "trace_cov_b": float(cov_b.trace()),
+                    "std_a_target": math.sqrt(max(float(cov_a.trace()), 0.0)) / size,
+                    "std_b_target": math.sqrt(max(float(cov_b.trace()), 0.0)) / size,
+                    "batches_a_b": groups_needed(a.grad, cov_a, b.grad, cov_b)})
         row.update({key: float(value) for key, value in self.facts.items()})
         return row
 
@@ -126,8 +179,8 @@ def instance(rewards: str = "binary", seed: int = 0, *, vocab: int = 3, depth: i
     return env, theta, policy_behavior(env, old_logits), policy_behavior(env, mu_logits)
 
 
-def _eg(env, theta, mu, loss, K, **options) -> Tensor:
-    return expected_gradient(env, theta, mu, loss, K, method="enumerate", **options)
+def _eg(env, theta, mu, loss, K, *, method: str = "enumerate", **options) -> Call:
+    return Call(env, theta, mu, loss, K, method, options)
 
 
 # ------------------------------------------------------------------------------------------
@@ -335,11 +388,11 @@ def m2po_mask(env, theta, old, mu, K: int = 2) -> Dispute:
     """m2po with AReaL's mask ((log μ − log π_old)² over every token) and the paper's
     ((log π_θ − log μ)² over PPO's active quadrants); batch-coupled: ordered tuples."""
     readings = [Reading(f"m2po {v}", f"m2po variant={v}",
-                        expected_gradient(env, theta, mu, "m2po", K, anchor=old, variant=v))
+                        _eg(env, theta, mu, "m2po", K, method="auto", anchor=old, variant=v))
                 for v in ("areal", "paper")]
     readings.append(Reading("m2po nothing dropped", "m2po threshold=1e9",
-                            expected_gradient(env, theta, mu, "m2po", K, anchor=old,
-                                              threshold=1e9)))
+                            _eg(env, theta, mu, "m2po", K, method="auto", anchor=old,
+                                threshold=1e9)))
     return Dispute("m2po-mask", "M2PO's second-moment mask: AReaL's or the paper's",
                    -env.reward_gradient(theta), tuple(readings),
                    {"K": K, "kl_mu_old_per_token": kl_per_token(env, mu, old)})
@@ -405,15 +458,21 @@ def headline_markdown(rewards: Sequence[str] = ("binary", "graded"), seed: int =
     other) on ``instance(rewards, seed)``, as a markdown table: the atlas's disputes.md."""
     lines = ["# The disputes, exactly (docs/disputes.md explains each)", "",
              "cos and norm ratio of each reading's expected update to −∇J, and of b to a, on a "
-             f"tree of vocab 3, depth 2 (seed {seed}; `simulator.disputes.instance`).", "",
+             f"tree of vocab 3, depth 2 (seed {seed}; `simulator.disputes.instance`); the "
+             "spread √tr C/‖∇J‖ of each reading's gradient from one batch of one group per "
+             "prompt (C its exact covariance); and the batches per arm a z-test along b − a "
+             "needs to tell the two readings apart (α = 0.05 two-sided, power 0.8; inf: the "
+             "same update).", "",
              "| dispute | rewards | a | b | cos(a, −∇J) | cos(b, −∇J) | ‖a‖/‖∇J‖ | ‖b‖/‖∇J‖ "
-             "| cos(a, b) | ‖b − a‖/‖a‖ |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| cos(a, b) | ‖b − a‖/‖a‖ | √tr C_a/‖∇J‖ | √tr C_b/‖∇J‖ | batches to tell |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for kind in rewards:
         for name in DISPUTES:
             row = run(name, kind, seed).headline()
             numbers = (row["cos_a_target"], row["cos_b_target"], row["norm_a_target"],
-                       row["norm_b_target"], row["cos_ab"], row["rel_diff_b_a"])
+                       row["norm_b_target"], row["cos_ab"], row["rel_diff_b_a"],
+                       row["std_a_target"], row["std_b_target"], row["batches_a_b"])
             lines.append(f"| {name} | {kind} | {row['a']} | {row['b']} | "
                          + " | ".join(f"{float(x):.4g}" for x in numbers) + " |")
     return "\n".join(lines) + "\n"

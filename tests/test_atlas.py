@@ -4,6 +4,7 @@ are one line naming the flag."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from simulator.exact import expected_gradient, gradient_covariance
 
 TINY = AtlasConfig(testbeds=("bandit-graded", "tree-graded"), losses=("reinforce", "grpo"),
                    corrections=("none", "tis-token"),
-                   levels=("on-policy", "stale-4", "temp-0.7"), group_size=3)
+                   levels=("on-policy", "stale-4", "temp-0.7"), group_size=3, instances=1)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,8 @@ def test_groups_needed_by_hand():
 
 def test_a_cached_rerun_computes_nothing_and_gives_the_same_rows(tmp_path, monkeypatch):
     config = AtlasConfig(testbeds=("bandit-binary",), losses=("grpo",),
-                         corrections=("none", "icepop"), levels=("stale-1", "top-k-2"))
+                         corrections=("none", "icepop"), levels=("stale-1", "top-k-2"),
+                         instances=1)
     first = run_atlas(config, tmp_path)
 
     def refuse(*args, **kwargs):
@@ -119,13 +121,15 @@ def test_a_cached_rerun_computes_nothing_and_gives_the_same_rows(tmp_path, monke
 
 def test_the_command_writes_its_files_at_tiny_size(grlab, tmp_path):
     code, out = grlab("atlas", "--testbeds", "bandit-binary", "--losses", "reinforce",
-                      "--corrections", "tis-seq", "--levels", "stale-4", "--out", str(tmp_path))
+                      "--corrections", "tis-seq", "--levels", "stale-4", "--instances", "2",
+                      "--out", str(tmp_path))
     assert code == 0, out
     for name in ("table.md", "table.csv", "map-bandit-binary.png", "bias_vs_kl.png",
                  "mse_vs_batch.png"):
         assert (tmp_path / name).exists()
     lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 2  # (on-policy, stale-4) × (none, tis-seq)
+    assert len(lines) == 1 + 2 * 2 * 2  # 2 instances × (on-policy, stale-4) × (none, tis-seq)
+    assert {line.split(",")[1] for line in lines[1:]} == {"0", "1"}
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
@@ -134,6 +138,11 @@ def test_the_command_writes_its_files_at_tiny_size(grlab, tmp_path):
     (("--losses", "nope"), "--losses"),
     (("--corrections", "tis-nope"), "--corrections"),
     (("--group-size", "1"), "--group-size"),
+    (("--levels", "stale-4+stale-1"), "--levels"),
+    (("--levels", "noise-0.3+stale-4"), "--levels"),
+    (("--levels", "stale-22+mix-0.5"), "--levels"),
+    (("--instances", "0"), "--instances"),
+    (("--steps", "0"), "--steps"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(grlab_split, tmp_path, argv, flag):
     code, out, err = grlab_split("atlas", *argv, "--out", str(tmp_path))
@@ -185,7 +194,8 @@ def test_groups_needed_gives_the_promised_power_on_sampled_groups():
 
 def test_a_corrupt_cache_entry_is_recomputed_alone(tmp_path):
     config = AtlasConfig(testbeds=("bandit-binary",), losses=("reinforce",),
-                         corrections=("none", "tis-token"), levels=("mix-0.5",))
+                         corrections=("none", "tis-token"), levels=("mix-0.5",),
+                         instances=1)
     first = run_atlas(config, tmp_path)
     entries = sorted((tmp_path / "cells").glob("bandit-binary-reinforce-*.json"))
     assert len(entries) == 2
@@ -204,7 +214,7 @@ def test_the_kl_regularised_target_is_grad_j_at_its_anchor_and_differs_when_stal
 
     config = AtlasConfig(testbeds=("bandit-graded",), losses=("reinforce",),
                          corrections=("none",), levels=("on-policy", "stale-4", "noise-0.3"),
-                         tau=0.5)
+                         tau=0.5, instances=1)
     env = make_testbed("bandit-graded", config)
     history = trajectory(env, config)
     theta, old, _ = level_policies(env, history, "stale-4")
@@ -221,3 +231,110 @@ def test_the_kl_regularised_target_is_grad_j_at_its_anchor_and_differs_when_stal
             assert row.cos_T == pytest.approx(row.cos_J, abs=1e-12)
         else:
             assert abs(row.cos_T - row.cos_J) > 1e-6
+
+
+def test_runs_needed_by_hand():
+    """Gap (1, 0), each arm's group covariance diag(2, 5): along the gap the two variances
+    add to 4, so n = (z_.975 + z_.8)²·4/1² groups; a run of S = 10 steps of B = 2 groups
+    averages 20 groups, so n/20 runs."""
+    from simulator.atlas import runs_needed
+
+    z = 1.959963984540054 + 0.8416212335729143
+    cov = torch.diag(torch.tensor([2.0, 5.0], dtype=torch.float64))
+    n = groups_needed(torch.tensor([1.0, 0.0], dtype=torch.float64), cov,
+                      torch.zeros(2, dtype=torch.float64), cov)
+    assert n == pytest.approx(z ** 2 * 4, rel=1e-12)
+    assert runs_needed(n, steps=10, batch=2) == pytest.approx(z ** 2 * 4 / 20, rel=1e-12)
+    assert math.isinf(runs_needed(math.inf, steps=10, batch=2))
+    with pytest.raises(ValueError, match="steps"):
+        runs_needed(n, steps=0, batch=2)
+    with pytest.raises(ValueError, match="batch"):
+        runs_needed(n, steps=10, batch=1.5)
+    with pytest.raises(ValueError, match="groups"):
+        runs_needed(math.nan, steps=10, batch=2)
+
+
+def test_a_runs_column_is_its_groups_over_s_times_b(tmp_path):
+    config = AtlasConfig(testbeds=("bandit-graded",), losses=("reinforce",),
+                         corrections=("none", "tis-seq:ratio=current"), levels=("stale-4",),
+                         steps=7, batch=3, instances=1)
+    for row in run_atlas(config, tmp_path):
+        assert row.runs_vs_onpolicy == pytest.approx(row.n_vs_onpolicy / 21, rel=1e-12)
+        assert row.runs_vs_uncorrected == pytest.approx(row.n_vs_uncorrected / 21, rel=1e-12)
+
+
+def test_the_default_comparisons():
+    assert atlas.comparison_pairs(atlas.DEFAULT_LEVELS) == [
+        ("on-policy", "stale-1"), ("on-policy", "stale-4"), ("on-policy", "stale-16"),
+        ("stale-1", "stale-4"), ("stale-4", "stale-16"),
+        ("stale-4", "stale-4+noise-0.3"), ("stale-4", "stale-4+bf16")]
+
+
+def test_a_comparison_is_groups_needed_between_its_two_levels(tmp_path):
+    """stale-1 against stale-4 from direct engine calls; on-policy against stale-4 is the
+    row's n_vs_onpolicy."""
+    config = AtlasConfig(testbeds=("tree-binary",), losses=("grpo",), corrections=("none",),
+                         levels=("stale-1", "stale-4"), steps=5, batch=2, instances=1)
+    rows = run_atlas(config, tmp_path)
+    found = {(c.a, c.b): c for c in atlas.level_comparisons(config, tmp_path)}
+    env = make_testbed("tree-binary", config)
+    history = atlas.trajectory(env, config)
+    moments = {}
+    for level in ("on-policy", "stale-1", "stale-4"):
+        theta, old, mu = level_policies(env, history, level)
+        moments[level] = (expected_gradient(env, theta, mu, "grpo", 4, anchor=old).flatten(),
+                          gradient_covariance(env, theta, mu, "grpo", 4, anchor=old))
+    n = groups_needed(*moments["stale-1"], *moments["stale-4"])
+    assert found[("stale-1", "stale-4")].groups == pytest.approx(n, rel=1e-9)
+    assert found[("stale-1", "stale-4")].runs == pytest.approx(n / 10, rel=1e-9)
+    assert found[("stale-1", "stale-4")].rel_gap == pytest.approx(
+        float((moments["stale-1"][0] - moments["stale-4"][0]).norm()
+              / moments["on-policy"][0].norm()), rel=1e-9)
+    assert found[("on-policy", "stale-4")].groups == pytest.approx(
+        _row(rows, "tree-binary", "stale-4", "grpo", "none").n_vs_onpolicy, rel=1e-12)
+
+
+def test_a_combined_level_has_three_policies_and_its_correction_leaves_the_staleness():
+    """stale-4+noise-0.3: π_old = π_{θ_{T−4}}, μ = that policy's logits plus 0.3·ε (built
+    here by hand). REINFORCE without a baseline, whose update is linear in each response:
+    the untruncated sequence weight π_old/μ turns sampling from μ into sampling from π_old
+    exactly, so the corrected update equals stale-4's uncorrected one — the staleness stays
+    — and differs from on-policy."""
+    from simulator.policies import policy_behavior
+
+    config = AtlasConfig(testbeds=("tree-graded",), seed=3)
+    env = make_testbed("tree-graded", config)
+    history = atlas.trajectory(env, config)
+    theta, old, mu = level_policies(env, history, "stale-4+noise-0.3", seed=3)
+    eps = torch.randn(history[-5].shape, generator=torch.Generator().manual_seed(20_003),
+                      dtype=torch.float64)
+    torch.testing.assert_close(theta, history[-1], rtol=0, atol=0)
+    torch.testing.assert_close(old, policy_behavior(env, history[-5]), rtol=0, atol=0)
+    torch.testing.assert_close(mu, policy_behavior(env, history[-5] + 0.3 * eps), rtol=0,
+                               atol=0)
+    pi = policy_behavior(env, theta)
+    assert float((mu - old).abs().max()) > 1e-3 and float((old - pi).abs().max()) > 1e-3
+    plain = {"advantage": "none", "agg": "seq-mean-token-sum"}
+    corrected = expected_gradient(env, theta, mu, "reinforce", 4, anchor=old,
+                                  corrections="is:level=sequence,high=None", **plain)
+    stale = expected_gradient(env, theta, old, "reinforce", 4, anchor=old, **plain)
+    fresh = expected_gradient(env, theta, pi, "reinforce", 4, anchor=pi, **plain)
+    torch.testing.assert_close(corrected, stale, rtol=1e-10, atol=1e-13)
+    assert float((stale - fresh).norm()) > 0.05 * float(fresh.norm())
+    assert atlas.level_age("stale-4+mix-0.5") == 8
+
+
+def test_instances_are_seeds_and_the_table_gives_median_and_range(tmp_path):
+    config = AtlasConfig(testbeds=("bandit-binary",), losses=("reinforce",),
+                         corrections=("none",), levels=("stale-4",), instances=3, seed=5)
+    rows = run_atlas(config, tmp_path)
+    assert sorted({r.seed for r in rows}) == [5, 6, 7]
+    alone = run_atlas(dataclasses.replace(config, seed=6, instances=1), tmp_path / "one")
+    assert [r for r in rows if r.seed == 6] == alone
+    picked = sorted(r.rel_bias for r in rows if r.level == "stale-4")
+    assert picked[0] < picked[2]  # the instances differ
+    (median,) = [r for r in atlas.median_rows(rows) if r.level == "stale-4"]
+    assert median.rel_bias == picked[1]
+    text = atlas.table_markdown(rows, config)
+    fmt = atlas._fmt
+    assert f"| {fmt(picked[1])} [{fmt(picked[0])}, {fmt(picked[2])}] |" in text

@@ -472,7 +472,9 @@ def test_every_dispute_gives_rows_of_plain_numbers():
         head = d.headline()
         assert (head["a"], head["b"]) == HEADLINE_PAIRS[name]
         assert all(isinstance(v, float) and math.isfinite(v) for k, v in head.items()
-                   if k not in ("dispute", "a", "b"))
+                   if k not in ("dispute", "a", "b", "batches_a_b"))
+        # no number of batches tells apart two readings with the same expected update
+        assert math.isinf(head["batches_a_b"]) == (head["rel_diff_b_a"] == 0.0)
         for row in d.rows():
             assert isinstance(row["reading"], str)
             assert all(isinstance(v, float) and math.isfinite(v)
@@ -489,12 +491,41 @@ def test_the_instance_is_realistically_off_policy():
 
 def test_the_atlas_table_of_disputes_has_a_row_per_dispute_and_reward_kind():
     """``grlab atlas`` writes disputes.md from ``headline_markdown``: one row per dispute and
-    reward kind, ten columns each, the sequence-ratio product exactly −∇J (cos 1, ratio 1)."""
+    reward kind, thirteen columns each, the sequence-ratio product exactly −∇J (cos 1,
+    ratio 1)."""
     from simulator.disputes import DISPUTES, headline_markdown
 
     rows = [line for line in headline_markdown().splitlines() if line.startswith("| ")
             and not line.startswith("| dispute") and not line.startswith("| ---")]
     assert len(rows) == 2 * len(DISPUTES)
-    assert all(line.count("|") == 11 for line in rows)
+    assert all(line.count("|") == 14 for line in rows)
     product = next(line for line in rows if line.startswith("| sequence-ratio | binary"))
     assert product.split("|")[5].strip() == "1" and product.split("|")[7].strip() == "1"
+
+
+def test_a_readings_covariance_is_that_of_one_batch_of_one_group_per_prompt():
+    """Monte Carlo: draw S batches of one group per prompt of the CISPO reading, each batch's
+    gradient the prompts' mean of its groups' gradients (as ``sampled_gradient`` averages);
+    their mean must be the reading's update and their total variance tr Cov within 4
+    standard errors of the sample's own spread. Forgetting the 1/P² (P = 2) would be 4×."""
+    from simulator.exact import group_gradients, resolve_behavior, sample_groups
+
+    d = run("cispo-is", "binary")
+    reading = d.reading("cispo")
+    cov = reading.cov()
+    assert cov.shape == (reading.grad.numel(),) * 2
+    env, theta, behavior, loss, k, _, options = reading.call
+    g = torch.Generator().manual_seed(1)
+    count = 4000
+    batch = sample_groups(resolve_behavior(env, behavior, theta), k, count, g)
+    grads = group_gradients(env, theta, batch, behavior, loss, generator=g, **options)
+    draws = grads.reshape(env.num_prompts, count, -1).sum(0) / env.num_prompts
+    centred = ((draws - reading.grad.flatten()) ** 2).sum(-1)
+    trace = float(cov.trace())
+    assert abs(float(centred.mean()) - trace) < 4 * float(centred.std()) / len(draws) ** 0.5
+    gap = draws.mean(0) - reading.grad.flatten()
+    assert float(gap.norm()) < 4 * (trace / len(draws)) ** 0.5
+    head = d.headline()
+    assert head["trace_cov_a"] == pytest.approx(trace, rel=1e-12)
+    assert head["std_a_target"] == pytest.approx(trace ** 0.5 / float(d.target.norm()),
+                                                 rel=1e-12)

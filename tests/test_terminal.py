@@ -31,7 +31,7 @@ LONG_COMMANDS = {
     "verify": (("verify", "--only", "9c", "--seed", "1"), "verify: 9c", "verify [1/1] 9c: holds"),
     "atlas": (("atlas", "--testbeds", "bandit-binary", "--losses", "reinforce", "--corrections",
                "tis-seq", "--levels", "stale-1", "--out", "{tmp}/atlas"),
-              "atlas: bandit-binary", "atlas [1/1] bandit-binary: 2 cells done"),
+              "atlas: bandit-binary seed 0", "atlas [1/3] bandit-binary seed 0: 2 cells done"),
     # the bridge's trainer has its own display (llm_bridge.runs.Progress) on the same bar
     "train-llm": (("train-llm", "--model", "tiny", "--steps", "2", "--out", "{tmp}/llm"),
                   "grpo reward", "step 2/2 grpo reward"),
