@@ -167,7 +167,7 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
          # not in the paper's figure: ours, for comparison
          Curve.of("rec-oneside-nois", "REC-OneSide-NoIS [ours]"),
          Curve.of("rec-ring-is", "REC-Ring-IS [ours]")),
-        problem=LOG_LINEAR),
+        problem=LOG_LINEAR, figures=("clipfrac",)),
     Experiment(
         "E3", "wide clip (0.6, 2.0) vs larger lr at clip 0.2",
         "the paper's App. B.4 (learning rate vs clip, sync_interval = 20 only): GRPO (0.2) and "

@@ -343,6 +343,12 @@ def plot_clipfrac(report: Report, path: Path) -> Path:
         handles.append(Line2D([], [], color=colour, ls=style, lw=1.4,
                               label=label + (" (never clips)" if never else "")))
     for j, setting in enumerate(exp.settings):
+        if not any(bool((t.metrics["clipfrac"].reshape(-1, exp.seeds, n_cols)[1:, :, j] > 0)
+                        .any()) for t in report.trajectories.values()):
+            axes[0][j].text(0.5, 0.5, "no token clipped\n(every ratio inside the clip)",
+                            transform=axes[0][j].transAxes, ha="center", va="center",
+                            fontsize=9, color="0.3")
+        axes[0][j].set_xlim(0, exp.steps)
         axes[0][j].set_yscale("log")
         axes[0][j].set_ylim(CLIPFRAC_FLOOR / 2, 1.5)
         axes[0][j].set_title(setting)
