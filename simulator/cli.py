@@ -249,6 +249,10 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
             report = run_experiment(exp, out, progress.step, fresh=fresh, on_arm=on_arm,
                                     on_notice=_note)
         paths = write_report(report, out)
+        if "clipfrac" in exp.figures:
+            from simulator.plots import plot_clipfrac
+
+            paths["clipfrac"] = plot_clipfrac(report, out / "clipfrac.png")
     except KeyboardInterrupt:
         raise _interrupted(out) from None
     settings, rows = pivot(report)
@@ -347,9 +351,12 @@ def experiment(
     threads: ThreadsFlag = None,
 ) -> None:
     """Run one named experiment and write its plot and table: E1–E5 mirror figures of the
-    paper and E7 asks GSPO's question, as learning curves under the four off-policy settings;
-    E1-lr, E1-tabular, E1-tabular-graded and E1-tree repeat E1 across learning rates and
-    testbeds (conditions of ours); E6 is the paper's Pitfall 1 on a three-armed bandit.
+    paper, as learning curves under the off-policy settings of those figures (E3 and
+    E3-base-lr at sync_interval = 20 only); E8 is the paper's REC sweep (with clipfrac.png);
+    E7 asks GSPO's question; E1-lr, E1-tabular, E1-tabular-graded and E1-tree repeat E1
+    across learning rates and testbeds (conditions of ours); E6 is the paper's Pitfall 1 on a
+    three-armed bandit; E5-why is a table of where RED-Drop stabilises stale REINFORCE and of
+    its exact expected update.
 
     Args:
         key: the experiment's key.

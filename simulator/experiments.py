@@ -79,6 +79,8 @@ class Experiment:
     optimizer: str = "adam"
     group_size: int = 4
     groups_per_prompt: int = 16  # sampled curves only
+    # extra figures `grlab experiment` draws beside curves.png: "clipfrac" (clipfrac.png)
+    figures: tuple[str, ...] = ()
 
     def fingerprint(self, curve: Curve) -> str:
         """``reports.fingerprint``: the cache key of one curve of this experiment."""
@@ -86,6 +88,10 @@ class Experiment:
 
 
 WIDE = {"eps_low": 0.6, "eps_high": 2.0}
+NARROW = {"eps_low": 0.2, "eps_high": 0.25}  # the paper's REC sweep (ToolACE): clip (0.2, 0.25)
+# App. B.4's learning-rate multiples: clip 0.2 at ×2, ×5, ×10; the wide clip at ×1, ×2
+E3_CLIP02_LR_SCALES = (2.0, 5.0, 10.0)
+E3_WIDE_LR_SCALES = (1.0, 2.0)
 # 8 prompts × 6 answers, one correct, 16 shared features: learning in one prompt moves the
 # others, as in an LLM, and the policy class cannot reach every optimum (as an LLM of fixed
 # size cannot); Adam as in the paper's runs.
@@ -131,6 +137,16 @@ PAPER_GRPO = Curve.of("grpo-token-mean", "GRPO (paper's config: token mean)", "b
 TREE = TreeProblem(prompts=4, vocab=3, depth=3, eos=True, reward="graded",
                    policy="log-linear", features=16)
 
+# App. B.4's arms (E3, E3-base-lr): clip 0.2 at lr ×2, ×5, ×10, the wide clip at ×1, ×2,
+# REINFORCE at ×2
+E3_ARMS: tuple[Curve, ...] = (
+    *(Curve.of(f"{key}-lr{scale:g}", f"{label} lr×{scale:g}", key, lr_scale=scale)
+      for key, label in (("grpo", "GRPO (0.2)"), ("rec-oneside-nois", "REC-OneSide-NoIS (0.2)"))
+      for scale in E3_CLIP02_LR_SCALES),
+    *(Curve.of(f"nois-wide-lr{scale:g}", f"REC-OneSide-NoIS (0.6, 2.0) lr×{scale:g}",
+               "rec-oneside-nois", lr_scale=scale, **WIDE) for scale in E3_WIDE_LR_SCALES),
+    Curve.of("reinforce-lr2", "REINFORCE lr×2", "reinforce", lr_scale=2.0))
+
 EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E1", "REINFORCE vs GRPO vs REC-OneSide (IS / NoIS), clip 0.2 and (0.6, 2.0)",
@@ -140,31 +156,32 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
               "rec-oneside-nois-wide"),
         problem=LOG_LINEAR),
     Experiment(
-        "E2", "REC-TwoSide and REC-Ring against REINFORCE, GRPO and REC-OneSide",
-        "the paper's TwoSide / Ring figure (GSM8K): every clipping mask stabilises stale "
-        "training (REC-Ring-IS and REC-OneSide-NoIS are our additions).",
-        (*_arms("reinforce", "grpo", "rec-oneside-nois"),
-         Curve.of("rec-twoside-is", "REC-TwoSide-IS"),
-         Curve.of("rec-twoside-nois", "REC-TwoSide-NoIS"),
-         Curve.of("rec-ring-is", "REC-Ring-IS"), Curve.of("rec-ring-nois", "REC-Ring-NoIS")),
-        problem=LOG_LINEAR),
+        "E2", "REC-TwoSide and REC-Ring against REINFORCE and GRPO (the paper's arms; two ours)",
+        "the paper's TwoSide / Ring figure (GSM8K): REINFORCE, REC-TwoSide-NoIS (0.2), "
+        "REC-Ring-NoIS, REC-TwoSide-IS (0.2), GRPO; the figure has no Ring-IS arm.",
+        (*_arms("reinforce"),
+         Curve.of("rec-twoside-nois", "REC-TwoSide-NoIS (0.2)"),
+         Curve.of("rec-ring-nois", "REC-Ring-NoIS"),
+         Curve.of("rec-twoside-is", "REC-TwoSide-IS (0.2)"),
+         *_arms("grpo"),
+         # not in the paper's figure: ours, for comparison
+         Curve.of("rec-oneside-nois", "REC-OneSide-NoIS [ours]"),
+         Curve.of("rec-ring-is", "REC-Ring-IS [ours]")),
+        problem=LOG_LINEAR, figures=("clipfrac",)),
     Experiment(
-        "E3", "widened clipping (0.6, 2.0) vs a larger learning rate with clip 0.2",
-        "the paper's App. B.4 (learning rate vs clip): GRPO and REC-OneSide-NoIS at lr ×1, ×2, "
-        "×5, ×10 vs the widened clip (0.6, 2.0) at ×1 and ×2 — is the wide clip only a larger "
-        "step?",
-        (*(Curve.of(f"{key}-lr{scale:g}", f"{label} lr×{scale:g}", key, lr_scale=scale)
-           for key, label in (("grpo", "GRPO"), ("rec-oneside-nois", "REC-OneSide-NoIS"))
-           for scale in (1.0, 2.0, 5.0, 10.0)),
-         *(Curve.of(f"nois-wide-lr{scale:g}", f"REC-OneSide-NoIS (0.6, 2.0) lr×{scale:g}",
-                  "rec-oneside-nois", lr_scale=scale, **WIDE) for scale in (1.0, 2.0))),
-        problem=LOG_LINEAR),
+        "E3", "wide clip (0.6, 2.0) vs larger lr at clip 0.2",
+        "the paper's App. B.4 (learning rate vs clip, sync_interval = 20 only): GRPO (0.2) and "
+        "REC-OneSide-NoIS (0.2) at lr ×2, ×5, ×10; REC-OneSide-NoIS (0.6, 2.0) at ×1 and ×2; "
+        "REINFORCE at ×2 — is the wide clip only a larger step?",
+        E3_ARMS,
+        problem=LOG_LINEAR, settings=("sync-interval-20",)),
     Experiment(
         "E4", "REP: OPMD (Kimi, Trinity) and AsymRE β = 0.1 vs REINFORCE and REC",
         "the paper's OPMD / AsymRE figure (OPMD's penalty: its Sec. 4.2): REINFORCE plus a "
-        "regulariser; both stay up on stale data where REINFORCE collapses. Our comparator is "
-        "REC-OneSide-NoIS at clip 0.2; the paper's is REC-OneSide-NoIS (0.6, 2.0).",
-        (*_arms("reinforce", "rec-oneside-nois", "opmd-kimi", "asymre"),
+        "regulariser; both stay up on stale data where REINFORCE collapses.",
+        (*_arms("reinforce", "rec-oneside-nois-wide"),
+         Curve.of("rec-oneside-nois", "REC-OneSide-NoIS (0.2) [ours]"),
+         *_arms("opmd-kimi", "asymre"),
          Curve.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token"),
          Curve.of("opmd-kimi-tau01", "OPMD (Kimi) τ=0.1", "opmd-kimi", tau=0.1),
          Curve.of("opmd-trinity", "OPMD (Trinity)"),
@@ -179,18 +196,42 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
     Experiment(
         "E5", "RED: RED-Drop (sampled groups) and RED-Weight vs REC",
         "the paper's RED figure (GSM8K, 1.5B): RED-Drop and RED-Weight, unclipped as released, "
-        "stay high at sync_interval = 20 while REINFORCE collapses. Our comparator is "
-        "REC-OneSide-NoIS at clip 0.2; the paper's is REC-OneSide-NoIS (0.6, 2.0).",
-        (*_arms("rec-oneside-nois", "red-weight", "reinforce"),
-         Curve.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
-                groups="sampled"),
+        "stay high at sync_interval = 20 while REINFORCE collapses.",
+        (*_arms("rec-oneside-nois-wide"),
+         Curve.of("rec-oneside-nois", "REC-OneSide-NoIS (0.2) [ours]"),
+         *_arms("red-weight", "reinforce"),
+         Curve.of("rec-oneside-nois-sampled", "REC-OneSide-NoIS (0.2, sampled) [ours]",
+                "rec-oneside-nois", groups="sampled"),
          Curve.of("red-drop", "RED-Drop (as released: unclipped; sampled)", groups="sampled"),
          # grlab's RED-Drop before it followed the released config: clipped, dropped tokens
          # not counted
-         Curve.of("red-drop-oneside", "RED-Drop + REC-OneSide-NoIS (sampled)", "rec-oneside-nois",
+         Curve.of("red-drop-oneside", "RED-Drop + REC-OneSide-NoIS (sampled) [ours]",
+                "rec-oneside-nois",
                 groups="sampled", advantage="red-drop", advantage_kwargs={"mask_dropped": True}),
          Curve.of("red-weight-sampled", "RED-Weight (sampled)", "red-weight", groups="sampled")),
         problem=LOG_LINEAR, settings=("on-policy", "sync-interval-20")),
+    Experiment(
+        "E8", "a ToolACE-style REC sweep (400 steps)",
+        "the paper's REC sweep (probably ToolACE, Llama-3.2-3B): every variant rises, clip "
+        "fractions about 1e-3 falling to 1e-4.",
+        (Curve.of("rec-oneside-nois-narrow", "REC-OneSide-NoIS (0.2, 0.25)", "rec-oneside-nois",
+                  **NARROW),
+         Curve.of("rec-oneside-is-narrow", "REC-OneSide-IS (0.2, 0.25)", "rec-oneside-is",
+                  **NARROW),
+         Curve.of("rec-ring-nois-narrow", "REC-Ring-NoIS (0.2, 0.25)", "rec-ring-nois", **NARROW),
+         # ε = ε' = (0.6, 2.0): the ring's outer arms start where its band ends
+         Curve.of("rec-ring-nois-wide", "REC-Ring-NoIS (0.6, 2.0)", "rec-ring-nois", **WIDE),
+         *_arms("rec-oneside-nois-wide"),
+         Curve.of("rec-twoside-nois-narrow", "REC-TwoSide-NoIS (0.2, 0.25)", "rec-twoside-nois",
+                  **NARROW),
+         Curve.of("rec-twoside-nois-wide", "REC-TwoSide-NoIS (0.6, 2.0)", "rec-twoside-nois",
+                  **WIDE)),
+        problem=LOG_LINEAR, settings=("sync-interval-20",), steps=400, figures=("clipfrac",)),
+    Experiment(
+        "E3-base-lr", "E3 at a base Adam lr of 0.03 instead of 0.1",
+        "App. B.4 again (a condition): whether clip 0.2 at ×10 is stable, and REINFORCE at ×2 "
+        "collapses, depends on the base step.",
+        E3_ARMS, problem=LOG_LINEAR, settings=("sync-interval-20",), lr=0.03),
     Experiment(
         "E1-lr", "E1's finding across learning rates: Adam lr 0.03, 0.1, 0.3",
         "— (robustness): the collapse of stale REINFORCE and the stability of clipping should "
@@ -208,8 +249,8 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular")),
     Experiment(
         "E1-tabular-graded", "E1 with a tabular policy and graded rewards U[0, 1)",
-        "the paper's Pitfall 1, on the lab's 8 × 6 bandit: off-policy REINFORCE drifts to "
-        "argmax μ·(r − E_μ r), not to argmax r, once rewards are graded.",
+        "the paper's Pitfall 1, at scale: off-policy REINFORCE drifts to argmax μ·(r − E_μ r), "
+        "not to argmax r, once rewards are graded.",
         _arms("reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide"),
         problem=dataclasses.replace(LOG_LINEAR, policy="tabular", reward="graded")),
     Experiment(
@@ -229,8 +270,6 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
          Curve.of("opmd-kimi-token", "OPMD (Kimi, per-token k2)", "opmd-kimi", level="token")),
         problem=TREE, group_size=3),
 )})
-
-
 
 def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
                        settings: Sequence[str] = tuple(SETTINGS), seeds: int = 5,
@@ -277,11 +316,19 @@ def _check_group_size(k: int, arms: Sequence[Curve]) -> None:
     require_int("group_size", k, 1)
 
 
+def _run_e5_why(out_dir: Path) -> tuple[str, dict[str, Path]]:
+    from simulator.red_why import run_e5_why  # imports this module: loaded when run
+
+    return run_e5_why(out_dir)
+
+
 # Experiments that are a figure, not arms × settings: key ↦ (title, runner(out_dir) →
 # (markdown, paths)).
 FIGURES: dict[str, tuple[str, Callable[[Path], tuple[str, dict[str, Path]]]]] = {
     "E6": ("Pitfall 1: off-policy REINFORCE vs mirror descent on a three-armed bandit",
            run_pitfall),
+    "E5-why": ("E5's disagreement: where RED-Drop stabilises stale REINFORCE, and its exact "
+               "expected update", _run_e5_why),
 }
 
 

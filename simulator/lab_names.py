@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_COMPARE_ARMS", "EXPERIMENT_KEYS", "lookup"]
 # every key of simulator.experiments.EXPERIMENTS and FIGURES, in `experiment_names()` order
 EXPERIMENT_KEYS: tuple[str, ...] = (
     "E1", "E1-lr", "E1-tabular", "E1-tabular-graded", "E1-tree",
-    "E2", "E3", "E4", "E5", "E6", "E7",
+    "E2", "E3", "E3-base-lr", "E4", "E5", "E5-why", "E6", "E7", "E8",
 )
 
 # `grlab compare`'s losses: E1's curves plus OPMD, AsymRE and RED-Weight (keys of ARMS)

@@ -52,6 +52,7 @@ SAME = "black"  # the colour of a line that stands for several identical losses
 # A loss whose mean reward stays this close to an identical group's line is hidden under it
 # (rewards lie in [0, 1]: 0.02 is a few pixels, about a line's width): the note names it.
 NEAR = 0.02
+CLIPFRAC_FLOOR = 1e-6  # plot_clipfrac: lower values sit on the bottom edge
 LEGEND_WIDTH = 3.0  # inches to the right of the panels
 # matplotlib's tab10, in words: a note says "the brown line", not "the line of arm 6"
 TAB10_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive",
@@ -198,10 +199,28 @@ def curves_figure(report: Report) -> Figure:
                         slot=labels.index(label))
         _tag_panel(axes[0][j], plan.tags)
         shown.update({"same"} if plan.tags else set())
+    if _draw_on_policy_reference(axes, exp, per_seed, labels):
+        shown.add("reference")
     if notes:
         fig.text(0.01, 0.01, notes, fontsize=8, va="bottom", ha="left")
     _decorate(fig, axes, report, colours, shown, bottom=notes_height / (6.0 + notes_height))
     return fig
+
+
+def _draw_on_policy_reference(axes: Any, exp: Any,
+                              per_seed: Mapping[str, Mapping[str, torch.Tensor]],
+                              labels: Sequence[str]) -> bool:
+    """Where the settings include on-policy, its mean reward (of the first curve: on-policy
+    every REC variant has REINFORCE's gradient, ρ = 1) is drawn grey in every other column, as
+    the reference the stale curves are read against. True when something was drawn."""
+    if "on-policy" not in exp.settings or len(exp.settings) < 2:
+        return False
+    ref = reward_mean(per_seed, labels[0], list(exp.settings).index("on-policy"))
+    for j, setting in enumerate(exp.settings):
+        if setting != "on-policy":
+            axes[0][j].plot(torch.arange(ref.shape[0]), ref, "-.", color="0.45", lw=1.2,
+                            zorder=2)
+    return True
 
 
 def reward_mean(per_seed: Mapping[str, Mapping[str, torch.Tensor]], label: str, j: int
@@ -277,6 +296,11 @@ def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any]
              ("collapse", Line2D([], [], color="grey", lw=0.9, marker="x", mew=1.6,
                                  label="thin, ×: a run that collapsed (final\n  reward "
                                        "> 0.1 below its own peak,\n  or diverged)"))]
+    if "reference" in shown:
+        extra.append(("reference", Line2D([], [], color="0.45", lw=1.2, ls="-.",
+                                          label=f"grey dash-dot: on-policy reference\n  "
+                                                f"({next(iter(report.trajectories))}, "
+                                                "on-policy)")))
     handles += [line for key, line in extra if key in shown]
     handles.append(Line2D([], [], color="grey", lw=0.8, ls=":",
                           label="dotted: best reward possible\n  (mean over prompts of max r)"))
@@ -292,6 +316,54 @@ def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any]
 def _integer_steps(ax: Axes) -> None:
     """Whole training steps on the x axis (never 2.5): multiples of 1, 2, 5 or 10 × 10^k."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
+def plot_clipfrac(report: Report, path: Path) -> Path:
+    """The expected clipping fraction per step (Trajectory metric ``clipfrac``: the share of
+    tokens whose gradient the clip switched off), mean over seeds, log scale, one panel per
+    setting — the paper's clip-fraction rows. Step 0 (no update yet) and zeros are not drawn
+    (log scale); values below ``CLIPFRAC_FLOOR`` sit on the bottom edge (an exact expectation
+    can fall to 1e-30 once the policy is nearly deterministic, which would flatten the rest);
+    a curve that never clips is named in the legend as such. Saved atomically."""
+    exp = report.experiment
+    n_cols = len(exp.settings)
+    fig, axes = plt.subplots(1, n_cols, figsize=(3.6 * n_cols + LEGEND_WIDTH, 3.6),
+                             sharey=True, squeeze=False)
+    handles = []
+    for a, (label, trajectory) in enumerate(report.trajectories.items()):
+        colour = plt.get_cmap("tab10")(a % 10)
+        frac = trajectory.metrics["clipfrac"].reshape(-1, exp.seeds, n_cols).mean(1)
+        style = "--" if "(0.6, 2.0)" in label else "-"
+        never = not bool((frac[1:] > 0).any())
+        for j in range(n_cols):
+            steps = torch.arange(1, frac.shape[0])
+            values = frac[1:, j].clamp(min=CLIPFRAC_FLOOR)
+            shown = frac[1:, j] > 0
+            axes[0][j].plot(steps[shown], values[shown], style, color=colour, lw=1.4)
+        handles.append(Line2D([], [], color=colour, ls=style, lw=1.4,
+                              label=label + (" (never clips)" if never else "")))
+    for j, setting in enumerate(exp.settings):
+        if not any(bool((t.metrics["clipfrac"].reshape(-1, exp.seeds, n_cols)[1:, :, j] > 0)
+                        .any()) for t in report.trajectories.values()):
+            axes[0][j].text(0.5, 0.5, "no token clipped\n(every ratio inside the clip)",
+                            transform=axes[0][j].transAxes, ha="center", va="center",
+                            fontsize=9, color="0.3")
+        axes[0][j].set_xlim(0, exp.steps)
+        axes[0][j].set_yscale("log")
+        axes[0][j].set_ylim(CLIPFRAC_FLOOR / 2, 1.5)
+        axes[0][j].set_title(setting)
+        axes[0][j].set_xlabel("training step")
+        _integer_steps(axes[0][j])
+    axes[0][0].set_ylabel("clipping fraction (expected)")
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{exp.key}: clipping fraction, mean over {exp.seeds} seeds\n"
+                 f"(values below {CLIPFRAC_FLOOR:g} drawn at {CLIPFRAC_FLOOR:g})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - LEGEND_WIDTH / fig.get_figwidth(), 0.93))
+    try:
+        atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def simplex_xy(pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
