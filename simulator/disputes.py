@@ -100,9 +100,9 @@ class Dispute:
         """One row for an atlas: the dispute's two main readings (``HEADLINE_PAIRS``), each
         against −∇J, the gap between them (b against a), each one's spread (the trace of the
         exact covariance of one batch of one group per prompt, and √trace/|∇J|), the batches
-        per arm to tell them apart (``simulator.atlas.groups_needed``: α = 0.05 two-sided,
+        per arm to tell them apart (``simulator.detect.groups_needed``: α = 0.05 two-sided,
         power 0.8) and the instance's facts."""
-        from simulator.atlas import groups_needed
+        from simulator.detect import groups_needed
 
         a, b = (self.reading(label) for label in HEADLINE_PAIRS[self.name])
         ta, tb, ab = compare(a.grad, self.target), compare(b.grad, self.target), compare(
