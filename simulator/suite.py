@@ -77,7 +77,7 @@ class Family:
         arms = exp.arms if self.groups == "expected" else tuple(
             dataclasses.replace(curve, groups="sampled") for curve in exp.arms)
         return dataclasses.replace(
-            exp, key=f"{exp.key} on {self.name}", arms=arms, problem=self.problem,
+            exp, title=f"{exp.title} (family: {self.name})", arms=arms, problem=self.problem,
             group_size=self.group_size if group_size is None else group_size,
             groups_per_prompt=self.groups_per_prompt)
 

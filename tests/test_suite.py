@@ -319,4 +319,4 @@ def test_experiment_on_a_family_keeps_its_curves(grlab_split, no_plots, monkeypa
                                    str(tmp_path))
     assert code == 0
     table = (tmp_path / "sampled" / "table.md").read_text()
-    assert "E1 on sampled" in table and "REC-OneSide-NoIS (0.6, 2.0)" in table
+    assert "(family: sampled)" in table and "REC-OneSide-NoIS (0.6, 2.0)" in table
