@@ -231,6 +231,19 @@ def test_clipped_track_on_policy_and_stale_below_on_policy():
     assert verdict.holds is False and "grpo offline +0.070" in verdict.evidence
 
 
+def test_a_difference_the_tables_cannot_show_is_none_but_a_steady_one_counts():
+    """Both at 1.00 up to 1e-7 (a zero-width interval) is no difference; +0.01 on every seed
+    is one (> NEGLIGIBLE = 0.005, and its interval excludes 0)."""
+    level = _steady(1.0 - 1e-7, 1.0)
+    assert _check("stale-below-on-policy", _report({"grpo": level})).holds is True
+    assert _check("clipped-track-on-policy", _report({"grpo": level})).holds is True
+    assert _check("is-equals-nois", _report({"rec-oneside-is": level,
+                                             "rec-oneside-nois": _steady(1.0, 1.0)})).holds
+    steady = _steady(0.9, 0.91)
+    assert _check("stale-below-on-policy", _report({"grpo": steady})).holds is False
+    assert _check("clipped-track-on-policy", _report({"grpo": steady})).holds is False
+
+
 def test_the_summary_has_every_finding_and_family():
     report = _report({"reinforce": _steady(0.9, 0.8), "grpo": _steady(0.9, 0.8)})
     text = summary_markdown([("one", report), ("two", report)])
