@@ -2,7 +2,8 @@
 
 What is measured
 ----------------
-The default comparison problem (``simulator.experiments.LOG_LINEAR``: 8 prompts × 6 answers,
+The capacity-limited problem (``simulator.experiments.LOG_LINEAR``, the default comparison until
+it moved to the representable family; 8 prompts × 6 answers,
 log-linear policy, exact expected updates, Adam) for one clipped loss. R runs — R/4 seeds × the
 four off-policy settings of ``SETTINGS`` — are trained for ``--steps`` steps (a) in ONE
 ``simulate`` call, where the runs are one tiled tensor computation, and (b) one ``simulate``

@@ -46,7 +46,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from simulator.lab_names import DEFAULT_COMPARE_ARMS, EXPERIMENT_KEYS, lookup
+from simulator.lab_names import (
+    DEFAULT_COMPARE_ARMS,
+    DEFAULT_FAMILY,
+    EXPERIMENT_KEYS,
+    FAMILY_NAMES,
+    lookup,
+)
 from simulator.schedule import SETTINGS
 
 if TYPE_CHECKING:
@@ -55,6 +61,7 @@ if TYPE_CHECKING:
     from simulator.claims.registry import ClaimReport
     from simulator.experiments import Experiment
     from simulator.loss_registry import LossSpec
+    from simulator.reports import Report
 
 
 def _stdout() -> Console:
@@ -76,6 +83,13 @@ ImportFlag = Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg
 ThreadsFlag = Annotated[int | None, tyro.conf.arg(
     help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
          "fastest on one")]
+
+FamilyFlag = Annotated[str | None, tyro.conf.arg(
+    metavar="NAME", help="run on this problem family of the suite only, into OUT/NAME, with "
+    "the findings in OUT/summary.md: " + ", ".join(FAMILY_NAMES))]
+SuiteFlag = Annotated[bool, tyro.conf.arg(
+    help="run on every family of the suite, each into OUT/FAMILY, with each finding per "
+         "family in OUT/summary.md")]
 
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
@@ -229,7 +243,7 @@ def _interrupted(out: Path | None) -> SystemExit:
     return SystemExit(130)
 
 
-def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
+def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> Report:
     """Run an experiment with progress, write its files, print the table and the paths."""
     from rich.table import Table
 
@@ -276,6 +290,29 @@ def _run_and_report(exp: Experiment, out: Path, fresh: bool) -> None:
     if previous is not None and previous != _read_text(paths["markdown"]):
         _note(f"the table and plot in {out} replaced a previous run's, which differed (its "
               f"losses stay cached in {out / 'runs'}; rerunning its command regenerates them)")
+    return report
+
+
+def _families(suite: bool, family: str | None) -> tuple[str, ...]:
+    """The families --suite or --family names (none: neither was given)."""
+    if suite and family is not None:
+        raise ValueError("--suite runs every family and --family one of them: give one")
+    if family is not None:
+        return (lookup("--family", family, FAMILY_NAMES),)
+    return FAMILY_NAMES if suite else ()
+
+
+def _run_families(experiments: list[tuple[str, Experiment]], out: Path, fresh: bool) -> None:
+    """Each family's experiment into OUT/FAMILY, then every finding per family in
+    OUT/summary.md (``simulator.findings``)."""
+    from simulator.files import atomic_write_text, output_dir
+    from simulator.findings import summary_markdown
+
+    out = output_dir(out, what="--out")
+    reports = [(name, _run_and_report(exp, out / name, fresh)) for name, exp in experiments]
+    path = out / "summary.md"
+    atomic_write_text(path, summary_markdown(reports))
+    _stdout().print(f" summary: {path}", markup=False, soft_wrap=True)
 
 
 def _read_text(path: Path) -> str | None:
@@ -288,8 +325,10 @@ def _read_text(path: Path) -> str | None:
 def compare(
     losses: tuple[str, ...] = DEFAULT_COMPARE_ARMS,
     settings: tuple[str, ...] = tuple(SETTINGS),
-    env: Literal["bandit", "tree"] = "bandit",
-    policy: Literal["tabular", "log-linear"] = "log-linear",
+    env: Literal["bandit", "tree"] | None = None,
+    policy: Literal["tabular", "log-linear"] | None = None,
+    family: FamilyFlag = None,
+    suite: SuiteFlag = False,
     seeds: int = 5,
     steps: int = 150,
     lr: float = 0.1,
@@ -302,13 +341,16 @@ def compare(
     threads: ThreadsFlag = None,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
-    write a plot (curves.png) and a table (table.md, table.csv).
+    write a plot (curves.png) and a table (table.md, table.csv), on the suite's representable
+    family unless --env, --policy, --family or --suite say otherwise.
 
     Args:
         losses: arm keys or any registered loss name (see --list).
         settings: off-policy settings (see --list).
-        env: bandit (8 prompts × 6 answers, one correct) or tree (15 responses of 1–3 tokens).
-        policy: tabular logits, or a log-linear policy with shared features.
+        env: bandit (8 prompts × 6 answers, one correct; default) or tree (15 responses of
+            1–3 tokens: the family tree-depth-3).
+        policy: tabular logits (the family tabular), or a log-linear policy with shared
+            features (default; on a bandit the family representable: 64 features ≥ 48 logits).
         seeds: problem instances (rewards, start) per loss and setting; 2+ give a 95% interval.
         steps: training steps, at least 1 (one optimiser step per batch).
         lr: Adam's learning rate (> 0).
@@ -319,6 +361,10 @@ def compare(
     from simulator.provenance import import_modules
     from simulator.threads import use_threads
 
+    names = _families(suite, family)
+    if names and (env is not None or policy is not None):
+        raise ValueError("--env and --policy choose the problem, and so do --family and "
+                         "--suite: give one of the two")
     use_threads(threads, default=1)
     import_modules(import_)  # before any loss name is looked up
     if list:
@@ -330,14 +376,31 @@ def compare(
                       markup=False)
         _stdout().print("experiments: " + ", ".join(EXPERIMENT_KEYS) + " (grlab experiment KEY)",
                       markup=False)
+        _stdout().print("families: " + ", ".join(FAMILY_NAMES) + " (--family NAME, --suite)",
+                        markup=False)
         return
     import dataclasses
 
-    from simulator.experiments import LOG_LINEAR, TREE, default_comparison
+    from simulator.experiments import default_comparison
+    from simulator.suite import FAMILIES
 
-    problem = dataclasses.replace(LOG_LINEAR if env == "bandit" else TREE, policy=policy)
-    exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem,
-                             group_size=group_size, lr=lr)
+    def on(name: str, policy: str | None = None) -> Experiment:
+        fam = FAMILIES[name]
+        problem = fam.problem if policy is None else dataclasses.replace(fam.problem,
+                                                                         policy=policy)
+        exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem,
+                                 group_size=fam.group_size if group_size is None
+                                 else group_size, lr=lr)
+        return fam.retarget(exp, group_size=exp.group_size)
+
+    if names:
+        experiments = [(name, on(name)) for name in names]  # every one checked, then run
+        _run_families(experiments, out, fresh)
+        return
+    if env == "tree":
+        exp = on("tree-depth-3", policy)
+    else:
+        exp = on("tabular" if policy == "tabular" else DEFAULT_FAMILY)
     _run_and_report(exp, out, fresh)
 
 
@@ -347,6 +410,8 @@ def experiment(
     out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
                                                    f"{OUT_HELP}.")] = None,
     fresh: bool = False,
+    family: FamilyFlag = None,
+    suite: SuiteFlag = False,
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
 ) -> None:
@@ -363,6 +428,7 @@ def experiment(
         fresh: recompute every loss of the experiment and replace its cache entry.
     """
     key = lookup("experiment", key, EXPERIMENT_KEYS)
+    names = _families(suite, family)
     from simulator.provenance import import_modules
     from simulator.threads import use_threads
 
@@ -371,7 +437,16 @@ def experiment(
     from simulator.experiments import EXPERIMENTS, FIGURES
     from simulator.files import output_dir
 
+    if names and key in FIGURES:
+        raise ValueError(f"--family and --suite retarget curves × settings; {key} is a figure "
+                         "of its own problem")
     out = output_dir(out or Path("results") / key, what="--out")
+    if names:
+        from simulator.suite import FAMILIES
+
+        _run_families([(name, FAMILIES[name].retarget(EXPERIMENTS[key])) for name in names],
+                      out, fresh)
+        return
     if key not in FIGURES:
         _run_and_report(EXPERIMENTS[key], out, fresh)
         return

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,8 +46,9 @@ from simulator.schedule import SETTINGS, Schedule
 from simulator.tree import TreeMDP
 from simulator.validation import require_choice, require_int, require_positive
 
-__all__ = ["SETTINGS", "BanditProblem", "Problem", "Schedule", "Trajectory", "TreeProblem",
-           "simulate"]
+__all__ = ["RATIO_FAR", "RATIO_QUANTILES", "SETTINGS", "BanditProblem", "Instance", "Problem",
+           "Schedule", "Trajectory", "TreeProblem", "draw_instance", "simulate",
+           "weighted_quantiles"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,11 @@ class Trajectory:
     grad_norm, staleness, clipfrac (the expected share of tokens whose gradient clipping
     switched off, averaged over the step's updates; 0 at step 0); kl_behavior is KL(π ‖ π_old),
     π_old the schedule's behavior policy π_{θ_b}; with a mismatched sampler, kl_rollout,
-    KL(π_old ‖ μ) of the step's data (at step 0, of π_0's sampler).
+    KL(π_old ‖ μ) of the step's data (at step 0, of π_0's sampler). ratio_q05, ratio_q50,
+    ratio_q95: the π_old-weighted 5%, 50%, 95% quantiles of the sequence ratio
+    ρ = π(y)/π_old(y) over every (prompt, response), prompts weighted equally; ratio_far: the
+    π_old-mass with |ρ − 1| > 0.2. Like kl_behavior, they compare the policy after step t's
+    update with step t's behaviour policy (ρ ≡ 1 at step 0).
     """
 
     loss: str
@@ -192,23 +197,43 @@ def _kl(p: Tensor, q: Tensor) -> Tensor:
     return (p * ratio).sum(-1)
 
 
+class Instance(NamedTuple):
+    """One seed's draw of a ``Problem``: rewards [P, N], the initial parameters θ₀ (logits, or
+    weights [features] of a log-linear policy) and the features Φ [P, ..., features] (None for
+    a tabular policy); logits = Φ·w."""
+
+    rewards: Tensor
+    theta0: Tensor
+    features: Tensor | None
+
+
+def draw_instance(problem: Problem, seed: int) -> Instance:
+    """The instance ``seed`` draws (the one home of that draw: ``simulate`` uses it per seed).
+    One generator seeded with ``seed`` draws, in order, the rewards, then the features Φ
+    (log-linear) and θ₀ = init_scale·N(0, 1)."""
+    g = torch.Generator().manual_seed(int(seed))
+    rewards = problem.draw_rewards(g)
+    env = problem.make_env(rewards)
+    if problem.policy == "tabular":
+        return Instance(rewards, problem.init_scale * torch.randn(
+            env.logits_shape, generator=g, dtype=torch.float64), None)
+    features = torch.randn((*env.logits_shape, problem.features), generator=g,
+                           dtype=torch.float64)
+    return Instance(rewards, problem.init_scale * torch.randn(
+        problem.features, generator=g, dtype=torch.float64), features)
+
+
 class _Runs:
     """R runs tiled into one testbed of R·P prompts, with their parametrisation."""
 
     def __init__(self, problem: Problem, seeds: Sequence[int], run_seed: Tensor) -> None:
         rewards, theta0, features = [], [], []
         for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
-            rewards.append(problem.draw_rewards(g))
-            env = problem.make_env(rewards[-1])
-            if problem.policy == "tabular":
-                theta0.append(problem.init_scale * torch.randn(
-                    env.logits_shape, generator=g, dtype=torch.float64))
-            else:
-                shape = (*env.logits_shape, problem.features)
-                features.append(torch.randn(shape, generator=g, dtype=torch.float64))
-                theta0.append(problem.init_scale * torch.randn(
-                    problem.features, generator=g, dtype=torch.float64))
+            instance = draw_instance(problem, seed)
+            rewards.append(instance.rewards)
+            theta0.append(instance.theta0)
+            if instance.features is not None:
+                features.append(instance.features)
         self.problem, self.r = problem, len(run_seed)
         self.rewards = torch.stack(rewards)[run_seed]  # [R, P, N]
         self.env = problem.make_env(self.rewards.reshape(-1, self.rewards.shape[-1]))
@@ -257,6 +282,39 @@ class _Runs:
         return self.env.sequence_probs(self.logits(theta)).reshape(self.rewards.shape)
 
 
+# The distribution of the IS ratio ρ = π_θ(y)/π_old(y) under the behaviour policy: these
+# μ-weighted quantiles, and the μ-mass with |ρ − 1| > RATIO_FAR.
+RATIO_QUANTILES = {"ratio_q05": 0.05, "ratio_q50": 0.5, "ratio_q95": 0.95}
+RATIO_FAR = 0.2
+
+
+def weighted_quantiles(values: Tensor, weights: Tensor, qs: Sequence[float]) -> Tensor:
+    """[len(qs), R]: for each row r of ``values`` [R, M] with ``weights`` [R, M] (≥ 0, summing to
+    1 per row), the lower q-quantile min{v : Σ_{values ≤ v} weight ≥ q}. Entries of weight 0
+    never count (a response the behaviour never samples has no ratio under it)."""
+    order = values.argsort(dim=-1)
+    sorted_values = values.gather(-1, order)
+    cumulative = weights.gather(-1, order).cumsum(-1)
+    out = []
+    for q in qs:
+        # the first sorted entry whose cumulative weight reaches q (1e-12: rounding of the sum)
+        index = (cumulative < q - 1e-12).sum(-1, keepdim=True).clamp(max=values.shape[-1] - 1)
+        out.append(sorted_values.gather(-1, index).squeeze(-1))
+    return torch.stack(out)
+
+
+def _ratio_metrics(pi: Tensor, mu: Tensor) -> dict[str, Tensor]:
+    """ρ = π/μ per response [R, P, N] under the behaviour μ, prompts weighted equally: the
+    ``RATIO_QUANTILES`` and ``ratio_far``, the μ-mass of |ρ − 1| > ``RATIO_FAR``."""
+    r, p = pi.shape[0], pi.shape[1]
+    weights = (mu / p).reshape(r, -1)
+    ratio = torch.where(mu > 0, pi / mu.clamp_min(1e-300), torch.ones_like(pi)).reshape(r, -1)
+    quantiles = weighted_quantiles(ratio, weights, list(RATIO_QUANTILES.values()))
+    row = dict(zip(RATIO_QUANTILES, quantiles, strict=True))
+    row["ratio_far"] = (weights * ((ratio - 1).abs() > RATIO_FAR)).sum(-1)
+    return row
+
+
 def _metrics(runs: _Runs, pi: Tensor, mu: Tensor, pi0: Tensor) -> dict[str, Tensor]:
     """Per-run metrics [R] of the current response distributions π, μ, π_0 [R, P, N]."""
     rewards = runs.rewards
@@ -272,6 +330,7 @@ def _metrics(runs: _Runs, pi: Tensor, mu: Tensor, pi0: Tensor) -> dict[str, Tens
         "kl_behavior": _kl(pi, mu).mean(-1),
         "kl_init": _kl(pi, pi0).mean(-1),
         "best_share": (pi * best).sum(-1).mean(-1),
+        **_ratio_metrics(pi, mu),
     }
 
 

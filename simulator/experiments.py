@@ -22,18 +22,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulator.dynamics import SETTINGS, BanditProblem, Problem, TreeProblem
-from simulator.lab_names import DEFAULT_COMPARE_ARMS, lookup
+from simulator.dynamics import SETTINGS, BanditProblem, Problem
+from simulator.lab_names import DEFAULT_COMPARE_ARMS, DEFAULT_FAMILY, lookup
 from simulator.pitfall import run_pitfall
 from simulator.reports import Report, Row, fingerprint, run_experiment, summarise, write_report
+from simulator.suite import FAMILIES
 from simulator.validation import Registry, require_int, require_positive
 
 if TYPE_CHECKING:
     from simulator.groups import LossSetup
 
-__all__ = ["ARMS", "EXPERIMENTS", "FIGURES", "LOG_LINEAR", "TREE", "Arm", "Curve", "Experiment",
-           "Report", "Row", "arm", "default_comparison", "experiment_names", "run_experiment",
-           "summarise", "write_report"]
+__all__ = ["ARMS", "EXPERIMENTS", "FIGURES", "LOG_LINEAR", "REPRESENTABLE", "TREE", "Arm",
+           "Curve", "Experiment", "Report", "Row", "arm", "default_comparison", "experiment_names",
+           "run_experiment", "summarise", "write_report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +95,10 @@ E3_CLIP02_LR_SCALES = (2.0, 5.0, 10.0)
 E3_WIDE_LR_SCALES = (1.0, 2.0)
 # 8 prompts × 6 answers, one correct, 16 shared features: learning in one prompt moves the
 # others, as in an LLM, and the policy class cannot reach every optimum (as an LLM of fixed
-# size cannot); Adam as in the paper's runs.
-LOG_LINEAR = BanditProblem(prompts=8, responses=6, reward="binary", correct=1,
-                           policy="log-linear", features=16)
+# size cannot); Adam as in the paper's runs. The suite's "capacity-limited" family.
+LOG_LINEAR = FAMILIES["capacity-limited"].problem
+# `grlab compare`'s default problem: the same, with 64 features ≥ 48 logits (simulator.suite)
+REPRESENTABLE = FAMILIES[DEFAULT_FAMILY].problem
 
 ARMS: dict[str, Curve] = {curve.key: curve for curve in (
     Curve.of("reinforce", "REINFORCE"),
@@ -134,8 +136,7 @@ PAPER_GRPO = Curve.of("grpo-token-mean", "GRPO (paper's config: token mean)", "b
 # The tree testbed (E1-tree, E7): 3 tokens (token 0 ends a response), depth 3 → 15 responses
 # of 1–3 tokens, graded rewards, a log-linear policy over the tree's (node, token) pairs, K = 3.
 # 4 prompts: each prompt's enumeration (680 groups × 3 tokens) is 12× a bandit prompt's work.
-TREE = TreeProblem(prompts=4, vocab=3, depth=3, eos=True, reward="graded",
-                   policy="log-linear", features=16)
+TREE = FAMILIES["tree-depth-3"].problem
 
 # App. B.4's arms (E3, E3-base-lr): clip 0.2 at lr ×2, ×5, ×10, the wide clip at ×1, ×2,
 # REINFORCE at ×2
@@ -273,10 +274,11 @@ EXPERIMENTS: Registry = Registry("experiment", {exp.key: exp for exp in (
 
 def default_comparison(arms: Sequence[str] = DEFAULT_COMPARE_ARMS,
                        settings: Sequence[str] = tuple(SETTINGS), seeds: int = 5,
-                       steps: int = 150, problem: Problem = LOG_LINEAR,
+                       steps: int = 150, problem: Problem = REPRESENTABLE,
                        group_size: int | None = None, lr: float = 0.1) -> Experiment:
-    """``grlab compare``'s default: E1's arms plus OPMD, AsymRE and RED-Weight. The group size
-    defaults to 4 on a bandit and 3 on a tree (enumeration cost grows as N^K/K!).
+    """``grlab compare``'s default: E1's arms plus OPMD, AsymRE and RED-Weight, on the suite's
+    "representable" family (``simulator.suite``). The group size defaults to 4 on a bandit and
+    3 on a tree (enumeration cost grows as N^K/K!).
 
     Every argument is checked here, before any training: unknown names (with the valid ones),
     repeated names, counts below 1, and a group size below 2 for a group-relative advantage."""

@@ -7,10 +7,11 @@ Design decisions
 ----------------
 * ``grlab --help`` must be fast, so the defaults it shows cannot come from
   ``simulator.experiments`` (which imports torch and scipy to build its catalogue). The names
-  live here, in a module that imports nothing heavy: the experiment keys and the curves of
-  ``grlab compare``'s default comparison. The setting names have their torch-free home in
-  ``simulator.schedule.SETTINGS``. ``tests/test_cli.py`` checks that these tuples
-  agree with the catalogue (``EXPERIMENTS``, ``FIGURES``, ``DEFAULT_COMPARE_ARMS``), so a key
+  live here, in a module that imports nothing heavy: the experiment keys, the curves of
+  ``grlab compare``'s default comparison and the problem families (``simulator.suite``). The
+  setting names have their torch-free home in ``simulator.schedule.SETTINGS``.
+  ``tests/test_cli.py`` and ``tests/test_suite.py`` check that these tuples agree with the
+  catalogue (``EXPERIMENTS``, ``FIGURES``, ``DEFAULT_COMPARE_ARMS``, ``FAMILIES``), so a key
   added there and forgotten here fails a test instead of silently hiding from ``--help``.
 * ``lookup`` is the one way a user-typed name is resolved (settings, experiments, arms, claim
   keys): an exact match, else a ``KeyError`` whose one line is
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 
 from simulator.validation import unknown_name_message
 
-__all__ = ["DEFAULT_COMPARE_ARMS", "EXPERIMENT_KEYS", "lookup"]
+__all__ = ["DEFAULT_COMPARE_ARMS", "DEFAULT_FAMILY", "EXPERIMENT_KEYS", "FAMILY_NAMES", "lookup"]
 
 # every key of simulator.experiments.EXPERIMENTS and FIGURES, in `experiment_names()` order
 EXPERIMENT_KEYS: tuple[str, ...] = (
@@ -37,6 +38,14 @@ DEFAULT_COMPARE_ARMS: tuple[str, ...] = (
     "reinforce", "grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-nois-wide",
     "opmd-kimi", "asymre", "red-weight",
 )
+
+
+# every key of simulator.suite.FAMILIES, in its order; the first is `grlab compare`'s default
+FAMILY_NAMES: tuple[str, ...] = (
+    "representable", "capacity-limited", "tabular", "graded", "sampled", "tree-depth-1",
+    "tree-depth-2", "tree-depth-2-binary", "tree-depth-3",
+)
+DEFAULT_FAMILY = "representable"
 
 
 def lookup(kind: str, name: str, valid: Iterable[str]) -> str:

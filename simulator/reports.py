@@ -63,9 +63,9 @@ from simulator.provenance import code_digest
 if TYPE_CHECKING:
     from simulator.experiments import Curve, Experiment
 
-__all__ = ["CACHE_FORMAT", "COLLAPSE_DROP", "NO_INTERVAL", "STEPS_TO_90", "Report", "Row",
-           "collapsed_runs", "fingerprint", "markdown_table", "pivot", "run_experiment",
-           "summarise", "write_report"]
+__all__ = ["CACHE_FORMAT", "COLLAPSE_DROP", "NO_INTERVAL", "OFF_POLICY", "STEPS_TO_90", "Report",
+           "Row", "collapsed_runs", "fingerprint", "markdown_table", "off_policy_table", "pivot",
+           "run_experiment", "summarise", "write_report"]
 
 COLLAPSE_DROP = 0.1
 STEPS_TO_90 = ("median steps to 90% of the optimum J* (the first step with J − J₀ ≥ "
@@ -74,8 +74,11 @@ STEPS_TO_90 = ("median steps to 90% of the optimum J* (the first step with J −
 NO_INTERVAL = "± n/a: one seed, and a 95% interval over seeds needs at least two."
 # Bump when a change to the simulator changes what a cached run holds. 3: tensors and plain
 # values only (format 2 pickled Schedule objects and needed weights_only=False). 4: metric
-# names take the lab's one spelling (kl_behavior).
-CACHE_FORMAT = 4
+# names take the lab's one spelling (kl_behavior). 5: the IS-ratio metrics (ratio_q05, ...).
+CACHE_FORMAT = 5
+# The off-policyness columns: Row field ↦ the Trajectory metric it averages over steps 1..T.
+OFF_POLICY = {"kl_behavior": "kl_behavior", "clipfrac": "clipfrac", "ratio_q05": "ratio_q05",
+              "ratio_q50": "ratio_q50", "ratio_q95": "ratio_q95", "ratio_far": "ratio_far"}
 
 
 def fingerprint(exp: Experiment, curve: Curve) -> str:
@@ -104,6 +107,15 @@ class Row:
     steps_to_90: str
     diverged: int
     seeds: int
+    # off-policyness, each the mean over training steps 1..T and over seeds (``OFF_POLICY``):
+    # KL(π‖π_old), the clipped share of tokens, the π_old-weighted 5/50/95% quantiles of
+    # ρ = π/π_old and the π_old-mass with |ρ − 1| > 0.2
+    kl_behavior: float = float("nan")
+    clipfrac: float = float("nan")
+    ratio_q05: float = float("nan")
+    ratio_q50: float = float("nan")
+    ratio_q95: float = float("nan")
+    ratio_far: float = float("nan")
 
 
 @dataclasses.dataclass
@@ -195,7 +207,8 @@ def _check_cache(payload: Any, exp: Experiment, curve: Curve) -> None:
     if payload.get("loss") != curve.loss or payload.get("runs") != _plain_runs(runs):
         raise ValueError("it holds another configuration")
     metrics, n = payload.get("metrics"), len(runs)
-    if not isinstance(metrics, dict) or not {"reward", "optimum", "kl_init"} <= set(metrics):
+    if not isinstance(metrics, dict) or not {"reward", "optimum", "kl_init",
+                                             *OFF_POLICY.values()} <= set(metrics):
         raise ValueError("metrics are missing")
     for name, value in metrics.items():
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != (exp.steps + 1, n):
@@ -233,6 +246,9 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory) -> list[Row]:
     optimum = trajectory.metrics["optimum"][0].reshape(exp.seeds, n_settings)  # J* [S, X]
     diverged = (trajectory.diverged_at >= 0).reshape(exp.seeds, n_settings)
     collapsed = collapsed_runs(reward, diverged)
+    # the mean over training steps 1..T of each off-policyness metric, per run [S, X]
+    off_policy = {field: trajectory.metrics[name][1:].mean(0).reshape(exp.seeds, n_settings)
+                  for field, name in OFF_POLICY.items()}
     rows = []
     for j, setting in enumerate(exp.settings):
         curve = reward[:, :, j]
@@ -241,6 +257,7 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory) -> list[Row]:
             ci95=_half_width(curve[-1]), collapse_rate=float(collapsed[:, j].double().mean()),
             steps_to_90=_steps_to_90(curve, curve[0], optimum[:, j]),
             diverged=int(diverged[:, j].sum()), seeds=exp.seeds,
+            **{field: float(values[:, j].mean()) for field, values in off_policy.items()},
         ))
     return rows
 
@@ -322,7 +339,28 @@ def markdown_table(report: Report) -> str:
         "| --- |" + " --- |" * len(settings),
     ]
     lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *off_policy_table(report)]) + "\n"
+
+
+def off_policy_table(report: Report) -> list[str]:
+    """The second table of table.md: how far each curve's policy moved from the data's
+    behaviour policy π_old, per setting (``OFF_POLICY``; means over steps 1..T and seeds)."""
+    settings = list(report.experiment.settings)
+    cells: dict[str, dict[str, str]] = {}
+    for row in report.rows:
+        cells.setdefault(row.arm, {})[row.setting] = (
+            f"KL {row.kl_behavior:.3f} · clip {row.clipfrac:.0%} · ρ {row.ratio_q05:.2f}/"
+            f"{row.ratio_q50:.2f}/{row.ratio_q95:.2f} · {row.ratio_far:.0%} far")
+    lines = [
+        "Off-policyness, each the mean over training steps and seeds: KL(π‖π_old) of the "
+        "updated policy to the step's behaviour policy · clip: the share of tokens whose "
+        "gradient clipping switched off · ρ: the π_old-weighted 5%/50%/95% quantiles of the "
+        "ratio ρ = π(y)/π_old(y) · far: the π_old-mass with |ρ − 1| > 0.2.", "",
+        "| loss | " + " | ".join(settings) + " |",
+        "| --- |" + " --- |" * len(settings),
+    ]
+    return lines + [f"| {label} | " + " | ".join(by[s] for s in settings) + " |"
+                    for label, by in cells.items()]
 
 
 def _slug(text: str) -> str:
