@@ -14,8 +14,9 @@ Design decisions
   loss or the data, or not supported (changes the run, and grlab has no counterpart). A key in
   none of these — a Trinity key this reader does not know, or a misspelt one — is listed as
   unknown, never dropped in silence. The shipped ``gsm8k.yaml`` has one: ``algorithm.optiimzer``
-  (Trinity-RFT 0.6.0's ``load_config`` rejects the file for it); ``lr`` then takes Trinity's
-  default 1e-6, which is the value the misspelt key meant.
+  (Trinity-RFT 0.6.0's ``load_config`` rejects the file for it, and for the older engine key
+  ``trainer.ppo_max_token_len_per_gpu``); ``lr`` then takes Trinity's default 1e-6, which is
+  the value the misspelt key meant.
 * Keys a config leaves out take Trinity-RFT 0.6.0's defaults (``TRINITY_DEFAULTS``, each tested
   against Trinity's own classes where it is installed). One matters: ``algorithm_type: rec``
   brings ``kl_loss_fn: k2`` with ``kl_coef: 0.001`` against the reference model, so every
@@ -133,8 +134,10 @@ ENGINE = ("project", "name", "checkpoint_root_dir", "model.max_model_len", "clus
           "explorer.rollout_model.engine_num", "explorer.rollout_model.tensor_parallel_size",
           "explorer.rollout_model.enable_prefix_caching", "explorer.rollout_model.enforce_eager",
           "synchronizer.sync_method", "synchronizer.sync_timeout", "trainer.trainer_type",
-          "trainer.use_dynamic_bsz", "trainer.ppo_max_token_len_per_gpu",
-          "trainer.max_token_len_per_gpu", "trainer.ulysses_sequence_parallel_size")
+          "trainer.use_dynamic_bsz", "trainer.max_token_len_per_gpu",
+          "trainer.ulysses_sequence_parallel_size")
+# engine keys under a name Trinity-RFT 0.6.0 no longer has (its load_config rejects them)
+RENAMED = {"trainer.ppo_max_token_len_per_gpu": "trainer.max_token_len_per_gpu"}
 WHY_ENGINE = ("engine layout (GPUs, engines, parallelism, token packing, file names): "
               "no effect on the loss, the data or the schedule")
 
@@ -340,6 +343,9 @@ def _build(name: str, raw: dict[str, Any]) -> SeedConfig:
             report.append((path, value, f"given by the command: {COMMAND[path]}"))
         elif path in ENGINE:
             report.append((path, value, WHY_ENGINE))
+        elif path in RENAMED:
+            report.append((path, value, f"{WHY_ENGINE}; an older Trinity-RFT name of "
+                                        f"{RENAMED[path]} (0.6.0 rejects it)"))
         else:
             report.append((path, value, "unknown: not a key this reader knows (not read)"))
     return SeedConfig(name, slug(name), raw, fields, tuple(report))
@@ -392,8 +398,8 @@ def verl_fragment(config: SeedConfig, *, model: str = "MODEL_PATH",
     kl = next((c for c in f["correction"] if c.startswith("kl:")), None)
     coef = float(kl.rsplit("beta=", 1)[1]) if kl else 0.0
     actor = {
-        "optim": {"lr": f["lr"], "weight_decay": f["weight_decay"]},
-        "grad_clip": f["max_grad_norm"],
+        "optim": {"lr": f["lr"], "weight_decay": f["weight_decay"],
+                  "clip_grad": f["max_grad_norm"]},
         "ppo_mini_batch_size": f["prompts_per_step"],
         "ppo_epochs": 1,
         "loss_agg_mode": f["agg"],
