@@ -148,6 +148,10 @@ def reproduce(
     for seed, options in runs:  # every config's settings are checked before any run
         seed.train_config(**{k: v for k, v in options.items() if k in _FIELDS})
     for i, (seed, options) in enumerate(runs, 1):
+        left = seed.unknown + seed.unsupported
+        if left:  # said before every run, never dropped in silence
+            print(f"warning: {seed.key}: keys not read: {', '.join(left)} "
+                  f"(grlab reproduce --emit report --config {seed.key})", file=sys.stderr)
         print(f"[{i}/{len(runs)}] {seed.name}: {' '.join(command_line(options))}", flush=True)
         train_llm(**options)
     from simulator.files import atomic_write_text

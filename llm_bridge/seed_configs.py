@@ -110,6 +110,7 @@ MAPPED: dict[str, str] = {
 }
 # keys read into the loss, the advantage and the corrections (``_algorithm``)
 ALGORITHM = ("algorithm.algorithm_type", "algorithm.policy_loss_fn_args",
+             "algorithm.policy_loss_fn", "algorithm.advantage_fn", "algorithm.loss_agg_mode",
              "algorithm.advantage_fn_args", "algorithm.kl_loss_fn",
              "algorithm.kl_loss_fn_args.kl_coef", "mode", "explorer.rollout_model.dtype")
 # keys the command gives instead (the model and the data), with what takes their place
@@ -136,6 +137,11 @@ ENGINE = ("project", "name", "checkpoint_root_dir", "model.max_model_len", "clus
           "synchronizer.sync_method", "synchronizer.sync_timeout", "trainer.trainer_type",
           "trainer.use_dynamic_bsz", "trainer.max_token_len_per_gpu",
           "trainer.ulysses_sequence_parallel_size")
+# keys that change the run and have no mapping here: reported as not supported
+UNSUPPORTED = ("algorithm.entropy_loss_fn", "algorithm.entropy_loss_fn_args",
+               "algorithm.kl_penalty_fn", "algorithm.kl_penalty_fn_args",
+               "algorithm.sample_strategy", "algorithm.sample_strategy_args",
+               "synchronizer.sync_style")
 # engine keys under a name Trinity-RFT 0.6.0 no longer has (its load_config rejects them)
 RENAMED = {"trainer.ppo_max_token_len_per_gpu": "trainer.max_token_len_per_gpu"}
 WHY_ENGINE = ("engine layout (GPUs, engines, parallelism, token packing, file names): "
@@ -248,6 +254,12 @@ def _algorithm(raw: Mapping[str, Any], fields: dict[str, Any], report: list) -> 
         raise ValueError(f"algorithm.algorithm_type is {kind!r}: only the paper's 'rec' "
                          "configs are mapped")
     report.append(("algorithm.algorithm_type", kind, "loss rec (Trinity RECPolicyLossFn)"))
+    for key in ("policy_loss_fn", "advantage_fn"):
+        chosen = _get(raw, f"algorithm.{key}", "rec")
+        if chosen != "rec":
+            raise ValueError(f"algorithm.{key} is {chosen!r}: only the rec algorithm's own "
+                             "'rec' is mapped")
+        report.append((f"algorithm.{key}", chosen, "rec"))
     given = _get(raw, "algorithm.policy_loss_fn_args") or {}
     unknown_args = sorted(set(given) - set(_LOSS_ARGS))
     if unknown_args:
@@ -268,9 +280,11 @@ def _algorithm(raw: Mapping[str, Any], fields: dict[str, Any], report: list) -> 
         report.append((f"algorithm.policy_loss_fn_args.{key}", value,
                        f"loss_kwargs {_LOSS_ARGS[key]}={kwargs[_LOSS_ARGS[key]]!r}{source}"))
     # Trinity aggregates gspo-one-side by seq-mean-token-mean whatever loss_agg_mode says
+    agg = _get(raw, "algorithm.loss_agg_mode")
     fields["agg"] = "seq-mean-token-mean" if kwargs["clip"] == "gspo-one-side" \
-        else TRINITY_DEFAULTS["loss_agg_mode"]
-    report.append(("algorithm.loss_agg_mode", None, f"agg={fields['agg']!r} (Trinity's)"))
+        else agg or TRINITY_DEFAULTS["loss_agg_mode"]
+    report.append(("algorithm.loss_agg_mode", agg, f"agg={fields['agg']!r}"
+                   + (" (Trinity's)" if agg is None else "")))
     _advantage(raw, fields, report)
     _kl_and_sampler(raw, fields, report)
 
@@ -343,6 +357,9 @@ def _build(name: str, raw: dict[str, Any]) -> SeedConfig:
             report.append((path, value, f"given by the command: {COMMAND[path]}"))
         elif path in ENGINE:
             report.append((path, value, WHY_ENGINE))
+        elif any(path == k or path.startswith(k + ".") for k in UNSUPPORTED):
+            report.append((path, value, "not supported: changes the run; grlab's trainer has "
+                                        "no counterpart read from this key"))
         elif path in RENAMED:
             report.append((path, value, f"{WHY_ENGINE}; an older Trinity-RFT name of "
                                         f"{RENAMED[path]} (0.6.0 rejects it)"))

@@ -146,10 +146,22 @@ def test_an_unknown_key_is_reported_not_dropped(tmp_path):
     assert set(config.unknown) == {"algorithm.optiimzer.lr", "trainer.frobnicate"}
 
 
+def test_a_key_that_changes_the_run_without_a_mapping_is_reported_unsupported(tmp_path):
+    raw = base()
+    raw["algorithm"]["entropy_loss_fn_args"] = {"entropy_coef": 0.01}
+    raw["algorithm"]["loss_agg_mode"] = "seq-mean-token-mean"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    config = load_seed_config(path)
+    assert config.unsupported == ("algorithm.entropy_loss_fn_args.entropy_coef",)
+    assert config.fields["agg"] == "seq-mean-token-mean"
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (("policy_loss_fn_args", {"clip_mode": "sideways"}), "clip_mode"),
     (("policy_loss_fn_args", {"loss_agg_mode": "token-mean"}), "loss_agg_mode"),
     (("algorithm_type", "grpo"), "algorithm_type"),
+    (("policy_loss_fn", "ppo"), "policy_loss_fn"),
     (("advantage_fn_args", {"std_normalize": True, "drop": "balance"}), "drop"),
 ])
 def test_a_config_grlab_cannot_run_is_a_value_error_naming_the_key(tmp_path, edit, message):
@@ -176,13 +188,10 @@ def conventions_rows() -> dict[str, str]:
 
 def test_each_preset_is_the_one_docs_conventions_names(configs):
     rows = conventions_rows()
-    by_name = {("REC-OneSide-IS" if n == "REC-OneSide-NoIS / -IS" else n): c
-               for n, c in rows.items()}
+    rows["REC-OneSide-IS"] = rows["REC-OneSide-NoIS"]  # the row "REC-OneSide-NoIS / -IS"
     for key, (loss, kwargs, advantage) in GRLAB_NAMES.items():
-        name = configs[key].name
-        cell = by_name.get(name) or by_name[{"REC-OneSide-IS": "REC-OneSide-NoIS"}.get(name,
-                                                                                       name)]
-        assert loss in cell or "presets of those names" in cell, (name, cell)
+        cell = rows[configs[key].name]
+        assert loss in cell or "presets of those names" in cell, (key, cell)
         if advantage:
             assert advantage in cell
         for k, v in kwargs.items():
@@ -273,9 +282,11 @@ def test_grlab_computes_trinitys_loss_and_kl_term_for_each_config(configs, key):
     args = {k: v if k in ("clip_mode", "weight", "regularizer") else float(v)
             for k, v in algorithm["policy_loss_fn_args"].items()}
     fn = losses.POLICY_LOSS_FN.get("rec")(**args)
-    coef = float((algorithm.get("kl_loss_fn_args") or {}).get("kl_coef",
-                                                              TRINITY_DEFAULTS["kl_coef"]))
-    kl = kl_fns.KL_FN.get("k2")(kl_coef=coef)
+    k2 = kl_fns.KL_FN.get(algorithm.get("kl_loss_fn", "k2"))
+    # Trinity's rule (config_validator.check_and_set): kl_loss_fn_args or the class's defaults
+    kl_args = algorithm.get("kl_loss_fn_args") or k2.default_args()
+    coef = float(kl_args["kl_coef"])
+    kl = k2(**kl_args)
     logp, old, adv, mask = parity_batch()
     ref = old - 0.3 * torch.sin(torch.arange(old.numel(), dtype=old.dtype)).view_as(old)
     leaf = logp.clone().requires_grad_(True)
@@ -400,6 +411,7 @@ def test_reproduce_tiny_runs_the_named_configs_and_resumes(tmp_path):
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| GRPO |" in summary and "| RED-Drop |" in summary
     assert "--loss rec --loss-kwargs" in result.stdout
+    assert "keys not read: algorithm.optiimzer.lr" in result.stderr
     for key in ("grpo", "red-drop"):
         assert (out / key / "checkpoint.pt").is_file()
     first = (out / "grpo" / "metrics.jsonl").read_text()
