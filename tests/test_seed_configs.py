@@ -414,6 +414,12 @@ def test_reproduce_tiny_runs_the_named_configs_and_resumes(tmp_path):
     assert "keys not read: algorithm.optiimzer.lr" in result.stderr
     for key in ("grpo", "red-drop"):
         assert (out / key / "checkpoint.pt").is_file()
+    # the printed train-llm line is the run's own config: resuming the run with it is allowed
+    line = next(x for x in result.stdout.splitlines() if x.startswith("[1/2] GRPO: "))
+    words = line.split(": ", 1)[1].split()
+    assert words[:2] == ["grlab", "train-llm"]
+    resumed = _grlab(*words[1:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
     first = (out / "grpo" / "metrics.jsonl").read_text()
     again = _grlab("reproduce", "--tiny", "--steps", "2", "--config", "grpo", "--out",
                    str(out))
