@@ -448,12 +448,16 @@ def verl_fragment(config: SeedConfig, *, model: str = "MODEL_PATH",
 
 def verl_yaml(config: SeedConfig, fragment: Mapping[str, Any]) -> str:
     """``fragment`` as YAML, headed by what it is and how to run it."""
-    body = {k: v for k, v in fragment.items() if not k.startswith("_")}
+    # verl's own PPO config underneath (Hydra defaults), this file's keys over it
+    body = {"hydra": {"searchpath": ["pkg://verl.trainer.config"]},
+            "defaults": ["ppo_trainer", "_self_"],
+            **{k: v for k, v in fragment.items() if not k.startswith("_")}}
     left = fragment.get("_grlab_not_in_verl", {})
     head = [f"# verl 0.9 config of the paper's {config.name} ({config.key}), from grlab's",
-            "# llm_bridge.seed_configs; run with",
-            "# VERL_USE_EXTERNAL_MODULES=llm_bridge.integrations.verl",
-            "# python -m verl.trainer.main_ppo --config-path DIR --config-name verl (needs GPUs).",
+            "# llm_bridge.seed_configs. Run (GPUs) from the folder holding this file:",
+            "#   VERL_USE_EXTERNAL_MODULES=llm_bridge.integrations.verl python -m",
+            "#   verl.trainer.main_ppo --config-path $PWD --config-name verl",
+            "#   data.val_files=... (append --cfg job to print the composed config on a CPU)",
             f"# Not in verl: sync_interval={left.get('sync_interval')}, "
             f"sync_offset={left.get('sync_offset')} ({left.get('why', '')})."]
     return "\n".join(head) + "\n" + _yaml().safe_dump(body, sort_keys=False)
