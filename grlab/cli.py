@@ -110,10 +110,11 @@ class _Buffer(io.StringIO):
 
 def _commands() -> dict[str, Callable[..., Any]]:
     from llm_bridge.cli import train_llm
+    from llm_bridge.reproduce import reproduce
     from simulator.cli import atlas, compare, experiment, losses, verify
 
     return {"compare": compare, "experiment": experiment, "verify": verify,
-            "train-llm": train_llm, "losses": losses, "atlas": atlas}
+            "train-llm": train_llm, "reproduce": reproduce, "losses": losses, "atlas": atlas}
 
 
 def _subcommands(capture: _Capture) -> dict[str, Callable[..., Any]]:

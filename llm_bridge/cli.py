@@ -230,6 +230,9 @@ def command_line(arguments: dict[str, Any], *, drop: tuple[str, ...] = ("resume"
         if isinstance(value, tuple | list):  # a repeatable flag (--correction)
             words += [word for item in value for word in (flag, str(item))]
             continue
+        if isinstance(value, dict):  # --loss-kwargs KEY VALUE ..., --advantage-kwargs
+            words += [flag, *(str(part) for item in value.items() for part in item)]
+            continue
         words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False \
             else [flag, str(value)]
     local = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))

@@ -41,6 +41,9 @@ class TrainConfig:
 
     loss: str = "grpo"
     """any name of `grlab losses` (a loss or a preset such as grpo, rec-oneside-nois)."""
+    loss_kwargs: dict[str, float | str] | None = None
+    """keywords of the loss over its preset's (e.g. --loss rec --loss-kwargs clip ring
+    eps_low_prime 0.6; `grlab losses --name LOSS` lists them)."""
     advantage: str | None = None
     """advantage kind instead of the loss's own (`grlab losses --name LOSS` shows it)."""
     advantage_kwargs: dict[str, float] | None = None
@@ -162,7 +165,7 @@ class TrainConfig:
         """The loss as the loss layer feeds it: advantage override and aggregation."""
         from simulator.losses import LossSetup  # the loss layer (torch) only when a run is set up
 
-        return LossSetup(self.loss, advantage=self.advantage,
+        return LossSetup(self.loss, dict(self.loss_kwargs or {}), advantage=self.advantage,
                          advantage_kwargs=self.advantage_kwargs, agg=self.agg,
                          corrections=self.corrections)
 
@@ -225,7 +228,7 @@ class TrainConfig:
 
 
 # the fields added with the mismatched sampler and their defaults (see ``fingerprint``)
-SAMPLER_FIELDS: dict[str, Any] = {"top_k": None, "sampler_temperature": None,
+SAMPLER_FIELDS: dict[str, Any] = {"loss_kwargs": None, "top_k": None, "sampler_temperature": None,
                                   "sampler_dtype": "fp32", "recompute_old": True,
                                   "correction": []}
 

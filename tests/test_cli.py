@@ -485,7 +485,8 @@ def test_every_arm_key_passes_the_checks_made_before_training():
     (("compare", "--env", "lake"), "invalid choice 'lake' for argument '--env'"),
     (("experiment",), "Missing from grlab experiment"),
     (("verify", "--out", "x"), "did you mean --out (grlab "),
-    ((), "Expected one of {compare, experiment, verify, train-llm, losses, atlas}. (grlab --help"),
+    ((), "Expected one of {compare, experiment, verify, train-llm, reproduce, losses, "
+         "atlas}. (grlab --help"),
 ])
 def test_tyros_own_parse_errors_are_one_line_too(grlab_split, no_work, argv, expected):
     """An unknown flag, a value of the wrong type, a bad choice, a missing argument or
