@@ -206,6 +206,10 @@ class Instance(NamedTuple):
     theta0: Tensor
     features: Tensor | None
 
+    def logits(self, theta: Tensor) -> Tensor:
+        """The logits [P, ...] of parameters ``theta`` (shaped as θ₀): θ itself, or Φ·θ."""
+        return theta if self.features is None else self.features @ theta
+
 
 def draw_instance(problem: Problem, seed: int) -> Instance:
     """The instance ``seed`` draws (the one home of that draw: ``simulate`` uses it per seed).

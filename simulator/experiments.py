@@ -20,72 +20,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from simulator.dynamics import SETTINGS, BanditProblem, Problem
+from simulator.curves import Arm, Curve, Experiment
+from simulator.dynamics import SETTINGS, Problem
 from simulator.lab_names import DEFAULT_COMPARE_ARMS, DEFAULT_FAMILY, lookup
 from simulator.pitfall import run_pitfall
-from simulator.reports import Report, Row, fingerprint, run_experiment, summarise, write_report
+from simulator.reports import Report, Row, run_experiment, summarise, write_report
 from simulator.suite import FAMILIES
 from simulator.validation import Registry, require_int, require_positive
 
 if TYPE_CHECKING:
-    from simulator.groups import LossSetup
+    pass
 
 __all__ = ["ARMS", "EXPERIMENTS", "FIGURES", "LOG_LINEAR", "REPRESENTABLE", "TREE", "Arm",
            "Curve", "Experiment", "Report", "Row", "arm", "default_comparison", "experiment_names",
            "run_experiment", "summarise", "write_report"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Curve:
-    """One curve: a registered loss with keyword values, a command-line key and a label.
-
-    ``groups``: "expected" (the exact expected update) or "sampled" (sampled groups), as
-    ``simulate``'s argument of that name; ``lr_scale`` multiplies the experiment's lr."""
-
-    key: str
-    label: str
-    loss: str
-    hparams: tuple[tuple[str, Any], ...] = ()
-    groups: str = "expected"
-    lr_scale: float = 1.0
-
-    @classmethod
-    def of(cls, key: str, label: str, loss: str | None = None, *, groups: str = "expected",
-           lr_scale: float = 1.0, **hparams: Any) -> Curve:
-        return cls(key, label, loss or key, tuple(sorted(hparams.items())), groups, lr_scale)
-
-    def setup(self) -> LossSetup:
-        """The loss as ``simulate`` runs it; an unknown keyword is an error here."""
-        from simulator.groups import loss_setup
-
-        return loss_setup(self.loss, dict(self.hparams))
-
-
-Arm = Curve  # the old name
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    key: str
-    title: str
-    paper: str
-    arms: tuple[Curve, ...]
-    problem: Problem = dataclasses.field(default_factory=BanditProblem)
-    settings: tuple[str, ...] = tuple(SETTINGS)
-    seeds: int = 5
-    steps: int = 150
-    lr: float = 0.1
-    optimizer: str = "adam"
-    group_size: int = 4
-    groups_per_prompt: int = 16  # sampled curves only
-    # extra figures `grlab experiment` draws beside curves.png: "clipfrac" (clipfrac.png)
-    figures: tuple[str, ...] = ()
-
-    def fingerprint(self, curve: Curve) -> str:
-        """``reports.fingerprint``: the cache key of one curve of this experiment."""
-        return fingerprint(self, curve)
 
 
 WIDE = {"eps_low": 0.6, "eps_high": 2.0}

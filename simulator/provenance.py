@@ -46,9 +46,10 @@ __all__ = ["ENGINE_MODULES", "code_digest", "engine_digest", "function_digest",
 
 # The simulator modules that determine a trajectory (tests/test_experiments.py checks that
 # this covers every simulator module `simulator.dynamics` imports); `experiments` and `reports`
-# map a curve onto `simulate`'s arguments.
+# (and `curves`) map a curve onto `simulate`'s arguments.
 ENGINE_MODULES: tuple[str, ...] = (
-    "advantages", "aggregation", "bandit", "corrections", "dynamics", "exact", "experiments",
+    "advantages", "aggregation", "bandit", "corrections", "curves", "dynamics", "exact",
+    "experiments",
     "groups", "kl", "loss_call", "loss_registry", "losses", "numerics", "policies", "responses",
     "schedule", "sufficient", "tree",
     "reports", "validation",

@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from simulator.curves import Curve, Experiment
+from simulator.dynamics import Instance, Problem
 from simulator.groups import multisets
 from simulator.validation import require_choice, require_int
 
@@ -142,33 +144,27 @@ def _cos(a: Tensor, b: Tensor) -> float:
     return float(a.flatten() @ b.flatten()) / (na * nb) if na > 0 and nb > 0 else math.nan
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """A problem family of the sweep: its name and its ``Problem``."""
+def families() -> dict[str, Problem]:
+    """The problems E5-why sweeps, by name: bandit log-linear with few / the lab's / many
+    features, three of six answers correct, graded log-linear, tabular (binary, graded) and
+    the lab's tree (log-linear, graded) — variations of the suite's capacity-limited family."""
+    from simulator.suite import FAMILIES
 
-    name: str
-    problem: object
-
-
-def families() -> list[Family]:
-    """Bandit log-linear with few / the lab's / many features, tabular (binary, graded), graded
-    log-linear and a tree (log-linear, graded): the families E5-why sweeps."""
-    from simulator.experiments import LOG_LINEAR, TREE
-
+    base, tree = FAMILIES["capacity-limited"].problem, FAMILIES["tree-depth-3"].problem
     rep = dataclasses.replace
-    return [
-        Family("log-linear, 4 features", rep(LOG_LINEAR, features=4)),
-        Family("log-linear, 16 features (E5's)", LOG_LINEAR),
-        Family("log-linear, 64 features", rep(LOG_LINEAR, features=64)),
-        Family("log-linear, 16 features, 3 of 6 correct", rep(LOG_LINEAR, correct=3)),
-        Family("log-linear, graded", rep(LOG_LINEAR, reward="graded")),
-        Family("tabular, binary", rep(LOG_LINEAR, policy="tabular")),
-        Family("tabular, graded", rep(LOG_LINEAR, policy="tabular", reward="graded")),
-        Family("tree, log-linear, graded", TREE),
-    ]
+    return {
+        "log-linear, 4 features": rep(base, features=4),
+        "log-linear, 16 features (E5's)": base,
+        "log-linear, 64 features": rep(base, features=64),
+        "log-linear, 16 features, 3 of 6 correct": rep(base, correct=3),
+        "log-linear, graded": rep(base, reward="graded"),
+        "tabular, binary": rep(base, policy="tabular"),
+        "tabular, graded": rep(base, policy="tabular", reward="graded"),
+        "tree, log-linear, graded": tree,
+    }
 
 
-def _stale_pairs(problem: object, seeds: list[int], lr: float, k: int, steps: int,
+def _stale_pairs(problem: Problem, seeds: list[int], lr: float, k: int, steps: int,
                  interval: int = 20) -> list[tuple[int, Tensor, Tensor]]:
     """(step, θ_t [S, ...], θ_b [S, ...]) at t = 20c + 19 < ``steps`` on stale REINFORCE's own
     exact trajectory (sync_interval = 20, Adam): the most stale states, b = 20c."""
@@ -184,42 +180,39 @@ def _stale_pairs(problem: object, seeds: list[int], lr: float, k: int, steps: in
             for t in range(interval - 1, steps, interval)]
 
 
-def _theta0(problem: object, seeds: list[int]) -> Tensor:
-    from simulator.dynamics import _Runs
+def _theta0(problem: Problem, seeds: list[int]) -> Tensor:
+    from simulator.dynamics import draw_instance
 
-    return _Runs(problem, seeds, torch.arange(len(seeds))).theta0  # type: ignore[arg-type]
+    return torch.stack([draw_instance(problem, seed).theta0 for seed in seeds])
 
 
-def mechanism_rows(family: Family, k: int, *, seeds: int = 5, lr: float = 0.1,
+def mechanism_rows(problem: Problem, k: int, *, seeds: int = 5, lr: float = 0.1,
                    steps: int = 150) -> dict[str, float]:
     """Mean (and min) over seeds × stale states of: cos(RED-Drop, REINFORCE),
     cos(RED-Drop, ∇J), cos(REINFORCE, ∇J), |RED-Drop| / |REINFORCE|, and the share of states
     where RED-Drop's first-order change of J (∇J·d) is positive while REINFORCE's is not."""
-    from simulator.dynamics import _Runs
+    from simulator.dynamics import draw_instance
 
-    problem = family.problem
-    if getattr(problem, "env", "bandit") != "bandit":
+    if problem.env != "bandit":
         raise ValueError("the exact RED-Drop weights need one-token answers (a bandit)")
     ids = list(range(seeds))
-    runs = _Runs(problem, ids, torch.arange(seeds))  # type: ignore[arg-type]
+    instances = [draw_instance(problem, s) for s in ids]
     stats: dict[str, list[float]] = {"cos_red_rf": [], "cos_red_j": [], "cos_rf_j": [],
                                      "norm_ratio": [], "red_up_rf_down": [], "rf_up": [],
                                      "red_up": []}
     for _, theta_t, theta_b in _stale_pairs(problem, ids, lr, k, steps):
-        mu = runs.response_probs(theta_b)  # [S, P, N]
-        for s in range(seeds):
-            single = _Runs(problem, [s], torch.zeros(1, dtype=torch.long))  # type: ignore
+        for s, inst in enumerate(instances):
+            def log_probs(theta: Tensor, inst: Instance = inst) -> Tensor:
+                return torch.log_softmax(inst.logits(theta), -1)
 
-            def log_probs(theta: Tensor, single: _Runs = single) -> Tensor:
-                return torch.log_softmax(single.logits(theta.unsqueeze(0)), -1)
-
-            rewards = runs.rewards[s]
+            mu = torch.softmax(inst.logits(theta_b[s]), -1)  # π_old = μ [P, N]
+            rewards = inst.rewards
             red = update_direction(log_probs, theta_t[s], expected_response_weights(
-                mu[s], rewards, k, "red-drop"))
+                mu, rewards, k, "red-drop"))
             rf = update_direction(log_probs, theta_t[s], expected_response_weights(
-                mu[s], rewards, k, "mean"))
+                mu, rewards, k, "mean"))
             grad_j = update_direction(log_probs, theta_t[s], torch.softmax(
-                single.logits(theta_t[s].unsqueeze(0)), -1) * rewards)
+                inst.logits(theta_t[s]), -1) * rewards)
             stats["cos_red_rf"].append(_cos(red, rf))
             stats["cos_red_j"].append(_cos(red, grad_j))
             stats["cos_rf_j"].append(_cos(rf, grad_j))
@@ -244,18 +237,17 @@ SWEEP_ARMS = (("reinforce", "REINFORCE (exact)", "expected"),
               ("red-drop", "RED-Drop (sampled)", "sampled"))
 
 
-def sweep_experiment(family: Family, k: int, lr_scales: tuple[float, ...] = SWEEP_LR_SCALES,
+def sweep_experiment(name: str, problem: Problem, k: int,
+                     lr_scales: tuple[float, ...] = SWEEP_LR_SCALES,
                      groups_per_prompt: int = 16, steps: int = 150,
-                     seeds: int = SWEEP_SEEDS) -> object:
+                     seeds: int = SWEEP_SEEDS) -> Experiment:
     """RED-Drop (sampled groups, as E5 runs it) against REINFORCE on the same kind of sampled
     groups and exactly, at sync_interval = 20, at each learning-rate multiple of 0.1."""
-    from simulator.experiments import Curve, Experiment
-
     arms = tuple(Curve.of(f"{key}-{groups}-lr{scale:g}", f"{label} lr×{scale:g}", key,
                           groups=groups, lr_scale=scale)
                  for key, label, groups in SWEEP_ARMS for scale in lr_scales)
-    return Experiment(f"E5-why {family.name} K={k}", f"RED-Drop vs REINFORCE, {family.name}, "
-                      f"K = {k}", "the paper's RED figure", arms, problem=family.problem,
+    return Experiment(f"E5-why {name} K={k}", f"RED-Drop vs REINFORCE, {name}, "
+                      f"K = {k}", "the paper's RED figure", arms, problem=problem,
                       settings=("sync-interval-20",), steps=steps, group_size=k,
                       groups_per_prompt=groups_per_prompt, seeds=seeds)
 
@@ -281,14 +273,14 @@ def run_e5_why(out_dir: Path) -> tuple[str, dict[str, Path]]:
              "| family | K | cos(RED-Drop, REINFORCE) | cos(RED-Drop, ∇J) | cos(REINFORCE, ∇J) "
              "| ‖RED-Drop‖/‖REINFORCE‖ | J up: RED-Drop | J up: REINFORCE | RED up where "
              "REINFORCE down |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for family in families():
-        if getattr(family.problem, "env", "bandit") != "bandit":
+    for name, problem in families().items():
+        if problem.env != "bandit":
             continue
         for k in (4, 8):
-            say(f"E5-why mechanism: {family.name}, K = {k}")
-            m = mechanism_rows(family, k)
+            say(f"E5-why mechanism: {name}, K = {k}")
+            m = mechanism_rows(problem, k)
             lines.append(
-                f"| {family.name} | {k} | {m['cos_red_rf']:.3f} ({m['cos_red_rf_min']:.3f}) | "
+                f"| {name} | {k} | {m['cos_red_rf']:.3f} ({m['cos_red_rf_min']:.3f}) | "
                 f"{m['cos_red_j']:.3f} ({m['cos_red_j_min']:.3f}) | {m['cos_rf_j']:.3f} "
                 f"({m['cos_rf_j_min']:.3f}) | {m['norm_ratio']:.3f} | {m['red_up']:.0%} | "
                 f"{m['rf_up']:.0%} | {m['red_up_rf_down']:.0%} |")
@@ -298,16 +290,16 @@ def run_e5_why(out_dir: Path) -> tuple[str, dict[str, Path]]:
               "16 groups per prompt and step (as E5 runs RED-Drop).", "",
               "| family | K | lr | " + " | ".join(label for _, label, _ in SWEEP_ARMS) + " |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for family in families():
+    for name, problem in families().items():
         for k in (4, 8):
-            if getattr(family.problem, "env", "bandit") != "bandit" and k == 8:
+            if problem.env != "bandit" and k == 8:
                 continue  # the tree at K = 8: left out for time (sampled only, 15 answers)
-            say(f"E5-why training: {family.name}, K = {k}")
-            report = run_experiment(sweep_experiment(family, k), out_dir)  # type: ignore
+            say(f"E5-why training: {name}, K = {k}")
+            report = run_experiment(sweep_experiment(name, problem, k), out_dir)
             cells = {row.arm: row for row in report.rows}
             for scale in SWEEP_LR_SCALES:
                 found = [cells[f"{label} lr×{scale:g}"] for _, label, _ in SWEEP_ARMS]
-                lines.append(f"| {family.name} | {k} | {0.1 * scale:g} | " + " | ".join(
+                lines.append(f"| {name} | {k} | {0.1 * scale:g} | " + " | ".join(
                     f"{c.final_reward:.2f} ± {c.ci95:.2f} · {c.collapse_rate:.0%}"
                     for c in found) + " |")
     text = "\n".join(lines) + "\n"

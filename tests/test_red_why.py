@@ -150,11 +150,10 @@ def test_mechanism_rows_run_on_a_small_family_and_compare_like_with_like():
     per prompt, RED-Drop's expected update is a positive multiple of REINFORCE's per prompt,
     so it raises J wherever REINFORCE does, and every cosine is finite."""
     from simulator.dynamics import BanditProblem
-    from simulator.red_why import Family, mechanism_rows
+    from simulator.red_why import mechanism_rows
 
-    family = Family("tiny", BanditProblem(prompts=1, responses=3, reward="binary", correct=1,
-                                          policy="tabular"))
-    rows = mechanism_rows(family, 3, seeds=2, steps=40)
+    tiny = BanditProblem(prompts=1, responses=3, reward="binary", correct=1, policy="tabular")
+    rows = mechanism_rows(tiny, 3, seeds=2, steps=40)
     assert all(math.isfinite(v) for v in rows.values())
     assert rows["cos_red_rf_min"] > 1 - 1e-9  # one prompt: the same direction exactly
     assert rows["red_up"] == rows["rf_up"]
