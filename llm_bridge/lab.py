@@ -70,12 +70,13 @@ _BRIDGE = Path(__file__).resolve().parent
 
 def transformer_comparison(losses: Sequence[str] = CENTRAL_ARMS,
                            settings: Sequence[str] = tuple(SETTINGS),
-                           seeds: int = 5) -> Experiment:
+                           seeds: int = 5, **exact: Any) -> Experiment:
     """``grlab compare --policy transformer``: ``default_comparison``'s checks and catalogue
-    entry, with ``central_curves`` (RED-Drop on sampled groups, as in E5)."""
+    entry, with ``central_curves`` (RED-Drop on sampled groups, as in E5); ``exact``: the
+    exact lab's steps, lr, problem (``default_comparison``'s keywords)."""
     from simulator.experiments import default_comparison
 
-    exp = default_comparison(losses, settings, seeds=seeds)
+    exp = default_comparison(losses, settings, seeds=seeds, **exact)
     return dataclasses.replace(exp, arms=central_curves(losses))
 
 

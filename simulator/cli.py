@@ -35,6 +35,7 @@ Design decisions
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Iterable
@@ -76,6 +77,18 @@ ImportFlag = Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg
 ThreadsFlag = Annotated[int | None, tyro.conf.arg(
     help="torch CPU threads (default 1, or OMP_NUM_THREADS): the lab's tiny ops run "
          "fastest on one")]
+
+# --policy transformer: the bridge's backend (llm_bridge.lab), the one place this module
+# reaches the bridge, imported only when asked for
+ModelFlag = Annotated[str | None, tyro.conf.arg(
+    metavar="tiny|smollm2|PATH",
+    help="with --policy transformer: the model (default tiny, a small Llama warmed up on the "
+         "task)")]
+TaskFlag = Annotated[str | None, tyro.conf.arg(
+    metavar="arithmetic|tree", help="with --policy transformer: the task (default arithmetic)")]
+QuickFlag = Annotated[bool, tyro.conf.arg(
+    help="with --policy transformer: a two-minute check (3 losses unless --losses, 2 seeds, "
+         "30 steps)")]
 
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
@@ -285,7 +298,7 @@ def compare(
     losses: tuple[str, ...] = DEFAULT_COMPARE_ARMS,
     settings: tuple[str, ...] = tuple(SETTINGS),
     env: Literal["bandit", "tree"] = "bandit",
-    policy: Literal["tabular", "log-linear"] = "log-linear",
+    policy: Literal["tabular", "log-linear", "transformer"] = "log-linear",
     seeds: int = 5,
     steps: int = 150,
     lr: float = 0.1,
@@ -296,15 +309,20 @@ def compare(
     fresh: bool = False,
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    quick: QuickFlag = False,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
-    write a plot (curves.png) and a table (table.md, table.csv).
+    write a plot (curves.png) and a table (table.md, table.csv). --policy transformer also runs
+    them on a transformer (the bridge's trainer) and puts both side by side.
 
     Args:
         losses: arm keys or any registered loss name (see --list).
         settings: off-policy settings (see --list).
         env: bandit (8 prompts × 6 answers, one correct) or tree (15 responses of 1–3 tokens).
-        policy: tabular logits, or a log-linear policy with shared features.
+        policy: tabular logits, a log-linear policy with shared features, or transformer (the
+            log-linear lab and a transformer side by side; default losses: the central finding's).
         seeds: problem instances (rewards, start) per loss and setting; 2+ give a 95% interval.
         steps: training steps, at least 1 (one optimiser step per batch).
         lr: Adam's learning rate (> 0).
@@ -327,14 +345,71 @@ def compare(
         _stdout().print("experiments: " + ", ".join(EXPERIMENT_KEYS) + " (grlab experiment KEY)",
                       markup=False)
         return
-    import dataclasses
-
     from simulator.experiments import LOG_LINEAR, TREE, default_comparison
 
+    transformer = _transformer_lab(policy == "transformer", model, task, quick)
+    if transformer is not None:
+        if env != "bandit":
+            raise ValueError("--policy transformer trains on --task (arithmetic or tree), "
+                             "beside the exact bandit: drop --env, or pass --task tree")
+        _run_transformer(transformer, out, fresh, quick=quick, losses=losses, settings=settings,
+                         seeds=seeds, steps=steps, lr=lr, group_size=group_size)
+        return
     problem = dataclasses.replace(LOG_LINEAR if env == "bandit" else TREE, policy=policy)
     exp = default_comparison(losses, settings, seeds=seeds, steps=steps, problem=problem,
                              group_size=group_size, lr=lr)
     _run_and_report(exp, out, fresh)
+
+
+def _transformer_lab(chosen: bool, model: str | None, task: str | None, quick: bool) -> Any:
+    """``llm_bridge.lab.TransformerLab`` for --policy transformer (checked now), else None;
+    --model, --task or --quick without it are refused."""
+    if not chosen:
+        if model is not None or task is not None or quick:
+            raise ValueError("--model, --task and --quick need --policy transformer")
+        return None
+    from llm_bridge.lab import TransformerLab
+
+    given = {k: v for k, v in (("model", model), ("task", task)) if v is not None}
+    return TransformerLab.quick(**given) if quick else TransformerLab(**given)
+
+
+def _run_transformer(lab: Any, out: Path, fresh: bool, exp: Experiment | None = None, *,
+                     quick: bool = False, **compare: Any) -> None:
+    """Run ``exp`` (or the comparison ``compare`` describes) in the exact lab and on the
+    transformer, with progress; write the side-by-side files and print the table."""
+    from rich.markdown import Markdown
+
+    from llm_bridge.lab import CENTRAL_ARMS, QUICK_ARMS, run_both, transformer_comparison
+    from simulator.files import output_dir
+    from simulator.progress import PartProgress
+
+    if exp is None:
+        losses, seeds = compare.pop("losses"), compare.pop("seeds")
+        if tuple(losses) == DEFAULT_COMPARE_ARMS:
+            losses = QUICK_ARMS if quick else CENTRAL_ARMS
+        if compare.pop("group_size") is not None:
+            raise ValueError("--group-size sets the exact lab's K; the transformer's is its own "
+                             "(8): drop --group-size with --policy transformer")
+        exp = transformer_comparison(losses, compare.pop("settings"),
+                                     seeds=2 if quick and seeds == 5 else seeds, **compare)
+    out = output_dir(out, what="--out")
+    labels = [curve.label for curve in exp.arms]
+    runs = len(exp.settings) * exp.seeds * lab.steps
+    try:
+        with PartProgress(_stderr(), f"{exp.key} (transformer)", labels, runs) as progress:
+            def on_arm(label: str, source: str) -> None:
+                progress.done(label, "loaded from the cache" if source == "cache"
+                              else f"{runs} steps done")
+
+            _, _, paths = run_both(exp, lab, out, fresh=fresh, on_step=progress.step,
+                                   on_arm=on_arm, on_notice=_note)
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
+    _stdout().print(Markdown(paths["markdown"].read_text()))
+    for kind, path in paths.items():
+        _stdout().print(f"{kind:>8}: {path}", markup=False, soft_wrap=True)
+
 
 
 def experiment(
@@ -345,6 +420,12 @@ def experiment(
     fresh: bool = False,
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
+    policy: Annotated[Literal["exact", "transformer"], tyro.conf.arg(
+        help="exact: the lab as defined; transformer: also on a transformer, side by "
+             "side")] = "exact",
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    quick: QuickFlag = False,
 ) -> None:
     """Run one named experiment of the paper's findings and write its plot and table: E1–E5
     and E7 are learning curves under the four off-policy settings; E1-lr, E1-tabular,
@@ -364,7 +445,17 @@ def experiment(
     from simulator.experiments import EXPERIMENTS, FIGURES
     from simulator.files import output_dir
 
+    transformer = _transformer_lab(policy == "transformer", model, task, quick)
+    if transformer is not None and key in FIGURES:
+        raise ValueError(f"experiment {key} is a figure of the exact lab, not curves × "
+                         "settings: --policy transformer runs E1–E5, E7 and their variants")
     out = output_dir(out or Path("results") / key, what="--out")
+    if transformer is not None:
+        exp = EXPERIMENTS[key]
+        if quick:
+            exp = dataclasses.replace(exp, seeds=2)
+        _run_transformer(transformer, out, fresh, exp, quick=quick)
+        return
     if key not in FIGURES:
         _run_and_report(EXPERIMENTS[key], out, fresh)
         return
