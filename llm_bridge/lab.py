@@ -94,10 +94,10 @@ class TransformerLab:
 
     model: str = "tiny"
     task: str = "arithmetic"
-    steps: int = 150
+    steps: int = 100
     lr: float = 3e-4
     group_size: int = 8
-    prompts_per_step: int = 8
+    prompts_per_step: int = 4
     eval_every: int = 10
     eval_prompts: int = 30
     warmup_steps: int = 100
@@ -125,7 +125,7 @@ class TransformerLab:
     @classmethod
     def quick(cls, **changes: Any) -> TransformerLab:
         """``--quick``: about two minutes on two cores (fewer steps, a smaller batch)."""
-        return cls(**{"steps": 30, "prompts_per_step": 4, "eval_every": 5, **changes})
+        return cls(**{"steps": 30, "prompts_per_step": 2, "eval_every": 5, **changes})
 
     def make_task(self) -> Any:
         """The task: a + b with a, b ≤ 9 (30 held out), or the bridge's random tree."""
@@ -171,7 +171,8 @@ def _load(lab: TransformerLab) -> tuple[Any, Any]:
 
     if lab.model == "tiny":
         tokenizer = char_tokenizer()
-        return tiny_model(tokenizer, seed=0, hidden=lab.hidden, layers=lab.layers), tokenizer
+        model = tiny_model(tokenizer, seed=0, hidden=lab.hidden, layers=lab.layers)
+        return model.to(lab.device), tokenizer
     loaded = load_model(lab.model, device=lab.device)
     return loaded.model, loaded.tokenizer
 
@@ -292,7 +293,7 @@ def run_transformer(exp: Experiment, lab: TransformerLab, out_dir: Path | None, 
                     on_step: Callable[[str, int], None] | None = None,
                     on_arm: Callable[[str, str], None] | None = None,
                     on_notice: Callable[[str], None] | None = None,
-                    fresh: bool = False) -> TransformerReport:
+                    fresh: bool = False, warm_dir: Path | None = None) -> TransformerReport:
     """Every curve × setting × seed of ``exp`` as a ``trainer.train`` run on ``lab``'s model;
     each run cached under ``out_dir/runs-transformer`` (resumable). ``on_step(label, step)``
     counts a curve's steps over all its runs (settings × seeds × lab.steps); ``on_arm(label,
@@ -302,7 +303,8 @@ def run_transformer(exp: Experiment, lab: TransformerLab, out_dir: Path | None, 
     task = lab.make_task()
     cache = None if out_dir is None else output_dir(Path(out_dir) / "runs-transformer",
                                                     what="cache")
-    warm_dir = None if out_dir is None else output_dir(Path(out_dir) / "warmup", what="cache")
+    if warm_dir is None and out_dir is not None:
+        warm_dir = output_dir(Path(out_dir) / "warmup", what="cache")
     model, tokenizer, warm = warm_model(lab, task, warm_dir, on_notice)
     start = copy.deepcopy(model.state_dict())
     histories: dict[tuple[str, str, int], list[dict[str, float]]] = {}
