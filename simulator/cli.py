@@ -322,7 +322,9 @@ def compare(
         settings: off-policy settings (see --list).
         env: bandit (8 prompts × 6 answers, one correct) or tree (15 responses of 1–3 tokens).
         policy: tabular logits, a log-linear policy with shared features, or transformer (the
-            log-linear lab and a transformer side by side; default losses: the central finding's).
+            log-linear lab and a transformer side by side; default losses: the central finding's;
+            --steps and --lr set the exact side, the transformer has its own size, see
+            docs/llm_bridge.md).
         seeds: problem instances (rewards, start) per loss and setting; 2+ give a 95% interval.
         steps: training steps, at least 1 (one optimiser step per batch).
         lr: Adam's learning rate (> 0).
