@@ -411,7 +411,8 @@ def side_by_side_markdown(toy: Report | None, report: TransformerReport) -> str:
 
 
 def _fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
+    """``value`` to ``digits`` places; a k1 KL of −1e-9 (on-policy rounding) reads 0.0000."""
+    return f"{round(value, digits) + 0.0:.{digits}f}" if math.isfinite(value) else "n/a"
 
 
 def side_by_side_figure(toy: Report | None, report: TransformerReport) -> Any:
