@@ -313,9 +313,13 @@ def run_transformer(exp: Experiment, lab: TransformerLab, out_dir: Path | None, 
         for setting in exp.settings:
             for seed in range(exp.seeds):
                 cfg = train_config(lab, curve, setting, seed, task)
+                key = run_key(cfg, task, warm["key"], lab)
                 path = None if cache is None else cache / (
-                    f"{_slug(curve.label)}-{setting}-s{seed}-"
-                    f"{run_key(cfg, task, warm['key'], lab)}.json")
+                    f"{_slug(curve.label)}-{setting}-s{seed}-{key}.json")
+                if path is not None and not path.exists():
+                    # the same run under another curve's name (curves that differ only in
+                    # `groups`, which means nothing here: every run samples)
+                    path = next(iter(sorted(cache.glob(f"*-{key}.json"))), path)
                 history = None if path is None or fresh or not path.exists() \
                     else _read_run(path)
                 if history is None:

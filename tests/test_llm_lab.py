@@ -109,3 +109,24 @@ def test_a_bad_transformer_flag_is_one_line_naming_it(grlab, tmp_path, argv, fla
     code, out = grlab(*argv, "--out", str(tmp_path / "out"))
     assert code == 2, out
     assert flag in out and len(out.strip().splitlines()) == 1 and "Traceback" not in out
+
+
+def test_curves_that_differ_only_in_groups_are_the_same_runs_trained_once(tmp_path,
+                                                                          monkeypatch):
+    from simulator.experiments import Curve
+
+    curves = (Curve.of("grpo", "GRPO"), Curve.of("grpo", "GRPO (sampled)", groups="sampled"))
+    exp = Experiment("t", "test", "—", curves, settings=("on-policy",), seeds=2, steps=2)
+    calls = []
+    real = llm_bridge.trainer.train
+
+    @functools.wraps(real)
+    def counting(cfg, *args, **kwargs):
+        calls.append(cfg.seed)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(llm_bridge.trainer, "train", counting)
+    report = lab.run_transformer(exp, SMALL, tmp_path)
+    assert sorted(calls) == [0, 1]
+    assert report.histories[("GRPO", "on-policy", 1)] == \
+        report.histories[("GRPO (sampled)", "on-policy", 1)]
