@@ -177,6 +177,15 @@ def _load(lab: TransformerLab) -> tuple[Any, Any]:
     return loaded.model, loaded.tokenizer
 
 
+def _load_weights(model: Any, state: Any) -> None:
+    """Read a warm-up checkpoint's weights into ``model``; a file of other weights is a
+    ``ValueError`` (so ``load_torch`` reports it as unreadable and the warm-up runs again)."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"its weights do not fit the model: {error}") from None
+
+
 def warm_key(lab: TransformerLab, task: Any) -> str:
     """What determines the warm start: the model fields, the task and the warm-up's code."""
     from llm_bridge.models import tiny_model
@@ -207,7 +216,7 @@ def warm_model(lab: TransformerLab, task: Any, cache_dir: Path | None,
     if path is not None and path.exists():
         try:
             state = load_torch(path, what="warm-up checkpoint",
-                               check=lambda obj: model.load_state_dict(obj["model"]))
+                               check=lambda obj: _load_weights(model, obj))
         except CorruptFileError as error:
             if on_notice is not None:
                 on_notice(f"{error}; warming up again")

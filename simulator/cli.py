@@ -407,7 +407,9 @@ def _run_transformer(lab: Any, out: Path, fresh: bool, exp: Experiment | None = 
             _, _, paths = run_both(exp, lab, out, fresh=fresh, on_step=progress.step,
                                    on_arm=on_arm, on_notice=_note)
     except KeyboardInterrupt:
-        raise _interrupted(out) from None
+        _note(f"finished runs are kept in {out / 'runs'} (exact) and "
+              f"{out / 'runs-transformer'}: rerun the same command to resume")
+        raise _interrupted(None) from None
     _stdout().print(Markdown(paths["markdown"].read_text()))
     for kind, path in paths.items():
         _stdout().print(f"{kind:>8}: {path}", markup=False, soft_wrap=True)

@@ -130,3 +130,14 @@ def test_curves_that_differ_only_in_groups_are_the_same_runs_trained_once(tmp_pa
     assert sorted(calls) == [0, 1]
     assert report.histories[("GRPO", "on-policy", 1)] == \
         report.histories[("GRPO (sampled)", "on-policy", 1)]
+
+
+def test_an_unreadable_warm_start_is_made_again_with_a_notice(tmp_path):
+    task = SMALL.make_task()
+    _, _, first = lab.warm_model(SMALL, task, tmp_path)
+    (cached,) = tmp_path.glob("warm-*.pt")
+    cached.write_bytes(b"not a checkpoint")
+    notices = []
+    _, _, again = lab.warm_model(SMALL, task, tmp_path, notices.append)
+    assert len(notices) == 1 and "warming up again" in notices[0]
+    assert again == first  # the warm-up is reproducible: the same key and held-out reward
