@@ -3,7 +3,9 @@
 
 Each is a plain function whose keyword arguments (with their docstrings) become flags through
 tyro. The command itself (``grlab.cli``) dispatches to these and to the bridge's
-``train-llm``; this module never imports the bridge (the core does not depend on it).
+``train-llm``; this module imports the bridge only when ``--policy transformer`` asks for it
+(``llm_bridge.lab``, inside ``_transformer_lab``/``_run_transformer``): the core does not
+depend on it.
 
 Design decisions
 ----------------
