@@ -4,6 +4,7 @@ Issue 5's GPU check, prepared as one script so that a session that is lent a GPU
 
     python benchmarks/llm_gpu.py                 # CUDA: a random-init 0.5B Qwen2-style model
     python benchmarks/llm_gpu.py --tiny          # CPU smoke check of the same code (seconds)
+    python benchmarks/llm_gpu.py --sweep         # also the transformer lab's sweep on the device
 
 Two measurements, each as tokens per second and peak memory above the level before the call
 (``llm_bridge.memory.peak_bytes``: ``torch.cuda.max_memory_allocated`` on CUDA):
@@ -12,6 +13,10 @@ Two measurements, each as tokens per second and peak memory above the level befo
 2. a whole optimiser step of the trainer (``accumulate_gradients`` over micro-batches, gradient
    clipping, AdamW) on a synthetic batch of ``--prompts`` × ``--group-size`` responses of mixed
    lengths, under two aggregation modes (token-mean and seq-mean-token-sum-norm).
+3. with ``--sweep``: the transformer lab (``llm_bridge.lab.run_transformer``, as ``grlab compare
+   --policy transformer`` runs it) on the device: GRPO and REINFORCE, on-policy and
+   sync-interval-20, ``--sweep-seeds`` seeds, steps/s over the whole sweep (warm-up excluded);
+   ``--tiny`` runs it at a handful of steps on the CPU.
 The model is built from a config (random weights, nothing downloaded) and kept in float32
 (AdamW's master weights); the card's name is printed with the numbers. Writes
 OUT/llm_gpu.json (``--out``, default benchmarks/results) with the machine it ran on.
@@ -110,6 +115,33 @@ def train_steps(model, args, device: str) -> dict[str, float]:
     return out
 
 
+def lab_sweep(args: Args) -> dict[str, float]:
+    """The transformer lab's sweep on ``args.device``: steps/s over every run (the warm start
+    is made first, untimed)."""
+    import tempfile
+    import time
+
+    from llm_bridge import lab
+    from simulator.experiments import Experiment
+
+    size = lab.TransformerLab(device=args.device)
+    if args.tiny:
+        size = dataclasses.replace(size, steps=2, group_size=2, prompts_per_step=1,
+                                   eval_every=1, eval_prompts=3, warmup_steps=2)
+    seeds = 1 if args.tiny else args.sweep_seeds
+    exp = Experiment("sweep", "sweep", "—", lab.central_curves(("grpo", "reinforce")),
+                     settings=("on-policy", "sync-interval-20"), seeds=seeds, steps=1)
+    with tempfile.TemporaryDirectory() as folder:
+        lab.warm_model(size, size.make_task(), Path(folder))
+        tic = time.perf_counter()
+        report = lab.run_transformer(exp, size, None, warm_dir=Path(folder))
+        seconds = time.perf_counter() - tic
+    steps = len(report.histories) * size.steps
+    return {"sweep_runs": len(report.histories), "sweep_steps": steps,
+            "sweep_seconds": seconds, "sweep_steps_per_s": steps / seconds,
+            "sweep_final_reward": {f"{r.arm} {r.setting}": r.final_reward for r in report.rows}}
+
+
 @dataclasses.dataclass
 class Args:
     tiny: bool = False
@@ -136,6 +168,10 @@ class Args:
     """timed repeats (median)."""
     out: Path = RESULTS
     """output folder for llm_gpu.json."""
+    sweep: bool = False
+    """also run the transformer lab's sweep on the device (llm_bridge.lab)."""
+    sweep_seeds: int = 5
+    """sweep: seeds per loss and setting."""
 
 
 TINY_SIZES = {"batch": 2, "length": 64, "chunk": 16, "prompts": 2, "group_size": 4,
@@ -152,11 +188,15 @@ def main(args: Args) -> None:
         "args": dataclasses.asdict(args)}
     result.update(logprob_routes(model, args, args.device))
     result.update(train_steps(model, args, args.device))
+    if args.sweep:
+        result.update(lab_sweep(args))
     headline = (f"{card}: log-probs chunked {result['logprobs_chunked_tokens_per_s']:.3g} vs "
                 f"naive {result['logprobs_naive_tokens_per_s']:.3g} tokens/s, peak 1/"
                 f"{result['logprobs_memory_ratio_naive_over_chunked']:.3g} of naive; train step "
                 f"(token-mean) {result['train_step_token-mean_tokens_per_s']:.3g} tokens/s, "
-                f"peak {result['train_step_token-mean_peak_mib']:.4g} MiB")
+                f"peak {result['train_step_token-mean_peak_mib']:.4g} MiB"
+                + (f"; lab sweep {result['sweep_steps_per_s']:.3g} steps/s" if args.sweep
+                   else ""))
     report("llm_gpu", result, headline, args.out, device=args.device)
 
 

@@ -3,7 +3,9 @@
 
 Each is a plain function whose keyword arguments (with their docstrings) become flags through
 tyro. The command itself (``grlab.cli``) dispatches to these and to the bridge's
-``train-llm``; this module never imports the bridge (the core does not depend on it).
+``train-llm``; this module imports the bridge only when ``--policy transformer`` asks for it
+(``llm_bridge.lab``, inside ``_transformer_lab``/``_run_transformer``): the core does not
+depend on it.
 
 Design decisions
 ----------------
@@ -35,6 +37,7 @@ Design decisions
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Iterable
@@ -90,6 +93,17 @@ FamilyFlag = Annotated[str | None, tyro.conf.arg(
 SuiteFlag = Annotated[bool, tyro.conf.arg(
     help="run on every family of the suite, each into OUT/FAMILY, with each finding per "
          "family in OUT/summary.md")]
+# --policy transformer: the bridge's backend (llm_bridge.lab), the one place this module
+# reaches the bridge, imported only when asked for
+ModelFlag = Annotated[str | None, tyro.conf.arg(
+    metavar="tiny|smollm2|PATH",
+    help="with --policy transformer: the model (default tiny, a small Llama warmed up on the "
+         "task)")]
+TaskFlag = Annotated[str | None, tyro.conf.arg(
+    metavar="arithmetic|tree", help="with --policy transformer: the task (default arithmetic)")]
+QuickFlag = Annotated[bool, tyro.conf.arg(
+    help="with --policy transformer: a two-minute check (3 losses unless --losses, 2 seeds, "
+         "30 steps)")]
 
 OUT_HELP = ("finished losses are cached under OUT/runs and reused (an interrupted run resumes); "
             "table.md, table.csv and curves.png are regenerated from them on every run, "
@@ -326,7 +340,7 @@ def compare(
     losses: tuple[str, ...] = DEFAULT_COMPARE_ARMS,
     settings: tuple[str, ...] = tuple(SETTINGS),
     env: Literal["bandit", "tree"] | None = None,
-    policy: Literal["tabular", "log-linear"] | None = None,
+    policy: Literal["tabular", "log-linear", "transformer"] | None = None,
     family: FamilyFlag = None,
     suite: SuiteFlag = False,
     seeds: int = 5,
@@ -339,18 +353,25 @@ def compare(
     fresh: bool = False,
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    quick: QuickFlag = False,
 ) -> None:
     """The main job: train several losses under four off-policy settings, exactly, on CPU, and
     write a plot (curves.png) and a table (table.md, table.csv), on the suite's representable
-    family unless --env, --policy, --family or --suite say otherwise.
+    family unless --env, --policy, --family or --suite say otherwise. --policy transformer also
+    runs them on a transformer (the bridge's trainer) and puts both side by side.
 
     Args:
         losses: arm keys or any registered loss name (see --list).
         settings: off-policy settings (see --list).
         env: bandit (8 prompts × 6 answers, one correct; default) or tree (15 responses of
             1–3 tokens: the family tree-depth-3).
-        policy: tabular logits (the family tabular), or a log-linear policy with shared
-            features (default; on a bandit the family representable: 64 features ≥ 48 logits).
+        policy: tabular logits (the family tabular), a log-linear policy with shared features
+            (default; on a bandit the family representable: 64 features ≥ 48 logits), or
+            transformer (the exact lab and a transformer side by side; default losses: the
+            central finding's; --steps and --lr set the exact side, the transformer has its own
+            size, see docs/llm_bridge.md).
         seeds: problem instances (rewards, start) per loss and setting; 2+ give a 95% interval.
         steps: training steps, at least 1 (one optimiser step per batch).
         lr: Adam's learning rate (> 0).
@@ -379,10 +400,18 @@ def compare(
         _stdout().print("families: " + ", ".join(FAMILY_NAMES) + " (--family NAME, --suite)",
                         markup=False)
         return
-    import dataclasses
 
     from simulator.experiments import default_comparison
     from simulator.suite import FAMILIES
+
+    transformer = _transformer_lab(policy == "transformer", model, task, quick)
+    if transformer is not None:
+        if env == "tree":
+            raise ValueError("--policy transformer trains on --task (arithmetic or tree), "
+                             "beside the exact bandit: drop --env, or pass --task tree")
+        _run_transformer(transformer, out, fresh, quick=quick, losses=losses, settings=settings,
+                         seeds=seeds, steps=steps, lr=lr, group_size=group_size)
+        return
 
     def on(name: str, policy: str | None = None) -> Experiment:
         fam = FAMILIES[name]
@@ -404,6 +433,59 @@ def compare(
     _run_and_report(exp, out, fresh)
 
 
+def _transformer_lab(chosen: bool, model: str | None, task: str | None, quick: bool) -> Any:
+    """``llm_bridge.lab.TransformerLab`` for --policy transformer (checked now), else None;
+    --model, --task or --quick without it are refused."""
+    if not chosen:
+        if model is not None or task is not None or quick:
+            raise ValueError("--model, --task and --quick need --policy transformer")
+        return None
+    from llm_bridge.lab import TransformerLab
+
+    given = {k: v for k, v in (("model", model), ("task", task)) if v is not None}
+    return TransformerLab.quick(**given) if quick else TransformerLab(**given)
+
+
+def _run_transformer(lab: Any, out: Path, fresh: bool, exp: Experiment | None = None, *,
+                     quick: bool = False, **compare: Any) -> None:
+    """Run ``exp`` (or the comparison ``compare`` describes) in the exact lab and on the
+    transformer, with progress; write the side-by-side files and print the table."""
+    from rich.markdown import Markdown
+
+    from llm_bridge.lab import CENTRAL_ARMS, QUICK_ARMS, run_both, transformer_comparison
+    from simulator.files import output_dir
+    from simulator.progress import PartProgress
+
+    if exp is None:
+        losses, seeds = compare.pop("losses"), compare.pop("seeds")
+        if tuple(losses) == DEFAULT_COMPARE_ARMS:
+            losses = QUICK_ARMS if quick else CENTRAL_ARMS
+        if compare.pop("group_size") is not None:
+            raise ValueError("--group-size sets the exact lab's K; the transformer's is its own "
+                             "(8): drop --group-size with --policy transformer")
+        exp = transformer_comparison(losses, compare.pop("settings"),
+                                     seeds=2 if quick and seeds == 5 else seeds, **compare)
+    out = output_dir(out, what="--out")
+    labels = [curve.label for curve in exp.arms]
+    runs = len(exp.settings) * exp.seeds * lab.steps
+    try:
+        with PartProgress(_stderr(), f"{exp.key} (transformer)", labels, runs) as progress:
+            def on_arm(label: str, source: str) -> None:
+                progress.done(label, "loaded from the cache" if source == "cache"
+                              else f"{runs} steps done")
+
+            _, _, paths = run_both(exp, lab, out, fresh=fresh, on_step=progress.step,
+                                   on_arm=on_arm, on_notice=_note)
+    except KeyboardInterrupt:
+        _note(f"finished runs are kept in {out / 'runs'} (exact) and "
+              f"{out / 'runs-transformer'}: rerun the same command to resume")
+        raise _interrupted(None) from None
+    _stdout().print(Markdown(paths["markdown"].read_text()))
+    for kind, path in paths.items():
+        _stdout().print(f"{kind:>8}: {path}", markup=False, soft_wrap=True)
+
+
+
 def experiment(
     key: Annotated[str, tyro.conf.arg(metavar="{" + ",".join(EXPERIMENT_KEYS) + "}")],
     /,
@@ -414,6 +496,12 @@ def experiment(
     suite: SuiteFlag = False,
     import_: ImportFlag = (),
     threads: ThreadsFlag = None,
+    policy: Annotated[Literal["exact", "transformer"], tyro.conf.arg(
+        help="exact: the lab as defined; transformer: also on a transformer, side by "
+             "side")] = "exact",
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    quick: QuickFlag = False,
 ) -> None:
     """Run one named experiment and write its plot and table: E1–E5 mirror figures of the
     paper, as learning curves under the off-policy settings of those figures (E3 and
@@ -437,10 +525,21 @@ def experiment(
     from simulator.experiments import EXPERIMENTS, FIGURES
     from simulator.files import output_dir
 
-    if names and key in FIGURES:
-        raise ValueError(f"--family and --suite retarget curves × settings; {key} is a figure "
-                         "of its own problem")
+    transformer = _transformer_lab(policy == "transformer", model, task, quick)
+    if transformer is not None and names:
+        raise ValueError("--family and --suite retarget the exact lab; --policy transformer "
+                         "runs the experiment's own problem beside a transformer: give one")
+    if (names or transformer is not None) and key in FIGURES:
+        raise ValueError(f"experiment {key} is a figure of the exact lab on its own problem, "
+                         "not curves × settings: --family, --suite and --policy transformer "
+                         "run the others")
     out = output_dir(out or Path("results") / key, what="--out")
+    if transformer is not None:
+        exp = EXPERIMENTS[key]
+        if quick:
+            exp = dataclasses.replace(exp, seeds=2)
+        _run_transformer(transformer, out, fresh, exp, quick=quick)
+        return
     if names:
         from simulator.suite import FAMILIES
 

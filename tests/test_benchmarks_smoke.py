@@ -71,6 +71,11 @@ def _trl_step(result: dict) -> None:
     assert len(set(tokens.values())) == 1  # both sides optimise the same number of tokens
 
 
+def _transformer_lab(result: dict) -> None:
+    assert result["same_histories"]  # one process or one per run: the same metric rows
+    assert result["runs"] == 2
+
+
 def _suite_cost(result: dict) -> None:
     assert all(row["returncode"] == 0 for row in result["commands"].values())
 
@@ -85,6 +90,8 @@ CASES = [
     pytest.param("llm_gpu.py", "--tiny", None, id="llm_gpu", marks=_needs("transformers")),
     pytest.param("trl_step.py", "--smoke", _trl_step, id="trl_step",
                  marks=_needs("transformers", "trl", "datasets")),
+    pytest.param("transformer_lab.py", "--smoke", _transformer_lab, id="transformer_lab",
+                 marks=_needs("transformers")),
     pytest.param("suite_cost.py", "--smoke", _suite_cost, id="suite_cost"),
 ]
 

@@ -283,7 +283,7 @@ MISUSES = {
     "experiment family typo": (("experiment", "E1", "--family", "tre-depth-1"),
                                "did you mean 'tree-depth-1'?"),
     "figure on a family": (("experiment", "E6", "--suite"),
-                           "--family and --suite retarget curves × settings; E6 is a figure"),
+                           "experiment E6 is a figure of the exact lab on its own problem"),
 }
 
 
