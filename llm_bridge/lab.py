@@ -51,7 +51,7 @@ from simulator.files import (
     output_dir,
 )
 from simulator.provenance import code_digest, engine_digest, function_digest
-from simulator.reports import Report, _slug, collapsed_runs, pivot, run_experiment
+from simulator.reports import Report, collapsed_runs, pivot, run_experiment, slug
 from simulator.schedule import SETTINGS
 from simulator.validation import require_int, require_positive
 
@@ -324,7 +324,7 @@ def run_transformer(exp: Experiment, lab: TransformerLab, out_dir: Path | None, 
                 cfg = train_config(lab, curve, setting, seed, task)
                 key = run_key(cfg, task, warm["key"], lab)
                 path = None if cache is None else cache / (
-                    f"{_slug(curve.label)}-{setting}-s{seed}-{key}.json")
+                    f"{slug(curve.label)}-{setting}-s{seed}-{key}.json")
                 if path is not None and not path.exists():
                     # the same run under another curve's name (curves that differ only in
                     # `groups`, which means nothing here: every run samples)
@@ -363,7 +363,7 @@ def _mean_over_steps(history: list[dict[str, float]], name: str) -> float:
 
 def _summarise(exp: Experiment, label: str, setting: str,
                histories: dict[tuple[str, str, int], list[dict[str, float]]]) -> TransformerRow:
-    from simulator.reports import _half_width
+    from simulator.reports import half_width
 
     runs = [histories[(label, setting, s)] for s in range(exp.seeds)]
     curve = torch.tensor([[r["eval_reward"] for r in run if "eval_reward" in r]
@@ -371,7 +371,7 @@ def _summarise(exp: Experiment, label: str, setting: str,
     fell = collapsed_runs(curve, torch.zeros(exp.seeds, dtype=torch.bool))
     return TransformerRow(
         arm=label, setting=setting, final_reward=float(curve[-1].mean()),
-        ci95=_half_width(curve[-1]), collapse_rate=float(fell.double().mean()),
+        ci95=half_width(curve[-1]), collapse_rate=float(fell.double().mean()),
         clipfrac=sum(_mean_over_steps(r, "clipfrac") for r in runs) / len(runs),
         kl_behavior=sum(_mean_over_steps(r, "approx_kl") for r in runs) / len(runs),
         start_reward=float(curve[0].mean()), seeds=exp.seeds)

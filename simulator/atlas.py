@@ -518,15 +518,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def table_csv(rows: Sequence[Row]) -> str:
-    """One line per row (per instance: the ``seed`` column), every number in full."""
+def _csv(columns: Sequence[str], records: Sequence[Any]) -> str:
+    """One line per record: its ``columns`` attributes, strings and ints as they are, every
+    other number in full (``repr`` of the float)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([getattr(row, c) if isinstance(getattr(row, c), str | int)
-                         else repr(float(getattr(row, c))) for c in COLUMNS])
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([getattr(record, c) if isinstance(getattr(record, c), str | int)
+                         else repr(float(getattr(record, c))) for c in columns])
     return buffer.getvalue()
+
+
+def table_csv(rows: Sequence[Row]) -> str:
+    """One line per row (per instance: the ``seed`` column), every number in full."""
+    return _csv(COLUMNS, rows)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -634,13 +640,8 @@ COMPARISON_COLUMNS = ("testbed", "seed", "loss", "correction", "a", "b", "rel_ga
 
 
 def comparisons_csv(comparisons: Sequence[Comparison]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COMPARISON_COLUMNS)
-    for c in comparisons:
-        writer.writerow([getattr(c, k) if isinstance(getattr(c, k), str | int)
-                         else repr(float(getattr(c, k))) for k in COMPARISON_COLUMNS])
-    return buffer.getvalue()
+    """One line per comparison of two levels, every number in full."""
+    return _csv(COMPARISON_COLUMNS, comparisons)
 
 
 def _comparison_markdown(comparisons: Sequence[Comparison], config: AtlasConfig) -> list[str]:

@@ -9,7 +9,7 @@ Design decisions
 ----------------
 * Rewards are compared **paired by seed**: every curve and setting of an experiment trains on
   the same instances, so a difference is judged by the 95% Student-t interval of the per-seed
-  differences (``reports._half_width``), not by two overlapping intervals.
+  differences (``reports.half_width``), not by two overlapping intervals.
 * Each rule says exactly what counts as holding (``Finding.rule``, also printed in the
   summary). One threshold is shared by all: a paired difference whose mean is within
   ``NEGLIGIBLE`` = 0.005 of 0 counts as none — half the last digit the tables print, so two
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from simulator.reports import _half_width
+from simulator.reports import half_width
 
 if TYPE_CHECKING:
     from simulator.reports import Report
@@ -86,7 +86,7 @@ def _stale(report: Report) -> list[str]:
 def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """Mean and 95% half-width of the paired per-seed difference a − b."""
     d = a - b
-    return float(d.mean()), _half_width(d)
+    return float(d.mean()), half_width(d)
 
 
 def _fmt(mean: float, half: float) -> str:
@@ -153,7 +153,7 @@ def clipped_track_on_policy(report: Report) -> Verdict:
     for key in keys:
         finals = _finals(report, key)
         on = finals[:, settings.index(ON_POLICY)]
-        on_half = _half_width(on)
+        on_half = half_width(on)
         for s in _stale(report):
             mean, half = _diff(finals[:, settings.index(s)], on)
             within = _no_difference(mean, half) or (on_half == on_half and abs(mean) <= on_half)

@@ -64,8 +64,8 @@ if TYPE_CHECKING:
     from simulator.experiments import Curve, Experiment
 
 __all__ = ["CACHE_FORMAT", "COLLAPSE_DROP", "NO_INTERVAL", "OFF_POLICY", "STEPS_TO_90", "Report",
-           "Row", "collapsed_runs", "fingerprint", "markdown_table", "off_policy_table", "pivot",
-           "run_experiment", "summarise", "write_report"]
+           "Row", "collapsed_runs", "fingerprint", "half_width", "markdown_table",
+           "off_policy_table", "pivot", "run_experiment", "slug", "summarise", "write_report"]
 
 COLLAPSE_DROP = 0.1
 STEPS_TO_90 = ("median steps to 90% of the optimum J* (the first step with J − J₀ ≥ "
@@ -148,7 +148,7 @@ def run_experiment(exp: Experiment, out_dir: Path | None = None,
     trajectories = {}
     for curve in exp.arms:
         cache = None if cache_dir is None else cache_dir / (
-            f"{_slug(curve.label)}-{fingerprint(exp, curve)}.pt")
+            f"{slug(curve.label)}-{fingerprint(exp, curve)}.pt")
         trajectory, source = None, "cache"
         if cache is not None and cache.exists() and not fresh:
             trajectory = _load_cached(exp, curve, cache, on_notice)
@@ -254,7 +254,7 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory) -> list[Row]:
         curve = reward[:, :, j]
         rows.append(Row(
             arm=label, setting=setting, final_reward=float(curve[-1].mean()),
-            ci95=_half_width(curve[-1]), collapse_rate=float(collapsed[:, j].double().mean()),
+            ci95=half_width(curve[-1]), collapse_rate=float(collapsed[:, j].double().mean()),
             steps_to_90=_steps_to_90(curve, curve[0], optimum[:, j]),
             diverged=int(diverged[:, j].sum()), seeds=exp.seeds,
             **{field: float(values[:, j].mean()) for field, values in off_policy.items()},
@@ -262,7 +262,7 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory) -> list[Row]:
     return rows
 
 
-def _half_width(values: torch.Tensor) -> float:
+def half_width(values: torch.Tensor) -> float:
     """The 95% Student-t half-width t₀.₉₇₅(n − 1)·s/√n; NaN (undefined) for n < 2."""
     n = values.numel()
     if n < 2:
@@ -363,5 +363,5 @@ def off_policy_table(report: Report) -> list[str]:
                     for label, by in cells.items()]
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
