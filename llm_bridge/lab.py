@@ -10,9 +10,10 @@ sets of rows and curves side by side.
 
 Design decisions
 ----------------
-* One RL loop: a run is ``trainer.train`` with a ``TrainConfig`` built from the curve (its loss
-  and keywords: ``CurveConfig``), the setting (``simulator.schedule.SETTINGS``), the seed and
-  the lab's size (``TransformerLab``). Nothing of the loop is repeated here.
+* One RL loop: a run is ``trainer.train`` with a ``TrainConfig`` (``train_config``) built from
+  the curve (its loss as ``Curve.setup`` resolves it), the setting
+  (``simulator.schedule.SETTINGS``), the seed and the lab's size (``TransformerLab``).
+  Nothing of the loop is repeated here.
 * Seeds: in the exact lab a seed is a problem instance; here every seed starts from the same
   warmed-up model and task, and the seed draws the prompts, the samples and the advantages.
 * The warm-up is a reproducible step (``warm_model``): ``trainer.supervised_warmup`` on the
@@ -55,7 +56,7 @@ from simulator.reports import Report, collapsed_runs, pivot, run_experiment, slu
 from simulator.schedule import SETTINGS
 from simulator.validation import require_int, require_positive
 
-__all__ = ["CENTRAL_ARMS", "LAB_TASKS", "QUICK_ARMS", "CurveConfig", "TransformerLab",
+__all__ = ["CENTRAL_ARMS", "LAB_TASKS", "QUICK_ARMS", "TransformerLab",
            "TransformerRow", "central_curves", "run_both", "run_key", "run_transformer",
            "transformer_comparison", "warm_model", "write_side_by_side"]
 
@@ -136,20 +137,6 @@ class TransformerLab:
 
     def max_new_tokens(self, task: Any) -> int:
         return 3 if self.task == "arithmetic" else int(task.max_new_tokens)
-
-
-@dataclasses.dataclass
-class CurveConfig(TrainConfig):
-    """A ``TrainConfig`` whose loss carries a curve's keywords (``Curve.hparams``: clip range,
-    advantage override, ...), resolved by ``Curve.setup``'s rule; part of the fingerprint."""
-
-    loss_options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def setup(self) -> Any:
-        from simulator.groups import loss_setup
-
-        return loss_setup(self.loss, dict(self.loss_options))
 
 
 def _bridge_digest() -> str:
@@ -237,10 +224,19 @@ def warm_model(lab: TransformerLab, task: Any, cache_dir: Path | None,
 
 
 def train_config(lab: TransformerLab, curve: Curve, setting: str, seed: int,
-                 task: Any) -> CurveConfig:
+                 task: Any) -> TrainConfig:
+    """The ``train-llm`` run of ``curve`` × ``setting`` × ``seed``: the curve's loss set up by
+    ``Curve.setup`` (its keywords, advantage override and aggregation become the config's
+    ``loss_kwargs``, ``advantage``, ``advantage_kwargs`` and ``agg``)."""
     schedule = SETTINGS[setting]
-    return CurveConfig(
-        loss=curve.loss, loss_options=curve.hparams, sync_interval=schedule.sync_interval,
+    setup = curve.setup()
+    if setup.norm_len is not None or setup.rows is not None:
+        raise ValueError(f"curve {curve.key!r} sets norm_len or rows, which the trainer takes "
+                         "from the responses it samples: drop them for --policy transformer")
+    return TrainConfig(
+        loss=setup.loss, loss_kwargs=dict(setup.hparams) or None, advantage=setup.advantage,
+        advantage_kwargs=dict(setup.advantage_kwargs) if setup.advantage_kwargs else None,
+        agg=setup.agg, sync_interval=schedule.sync_interval,
         sync_offset=schedule.sync_offset, offline=schedule.offline, seed=seed,
         lr=lab.lr * curve.lr_scale, steps=lab.steps, group_size=lab.group_size,
         prompts_per_step=lab.prompts_per_step, micro_batch=lab.group_size * lab.prompts_per_step,
@@ -249,7 +245,7 @@ def train_config(lab: TransformerLab, curve: Curve, setting: str, seed: int,
         device=lab.device)
 
 
-def run_key(cfg: CurveConfig, task: Any, warm: str, lab: TransformerLab) -> str:
+def run_key(cfg: TrainConfig, task: Any, warm: str, lab: TransformerLab) -> str:
     """A hash of everything that determines one run: the trainer's fingerprint of config and
     task, the steps, the warm start, the model, and the code (loss, engine, bridge)."""
     payload = json.dumps([FORMAT, run_fingerprint(cfg, task), cfg.steps, cfg.eval_every, warm,

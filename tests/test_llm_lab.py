@@ -42,7 +42,7 @@ def test_every_curve_setting_and_seed_is_one_run_of_the_trainer_with_its_setting
         (c.label, s, seed) for c in exp.arms for s in exp.settings for seed in range(2))
     assert len(seen) == 8 and {cfg.seed for cfg in seen} == {0, 1}
     # the curve's keywords reach the loss: the wide clip of (0.6, 2.0)
-    wide = [cfg for cfg in seen if cfg.loss_options]
+    wide = [cfg for cfg in seen if cfg.loss_kwargs]
     assert wide and all(cfg.setup.hparams["eps_high"] == 2.0 for cfg in wide)
     assert {(cfg.sync_interval, cfg.sync_offset, cfg.offline) for cfg in seen} == {
         (SETTINGS[s].sync_interval, SETTINGS[s].sync_offset, SETTINGS[s].offline)
