@@ -400,7 +400,9 @@ def seed_config(name: str) -> SeedConfig:
         return configs[name]
     if name.endswith((".yaml", ".yml")) or "/" in name:
         return load_seed_config(name)
-    raise KeyError(f"config {name!r} is not one of {sorted(configs)} (or a .yaml path)")
+    from simulator.lab_names import lookup
+
+    return configs[lookup("--config key (or a .yaml path)", name, sorted(configs))]
 
 
 def verl_fragment(config: SeedConfig, *, model: str = "MODEL_PATH",
