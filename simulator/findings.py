@@ -15,8 +15,10 @@ Design decisions
   ``NEGLIGIBLE`` = 0.005 of 0 counts as none — half the last digit the tables print, so two
   runs that both end at 1.00 (a zero-width interval around a difference of 1e-7) do not
   count as one above the other.
-* Curves are found by their key in ``experiments.ARMS`` (``reinforce``, ``rec-oneside-is``,
-  ...): a retargeted experiment keeps its curves' keys.
+* The collapse and tracking findings read every curve by its **loss** (``Curve.loss``: every
+  REINFORCE curve, every clipped curve, whatever its key, clip or learning-rate multiple — so
+  E3's "GRPO lr×10" counts); the paired comparisons (IS vs NoIS, wide vs narrow clip) find
+  their two curves by key in ``experiments.ARMS`` (a retargeted experiment keeps its keys).
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CLIPPED", "FINDINGS", "NEGLIGIBLE", "Finding", "Verdict", "summary_markdown"]
 
-# the clipped curves of the lab (keys of experiments.ARMS and of E2's curves)
-CLIPPED = ("grpo", "rec-oneside-is", "rec-oneside-nois", "rec-oneside-is-wide",
-           "rec-oneside-nois-wide", "rec-twoside-is", "rec-twoside-nois", "rec-ring-is",
-           "rec-ring-nois")
+# the clipped losses of the lab's curves (a curve of one of them with clip="none" is not clipped)
+CLIPPED = ("grpo", "bnpo", "rec-oneside-is", "rec-oneside-nois", "rec-twoside-is",
+           "rec-twoside-nois", "rec-ring-is", "rec-ring-nois")
 ON_POLICY = "on-policy"
 NEGLIGIBLE = 0.005  # a reward difference the tables (two decimals) cannot show
 
@@ -79,6 +80,13 @@ def _collapse_counts(report: Report, key: str) -> dict[str, int] | None:
     return {s: int(collapsed[:, j].sum()) for j, s in enumerate(report.experiment.settings)}
 
 
+def _curves_of(report: Report, losses: Sequence[str]) -> list[str]:
+    """The keys of the curves whose loss is one of ``losses`` (and not unclipped by
+    ``clip="none"``)."""
+    return [c.key for c in report.experiment.arms
+            if c.loss in losses and dict(c.hparams).get("clip") != "none"]
+
+
 def _stale(report: Report) -> list[str]:
     return [s for s in report.experiment.settings if s != ON_POLICY]
 
@@ -98,16 +106,20 @@ def _missing(what: str) -> Verdict:
 
 
 def stale_reinforce_collapses(report: Report) -> Verdict:
-    counts, stale = _collapse_counts(report, "reinforce"), _stale(report)
-    if counts is None or not stale:
+    keys, stale = _curves_of(report, ("reinforce",)), _stale(report)
+    if not keys or not stale:
         return _missing("REINFORCE and a stale setting")
-    n = report.experiment.seeds
-    evidence = ", ".join(f"{s} {counts[s]}/{n}" for s in stale)
-    return Verdict(any(counts[s] > 0 for s in stale), f"collapsed runs: {evidence}")
+    n, parts, holds = report.experiment.seeds, [], False
+    for key in keys:
+        counts = _collapse_counts(report, key)
+        holds |= any(counts[s] > 0 for s in stale)
+        parts.append((f"{key}: " if len(keys) > 1 else "")
+                     + ", ".join(f"{s} {counts[s]}/{n}" for s in stale))
+    return Verdict(holds, "collapsed runs: " + "; ".join(parts))
 
 
 def clipped_never_collapse(report: Report) -> Verdict:
-    keys = [c.key for c in report.experiment.arms if c.key in CLIPPED]
+    keys = _curves_of(report, CLIPPED)
     if not keys:
         return _missing("a clipped curve")
     n, worst = report.experiment.seeds, []
@@ -146,7 +158,7 @@ def wide_beats_narrow_offline(report: Report) -> Verdict:
 
 
 def clipped_track_on_policy(report: Report) -> Verdict:
-    keys = [c.key for c in report.experiment.arms if c.key in CLIPPED]
+    keys = _curves_of(report, CLIPPED)
     if not keys or ON_POLICY not in report.experiment.settings or not _stale(report):
         return _missing("a clipped curve, on-policy and a stale setting")
     settings, gaps = list(report.experiment.settings), []
@@ -187,8 +199,8 @@ def stale_below_on_policy(report: Report) -> Verdict:
 
 FINDINGS: tuple[Finding, ...] = (
     Finding("stale-reinforce-collapses", "stale REINFORCE collapses",
-            "holds when REINFORCE collapses (ends more than 0.1 below its own peak, or "
-            "diverges) in at least one run of at least one stale setting",
+            "holds when a REINFORCE curve collapses (ends more than 0.1 below its own peak, "
+            "or diverges) in at least one run of at least one stale setting",
             stale_reinforce_collapses),
     Finding("clipped-never-collapse", "clipped losses never collapse",
             "holds when no run of a clipped curve (GRPO, REC-OneSide/TwoSide/Ring, IS or NoIS, "

@@ -17,6 +17,7 @@ from simulator.dynamics import (
     simulate,
     weighted_quantiles,
 )
+from simulator.curves import Curve
 from simulator.experiments import ARMS, Experiment, default_comparison
 from simulator.findings import FINDINGS, summary_markdown
 from simulator.lab_names import DEFAULT_FAMILY, FAMILY_NAMES
@@ -157,7 +158,8 @@ def _report(curves: dict[str, list[tuple[float, float, float, float]]]) -> Repor
     """A report whose curve ``key`` has, per seed, (on-policy peak, on-policy final, offline
     peak, offline final); each run's reward is 0 → peak → final (3 steps)."""
     seeds = len(next(iter(curves.values())))
-    exp = Experiment("hand", "hand-built", "-", tuple(ARMS[k] for k in curves),
+    arms = {key: key if isinstance(key, Curve) else ARMS[key] for key in curves}
+    exp = Experiment("hand", "hand-built", "-", tuple(arms.values()),
                      settings=SETTINGS, seeds=seeds, steps=2)
     trajectories = {}
     for key, runs in curves.items():
@@ -167,7 +169,7 @@ def _report(curves: dict[str, list[tuple[float, float, float, float]]]) -> Repor
             reward[1:, 2 * s + 1] = torch.tensor([off_peak, off_final])
         metrics = {"reward": reward, "optimum": torch.ones_like(reward)}
         metrics.update({name: torch.zeros_like(reward) for name in simulator.reports.OFF_POLICY})
-        trajectories[ARMS[key].label] = Trajectory(key, [], metrics,
+        trajectories[arms[key].label] = Trajectory(arms[key].loss, [], metrics,
                                                    torch.full((seeds * 2,), -1), reward)
     rows = [row for c in exp.arms for row in summarise(exp, c.label, trajectories[c.label])]
     return Report(exp, trajectories, rows)
@@ -333,3 +335,23 @@ def test_experiment_on_a_family_keeps_its_curves(grlab_split, no_plots, monkeypa
     assert code == 0
     table = (tmp_path / "sampled" / "table.md").read_text()
     assert "(family: sampled)" in table and "REC-OneSide-NoIS (0.6, 2.0)" in table
+
+
+def test_collapse_findings_read_curves_by_their_loss_not_their_key():
+    """E3's curves are keyed by learning rate ("grpo-lr10"): a collapsing clipped curve of any
+    key breaks "clipped losses never collapse", a REINFORCE curve of any key is read, and a
+    clipped loss run with clip="none" is not a clipped curve."""
+    collapsing = [(0.9, 0.9, 0.8, 0.5), *_steady(0.9, 0.8, 4)]
+    fast_grpo = Curve.of("grpo-lr10", "GRPO lr×10", "grpo", lr_scale=10.0)
+    fast_reinforce = Curve.of("reinforce-lr2", "REINFORCE lr×2", "reinforce", lr_scale=2.0)
+    unclipped = Curve.of("nois-unclipped", "REC-OneSide-NoIS, no clip", "rec-oneside-nois",
+                         clip="none")
+    report = _report({fast_grpo: collapsing, fast_reinforce: collapsing,
+                      unclipped: collapsing})
+    never = _check("clipped-never-collapse", report)
+    assert never.holds is False and "grpo-lr10 offline 1/5" in never.evidence
+    assert "nois-unclipped" not in never.evidence
+    assert _check("stale-reinforce-collapses", report).holds is True
+    steady = _report({fast_grpo: _steady(0.9, 0.8), unclipped: collapsing})
+    assert _check("clipped-never-collapse", steady).holds is True
+    assert _check("stale-reinforce-collapses", steady).holds is None
