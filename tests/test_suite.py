@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import simulator.reports
+from simulator.curves import Curve
 from simulator.dynamics import (
     BanditProblem,
     Schedule,
@@ -17,7 +18,6 @@ from simulator.dynamics import (
     simulate,
     weighted_quantiles,
 )
-from simulator.curves import Curve
 from simulator.experiments import ARMS, Experiment, default_comparison
 from simulator.findings import FINDINGS, summary_markdown
 from simulator.lab_names import DEFAULT_FAMILY, FAMILY_NAMES
