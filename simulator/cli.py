@@ -487,7 +487,8 @@ def _run_transformer(lab: Any, out: Path, fresh: bool, exp: Experiment | None = 
 
 
 def experiment(
-    key: Annotated[str, tyro.conf.arg(metavar="{" + ",".join(EXPERIMENT_KEYS) + "}")],
+    key: Annotated[str, tyro.conf.arg(
+        metavar="KEY", help="the experiment's key: " + ", ".join(EXPERIMENT_KEYS) + ".")],
     /,
     out: Annotated[Path | None, tyro.conf.arg(help=f"output folder (default results/KEY); "
                                                    f"{OUT_HELP}.")] = None,
