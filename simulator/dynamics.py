@@ -148,11 +148,13 @@ class Trajectory:
     """Per-step metrics of R runs: ``metrics[name]`` is [steps + 1, R] (step 0 = initial).
 
     ``runs`` lists (seed, schedule, lr) per run; ``diverged_at`` [R] is the step at which a run
-    diverged (−1 if never); ``params`` [R, ...] the final parameters (logits or weights).
-    Metric names: reward, optimum, subopt, entropy, kl_behavior, kl_init, best_share,
-    grad_norm, staleness, clipfrac (the expected share of tokens whose gradient clipping
-    switched off, averaged over the step's updates; 0 at step 0); kl_behavior is KL(π ‖ π_old),
-    π_old the schedule's behavior policy π_{θ_b}; with a mismatched sampler, kl_rollout,
+    diverged (−1 if never); ``params`` [R, ...] the final parameters (logits or weights);
+    ``snapshots[t]`` [R, ...] the parameters after step t (0: the start) for each t of
+    ``simulate``'s ``snapshot_steps``. Metric names: reward, optimum, subopt, entropy,
+    kl_behavior, kl_init, best_share, grad_norm, staleness, clipfrac (the expected share of
+    tokens whose gradient clipping switched off, averaged over the step's updates; 0 at step
+    0); kl_behavior is KL(π ‖ π_old), π_old the schedule's behavior policy π_{θ_b}; with a
+    mismatched sampler, kl_rollout,
     KL(π_old ‖ μ) of the step's data (at step 0, of π_0's sampler). ratio_q05, ratio_q50,
     ratio_q95: the π_old-weighted 5%, 50%, 95% quantiles of the sequence ratio
     ρ = π(y)/π_old(y) over every (prompt, response), prompts weighted equally; ratio_far: the
@@ -165,6 +167,7 @@ class Trajectory:
     metrics: dict[str, Tensor]
     diverged_at: Tensor
     params: Tensor
+    snapshots: dict[int, Tensor] = dataclasses.field(default_factory=dict)
 
 
 class _Optimizer:
@@ -353,6 +356,7 @@ def simulate(
     updates_per_batch: int = 1,
     sample_seed: int = 0,
     on_step: Callable[[int], None] | None = None,
+    snapshot_steps: Sequence[int] = (),
     **hparams: Any,
 ) -> Trajectory:
     """Train every (seed × schedule × lr) run of one loss for ``steps`` batches.
@@ -370,6 +374,8 @@ def simulate(
             step, drawn with a generator seeded by ``sample_seed``).
         optimizer: "sgd" or "adam"; ``updates_per_batch`` optimiser steps on each batch.
         on_step: called with the step index after each step (progress bars).
+        snapshot_steps: steps t (0 ≤ t ≤ ``steps``) whose parameters the trajectory keeps in
+            ``snapshots`` (one run instead of one per step wanted).
     Returns:
         a ``Trajectory`` with metrics [steps + 1, R]; runs ordered seed-major, then schedule,
         then learning rate.
@@ -391,13 +397,21 @@ def simulate(
         groups_per_prompt if groups == "sampled" else None, updates_per_batch,
         _Optimizer(optimizer, torch.tensor([g[2] for g in grid], dtype=torch.float64)),
         torch.Generator().manual_seed(sample_seed))
+    wanted = set(snapshot_steps)
+    for t in wanted:
+        require_int("snapshot_steps", t, 0)
+        if t > steps:
+            raise ValueError(f"snapshot_steps must be <= steps={steps}, got {t}")
+    snapshots = {0: lab.theta.detach().clone()} if 0 in wanted else {}
     for step in range(steps):
         _train_step(lab, step)
+        if step + 1 in wanted:
+            snapshots[step + 1] = lab.theta.detach().clone()
         if on_step is not None:
             on_step(step)
     metrics = {key: torch.stack(values) for key, values in lab.records.items()}
     return Trajectory(setup.loss, [(seeds[s], sch, lr) for s, sch, lr in grid], metrics,
-                      lab.diverged_at, lab.theta.detach())
+                      lab.diverged_at, lab.theta.detach(), snapshots)
 
 
 class _Training:

@@ -167,23 +167,17 @@ def families() -> dict[str, Problem]:
 def _stale_pairs(problem: Problem, seeds: list[int], lr: float, k: int, steps: int,
                  interval: int = 20) -> list[tuple[int, Tensor, Tensor]]:
     """(step, θ_t [S, ...], θ_b [S, ...]) at t = 20c + 19 < ``steps`` on stale REINFORCE's own
-    exact trajectory (sync_interval = 20, Adam): the most stale states, b = 20c."""
+    exact trajectory (sync_interval = 20, Adam): the most stale states, b = 20c. One run,
+    keeping the parameters of those steps (``simulate``'s ``snapshot_steps``)."""
     from simulator.dynamics import SETTINGS, simulate
 
-    def params(t: int) -> Tensor:
-        if t == 0:
-            return _theta0(problem, seeds)
-        return simulate(problem, "reinforce", seeds=seeds, schedules=[SETTINGS[
-            "sync-interval-20"]], lrs=[lr], steps=t, group_size=k, optimizer="adam").params
-
-    return [(t, params(t), params(t - interval + 1))
-            for t in range(interval - 1, steps, interval)]
-
-
-def _theta0(problem: Problem, seeds: list[int]) -> Tensor:
-    from simulator.dynamics import draw_instance
-
-    return torch.stack([draw_instance(problem, seed).theta0 for seed in seeds])
+    pairs = [(t, t - interval + 1) for t in range(interval - 1, steps, interval)]
+    if not pairs:
+        return []
+    kept = simulate(problem, "reinforce", seeds=seeds, schedules=[SETTINGS["sync-interval-20"]],
+                    lrs=[lr], steps=pairs[-1][0], group_size=k, optimizer="adam",
+                    snapshot_steps=[step for pair in pairs for step in pair]).snapshots
+    return [(t, kept[t], kept[b]) for t, b in pairs]
 
 
 def mechanism_rows(problem: Problem, k: int, *, seeds: int = 5, lr: float = 0.1,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simulator.dynamics import SETTINGS, Problem, Schedule, _Optimizer, simulate
+from simulator.dynamics import SETTINGS, BanditProblem, Problem, Schedule, _Optimizer, simulate
 from simulator.experiments import Curve, Experiment, run_experiment, write_report
 
 SMALL = Problem(env="bandit", prompts=2, responses=4, reward="binary", correct=1,
@@ -235,3 +235,21 @@ def test_simulate_takes_a_built_loss_setup_as_it_takes_a_name_and_keywords():
     assert named.loss == built.loss == "rec"
     for key, values in named.metrics.items():
         assert torch.equal(built.metrics[key], values), key
+
+
+def test_snapshots_are_the_parameters_a_shorter_run_ends_with():
+    """``snapshot_steps`` keeps θ after step t of one run: exactly what a run of t steps ends
+    with (0: the start); a step past ``steps`` or below 0 is refused."""
+    problem = BanditProblem(prompts=2, responses=3, policy="log-linear", features=4)
+    common = {"seeds": [0, 1], "schedules": [SETTINGS["sync-interval-20"]], "lrs": [0.1],
+              "group_size": 3, "optimizer": "adam"}
+    long = simulate(problem, "reinforce", steps=7, snapshot_steps=[0, 3, 7], **common)
+    assert sorted(long.snapshots) == [0, 3, 7]
+    for t in (3, 7):
+        short = simulate(problem, "reinforce", steps=t, **common)
+        assert torch.equal(long.snapshots[t], short.params)
+    assert not torch.equal(long.snapshots[0], long.snapshots[3])
+    assert simulate(problem, "reinforce", steps=1, **common).snapshots == {}
+    for bad in (8, -1):
+        with pytest.raises(ValueError, match="snapshot_steps"):
+            simulate(problem, "reinforce", steps=7, snapshot_steps=[bad], **common)
