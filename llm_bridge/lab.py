@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -139,6 +140,7 @@ class TransformerLab:
         return 3 if self.task == "arithmetic" else int(task.max_new_tokens)
 
 
+@functools.cache
 def _bridge_digest() -> str:
     """sha256 of the exact engine and every module of the bridge but this one (what this
     module decides about a run enters its key through the run's config)."""
@@ -279,11 +281,17 @@ class TransformerReport:
 
     def eval_curve(self, label: str, setting: str) -> tuple[list[int], torch.Tensor]:
         """(steps, [E, seeds]) held-out reward at the evaluated steps."""
-        runs = [self.histories[(label, setting, s)] for s in range(self.experiment.seeds)]
-        steps = [int(r["step"]) for r in runs[0] if "eval_reward" in r]
-        values = torch.tensor([[r["eval_reward"] for r in run if "eval_reward" in r]
-                               for run in runs], dtype=torch.float64).T
-        return steps, values
+        return _eval_curve(self.histories, label, setting, self.experiment.seeds)
+
+
+def _eval_curve(histories: dict[tuple[str, str, int], list[dict[str, float]]], label: str,
+                setting: str, seeds: int) -> tuple[list[int], torch.Tensor]:
+    """(steps, [E, seeds]): the held-out reward of ``seeds`` runs at their evaluated steps."""
+    runs = [histories[(label, setting, s)] for s in range(seeds)]
+    steps = [int(r["step"]) for r in runs[0] if "eval_reward" in r]
+    values = torch.tensor([[r["eval_reward"] for r in run if "eval_reward" in r]
+                           for run in runs], dtype=torch.float64).T
+    return steps, values
 
 
 def _read_run(path: Path) -> list[dict[str, float]] | None:
@@ -362,8 +370,7 @@ def _summarise(exp: Experiment, label: str, setting: str,
     from simulator.reports import half_width
 
     runs = [histories[(label, setting, s)] for s in range(exp.seeds)]
-    curve = torch.tensor([[r["eval_reward"] for r in run if "eval_reward" in r]
-                          for run in runs], dtype=torch.float64).T  # [E, seeds]
+    _, curve = _eval_curve(histories, label, setting, exp.seeds)  # [E, seeds]
     fell = collapsed_runs(curve, torch.zeros(exp.seeds, dtype=torch.bool))
     return TransformerRow(
         arm=label, setting=setting, final_reward=float(curve[-1].mean()),
@@ -433,6 +440,8 @@ def side_by_side_figure(toy: Report | None, report: TransformerReport) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from simulator.plots import line_style
+
     exp = report.experiment
     settings, labels = list(exp.settings), [c.label for c in exp.arms]
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
@@ -447,7 +456,7 @@ def side_by_side_figure(toy: Report | None, report: TransformerReport) -> Any:
                 reward = toy.trajectories[label].metrics["reward"].reshape(
                     -1, exp.seeds, len(settings))[:, :, j]
                 ax.plot(reward.mean(1), color=colours[label], lw=1.7,
-                        ls="--" if "(0.6, 2.0)" in label else "-")
+                        ls=line_style(label))
                 ax.plot(reward, color=colours[label], lw=0.5, alpha=0.2)
             ax.set_title(setting)
             ax.set_ylabel("exact lab: expected reward" if j == 0 else "")
@@ -455,14 +464,14 @@ def side_by_side_figure(toy: Report | None, report: TransformerReport) -> Any:
         for label in labels:
             steps, values = report.eval_curve(label, setting)
             ax.plot(steps, values.mean(1), color=colours[label], lw=1.7,
-                    ls="--" if "(0.6, 2.0)" in label else "-")
+                    ls=line_style(label))
             ax.plot(steps, values, color=colours[label], lw=0.5, alpha=0.2)
         if toy is None:
             ax.set_title(setting)
         ax.set_ylabel("transformer: held-out reward" if j == 0 else "")
         ax.set_xlabel("training step")
     handles = [Line2D([], [], color=colours[label], lw=1.7,
-                      ls="--" if "(0.6, 2.0)" in label else "-", label=label) for label in labels]
+                      ls=line_style(label), label=label) for label in labels]
     handles.append(Line2D([], [], color="grey", lw=0.5, alpha=0.4, label="faint: one seed"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{exp.key}: {exp.title}\nthick: mean over {exp.seeds} seeds; "

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_bridge.config import TrainConfig
+from simulator.validation import require_int
 
 __all__ = ["TINY", "TINY_STEPS", "reproduce", "run_options"]
 
@@ -114,9 +115,8 @@ def reproduce(
     """
     from llm_bridge.seed_configs import SOURCE, seed_config, seed_configs, verl_fragment, verl_yaml
 
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                              or steps < 1):
-        raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
+    if steps is not None:
+        require_int("--steps", steps, 1)
     if tiny and (model is not None or data is not None):
         raise ValueError("--tiny runs the tiny model on the tree task: drop --model/--data")
     seeds = [seed_config(name) for name in config] if config else list(seed_configs().values())

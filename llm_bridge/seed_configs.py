@@ -230,7 +230,7 @@ def _variants(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def slug(name: str) -> str:
+def _config_key(name: str) -> str:
     """The command-line key of a variant: its last word, lower case ("Kimi's OPMD" → opmd,
     "REC-OneSide-NoIS" → rec-oneside-nois)."""
     return name.split()[-1].lower()
@@ -365,7 +365,7 @@ def _build(name: str, raw: dict[str, Any]) -> SeedConfig:
                                         f"{RENAMED[path]} (0.6.0 rejects it)"))
         else:
             report.append((path, value, "unknown: not a key this reader knows (not read)"))
-    return SeedConfig(name, slug(name), raw, fields, tuple(report))
+    return SeedConfig(name, _config_key(name), raw, fields, tuple(report))
 
 
 _FIELD_TYPES = {"lr": 0.0, "weight_decay": 0.0, "temperature": 0.0, "max_grad_norm": 0.0,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from simulator.curves import Arm, Curve, Experiment
 from simulator.dynamics import SETTINGS, Problem
@@ -29,9 +28,6 @@ from simulator.pitfall import run_pitfall
 from simulator.reports import Report, Row, run_experiment, summarise, write_report
 from simulator.suite import FAMILIES
 from simulator.validation import Registry, require_int, require_positive
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ARMS", "EXPERIMENTS", "FIGURES", "LOG_LINEAR", "REPRESENTABLE", "TREE", "Arm",
            "Curve", "Experiment", "Report", "Row", "arm", "default_comparison", "experiment_names",

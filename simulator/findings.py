@@ -62,10 +62,14 @@ class Finding:
     check: Callable[[Report], Verdict]
 
 
+def _label(report: Report, key: str) -> str | None:
+    """The label of the curve ``key``, or None when the experiment does not run it."""
+    return next((c.label for c in report.experiment.arms if c.key == key), None)
+
+
 def _finals(report: Report, key: str) -> torch.Tensor | None:
     """[seeds, settings] final rewards of the curve ``key``, or None when it is not run."""
-    exp = report.experiment
-    label = next((c.label for c in exp.arms if c.key == key), None)
+    exp, label = report.experiment, _label(report, key)
     if label is None:
         return None
     reward = report.trajectories[label].metrics["reward"][-1]
@@ -73,7 +77,7 @@ def _finals(report: Report, key: str) -> torch.Tensor | None:
 
 
 def _collapse_counts(report: Report, key: str) -> dict[str, int] | None:
-    label = next((c.label for c in report.experiment.arms if c.key == key), None)
+    label = _label(report, key)
     if label is None:
         return None
     collapsed = report.collapsed(label)

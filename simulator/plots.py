@@ -229,6 +229,11 @@ def reward_mean(per_seed: Mapping[str, Mapping[str, torch.Tensor]], label: str, 
     return per_seed[label]["reward"][:, :, j].mean(1)
 
 
+
+def line_style(label: str) -> str:
+    """A curve's line style: dashed for the wide clip (0.6, 2.0), whose curve often lies on
+    clip 0.2's, solid for every other curve (every figure of the lab, and the transformer's)."""
+    return "--" if "(0.6, 2.0)" in label else "-"
 def _draw_curve(column: Sequence[Axes], exp: Any, label: str, colour: Any,
                 metrics: Mapping[str, torch.Tensor], fell: torch.Tensor, j: int,
                 shown: set[str], zorder: int = 3, slot: int = 0) -> None:
@@ -236,7 +241,7 @@ def _draw_curve(column: Sequence[Axes], exp: Any, label: str, colour: Any,
     ``fell`` [S] marks the runs that collapsed (``Report.collapsed``). ``slot`` (the curve's
     index) shifts its × marks left by 1.5% of the steps per curve, so the marks of runs that
     end at the same reward do not hide each other."""
-    style = "--" if "(0.6, 2.0)" in label else "-"
+    style = line_style(label)
     t_factor = (stats.t.ppf(0.975, exp.seeds - 1) / math.sqrt(exp.seeds)
                 if exp.seeds > 1 else 0.0)
     for ax, (metric, _) in zip(column, ROWS, strict=True):
@@ -287,7 +292,7 @@ def _decorate(fig: Figure, axes: Any, report: Report, colours: Mapping[str, Any]
     for ax in axes[0]:
         ax.axhline(optimum, color="grey", lw=0.8, ls=":")
     handles = [Line2D([], [], color=colours[label], lw=1.7,
-                      ls="--" if "(0.6, 2.0)" in label else "-", label=label)
+                      ls=line_style(label), label=label)
                for label in report.trajectories]
     extra = [("same", Line2D([], [], color=SAME, lw=1.7,
                              label="black: identical losses\n  (named under the panels)")),
@@ -333,7 +338,7 @@ def plot_clipfrac(report: Report, path: Path) -> Path:
     for a, (label, trajectory) in enumerate(report.trajectories.items()):
         colour = plt.get_cmap("tab10")(a % 10)
         frac = trajectory.metrics["clipfrac"].reshape(-1, exp.seeds, n_cols).mean(1)
-        style = "--" if "(0.6, 2.0)" in label else "-"
+        style = line_style(label)
         never = not bool((frac[1:] > 0).any())
         for j in range(n_cols):
             steps = torch.arange(1, frac.shape[0])

@@ -61,7 +61,7 @@ from simulator.files import (
 from simulator.provenance import code_digest
 
 if TYPE_CHECKING:
-    from simulator.experiments import Curve, Experiment
+    from simulator.curves import Curve, Experiment
 
 __all__ = ["CACHE_FORMAT", "COLLAPSE_DROP", "NO_INTERVAL", "OFF_POLICY", "STEPS_TO_90", "Report",
            "Row", "collapsed_runs", "fingerprint", "half_width", "markdown_table",
@@ -76,9 +76,9 @@ NO_INTERVAL = "± n/a: one seed, and a 95% interval over seeds needs at least tw
 # values only (format 2 pickled Schedule objects and needed weights_only=False). 4: metric
 # names take the lab's one spelling (kl_behavior). 5: the IS-ratio metrics (ratio_q05, ...).
 CACHE_FORMAT = 5
-# The off-policyness columns: Row field ↦ the Trajectory metric it averages over steps 1..T.
-OFF_POLICY = {"kl_behavior": "kl_behavior", "clipfrac": "clipfrac", "ratio_q05": "ratio_q05",
-              "ratio_q50": "ratio_q50", "ratio_q95": "ratio_q95", "ratio_far": "ratio_far"}
+# The off-policyness columns: each a Row field averaging the Trajectory metric of the same name
+# over steps 1..T.
+OFF_POLICY = ("kl_behavior", "clipfrac", "ratio_q05", "ratio_q50", "ratio_q95", "ratio_far")
 
 
 def fingerprint(exp: Experiment, curve: Curve) -> str:
@@ -208,7 +208,7 @@ def _check_cache(payload: Any, exp: Experiment, curve: Curve) -> None:
         raise ValueError("it holds another configuration")
     metrics, n = payload.get("metrics"), len(runs)
     if not isinstance(metrics, dict) or not {"reward", "optimum", "kl_init",
-                                             *OFF_POLICY.values()} <= set(metrics):
+                                             *OFF_POLICY} <= set(metrics):
         raise ValueError("metrics are missing")
     for name, value in metrics.items():
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != (exp.steps + 1, n):
@@ -247,8 +247,8 @@ def summarise(exp: Experiment, label: str, trajectory: Trajectory) -> list[Row]:
     diverged = (trajectory.diverged_at >= 0).reshape(exp.seeds, n_settings)
     collapsed = collapsed_runs(reward, diverged)
     # the mean over training steps 1..T of each off-policyness metric, per run [S, X]
-    off_policy = {field: trajectory.metrics[name][1:].mean(0).reshape(exp.seeds, n_settings)
-                  for field, name in OFF_POLICY.items()}
+    off_policy = {name: trajectory.metrics[name][1:].mean(0).reshape(exp.seeds, n_settings)
+                  for name in OFF_POLICY}
     rows = []
     for j, setting in enumerate(exp.settings):
         curve = reward[:, :, j]

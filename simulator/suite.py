@@ -18,8 +18,9 @@ Design decisions
 * ``capacity-limited`` is the earlier default (``experiments.LOG_LINEAR``): 16 shared features
   for 48 logits. On-policy training ends at a local optimum of that class (about 0.55), below
   what stale clipped runs reach: a property of the class, kept as a named family.
-* Trees use the log-linear tree policy of ``experiments.TREE`` and K = 3; enumeration of the
-  exact update grows as N^K/K! (N = 3, 5, 15 responses at depth 1, 2, 3).
+* Trees share one log-linear tree policy (``tree-depth-3`` is ``experiments.TREE``) and
+  K = 3; enumeration of the exact update grows as N^K/K! (N = 3, 5, 15 responses at depth
+  1, 2, 3).
 * ``retarget`` turns any experiment into the same curves on a family: problem, K, and for a
   sampled family every curve's groups; an experiment's curves are never changed otherwise.
 """
@@ -34,7 +35,7 @@ from simulator.lab_names import DEFAULT_FAMILY
 from simulator.validation import Registry, require_choice, require_int
 
 if TYPE_CHECKING:
-    from simulator.experiments import Experiment
+    from simulator.curves import Experiment
 
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "family"]
 
